@@ -1,0 +1,52 @@
+# One way in: these targets are what people and CI run.
+#   make demo   - set everything up and run the demo pipeline
+#   make test   - set everything up and run the whole test suite (cargo test + pytest)
+#   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, stubtest
+#   make bench  - the benchmarks in benches/
+
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+DEPS    := $(VENV)/.deps-installed
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: demo test test-rust test-python lint build bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(DEPS): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "maturin>=1.7,<2" "cloudpickle>=2.1" "psutil>=5.9" \
+	    pytest pytest-timeout hypothesis ruff mypy
+	touch $@
+
+# Builds the extension in release mode and installs the package in editable form.
+build: $(DEPS)
+	$(VENV)/bin/maturin develop --release --quiet
+
+demo: build
+	$(PY) examples/pipeline.py
+
+test: test-rust test-python
+
+test-rust:
+	cargo test -p stoker-engine --quiet
+
+test-python: build
+	$(PY) -m pytest -q
+
+lint: build
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests benches examples
+	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/mypy --strict python/stoker
+	$(PY) -m mypy.stubtest stoker._core --allowlist stubtest-allowlist.txt
+
+bench: build
+	$(PY) -m pip install -q flexiq
+	$(PY) benches/run.py
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,283 @@
+"""The Rust engine of stoker: durable job state and scheduling over SQLite.
+
+This private module is the compiled binding (``rust/stoker-py``) over the
+PyO3-free engine crate (``rust/stoker-engine``). It holds no Python objects:
+payloads, results and pickled exceptions are opaque ``bytes``. Every method
+that touches storage releases the GIL. Errors are raised as the classes of
+``stoker.errors``.
+
+Times are integer milliseconds since the Unix epoch, read from the engine's
+clock (the system clock, or a manual clock for tests).
+"""
+
+from typing import final
+
+__version__: str
+SCHEMA_VERSION: int
+"""The schema version this engine writes and reads."""
+
+@final
+class NewJob:
+    """A job to enqueue: what to run and how to treat its attempts."""
+
+    def __init__(
+        self,
+        task_name: str,
+        payload: bytes,
+        *,
+        queue: str = "default",
+        priority: int = 0,
+        max_retries: int = 0,
+        max_crashes: int = 1,
+        backoff_base_ms: int = 1000,
+        backoff_cap_ms: int = 300000,
+        jitter: float = 0.0,
+        timeout_ms: int | None = None,
+        delay_ms: int = 0,
+        eta_ms: int | None = None,
+        result_ttl_ms: int | None = None,
+    ) -> None:
+        """Describe a job.
+
+        ``max_retries`` bounds the failed attempts (errors and timeouts) that are
+        retried; ``max_crashes`` separately bounds retries after the worker was
+        lost (crash, kill, expired lease), so a poison job ends dead. The retry
+        delay after the n-th failure is ``min(backoff_cap_ms, backoff_base_ms *
+        2**(n-1))``, reduced by a random fraction of at most ``jitter`` (0 to 1).
+        ``delay_ms`` and ``eta_ms`` (absolute) are exclusive. Wrong values raise
+        ``InvalidOptionError`` naming the option.
+        """
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+
+@final
+class ClaimedJob:
+    """A job handed to one supervisor: run it and report with ``token``."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def token(self) -> int:
+        """The fencing token: outcomes carrying another token are refused."""
+    @property
+    def attempt(self) -> int:
+        """1 for the first run, counting every claim of this job."""
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def timeout_ms(self) -> int | None: ...
+    @property
+    def lease_deadline_ms(self) -> int: ...
+
+@final
+class JobRecord:
+    """A snapshot of one job row."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def status(self) -> str:
+        """One of pending, scheduled, running, complete, dead, cancelled."""
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def attempt(self) -> int:
+        """How many times the job was claimed."""
+    @property
+    def failures(self) -> int:
+        """Failed attempts counted against ``max_retries``."""
+    @property
+    def crashes(self) -> int:
+        """Lost attempts counted against ``max_crashes``."""
+    @property
+    def max_retries(self) -> int: ...
+    @property
+    def max_crashes(self) -> int: ...
+    @property
+    def backoff_base_ms(self) -> int: ...
+    @property
+    def backoff_cap_ms(self) -> int: ...
+    @property
+    def jitter(self) -> float: ...
+    @property
+    def timeout_ms(self) -> int | None: ...
+    @property
+    def result_ttl_ms(self) -> int | None: ...
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def eta_ms(self) -> int: ...
+    @property
+    def started_ms(self) -> int | None:
+        """When the latest attempt was claimed."""
+    @property
+    def finished_ms(self) -> int | None: ...
+    @property
+    def lease_owner(self) -> str | None: ...
+    @property
+    def lease_deadline_ms(self) -> int | None: ...
+    @property
+    def cancel_requested(self) -> bool: ...
+    @property
+    def result(self) -> bytes | None: ...
+    @property
+    def result_expires_ms(self) -> int | None: ...
+    @property
+    def replayed_from(self) -> int | None:
+        """For a replay, the id of the dead job it was made from."""
+
+@final
+class ErrorRecord:
+    """One failed attempt in a job's error history."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def kind(self) -> str:
+        """error, timeout, crash, or lease_expired."""
+    @property
+    def exc_type(self) -> str:
+        """Qualified name of the exception type, e.g. ``builtins.ValueError``."""
+    @property
+    def message(self) -> str: ...
+    @property
+    def traceback(self) -> str: ...
+    @property
+    def exc_pickle(self) -> bytes | None:
+        """The pickled exception, when it could be pickled."""
+    @property
+    def failed_ms(self) -> int: ...
+    @property
+    def worker(self) -> str: ...
+
+@final
+class StaleOutcome:
+    """An outcome that was refused because its fencing token was stale."""
+
+    @property
+    def job_id(self) -> int: ...
+    @property
+    def token(self) -> int: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def outcome(self) -> str:
+        """What was refused: complete, fail, cancel, requeue, heartbeat."""
+    @property
+    def at_ms(self) -> int: ...
+
+@final
+class Engine:
+    """Durable job state over one SQLite database file (WAL mode)."""
+
+    def __init__(self, path: str, *, clock_ms: int | None = None, busy_timeout_ms: int = 5000) -> None:
+        """Open (and create if missing) the database at ``path``.
+
+        With ``clock_ms`` the engine uses a manual clock starting at that time,
+        moved only by ``advance_clock``; tests use it. A file that is not a stoker
+        database raises ``NotAStokerDatabaseError``; another schema version,
+        ``SchemaVersionError``.
+        """
+    @property
+    def path(self) -> str: ...
+    def now_ms(self) -> int:
+        """The engine clock."""
+    def advance_clock(self, ms: int) -> None:
+        """Move the manual clock forward; ``InvalidOptionError`` on the system clock."""
+    def enqueue(self, jobs: list[NewJob]) -> list[int]:
+        """Store the jobs in one transaction and return their ids, in order."""
+    def claim(self, queues: list[str], limit: int, owner: str, lease_ms: int) -> list[ClaimedJob]:
+        """Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.
+
+        Highest priority first, then oldest (lowest id); only jobs whose eta has
+        come. Each claimed job becomes running with a lease until ``now +
+        lease_ms`` and a fresh token.
+        """
+    def heartbeat(self, owner: str, leases: list[tuple[int, int]], lease_ms: int) -> list[int]:
+        """Extend the leases ``(job_id, token)`` held by ``owner`` to ``now + lease_ms``.
+
+        Returns the ids among them whose cancellation was requested. Leases that
+        are no longer held (stale tokens) are skipped and recorded.
+        """
+    def complete(self, job_id: int, token: int, result: bytes | None) -> bool:
+        """Mark the attempt complete with its pickled result; False if stale (recorded)."""
+    def complete_many(self, outcomes: list[tuple[int, int, bytes | None]]) -> list[bool]:
+        """``complete`` for many jobs in one transaction."""
+    def fail(
+        self,
+        job_id: int,
+        token: int,
+        *,
+        kind: str,
+        exc_type: str,
+        message: str,
+        traceback: str = "",
+        exc_pickle: bytes | None = None,
+        worker: str = "",
+        retryable: bool = True,
+    ) -> tuple[str, int | None]:
+        """Record a failed attempt and apply the retry policy.
+
+        ``kind`` is error or timeout (counted against ``max_retries``), crash
+        (counted against ``max_crashes``). Returns ``("retry", eta_ms)``,
+        ``("dead", None)``, or ``("stale", None)`` when the token is stale (the
+        outcome is then recorded and not applied).
+        """
+    def cancel(self, job_id: int) -> str:
+        """Cancel a job.
+
+        A pending or scheduled job becomes cancelled (returns ``"cancelled"``); a
+        running one gets a cancel request (``"requested"``) that its supervisor
+        acts on; a finished one is left alone and its status is returned.
+        """
+    def cancel_requests(self, owner: str) -> list[tuple[int, int]]:
+        """``(job_id, token)`` of the running jobs of ``owner`` with a cancel request."""
+    def finish_cancelled(self, job_id: int, token: int) -> bool:
+        """A running job whose worker was stopped for its cancel request ends cancelled."""
+    def requeue(self, job_id: int, token: int) -> bool:
+        """Put a running job back to pending without counting a failed attempt."""
+    def reap_expired(self, limit: int = 100) -> list[tuple[int, str]]:
+        """Fail the running jobs whose lease has expired (kind lease_expired).
+
+        Returns ``(job_id, "retry" | "dead")`` for each.
+        """
+    def get(self, job_id: int) -> JobRecord:
+        """The job's row; ``JobNotFoundError`` if there is none."""
+    def status(self, job_id: int) -> str:
+        """The job's status, read without its payload or result."""
+    def statuses(self, job_ids: list[int]) -> list[str]:
+        """``status`` of many jobs in one read."""
+    def errors(self, job_id: int) -> list[ErrorRecord]:
+        """The job's error history, oldest first."""
+    def stats(self) -> dict[str, int]:
+        """Job counts by status; every status is present."""
+    def dead_letters(self, limit: int = 100, offset: int = 0) -> list[JobRecord]:
+        """Dead jobs, most recently finished first."""
+    def replay(self, job_id: int) -> int:
+        """Enqueue a new job from a dead one, keeping its task, payload and options."""
+    def stale_outcomes(self, limit: int = 100) -> list[StaleOutcome]:
+        """Refused stale outcomes, most recent first."""
+    def next_wakeup_ms(self) -> int | None:
+        """The earliest future eta of a scheduled job or lease deadline of a running job."""
+    def data_version(self) -> int:
+        """Changes whenever another connection commits to the database."""
+    def purge_expired_results(self, limit: int = 1000) -> int:
+        """Drop results past their expiry, at most ``limit``; returns how many."""

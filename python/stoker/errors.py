@@ -1,0 +1,246 @@
+"""The exception tree of stoker.
+
+Every error stoker raises derives from :class:`StokerError`. Where a built-in
+exception already says the same thing, the stoker error subclasses it too, so
+code that catches the built-in keeps working: a missing job is also a
+``KeyError``, a wrong option value is also a ``ValueError``, waiting too long
+is also a ``TimeoutError``.
+
+The Rust engine raises these classes itself (its error enum is converted in one
+place, ``rust/stoker-py/src/errors.rs``), so their constructor signatures are a
+contract: change them only together with that file.
+
+Errors cross process boundaries (a worker raises, the caller re-raises), so
+each class pickles round-trip: classes whose constructor takes more than a
+message define ``__reduce__`` to rebuild themselves from their own fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "InvalidOptionError",
+    "JobCancelledError",
+    "JobNotFoundError",
+    "JobStateError",
+    "LeaseExpiredError",
+    "NotAStokerDatabaseError",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "ResultTimeoutError",
+    "SchemaVersionError",
+    "SerializationError",
+    "StokerError",
+    "StorageBusyError",
+    "StorageError",
+    "TaskFailedError",
+    "TaskTimeoutError",
+    "UnknownTaskError",
+    "WorkerLostError",
+    "WorkerStartupError",
+]
+
+
+class StokerError(Exception):
+    """Base class of every error stoker raises."""
+
+
+# --- storage -----------------------------------------------------------------
+
+
+class StorageError(StokerError):
+    """The database could not be read or written (the message says why)."""
+
+
+class NotAStokerDatabaseError(StorageError):
+    """The file exists but is not a stoker database (or not a database at all)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path!r} is not a stoker database: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason))
+
+
+class SchemaVersionError(StorageError):
+    """The database was written by a stoker with a different schema version."""
+
+    def __init__(self, path: str, found: int, expected: int) -> None:
+        super().__init__(f"{path!r} has stoker schema version {found}, this stoker reads version {expected}")
+        self.path = path
+        self.found = found
+        self.expected = expected
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.found, self.expected))
+
+
+class StorageBusyError(StorageError):
+    """The database stayed locked by another writer past the busy timeout."""
+
+
+# --- calls with wrong arguments ----------------------------------------------------
+
+
+class InvalidOptionError(StokerError, ValueError):
+    """An option has a value stoker cannot accept (the message names it)."""
+
+
+class JobNotFoundError(StokerError, KeyError):
+    """No job has this id."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"no job with id {self.job_id}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id,))
+
+
+class JobStateError(StokerError):
+    """The operation does not apply to a job in its current state."""
+
+    def __init__(self, job_id: int, status: str, operation: str) -> None:
+        super().__init__(f"cannot {operation} job {job_id}: it is {status}")
+        self.job_id = job_id
+        self.status = status
+        self.operation = operation
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.status, self.operation))
+
+
+class UnknownTaskError(StokerError, LookupError):
+    """No task of this name is registered (on the caller, or in the worker)."""
+
+    def __init__(self, task_name: str, message: str = "") -> None:
+        super().__init__(
+            message
+            or f"no task named {task_name!r} is registered; is the module that "
+            "defines it imported by the queue's module?"
+        )
+        self.task_name = task_name
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, str(self)))
+
+
+class SerializationError(StokerError):
+    """Arguments, a result or an error could not be pickled or unpickled."""
+
+
+# --- outcomes of jobs ----------------------------------------------------------
+
+
+class TaskFailedError(StokerError):
+    """Base of the errors that stand for a failed attempt of a job.
+
+    ``job_id`` is the job, when known; ``attempt`` the attempt (1 for the first run).
+    """
+
+    def __init__(self, message: str, *, job_id: int | None = None, attempt: int | None = None) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+        self.attempt = attempt
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_keywords, (type(self), (str(self),), self._keywords()))
+
+    def _keywords(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "attempt": self.attempt}
+
+
+def _rebuild_keywords(cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return cls(*args, **kwargs)
+
+
+class RemoteTaskError(TaskFailedError):
+    """Stand-in for a task's exception that could not cross back to the caller.
+
+    It keeps what can always cross: the exception's qualified type name, its
+    message, and the formatted remote traceback (also attached as ``__cause__``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        type_name: str,
+        remote_traceback: str = "",
+        job_id: int | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        super().__init__(f"{type_name}: {message}", job_id=job_id, attempt=attempt)
+        self.type_name = type_name
+        self.remote_message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            _rebuild_keywords,
+            (
+                type(self),
+                (self.remote_message,),
+                {"type_name": self.type_name, "remote_traceback": self.remote_traceback, **self._keywords()},
+            ),
+        )
+
+
+class RemoteTraceback(Exception):
+    """Carries the formatted traceback of an exception raised in a worker.
+
+    stoker sets it as the ``__cause__`` of a re-raised task exception, so the
+    printed traceback shows where the error happened in the worker.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.tb.rstrip()}\n"""'
+
+
+class TaskTimeoutError(TaskFailedError, TimeoutError):
+    """The attempt ran past its hard timeout and its worker process was killed."""
+
+
+class WorkerLostError(TaskFailedError):
+    """The worker process running the job died (the message names its exit code or signal)."""
+
+
+class LeaseExpiredError(WorkerLostError):
+    """The job's lease ran out: its supervisor stopped heartbeating (it died or hung)."""
+
+
+class JobCancelledError(StokerError):
+    """The job was cancelled; it has no result."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id,))
+
+
+class ResultTimeoutError(StokerError, TimeoutError):
+    """Waiting for a job's result took longer than the caller's timeout."""
+
+    def __init__(self, job_id: int, timeout: float) -> None:
+        super().__init__(f"job {job_id} did not finish within {timeout:g} s")
+        self.job_id = job_id
+        self.timeout = timeout
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.timeout))
+
+
+class WorkerStartupError(StokerError):
+    """Worker processes keep failing before they can take a job (the message holds the cause)."""

@@ -1,0 +1,142 @@
+"""How arguments, results and errors cross the process boundary.
+
+Everything is pickled with cloudpickle (so lambdas, closures and classes
+defined in ``__main__`` travel too) at the highest protocol. A failure is
+reported where it happens and names the culprit: an unpicklable argument fails
+the ``delay()`` call and names the task and the argument; an unpicklable result
+fails the attempt in the worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from .errors import SerializationError
+
+#: Protocol 5 carries large buffers without an extra copy.
+PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value`` with cloudpickle."""
+    data: bytes = cloudpickle.dumps(value, protocol=PICKLE_PROTOCOL)
+    return data
+
+
+def loads(data: bytes) -> Any:
+    """Unpickle bytes made by :func:`dumps`."""
+    return pickle.loads(data)
+
+
+def dumps_call(
+    task_name: str, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> bytes:
+    """Pickle the arguments of one call of ``task_name``.
+
+    On failure, find the first argument that cannot be pickled and raise a
+    :class:`SerializationError` that names the task and that argument.
+    """
+    try:
+        return dumps((args, kwargs))
+    except Exception as whole_error:
+        culprit, error = _find_unpicklable(func, args, kwargs)
+        if culprit is None:
+            raise SerializationError(
+                f"cannot send {task_name}: its arguments cannot be pickled: {whole_error!r}"
+            ) from whole_error
+        raise SerializationError(
+            f"cannot send {task_name}: {culprit} cannot be pickled: {error!r}"
+        ) from error
+
+
+def _find_unpicklable(
+    func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[str | None, BaseException | None]:
+    names = _positional_names(func, len(args))
+    for index, value in enumerate(args):
+        try:
+            dumps(value)
+        except Exception as error:
+            label = f"argument {index}" + (f" ({names[index]!r})" if names[index] else "")
+            return f"{label} of type {type(value).__qualname__}", error
+    for name, value in kwargs.items():
+        try:
+            dumps(value)
+        except Exception as error:
+            return f"keyword argument {name!r} of type {type(value).__qualname__}", error
+    return None, None
+
+
+def _positional_names(func: Callable[..., Any], count: int) -> list[str | None]:
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        parameters = []
+    names: list[str | None] = []
+    for index in range(count):
+        if index < len(parameters) and parameters[index].kind in (
+            inspect.Parameter.POSITIONAL_ONLY,
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        ):
+            names.append(parameters[index].name)
+        else:
+            names.append(None)
+    return names
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception so that it comes back as itself, attributes and chain included.
+
+    ``BaseException.__reduce__`` replays ``self.args`` into ``__init__``, so any
+    exception class whose constructor takes other arguments than its message
+    (``QuotaError(user, limit)``) pickles but cannot be unpickled. Exceptions
+    that keep that default reduction are instead rebuilt without calling
+    ``__init__``: ``__new__`` with the same args, then their ``__dict__``,
+    ``__cause__``, ``__context__`` and ``__suppress_context__``. Tracebacks do not
+    pickle; the formatted text carries them. A class with its own
+    ``__reduce__`` is pickled its own way.
+    """
+    buffer = io.BytesIO()
+    _ExceptionPickler(buffer, protocol=PICKLE_PROTOCOL).dump(exc)
+    return buffer.getvalue()
+
+
+class _ExceptionPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, BaseException) and _has_default_reduce(type(obj)):
+            state = dict(getattr(obj, "__dict__", {}))
+            return (
+                _rebuild_exception,
+                (type(obj), obj.args, state, obj.__cause__, obj.__context__, obj.__suppress_context__),
+            )
+        return super().reducer_override(obj)
+
+
+def _has_default_reduce(cls: type) -> bool:
+    reduce: object = cls.__reduce__
+    reduce_ex: object = cls.__reduce_ex__
+    return reduce is BaseException.__reduce__ and reduce_ex is BaseException.__reduce_ex__
+
+
+def _rebuild_exception(
+    cls: type[BaseException],
+    args: tuple[Any, ...],
+    state: dict[str, Any],
+    cause: BaseException | None,
+    context: BaseException | None,
+    suppress_context: bool,
+) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    if state:
+        exc.__dict__.update(state)
+    exc.__cause__ = cause
+    exc.__context__ = context
+    exc.__suppress_context__ = suppress_context
+    return exc

@@ -1,0 +1,702 @@
+"""The supervisor: claims jobs for a pool of worker processes and reports their outcomes.
+
+Data flow (one supervisor per host; many may share one database)::
+
+    ┌──────────── engine (Rust, SQLite) ─────────────┐
+    │ claim · complete_many · fail · heartbeat · reap │
+    └────────▲───────────────────────────┬────────────┘
+             │ outcomes, leases          │ claimed jobs (only as many as idle slots)
+    ┌────────┴───────────────────────────▼────────────┐
+    │ Supervisor (this module), one thread, one loop:  │
+    │ waits on every worker pipe, every process        │
+    │ sentinel and a wake-up pipe, with a timeout that │
+    │ is the nearest deadline (hard timeout, heartbeat,│
+    │ eta, drain, change poll)                         │
+    └──┬─────────────┬─────────────┬──────────────────┘
+       │ pipe        │ pipe        │ pipe (one per worker: a kill can only break its own)
+    worker 1      worker 2      spare (started ahead, takes the slot a kill or crash frees)
+
+What the loop acts on, in order, each time it wakes:
+
+- a message on a worker pipe: ``ready``, ``done`` (completions are batched into
+  one transaction per wake-up) or ``failed`` (the retry policy is the engine's);
+- a process sentinel: the worker died. If it was running a job, the attempt
+  fails as a crash with a :class:`~stoker.errors.WorkerLostError` naming the
+  exit code or signal; the slot goes to the spare and a new spare starts;
+- a hard deadline: the worker's process group is killed (SIGKILL, or SIGTERM
+  and SIGKILL after ``kill_grace``), the attempt fails with a
+  :class:`~stoker.errors.TaskTimeoutError`;
+- a cancel request (seen through the database's change counter, or the
+  heartbeat): the worker is killed and the job ends cancelled;
+- the heartbeat: every lease this supervisor holds is renewed, and expired
+  leases of any supervisor are reaped;
+- SIGTERM/SIGINT (or :meth:`Supervisor.stop`): claiming stops, running jobs get
+  ``drain_timeout`` seconds, the rest are killed and put back to pending
+  without counting a failed attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from . import serialization
+from ._core import ClaimedJob, Engine
+from .errors import InvalidOptionError, TaskTimeoutError, WorkerLostError, WorkerStartupError
+from .queue import WORKER_PROCESS_PREFIX
+from .remote_errors import CapturedError, qualified_name
+from .worker import worker_main
+
+if TYPE_CHECKING:
+    from .queue import Queue
+
+log = logging.getLogger("stoker.supervisor")
+
+#: How long a claimed job's lease lasts without a heartbeat. A supervisor that
+#: dies is noticed by the others this long after its last heartbeat: shorter
+#: recovers jobs sooner, longer tolerates a supervisor that stalls (swap, a
+#: stopped VM) without its jobs being run twice.
+DEFAULT_LEASE = 30.0
+#: Leases are renewed when a third of their length has passed, so two missed
+#: heartbeats in a row still do not lose them.
+HEARTBEAT_FRACTION = 1 / 3
+#: How often the supervisor checks whether another process changed the database
+#: (a job sent, a cancel request) while it is otherwise idle. The check reads
+#: one counter; lower values pick up work sent from other processes sooner at
+#: the cost of more wake-ups.
+CHANGE_POLL_INTERVAL = 0.01
+#: Time running jobs get to finish after SIGTERM before they are killed and re-queued.
+DEFAULT_DRAIN_TIMEOUT = 30.0
+#: After SIGKILL, how long to wait for the kernel to reap the process before
+#: reporting the outcome anyway (it is normally a millisecond or less).
+KILL_REAP_WAIT = 5.0
+#: Worker processes started ahead of need. One spare lets the slot freed by a
+#: kill or a crash take its next job at once instead of after a process start.
+SPARE_WORKERS = 1
+#: Consecutive worker start-up failures after which the supervisor gives up.
+STARTUP_FAILURE_LIMIT = 3
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended, naming the signal if a signal killed it."""
+    if exitcode is None:
+        return "is still running"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        return f"was killed by {name} (exit code {exitcode})"
+    return f"exited with code {exitcode}"
+
+
+@dataclass
+class _Running:
+    job: ClaimedJob
+    started: float
+    deadline: float | None
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    running: _Running | None = None
+    killed_for: str | None = None
+    """Why the supervisor killed it: timeout, cancel, drain or shutdown."""
+    kill_at: float | None = None
+    """When SIGKILL follows the SIGTERM already sent (kill_grace)."""
+    startup_error: CapturedError | None = None
+    exited: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+
+class Supervisor:
+    """Runs the jobs of a queue in ``processes`` worker processes."""
+
+    def __init__(
+        self,
+        queue: Queue,
+        *,
+        processes: int = 2,
+        queues: list[str] | None = None,
+        lease: float = DEFAULT_LEASE,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        kill_grace: float = 0.0,
+        start_method: str | None = None,
+        until_idle: bool = False,
+        imports: list[str] | None = None,
+        install_signal_handlers: bool | None = None,
+    ) -> None:
+        if not isinstance(processes, int) or processes < 1:
+            raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
+        for option, value in (("lease", lease), ("drain_timeout", drain_timeout), ("kill_grace", kill_grace)):
+            if not isinstance(value, (int, float)) or value < 0 or (option == "lease" and value == 0):
+                raise InvalidOptionError(f"{option} must be a number of seconds >= 0, got {value!r}")
+        if start_method is None:
+            start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        if start_method not in ("spawn", "forkserver"):
+            raise InvalidOptionError(
+                f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
+                "(plain fork is unsafe in a threaded supervisor)"
+            )
+        self.queue = queue
+        self.processes = processes
+        self.queues = (
+            list(queues)
+            if queues
+            else sorted({t.options_.queue for t in queue.tasks.values()} or {"default"})
+        )
+        self.lease = float(lease)
+        self.drain_timeout = float(drain_timeout)
+        self.kill_grace = float(kill_grace)
+        self.until_idle = until_idle
+        self.install_signal_handlers = install_signal_handlers
+        modules = {t.func.__module__ for t in queue.tasks.values()} | set(imports or ())
+        self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The fork server must not import __main__ (its default): the user's
+            # module may open the database, and a handle must never be forked.
+            self._context.set_forkserver_preload(["stoker.worker"])
+        self._engine: Engine | None = None
+        self._guardian: subprocess.Popen[bytes] | None = None
+        self._workers: list[_Worker] = []
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._stop_requests = 0
+        self._drain_deadline: float | None = None
+        self._want_claim = True
+        self._data_version = -1
+        self._next_heartbeat = 0.0
+        self._next_poll = 0.0
+        self._next_wakeup: float | None = None
+        self._completions: list[tuple[int, int, bytes | None]] = []
+        self._startup_failures = 0
+        self._worker_serial = 0
+        self.started = threading.Event()
+        """Set once every worker process has reported ready."""
+
+    # --- public ------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = Engine(self.queue.path)
+        return self._engine
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live worker processes (spares included)."""
+        return [w.pid for w in self._workers if not w.exited]
+
+    def stop(self) -> None:
+        """Begin a graceful stop (thread- and signal-safe); a second call stops at once."""
+        self._stop_requests += 1
+        try:
+            os.write(self._wake_w, b"s")
+        except (BlockingIOError, OSError):
+            pass
+
+    def run(self) -> None:
+        """Supervise until stopped (or, with ``until_idle``, until no job is left)."""
+        restore = self._install_signal_handlers()
+        try:
+            self._start_guardian()
+            self.engine.reap_expired()
+            for _ in range(self.processes + SPARE_WORKERS):
+                self._start_worker()
+            self._loop()
+        finally:
+            self._shutdown_workers()
+            self._stop_guardian()
+            for signum, handler in restore:
+                signal.signal(signum, handler)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    # --- the loop ----------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            self._enforce_deadlines(now)
+            if self._stop_requests:
+                if self._drain_deadline is None:
+                    self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
+                if self._stop_requests > 1:
+                    self._drain_deadline = min(self._drain_deadline, now)
+                if not self._busy_workers():
+                    return
+                if now >= self._drain_deadline:
+                    self._kill_busy_for_drain()
+                    return
+            else:
+                if now >= self._next_heartbeat:
+                    self._heartbeat(now)
+                if now >= self._next_poll:
+                    self._poll_changes(now)
+                if self._next_wakeup is not None and now >= self._next_wakeup:
+                    self._next_wakeup = None
+                    self._want_claim = True
+                self._claim_and_dispatch(now)
+                if self.until_idle and self._nothing_left():
+                    self.stop()
+                    continue
+            self._wait(now)
+
+    def _wait(self, now: float) -> None:
+        timeout = self._next_deadline(now) - now
+        waitables: list[Any] = [self._wake_r]
+        for w in self._workers:
+            waitables.append(w.conn)
+            waitables.append(w.process.sentinel)
+        ready = set(wait(waitables, max(0.0, timeout)))
+        if self._wake_r in ready:
+            self._drain_wake_pipe()
+        # Messages first: a worker may have sent its result just before it died.
+        for w in list(self._workers):
+            if w.conn in ready:
+                self._read_messages(w)
+        for w in list(self._workers):
+            if w.process.sentinel in ready and w in self._workers:
+                self._on_exit(w)
+        self._flush_completions()
+
+    def _next_deadline(self, now: float) -> float:
+        candidates = [now + 3600.0]
+        if self._stop_requests:
+            if self._drain_deadline is not None:
+                candidates.append(self._drain_deadline)
+        else:
+            candidates.append(self._next_heartbeat)
+            candidates.append(self._next_poll)
+            if self._next_wakeup is not None:
+                candidates.append(self._next_wakeup)
+        for w in self._workers:
+            if w.kill_at is not None:
+                candidates.append(w.kill_at)
+            elif w.running is not None and w.running.deadline is not None and w.killed_for is None:
+                candidates.append(w.running.deadline)
+        return min(candidates)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # --- claiming -------------------------------------------------------------------
+
+    def _busy_workers(self) -> list[_Worker]:
+        return [w for w in self._workers if w.running is not None]
+
+    def _idle_workers(self) -> list[_Worker]:
+        return [
+            w
+            for w in self._workers
+            if w.ready and w.running is None and w.killed_for is None and not w.exited
+        ]
+
+    def _claim_and_dispatch(self, now: float) -> None:
+        if not self._want_claim:
+            return
+        free_slots = self.processes - len(self._busy_workers())
+        idle = self._idle_workers()
+        limit = min(free_slots, len(idle))
+        if limit <= 0:
+            return
+        claimed = self.engine.claim(self.queues, limit, self.owner, self._lease_ms())
+        if len(claimed) < limit:
+            # Nothing more is runnable now: sleep until a change or the next eta.
+            self._want_claim = False
+            self._schedule_wakeup()
+        for job, worker in zip(claimed, idle, strict=False):
+            self._dispatch(job, worker, now)
+
+    def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float) -> None:
+        deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
+        try:
+            worker.conn.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload))
+        except (BrokenPipeError, OSError):
+            # The worker died between its last message and this one; the job never
+            # started, so it goes back without counting an attempt.
+            self.engine.requeue(job.id, job.token)
+            self._want_claim = True
+            return
+        worker.running = _Running(job, now, deadline)
+
+    def _schedule_wakeup(self) -> None:
+        wake_ms = self.engine.next_wakeup_ms()
+        if wake_ms is None:
+            self._next_wakeup = None
+            return
+        delay = max(0.0, (wake_ms - self.engine.now_ms()) / 1000)
+        self._next_wakeup = time.monotonic() + delay
+
+    def _nothing_left(self) -> bool:
+        # The last claim came back short (no runnable job in our queues), and the
+        # engine knows of no future eta and no running job of any supervisor.
+        return not self._want_claim and not self._busy_workers() and self._next_wakeup is None
+
+    def _lease_ms(self) -> int:
+        return max(1, round(self.lease * 1000))
+
+    # --- changes, heartbeats, cancellation -----------------------------------------------
+
+    def _poll_changes(self, now: float) -> None:
+        self._next_poll = now + CHANGE_POLL_INTERVAL
+        version = self.engine.data_version()
+        if version == self._data_version:
+            return
+        self._data_version = version
+        self._want_claim = True
+        if self._busy_workers():
+            for job_id, token in self.engine.cancel_requests(self.owner):
+                self._cancel(job_id, token)
+
+    def _heartbeat(self, now: float) -> None:
+        self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
+        leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
+        if leases:
+            for job_id in self.engine.heartbeat(self.owner, leases, self._lease_ms()):
+                for w in self._busy_workers():
+                    if w.running and w.running.job.id == job_id:
+                        self._cancel(job_id, w.running.job.token)
+        if self.engine.reap_expired():
+            self._want_claim = True
+
+    def _cancel(self, job_id: int, token: int) -> None:
+        for w in self._busy_workers():
+            if (
+                w.running
+                and w.running.job.id == job_id
+                and w.running.job.token == token
+                and w.killed_for is None
+            ):
+                self._kill(w, "cancel", grace=0.0)
+
+    # --- worker messages and deaths -------------------------------------------------
+
+    def _read_messages(self, w: _Worker) -> None:
+        while not w.exited:
+            try:
+                if not w.conn.poll():
+                    return
+                message = w.conn.recv()
+            except (EOFError, OSError):
+                return  # Its sentinel reports the death.
+            self._on_message(w, message)
+
+    def _on_message(self, w: _Worker, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "ready":
+            w.ready = True
+            self._startup_failures = 0
+            self._want_claim = True
+            if len([x for x in self._workers if x.ready]) >= self.processes:
+                self.started.set()
+        elif kind == "startup_error":
+            w.startup_error = message[1]
+        elif kind == "done":
+            _, job_id, token, result = message
+            if self._finish_running(w, job_id, token):
+                self._completions.append((job_id, token, result))
+        elif kind == "failed":
+            _, job_id, token, captured, retryable = message
+            if self._finish_running(w, job_id, token):
+                self._report_failure(job_id, token, "error", captured, w.pid, retryable=retryable)
+
+    def _finish_running(self, w: _Worker, job_id: int, token: int) -> bool:
+        running = w.running
+        if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
+            return False
+        w.running = None
+        self._want_claim = True
+        return True
+
+    def _flush_completions(self) -> None:
+        if not self._completions:
+            return
+        batch, self._completions = self._completions, []
+        applied = self.engine.complete_many(batch)
+        for (job_id, token, _), ok in zip(batch, applied, strict=True):
+            if not ok:
+                log.warning("the outcome of job %s (token %s) was stale and was refused", job_id, token)
+
+    def _report_failure(
+        self, job_id: int, token: int, kind: str, captured: CapturedError, pid: int, *, retryable: bool = True
+    ) -> None:
+        outcome, _ = self.engine.fail(
+            job_id,
+            token,
+            kind=kind,
+            exc_type=captured.exc_type,
+            message=captured.message,
+            traceback=captured.traceback,
+            exc_pickle=captured.exc_pickle,
+            worker=f"{self.owner}/{pid}",
+            retryable=retryable,
+        )
+        if outcome == "stale":
+            log.warning("the failure of job %s (token %s) was stale and was refused", job_id, token)
+
+    def _on_exit(self, w: _Worker) -> None:
+        self._read_messages(w)
+        w.process.join(KILL_REAP_WAIT)
+        w.exited = True
+        self._tell_guardian(f"-{w.pid}")
+        self._workers.remove(w)
+        w.conn.close()
+        running, w.running = w.running, None
+        if running is not None:
+            self._report_end_of_killed_or_lost(w, running)
+            self._want_claim = True
+        elif not w.ready and w.killed_for is None:
+            self._on_startup_failure(w)
+        if not self._stop_requests:
+            self._start_worker()
+
+    def _report_end_of_killed_or_lost(self, w: _Worker, running: _Running) -> None:
+        job = running.job
+        exit_text = describe_exit(w.process.exitcode)
+        if w.killed_for == "timeout":
+            timeout_s = (job.timeout_ms or 0) / 1000
+            error: BaseException = TaskTimeoutError(
+                f"job {job.id} ({job.task_name}) attempt {job.attempt} ran past its hard timeout of "
+                f"{timeout_s:g} s; its worker process {w.pid} was killed",
+                job_id=job.id,
+                attempt=job.attempt,
+            )
+            self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid)
+        elif w.killed_for == "cancel":
+            if not self.engine.finish_cancelled(job.id, job.token):
+                log.warning("job %s was cancelled but its token %s was stale", job.id, job.token)
+        elif w.killed_for in ("drain", "shutdown"):
+            self.engine.requeue(job.id, job.token)
+        else:
+            suffix = (
+                " (possibly by the out-of-memory killer)" if w.process.exitcode == -signal.SIGKILL else ""
+            )
+            error = WorkerLostError(
+                f"the worker process {w.pid} running job {job.id} ({job.task_name}) attempt {job.attempt} "
+                f"{exit_text}{suffix}",
+                job_id=job.id,
+                attempt=job.attempt,
+            )
+            self._report_failure(job.id, job.token, "crash", _supervisor_error(error), w.pid)
+
+    def _on_startup_failure(self, w: _Worker) -> None:
+        self._startup_failures += 1
+        cause = w.startup_error
+        detail = (
+            f"{cause.exc_type}: {cause.message}\n{cause.traceback}"
+            if cause
+            else f"it {describe_exit(w.process.exitcode)}"
+        )
+        log.error("worker process %s failed to start: %s", w.pid, detail)
+        if self._startup_failures >= STARTUP_FAILURE_LIMIT:
+            raise WorkerStartupError(
+                f"{self._startup_failures} worker processes in a row failed to start; the last one: {detail}"
+            )
+
+    # --- deadlines and kills ------------------------------------------------------------
+
+    def _enforce_deadlines(self, now: float) -> None:
+        for w in list(self._workers):
+            if w.kill_at is not None and now >= w.kill_at:
+                self._kill(w, w.killed_for or "timeout", grace=0.0)
+            elif (
+                w.running is not None
+                and w.killed_for is None
+                and w.running.deadline is not None
+                and now >= w.running.deadline
+            ):
+                self._kill(w, "timeout", grace=self.kill_grace)
+
+    def _kill(self, w: _Worker, reason: str, *, grace: float) -> None:
+        """Kill a worker's process group; report its job once the process is gone."""
+        w.killed_for = reason
+        if grace > 0 and w.kill_at is None:
+            w.kill_at = time.monotonic() + grace
+            self._signal_group(w, signal.SIGTERM)
+            return
+        w.kill_at = None
+        self._signal_group(w, signal.SIGKILL)
+        w.process.join(KILL_REAP_WAIT)
+        if w in self._workers:
+            self._on_exit(w)
+
+    def _signal_group(self, w: _Worker, signum: int) -> None:
+        try:
+            os.killpg(w.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+        # The worker may not have made its process group yet.
+        try:
+            os.kill(w.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    def _kill_busy_for_drain(self) -> None:
+        for w in self._busy_workers():
+            if w.killed_for is None:
+                self._kill(w, "drain", grace=0.0)
+
+    # --- worker processes -------------------------------------------------------------
+
+    def _start_worker(self) -> None:
+        self._worker_serial += 1
+        parent_conn, child_conn = self._context.Pipe(duplex=True)
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=worker_main,
+            args=(child_conn, os.getpid(), self.task_modules),
+            name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
+            daemon=False,
+        )
+        process.start()
+        child_conn.close()
+        self._tell_guardian(f"+{process.pid}")
+        self._workers.append(_Worker(process, parent_conn))
+
+    def _shutdown_workers(self) -> None:
+        for w in self._workers:
+            if w.running is not None and not w.exited:
+                self._signal_group(w, signal.SIGKILL)
+                w.killed_for = w.killed_for or "shutdown"
+            else:
+                try:
+                    w.conn.send(("stop",))
+                except (BrokenPipeError, OSError):
+                    pass
+        deadline = time.monotonic() + KILL_REAP_WAIT
+        for w in list(self._workers):
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                self._signal_group(w, signal.SIGKILL)
+                w.process.join(KILL_REAP_WAIT)
+            if w.process.exitcode is not None:
+                self._tell_guardian(f"-{w.pid}")
+            if w.running is not None and self._engine is not None:
+                self._report_end_of_killed_or_lost(w, w.running)
+                w.running = None
+            w.conn.close()
+        self._workers.clear()
+        self._flush_completions()
+
+    def _start_guardian(self) -> None:
+        """Start the process that kills the workers if this supervisor dies (see ``_guardian``)."""
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_guardian.py")
+        self._guardian = subprocess.Popen(
+            [sys.executable, script], stdin=subprocess.PIPE, close_fds=True, start_new_session=True
+        )
+
+    def _tell_guardian(self, line: str) -> None:
+        if self._guardian is None or self._guardian.stdin is None:
+            return
+        try:
+            self._guardian.stdin.write(line.encode() + b"\n")
+            self._guardian.stdin.flush()
+        except (BrokenPipeError, OSError):
+            log.error("the guardian process is gone; workers may outlive a crash of this supervisor")
+            self._guardian = None
+
+    def _stop_guardian(self) -> None:
+        guardian, self._guardian = self._guardian, None
+        if guardian is None:
+            return
+        if guardian.stdin is not None:
+            try:
+                guardian.stdin.close()
+            except OSError:
+                pass
+        try:
+            guardian.wait(KILL_REAP_WAIT)
+        except subprocess.TimeoutExpired:
+            guardian.kill()
+            guardian.wait()
+
+    def _install_signal_handlers(self) -> list[tuple[int, Any]]:
+        install = self.install_signal_handlers
+        if install is None:
+            install = threading.current_thread() is threading.main_thread()
+        if not install:
+            return []
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            self.stop()
+
+        restore: list[tuple[int, Any]] = []
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            restore.append((signum, signal.getsignal(signum)))
+            signal.signal(signum, on_signal)
+        return restore
+
+
+def _supervisor_error(error: BaseException) -> CapturedError:
+    """An error raised by the supervisor itself, stored like a task's error."""
+    return CapturedError(
+        exc_type=qualified_name(type(error)),
+        message=str(error),
+        traceback=f"{qualified_name(type(error))}: {error}\n",
+        exc_pickle=serialization.dumps_exception(error),
+    )
+
+
+class SupervisorThread:
+    """A supervisor running on a background thread (for tests and embedding)."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="stoker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.supervisor.run()
+        except BaseException as exc:
+            self.error = exc
+            self.supervisor.started.set()
+            raise
+
+    def wait_started(self, timeout: float | None = None) -> bool:
+        """Block until every worker is ready (or the supervisor failed)."""
+        return self.supervisor.started.wait(timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop gracefully and wait for the thread to end."""
+        self.supervisor.stop()
+        self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def __enter__(self) -> SupervisorThread:  # noqa: PYI034 - not meant to be subclassed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,252 @@
+"""Tasks: decorated functions, their options, and per-call overrides.
+
+``@queue.task(...)`` wraps a function in a :class:`Task`. Calling the task runs
+the function here and now; ``task.delay(...)`` stores a job for the worker pool;
+``task.options(...)`` returns a :class:`Sender` that overrides options for the
+calls it sends.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
+
+from ._core import NewJob
+from .errors import InvalidOptionError
+from .serialization import dumps_call
+
+if TYPE_CHECKING:
+    from .job import Job
+    from .queue import Queue
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+ExceptionTypes = tuple[type[BaseException], ...]
+
+#: Every task registered in this process, by name. A worker process looks the
+#: task of each job up here after importing the modules that define them.
+REGISTRY: dict[str, Task[Any, Any]] = {}
+
+#: Default bound on retries after an exception or a timeout.
+DEFAULT_MAX_RETRIES = 3
+#: Default bound on redeliveries after the worker was lost (crash, kill,
+#: expired lease). Kept low on purpose: a job that crashes its worker is most
+#: likely to crash the next one too, and each crash costs a process start.
+DEFAULT_MAX_CRASHES = 1
+#: Default delay before the first retry; it doubles with every failure.
+DEFAULT_RETRY_BACKOFF = 1.0
+#: Default upper bound of the retry delay.
+DEFAULT_RETRY_BACKOFF_MAX = 300.0
+#: Default random reduction of each retry delay (0.2 = up to 20% shorter), so
+#: that jobs which failed together do not all retry at the same instant.
+DEFAULT_RETRY_JITTER = 0.2
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How the jobs of a task are queued, retried and limited."""
+
+    name: str
+    queue: str = "default"
+    priority: int = 0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_crashes: int = DEFAULT_MAX_CRASHES
+    retry_backoff: float = DEFAULT_RETRY_BACKOFF
+    retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX
+    retry_jitter: float = DEFAULT_RETRY_JITTER
+    retry_on: ExceptionTypes = ()
+    dont_retry_on: ExceptionTypes = ()
+    timeout: float | None = None
+    result_ttl: float | None = None
+
+    def validated(self) -> TaskOptions:
+        """Return self, or raise InvalidOptionError naming the first wrong option."""
+        _check_name("name", self.name)
+        _check_name("queue", self.queue)
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise InvalidOptionError(f"priority must be an int, got {self.priority!r}")
+        for option in ("max_retries", "max_crashes"):
+            value = getattr(self, option)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidOptionError(f"{option} must be an int >= 0, got {value!r}")
+        for option in ("retry_backoff", "retry_backoff_max"):
+            _check_seconds(option, getattr(self, option), allow_zero=True)
+        if self.retry_backoff > self.retry_backoff_max:
+            raise InvalidOptionError(
+                f"retry_backoff ({self.retry_backoff!r}) exceeds "
+                f"retry_backoff_max ({self.retry_backoff_max!r})"
+            )
+        if not isinstance(self.retry_jitter, (int, float)) or not 0 <= self.retry_jitter <= 1:
+            raise InvalidOptionError(f"retry_jitter must be between 0 and 1, got {self.retry_jitter!r}")
+        if self.timeout is not None:
+            _check_seconds("timeout", self.timeout, allow_zero=False)
+        if self.result_ttl is not None:
+            _check_seconds("result_ttl", self.result_ttl, allow_zero=True)
+        for option in ("retry_on", "dont_retry_on"):
+            for cls in getattr(self, option):
+                if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                    raise InvalidOptionError(f"{option} must hold exception classes, got {cls!r}")
+        return self
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether this exception may be retried (the retry count aside)."""
+        if self.dont_retry_on and isinstance(exc, self.dont_retry_on):
+            return False
+        if self.retry_on:
+            return isinstance(exc, self.retry_on)
+        return True
+
+
+def _check_name(option: str, value: object) -> None:
+    if not isinstance(value, str) or not value:
+        raise InvalidOptionError(f"{option} must be a non-empty str, got {value!r}")
+
+
+def _check_seconds(option: str, value: object, *, allow_zero: bool) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+        or (value == 0 and not allow_zero)
+    ):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise InvalidOptionError(f"{option} must be a number of seconds {bound}, got {value!r}")
+
+
+def as_exception_types(option: str, value: object) -> ExceptionTypes:
+    """Accept one exception class or an iterable of them."""
+    if value is None:
+        return ()
+    if isinstance(value, type):
+        return (value,)
+    try:
+        return tuple(cast("Iterable[type[BaseException]]", value))
+    except TypeError:
+        raise InvalidOptionError(
+            f"{option} must be an exception class or a list of them, got {value!r}"
+        ) from None
+
+
+def _ms(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call overrides: where and when one call runs."""
+
+    priority: int | None = None
+    queue: str | None = None
+    delay: float | None = None
+    eta: float | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+
+
+class Task(Generic[P, R]):
+    """A function registered with a :class:`~stoker.Queue`.
+
+    Call it to run the function in this process; ``delay`` to run it in the
+    worker pool.
+    """
+
+    def __init__(self, queue: Queue, func: Callable[P, R], options: TaskOptions) -> None:
+        self.queue = queue
+        self.func = func
+        self.options_ = options
+        self.__wrapped__ = func
+        self.__doc__ = func.__doc__
+        self.__name__ = getattr(func, "__name__", options.name)
+        self.__qualname__ = getattr(func, "__qualname__", options.name)
+        self.__module__ = func.__module__
+
+    @property
+    def name(self) -> str:
+        return self.options_.name
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name} queue={self.options_.queue!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        return self.func(*args, **kwargs)
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Send one call to the worker pool and return its :class:`~stoker.Job`."""
+        return self.queue._send(self._new_job(CallOptions(), args, kwargs))
+
+    def options(
+        self,
+        *,
+        priority: int | None = None,
+        queue: str | None = None,
+        delay: float | None = None,
+        eta: float | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+    ) -> Sender[P, R]:
+        """Override options for the calls sent through the returned :class:`Sender`.
+
+        ``delay`` is in seconds from now; ``eta`` a Unix timestamp in seconds.
+        """
+        call = CallOptions(priority, queue, delay, eta, timeout, max_retries)
+        merged = replace(
+            self.options_,
+            priority=self.options_.priority if priority is None else priority,
+            queue=self.options_.queue if queue is None else queue,
+            timeout=self.options_.timeout if timeout is None else timeout,
+            max_retries=self.options_.max_retries if max_retries is None else max_retries,
+        ).validated()
+        if delay is not None:
+            _check_seconds("delay", delay, allow_zero=True)
+        if eta is not None:
+            _check_seconds("eta", eta, allow_zero=True)
+        if delay is not None and eta is not None:
+            raise InvalidOptionError("give delay or eta, not both")
+        return Sender(self, merged, call)
+
+    def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
+        """Send many calls (each a tuple of positional arguments) in one transaction."""
+        jobs = [self._new_job(CallOptions(), tuple(args), {}) for args in calls]
+        return self.queue._send_many(jobs)
+
+    def _new_job(
+        self,
+        call: CallOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: TaskOptions | None = None,
+    ) -> NewJob:
+        opts = options or self.options_
+        payload = dumps_call(self.name, self.func, args, kwargs)
+        return NewJob(
+            opts.name,
+            payload,
+            queue=opts.queue,
+            priority=opts.priority,
+            max_retries=opts.max_retries,
+            max_crashes=opts.max_crashes,
+            backoff_base_ms=round(opts.retry_backoff * 1000),
+            backoff_cap_ms=round(opts.retry_backoff_max * 1000),
+            jitter=float(opts.retry_jitter),
+            timeout_ms=_ms(opts.timeout),
+            delay_ms=_ms(call.delay) or 0,
+            eta_ms=_ms(call.eta),
+            result_ttl_ms=_ms(opts.result_ttl),
+        )
+
+
+class Sender(Generic[P, R]):
+    """Sends calls of a task with per-call options (see :meth:`Task.options`)."""
+
+    def __init__(self, task: Task[P, R], options: TaskOptions, call: CallOptions) -> None:
+        self.task = task
+        self._options = options
+        self._call = call
+
+    def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """Send one call with this sender's options."""
+        return self.task.queue._send(self.task._new_job(self._call, args, kwargs, self._options))

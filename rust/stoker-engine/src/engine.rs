@@ -1,0 +1,250 @@
+//! The public API of the engine: a storage, a clock and a random source.
+//!
+//! The engine validates arguments, reads `now` from its clock and draws retry
+//! jitter from its random source, then hands the whole state transition to the
+//! storage. It is `Send + Sync`: many threads may share one engine.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::error::EngineError;
+use crate::model::{
+    check_duration, CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport,
+    JobRecord, NewJob, StaleOutcome, Status,
+};
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::Storage;
+
+/// Durable job state and scheduling; see the crate documentation.
+#[derive(Debug)]
+pub struct Engine {
+    storage: Box<dyn Storage>,
+    clock: Arc<dyn Clock>,
+    rng: Mutex<fastrand::Rng>,
+}
+
+impl Engine {
+    /// An engine over `storage` that reads the time from `clock`.
+    pub fn new(storage: Box<dyn Storage>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            storage,
+            clock,
+            rng: Mutex::new(fastrand::Rng::new()),
+        }
+    }
+
+    /// An engine over the SQLite database at `path` (created if missing).
+    pub fn open_sqlite(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, EngineError> {
+        Ok(Self::new(
+            Box::new(SqliteStorage::open(path, busy_timeout)?),
+            clock,
+        ))
+    }
+
+    /// Seeds the jitter source, so that retry delays are reproducible.
+    pub fn with_seed(self, seed: u64) -> Self {
+        Self {
+            rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+            ..self
+        }
+    }
+
+    /// The engine clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Moves a manual clock forward; an invalid option on the system clock.
+    pub fn advance_clock(&self, ms: i64) -> Result<(), EngineError> {
+        self.clock.advance_ms(ms)
+    }
+
+    /// A jitter source for one operation, forked so the lock is not held while
+    /// the storage works.
+    fn jitter_source(&self) -> fastrand::Rng {
+        self.rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fork()
+    }
+
+    /// Validates and stores the jobs in one transaction; their ids, in order.
+    pub fn enqueue(&self, jobs: &[NewJob]) -> Result<Vec<i64>, EngineError> {
+        for job in jobs {
+            job.validate()?;
+        }
+        self.storage.enqueue(jobs, self.now_ms())
+    }
+
+    /// Leases up to `limit` runnable jobs of `queues` to `owner` for `lease_ms`.
+    pub fn claim(
+        &self,
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<ClaimedJob>, EngineError> {
+        check_owner(owner)?;
+        check_lease(lease_ms)?;
+        if let Some(queue) = queues.iter().find(|queue| queue.is_empty()) {
+            return Err(EngineError::invalid(format!(
+                "queues must not contain an empty name, got {queue:?}"
+            )));
+        }
+        self.storage
+            .claim(queues, limit, owner, lease_ms, self.now_ms())
+    }
+
+    /// Extends the leases `owner` still holds; the ids with a cancel request.
+    pub fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[(i64, i64)],
+        lease_ms: i64,
+    ) -> Result<Vec<i64>, EngineError> {
+        check_owner(owner)?;
+        check_lease(lease_ms)?;
+        self.storage
+            .heartbeat(owner, leases, lease_ms, self.now_ms())
+    }
+
+    /// Completes one attempt; false if its token is stale (recorded).
+    pub fn complete(
+        &self,
+        job_id: i64,
+        token: i64,
+        result: Option<Vec<u8>>,
+    ) -> Result<bool, EngineError> {
+        let applied = self.complete_many(&[Completion {
+            job_id,
+            token,
+            result,
+        }])?;
+        Ok(applied.first().copied().unwrap_or(false))
+    }
+
+    /// Completes many attempts in one transaction.
+    pub fn complete_many(&self, completions: &[Completion]) -> Result<Vec<bool>, EngineError> {
+        self.storage.complete_many(completions, self.now_ms())
+    }
+
+    /// Records a failed attempt and applies the retry policy.
+    pub fn fail(
+        &self,
+        job_id: i64,
+        token: i64,
+        report: &FailureReport,
+    ) -> Result<FailOutcome, EngineError> {
+        let mut rng = self.jitter_source();
+        self.storage
+            .fail(job_id, token, report, &mut || rng.f64(), self.now_ms())
+    }
+
+    /// Cancels a job, or asks for a running one to be stopped.
+    pub fn cancel(&self, job_id: i64) -> Result<CancelOutcome, EngineError> {
+        self.storage.cancel(job_id, self.now_ms())
+    }
+
+    /// `(job_id, token)` of the running jobs of `owner` with a cancel request.
+    pub fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError> {
+        self.storage.cancel_requests(owner)
+    }
+
+    /// Ends a running attempt as cancelled; false if stale (recorded).
+    pub fn finish_cancelled(&self, job_id: i64, token: i64) -> Result<bool, EngineError> {
+        self.storage.finish_cancelled(job_id, token, self.now_ms())
+    }
+
+    /// Puts a running attempt back to pending; false if stale (recorded).
+    pub fn requeue(&self, job_id: i64, token: i64) -> Result<bool, EngineError> {
+        self.storage.requeue(job_id, token, self.now_ms())
+    }
+
+    /// Fails up to `limit` running jobs whose lease expired.
+    pub fn reap_expired(&self, limit: usize) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
+        let mut rng = self.jitter_source();
+        self.storage
+            .reap_expired(limit, &mut || rng.f64(), self.now_ms())
+    }
+
+    /// The job's row.
+    pub fn get(&self, job_id: i64) -> Result<JobRecord, EngineError> {
+        self.storage.get(job_id)
+    }
+
+    /// The job's status.
+    pub fn status(&self, job_id: i64) -> Result<Status, EngineError> {
+        let statuses = self.storage.statuses(&[job_id])?;
+        statuses
+            .first()
+            .copied()
+            .ok_or(EngineError::NotFound(job_id))
+    }
+
+    /// The statuses of many jobs, in one read.
+    pub fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError> {
+        self.storage.statuses(job_ids)
+    }
+
+    /// The job's error history, oldest first.
+    pub fn errors(&self, job_id: i64) -> Result<Vec<ErrorRecord>, EngineError> {
+        self.storage.errors(job_id)
+    }
+
+    /// Job counts for every status.
+    pub fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError> {
+        self.storage.stats()
+    }
+
+    /// Dead jobs, most recently finished first.
+    pub fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError> {
+        self.storage.dead_letters(limit, offset)
+    }
+
+    /// Enqueues a new job from a dead one; its id.
+    pub fn replay(&self, job_id: i64) -> Result<i64, EngineError> {
+        self.storage.replay(job_id, self.now_ms())
+    }
+
+    /// Refused stale outcomes, most recent first.
+    pub fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
+        self.storage.stale_outcomes(limit)
+    }
+
+    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    pub fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.storage.next_wakeup_ms()
+    }
+
+    /// Changes whenever another connection commits.
+    pub fn data_version(&self) -> Result<i64, EngineError> {
+        self.storage.data_version()
+    }
+
+    /// Drops up to `limit` expired results; how many.
+    pub fn purge_expired_results(&self, limit: usize) -> Result<usize, EngineError> {
+        self.storage.purge_expired_results(limit, self.now_ms())
+    }
+}
+
+fn check_owner(owner: &str) -> Result<(), EngineError> {
+    if owner.is_empty() {
+        return Err(EngineError::invalid("owner must not be empty"));
+    }
+    Ok(())
+}
+
+fn check_lease(lease_ms: i64) -> Result<(), EngineError> {
+    if lease_ms <= 0 {
+        return Err(EngineError::invalid(format!(
+            "lease_ms must be positive, got {lease_ms}"
+        )));
+    }
+    check_duration("lease_ms", lease_ms)
+}

@@ -1,0 +1,130 @@
+//! The storage boundary: one trait whose operations are whole state
+//! transitions.
+//!
+//! Each operation runs as one transaction and takes the current time as an
+//! argument, so an implementation never reads a clock and the same inputs give
+//! the same state. The trait is shaped for several supervisors sharing one
+//! store: a claim picks and leases rows in one transaction (with PostgreSQL,
+//! `SELECT ... FOR UPDATE SKIP LOCKED`), and every outcome carries its fencing
+//! token into the statement that writes it (`WHERE attempt = token AND status =
+//! running`), so a stale writer can never overwrite a newer attempt.
+//!
+//! Implementations take `&self` and synchronise internally (a connection behind
+//! a mutex, or a pool), so one storage can serve many threads.
+
+pub mod sqlite;
+
+use crate::error::EngineError;
+use crate::model::{
+    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobRecord,
+    NewJob, StaleOutcome, Status,
+};
+
+/// A source of uniform random draws in `[0, 1)` for retry jitter.
+pub type Jitter<'a> = &'a mut dyn FnMut() -> f64;
+
+/// Durable job state. See the module documentation for the contract every
+/// implementation keeps.
+pub trait Storage: std::fmt::Debug + Send + Sync {
+    /// Stores the jobs in one transaction and returns their ids in order. A job
+    /// whose eta has come is pending, otherwise scheduled.
+    fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError>;
+
+    /// Promotes the scheduled jobs that fell due, then leases up to `limit`
+    /// pending jobs of `queues` to `owner` until `now_ms + lease_ms`, highest
+    /// priority first, then lowest id.
+    fn claim(
+        &self,
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<ClaimedJob>, EngineError>;
+
+    /// Extends the leases `(job_id, token)` that `owner` still holds to
+    /// `now_ms + lease_ms`, records the others as stale, and returns the ids
+    /// among the extended ones whose cancellation was requested.
+    fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[(i64, i64)],
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError>;
+
+    /// Completes each attempt whose token is current; records the others as
+    /// stale. One transaction; returns whether each was applied.
+    fn complete_many(
+        &self,
+        completions: &[Completion],
+        now_ms: i64,
+    ) -> Result<Vec<bool>, EngineError>;
+
+    /// Records a failed attempt and applies the retry policy, drawing jitter
+    /// from `jitter`.
+    fn fail(
+        &self,
+        job_id: i64,
+        token: i64,
+        report: &FailureReport,
+        jitter: Jitter<'_>,
+        now_ms: i64,
+    ) -> Result<FailOutcome, EngineError>;
+
+    /// Cancels a job that has not started, asks for a running one to be
+    /// stopped, and leaves a finished one alone.
+    fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError>;
+
+    /// `(job_id, token)` of the running jobs of `owner` with a cancel request.
+    fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError>;
+
+    /// Ends a running attempt as cancelled; false (and recorded) if stale.
+    fn finish_cancelled(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError>;
+
+    /// Puts a running attempt back to pending without counting a failure;
+    /// false (and recorded) if stale.
+    fn requeue(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError>;
+
+    /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
+    /// is before `now_ms`.
+    fn reap_expired(
+        &self,
+        limit: usize,
+        jitter: Jitter<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError>;
+
+    /// The job's row.
+    fn get(&self, job_id: i64) -> Result<JobRecord, EngineError>;
+
+    /// The statuses of the jobs, in one read.
+    fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError>;
+
+    /// The job's error history, oldest first.
+    fn errors(&self, job_id: i64) -> Result<Vec<ErrorRecord>, EngineError>;
+
+    /// Job counts for every status, zero included, in the order of
+    /// [`Status::ALL`].
+    fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError>;
+
+    /// Dead jobs, most recently finished first.
+    fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError>;
+
+    /// Enqueues a new pending job from a dead one, with its task, payload and
+    /// options; returns the new id.
+    fn replay(&self, job_id: i64, now_ms: i64) -> Result<i64, EngineError>;
+
+    /// Refused stale outcomes, most recent first.
+    fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError>;
+
+    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError>;
+
+    /// A number that changes whenever another connection commits.
+    fn data_version(&self) -> Result<i64, EngineError>;
+
+    /// Drops up to `limit` results whose expiry is at or before `now_ms`;
+    /// returns how many.
+    fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;
+}

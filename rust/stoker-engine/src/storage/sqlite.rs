@@ -1,0 +1,1020 @@
+//! The SQLite implementation of [`Storage`]: one database file in WAL mode,
+//! shared by the supervisors and clients of one machine.
+//!
+//! Every write runs in a `BEGIN IMMEDIATE` transaction, so a transaction takes
+//! the write lock up front and never fails half-way with a lock upgrade error;
+//! a transaction that is not committed rolls back when dropped. The hot
+//! statements are prepared once per connection (`prepare_cached`) and each one
+//! is served by a partial index, so the cost of a claim depends on the batch
+//! size, not on how many jobs are pending or finished.
+//!
+//! Statuses are written into the SQL as integer literals (see
+//! [`Status::code`]): SQLite uses a partial index only when the query's WHERE
+//! clause visibly implies the index's, which a bound parameter does not.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{
+    params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
+};
+
+use crate::error::EngineError;
+use crate::model::{
+    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
+    JobRecord, NewJob, StaleOutcome, Status,
+};
+use crate::retry::backoff_ms;
+use crate::storage::{Jitter, Storage};
+
+/// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
+pub const APPLICATION_ID: i64 = 0x5354_4B52;
+
+/// The schema version this engine writes and reads (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// The exception type recorded for an attempt whose lease expired.
+pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
+
+/// At most this many scheduled jobs are promoted to pending by one claim. A
+/// larger batch makes priority order exact even after a burst of jobs falls due
+/// at once; a smaller one bounds how long one claim holds the write lock. The
+/// rest are promoted by the following claims, earliest eta first.
+const PROMOTE_BATCH: i64 = 1000;
+
+/// Prepared statements kept per connection. It must hold every hot statement
+/// at once, or they would be re-prepared on every call; memory per statement is
+/// a few kilobytes.
+const STATEMENT_CACHE_CAPACITY: usize = 64;
+
+/// SQLite's page cache for each connection, in KiB. The hot pages of a claim
+/// (the top of the pending index and the rows just written) then stay in
+/// memory even in a database of millions of jobs; the cost is up to this much
+/// memory per open engine. SQLite's default is 2 MiB.
+const CACHE_SIZE_KIB: i64 = 16 * 1024;
+
+/// The schema, created in one transaction on an empty file.
+const SCHEMA: &str = "
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_name TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    max_retries INTEGER NOT NULL,
+    max_crashes INTEGER NOT NULL,
+    backoff_base_ms INTEGER NOT NULL,
+    backoff_cap_ms INTEGER NOT NULL,
+    jitter REAL NOT NULL,
+    timeout_ms INTEGER,
+    result_ttl_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    eta_ms INTEGER NOT NULL,
+    started_ms INTEGER,
+    finished_ms INTEGER,
+    lease_owner TEXT,
+    lease_deadline_ms INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    result BLOB,
+    result_expires_ms INTEGER,
+    replayed_from INTEGER REFERENCES jobs (id)
+) STRICT;
+
+-- Claims: the runnable jobs of one queue in claim order.
+CREATE INDEX jobs_pending ON jobs (queue, priority DESC, id) WHERE status = 0;
+-- Promotion of due jobs and the next wake-up.
+CREATE INDEX jobs_scheduled ON jobs (eta_ms) WHERE status = 1;
+-- Reaping of expired leases and the next wake-up.
+CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = 2;
+-- Cancel requests a supervisor polls for.
+CREATE INDEX jobs_cancel_requests ON jobs (lease_owner) WHERE status = 2 AND cancel_requested = 1;
+-- The dead-letter queue, most recent first.
+CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = 4;
+-- Results waiting for their expiry.
+CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms)
+    WHERE result IS NOT NULL AND result_expires_ms IS NOT NULL;
+
+CREATE TABLE errors (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    attempt INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    exc_type TEXT NOT NULL,
+    message TEXT NOT NULL,
+    traceback TEXT NOT NULL,
+    exc_pickle BLOB,
+    failed_ms INTEGER NOT NULL,
+    worker TEXT NOT NULL
+) STRICT;
+CREATE INDEX errors_job ON errors (job_id, id);
+
+-- Stale outcomes may name jobs that never existed (a confused heartbeat), so
+-- job_id is deliberately not a foreign key.
+CREATE TABLE stale_outcomes (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    token INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+";
+
+/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them.
+const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
+     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
+     created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
+     result, result_expires_ms, replayed_from";
+
+const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
+     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// Moves the scheduled jobs whose eta has come to pending, earliest first.
+pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
+     (SELECT id FROM jobs WHERE status = 1 AND eta_ms <= ?1 ORDER BY eta_ms LIMIT ?2)";
+
+/// The next claimable jobs of one queue, in claim order.
+pub const PICK_PENDING_SQL: &str =
+    "SELECT priority, id FROM jobs WHERE status = 0 AND queue = ?1 ORDER BY priority DESC, id LIMIT ?2";
+
+/// Leases one picked job; the `status = 0` fence makes it a no-op on a row that
+/// another writer took first.
+pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = ?2, \
+     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0 WHERE id = ?1 AND status = 0 \
+     RETURNING attempt, task_name, queue, payload, timeout_ms";
+
+/// Completes one attempt if its token is current.
+pub const COMPLETE_SQL: &str = "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, \
+     result_expires_ms = ?4 + result_ttl_ms, lease_owner = NULL, lease_deadline_ms = NULL \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2";
+
+/// Renews one lease if the owner and token are current.
+pub const HEARTBEAT_SQL: &str = "UPDATE jobs SET lease_deadline_ms = ?4 \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_owner = ?3 RETURNING cancel_requested";
+
+/// The running jobs whose lease ran out, oldest deadline first.
+pub const EXPIRED_SQL: &str = "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
+     WHERE status = 2 AND lease_deadline_ms < ?1 ORDER BY lease_deadline_ms LIMIT ?2";
+
+/// The cancel requests of one owner.
+pub const CANCEL_REQUESTS_SQL: &str = "SELECT id, attempt FROM jobs \
+     WHERE status = 2 AND cancel_requested = 1 AND lease_owner = ?1 ORDER BY id";
+
+/// The earliest eta of a scheduled job.
+pub const NEXT_ETA_SQL: &str = "SELECT eta_ms FROM jobs WHERE status = 1 ORDER BY eta_ms LIMIT 1";
+
+/// The earliest lease deadline of a running job.
+pub const NEXT_DEADLINE_SQL: &str =
+    "SELECT lease_deadline_ms FROM jobs WHERE status = 2 ORDER BY lease_deadline_ms LIMIT 1";
+
+/// Results past their expiry, bounded.
+pub const PURGE_RESULTS_SQL: &str =
+    "UPDATE jobs SET result = NULL WHERE id IN (SELECT id FROM jobs \
+     WHERE result IS NOT NULL AND result_expires_ms IS NOT NULL AND result_expires_ms <= ?1 \
+     ORDER BY result_expires_ms LIMIT ?2)";
+
+/// The statements whose cost must not grow with the number of jobs, by name;
+/// tests check their query plans.
+pub const HOT_STATEMENTS: &[(&str, &str)] = &[
+    ("promote_due", PROMOTE_DUE_SQL),
+    ("pick_pending", PICK_PENDING_SQL),
+    ("take", TAKE_SQL),
+    ("complete", COMPLETE_SQL),
+    ("heartbeat", HEARTBEAT_SQL),
+    ("expired", EXPIRED_SQL),
+    ("cancel_requests", CANCEL_REQUESTS_SQL),
+    ("next_eta", NEXT_ETA_SQL),
+    ("next_deadline", NEXT_DEADLINE_SQL),
+    ("purge_results", PURGE_RESULTS_SQL),
+];
+
+impl From<rusqlite::Error> for EngineError {
+    fn from(error: rusqlite::Error) -> Self {
+        match error.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+                EngineError::Busy(format!(
+                    "the database stayed locked by another writer past the busy timeout: {error}"
+                ))
+            }
+            _ => EngineError::Storage(format!("SQLite error: {error}")),
+        }
+    }
+}
+
+/// What an opened file turned out to be.
+enum Identity {
+    /// A stoker database of this schema version.
+    Ours,
+    /// An empty database, to be initialised.
+    Empty,
+}
+
+/// Job state in one SQLite database file.
+#[derive(Debug)]
+pub struct SqliteStorage {
+    /// One connection serves every thread of the process: SQLite allows a
+    /// single writer anyway, and the mutex makes the engine safe to share.
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+impl SqliteStorage {
+    /// Opens the database at `path`, creating it if the file does not exist
+    /// (its directory must), and checks that it is a stoker database of this
+    /// schema version. Writers wait up to `busy_timeout` for the lock.
+    pub fn open(path: impl AsRef<Path>, busy_timeout: Duration) -> Result<Self, EngineError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            return Err(EngineError::Storage(format!(
+                "cannot open the database {shown:?}: it is a directory"
+            )));
+        }
+        if !path.exists() {
+            if let Some(parent) = path
+                .parent()
+                .filter(|parent| !parent.as_os_str().is_empty())
+            {
+                if !parent.is_dir() {
+                    return Err(EngineError::Storage(format!(
+                        "cannot create the database {shown:?}: the directory {:?} does not exist",
+                        parent.display().to_string()
+                    )));
+                }
+            }
+        }
+        let conn = Connection::open(path).map_err(|error| {
+            EngineError::Storage(format!("cannot open the database {shown:?}: {error}"))
+        })?;
+        conn.busy_timeout(busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        let mut storage = Self {
+            conn: Mutex::new(conn),
+            path: shown,
+        };
+        storage.initialize()?;
+        Ok(storage)
+    }
+
+    /// The path the database was opened at.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The query plan SQLite chooses for `sql` on this database, one line per
+    /// step (the `detail` column of `EXPLAIN QUERY PLAN`).
+    pub fn explain_query_plan(&self, sql: &str) -> Result<Vec<String>, EngineError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        // The plan does not depend on parameter values here (there are no
+        // statistics to consult), so every parameter is bound to NULL.
+        for index in 1..=stmt.parameter_count() {
+            stmt.raw_bind_parameter(index, rusqlite::types::Null)?;
+        }
+        let mut rows = stmt.raw_query();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next()? {
+            plan.push(row.get::<_, String>(3)?);
+        }
+        Ok(plan)
+    }
+
+    /// Checks what the file is, creates the schema in an empty one, and sets
+    /// the connection's pragmas.
+    fn initialize(&mut self) -> Result<(), EngineError> {
+        let path = self.path.clone();
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // Nothing is written before the file is known to be ours or empty, so a
+        // foreign database is never switched to WAL or otherwise touched.
+        let identity = identify(conn, &path)?;
+        // WAL lets readers proceed while one writer commits, and is a property of
+        // the file that persists; it must be set outside any transaction.
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
+            return Err(EngineError::Storage(format!(
+                "cannot switch the database {path:?} to WAL mode (it stays in {mode} mode)"
+            )));
+        }
+        // With WAL, synchronous=NORMAL syncs at checkpoints rather than at every
+        // commit: after a power loss or OS crash the last transactions may roll
+        // back, but the database is never corrupted. A process crash loses
+        // nothing. The fsync saved per commit is most of the cost of a write.
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{CACHE_SIZE_KIB};"
+        ))?;
+        if let Identity::Empty = identity {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Another process may have created the schema while this one waited
+            // for the write lock, so look again under the lock.
+            if let Identity::Empty = identify(&tx, &path)? {
+                tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(&format!(
+                    "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+                ))?;
+            }
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held dropped its transaction, which rolled
+        // back, so the connection is still in a clean state.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+}
+
+/// Reads the identity of the file without writing to it.
+fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
+    let read = || -> rusqlite::Result<(i64, i64, Vec<String>)> {
+        let application_id: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
+        let user_version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?;
+        let tables = stmt
+            .query_map([], |row| row.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok((application_id, user_version, tables))
+    };
+    let not_ours = |reason: String| EngineError::NotOurDatabase {
+        path: path.to_owned(),
+        reason,
+    };
+    let (application_id, user_version, tables) = match read() {
+        Ok(found) => found,
+        Err(error) if error.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
+            return Err(not_ours("the file is not an SQLite database".to_owned()));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if application_id == APPLICATION_ID {
+        if user_version == SCHEMA_VERSION {
+            return Ok(Identity::Ours);
+        }
+        return Err(EngineError::SchemaVersion {
+            path: path.to_owned(),
+            found: user_version,
+            expected: SCHEMA_VERSION,
+        });
+    }
+    if application_id != 0 {
+        return Err(not_ours(format!(
+            "it is an SQLite database of another application (application_id {application_id:#010x}, \
+             stoker's is {APPLICATION_ID:#010x})"
+        )));
+    }
+    if !tables.is_empty() {
+        const SHOWN_TABLES: usize = 5;
+        let mut shown = tables
+            .iter()
+            .take(SHOWN_TABLES)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if tables.len() > SHOWN_TABLES {
+            shown.push_str(", ...");
+        }
+        return Err(not_ours(format!(
+            "it is an SQLite database with {} table(s) ({shown}) but no stoker application_id",
+            tables.len()
+        )));
+    }
+    if user_version != 0 {
+        return Err(not_ours(format!(
+            "it is an SQLite database with user_version {user_version} but no stoker application_id"
+        )));
+    }
+    Ok(Identity::Empty)
+}
+
+fn status_from_code(code: i64, column: usize) -> rusqlite::Result<Status> {
+    Status::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, code))
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    Ok(JobRecord {
+        id: row.get(0)?,
+        task_name: row.get(1)?,
+        queue: row.get(2)?,
+        priority: row.get(3)?,
+        status: status_from_code(row.get(4)?, 4)?,
+        payload: row.get(5)?,
+        attempt: row.get(6)?,
+        failures: row.get(7)?,
+        crashes: row.get(8)?,
+        max_retries: row.get(9)?,
+        max_crashes: row.get(10)?,
+        backoff_base_ms: row.get(11)?,
+        backoff_cap_ms: row.get(12)?,
+        jitter: row.get(13)?,
+        timeout_ms: row.get(14)?,
+        result_ttl_ms: row.get(15)?,
+        created_ms: row.get(16)?,
+        eta_ms: row.get(17)?,
+        started_ms: row.get(18)?,
+        finished_ms: row.get(19)?,
+        lease_owner: row.get(20)?,
+        lease_deadline_ms: row.get(21)?,
+        cancel_requested: row.get::<_, i64>(22)? != 0,
+        result: row.get(23)?,
+        result_expires_ms: row.get(24)?,
+        replayed_from: row.get(25)?,
+    })
+}
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Records an outcome refused for its stale token.
+fn record_stale(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    owner: &str,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    tx.prepare_cached(
+        "INSERT INTO stale_outcomes (job_id, token, owner, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![job_id, token, owner, outcome, now_ms])?;
+    Ok(())
+}
+
+/// Records an outcome that carries no owner of its own, naming the job's
+/// current lease owner; a missing job is an error rather than a stale outcome.
+fn refuse_stale(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    outcome: &str,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let owner: Option<Option<String>> = tx
+        .prepare_cached("SELECT lease_owner FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?;
+    let owner = owner
+        .ok_or(EngineError::NotFound(job_id))?
+        .unwrap_or_default();
+    record_stale(tx, job_id, token, &owner, outcome, now_ms)
+}
+
+/// The part of a job row the retry policy reads.
+struct FailureState {
+    status: Status,
+    attempt: i64,
+    failures: i64,
+    crashes: i64,
+    max_retries: i64,
+    max_crashes: i64,
+    backoff_base_ms: i64,
+    backoff_cap_ms: i64,
+    jitter: f64,
+    lease_owner: Option<String>,
+}
+
+/// Records a failed attempt and applies the retry policy, inside `tx`.
+fn fail_in(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    report: &FailureReport,
+    jitter: Jitter<'_>,
+    now_ms: i64,
+) -> Result<FailOutcome, EngineError> {
+    let state = tx
+        .prepare_cached(
+            "SELECT status, attempt, failures, crashes, max_retries, max_crashes, backoff_base_ms, \
+             backoff_cap_ms, jitter, lease_owner FROM jobs WHERE id = ?1",
+        )?
+        .query_row([job_id], |row| {
+            Ok(FailureState {
+                status: status_from_code(row.get(0)?, 0)?,
+                attempt: row.get(1)?,
+                failures: row.get(2)?,
+                crashes: row.get(3)?,
+                max_retries: row.get(4)?,
+                max_crashes: row.get(5)?,
+                backoff_base_ms: row.get(6)?,
+                backoff_cap_ms: row.get(7)?,
+                jitter: row.get(8)?,
+                lease_owner: row.get(9)?,
+            })
+        })
+        .optional()?
+        .ok_or(EngineError::NotFound(job_id))?;
+    if state.status != Status::Running || state.attempt != token {
+        let owner = state.lease_owner.unwrap_or_default();
+        record_stale(tx, job_id, token, &owner, "fail", now_ms)?;
+        return Ok(FailOutcome::Stale);
+    }
+    tx.prepare_cached(
+        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        job_id,
+        token,
+        report.kind.as_str(),
+        report.exc_type,
+        report.message,
+        report.traceback,
+        report.exc_pickle,
+        now_ms,
+        report.worker,
+    ])?;
+    let (mut failures, mut crashes) = (state.failures, state.crashes);
+    let (count, bound) = if report.kind.is_crash() {
+        crashes += 1;
+        (crashes, state.max_crashes)
+    } else {
+        failures += 1;
+        (failures, state.max_retries)
+    };
+    if report.retryable && count <= bound {
+        let n = u32::try_from(count).unwrap_or(u32::MAX);
+        let delay = backoff_ms(
+            n,
+            state.backoff_base_ms,
+            state.backoff_cap_ms,
+            state.jitter,
+            jitter(),
+        );
+        let eta_ms = now_ms.saturating_add(delay);
+        let status = if delay == 0 {
+            Status::Pending
+        } else {
+            Status::Scheduled
+        };
+        tx.prepare_cached(
+            "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
+        )?
+        .execute(params![job_id, status.code(), eta_ms, failures, crashes, token])?;
+        Ok(FailOutcome::Retry { eta_ms })
+    } else {
+        tx.prepare_cached(
+            "UPDATE jobs SET status = 4, finished_ms = ?2, failures = ?3, crashes = ?4, lease_owner = NULL, \
+             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
+        )?
+        .execute(params![job_id, now_ms, failures, crashes, token])?;
+        Ok(FailOutcome::Dead)
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError> {
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
+            let mut ids = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let eta_ms = job.eta_at(now_ms);
+                let status = if eta_ms <= now_ms {
+                    Status::Pending
+                } else {
+                    Status::Scheduled
+                };
+                insert.execute(params![
+                    job.task_name,
+                    job.queue,
+                    job.priority,
+                    job.payload,
+                    status.code(),
+                    job.max_retries,
+                    job.max_crashes,
+                    job.backoff_base_ms,
+                    job.backoff_cap_ms,
+                    job.jitter,
+                    job.timeout_ms,
+                    job.result_ttl_ms,
+                    now_ms,
+                    eta_ms,
+                ])?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(ids)
+        })
+    }
+
+    fn claim(
+        &self,
+        queues: &[String],
+        limit: usize,
+        owner: &str,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<ClaimedJob>, EngineError> {
+        if limit == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            tx.prepare_cached(PROMOTE_DUE_SQL)?
+                .execute(params![now_ms, PROMOTE_BATCH])?;
+            // Each queue is read through its own slice of the partial index and
+            // the slices are merged here: one ordered index range per queue is
+            // cheap, while an IN over queues would need a sort.
+            let mut picked: Vec<(i64, i64)> = Vec::new();
+            {
+                let mut pick = tx.prepare_cached(PICK_PENDING_SQL)?;
+                let unique: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
+                for queue in unique {
+                    let rows = pick.query_map(params![queue, sql_limit(limit)], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
+                    for row in rows {
+                        picked.push(row?);
+                    }
+                }
+            }
+            picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+            picked.truncate(limit);
+            let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+            let mut take = tx.prepare_cached(TAKE_SQL)?;
+            let mut claimed = Vec::with_capacity(picked.len());
+            for (_, id) in picked {
+                let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+                    let attempt: i64 = row.get(0)?;
+                    Ok(ClaimedJob {
+                        id,
+                        token: attempt,
+                        attempt,
+                        task_name: row.get(1)?,
+                        queue: row.get(2)?,
+                        payload: row.get(3)?,
+                        timeout_ms: row.get(4)?,
+                        lease_deadline_ms,
+                    })
+                })?;
+                claimed.push(job);
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[(i64, i64)],
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError> {
+        let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+        self.write(|tx| {
+            let mut renew = tx.prepare_cached(HEARTBEAT_SQL)?;
+            let mut cancel_requested = Vec::new();
+            for &(job_id, token) in leases {
+                let renewed: Option<i64> = renew
+                    .query_row(params![job_id, token, owner, lease_deadline_ms], |row| {
+                        row.get(0)
+                    })
+                    .optional()?;
+                match renewed {
+                    Some(0) => {}
+                    Some(_) => cancel_requested.push(job_id),
+                    None => record_stale(tx, job_id, token, owner, "heartbeat", now_ms)?,
+                }
+            }
+            Ok(cancel_requested)
+        })
+    }
+
+    fn complete_many(
+        &self,
+        completions: &[Completion],
+        now_ms: i64,
+    ) -> Result<Vec<bool>, EngineError> {
+        self.write(|tx| {
+            let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
+            let mut applied = Vec::with_capacity(completions.len());
+            for completion in completions {
+                let changed = complete.execute(params![
+                    completion.job_id,
+                    completion.token,
+                    completion.result,
+                    now_ms
+                ])?;
+                if changed == 0 {
+                    refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
+                }
+                applied.push(changed > 0);
+            }
+            Ok(applied)
+        })
+    }
+
+    fn fail(
+        &self,
+        job_id: i64,
+        token: i64,
+        report: &FailureReport,
+        jitter: Jitter<'_>,
+        now_ms: i64,
+    ) -> Result<FailOutcome, EngineError> {
+        self.write(|tx| fail_in(tx, job_id, token, report, jitter, now_ms))
+    }
+
+    fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError> {
+        self.write(|tx| {
+            let code: i64 = tx
+                .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |row| row.get(0))
+                .optional()?
+                .ok_or(EngineError::NotFound(job_id))?;
+            match status_from_code(code, 0)? {
+                Status::Pending | Status::Scheduled => {
+                    tx.prepare_cached(
+                        "UPDATE jobs SET status = 5, finished_ms = ?2 WHERE id = ?1",
+                    )?
+                    .execute(params![job_id, now_ms])?;
+                    Ok(CancelOutcome::Cancelled)
+                }
+                Status::Running => {
+                    tx.prepare_cached("UPDATE jobs SET cancel_requested = 1 WHERE id = ?1")?
+                        .execute([job_id])?;
+                    Ok(CancelOutcome::Requested)
+                }
+                finished => Ok(CancelOutcome::Finished(finished)),
+            }
+        })
+    }
+
+    fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(CANCEL_REQUESTS_SQL)?;
+            let rows = stmt.query_map([owner], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn finish_cancelled(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE jobs SET status = 5, finished_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
+                     WHERE id = ?1 AND attempt = ?2 AND status = 2",
+                )?
+                .execute(params![job_id, token, now_ms])?;
+            if changed == 0 {
+                refuse_stale(tx, job_id, token, "cancel", now_ms)?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
+    fn requeue(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE jobs SET status = 0, eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
+                     WHERE id = ?1 AND attempt = ?2 AND status = 2",
+                )?
+                .execute(params![job_id, token, now_ms])?;
+            if changed == 0 {
+                refuse_stale(tx, job_id, token, "requeue", now_ms)?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
+    fn reap_expired(
+        &self,
+        limit: usize,
+        jitter: Jitter<'_>,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let expired: Vec<(i64, i64, Option<String>, i64)> = {
+                let mut stmt = tx.prepare_cached(EXPIRED_SQL)?;
+                let rows = stmt.query_map(params![now_ms, sql_limit(limit)], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut reaped = Vec::with_capacity(expired.len());
+            for (job_id, token, owner, deadline_ms) in expired {
+                let owner = owner.unwrap_or_default();
+                let report = FailureReport {
+                    kind: FailureKind::LeaseExpired,
+                    exc_type: LEASE_EXPIRED_EXC_TYPE.to_owned(),
+                    message: format!(
+                        "the lease of {owner:?} on attempt {token} expired at {deadline_ms} ms without a \
+                         heartbeat (reaped at {now_ms} ms)"
+                    ),
+                    traceback: String::new(),
+                    exc_pickle: None,
+                    worker: owner,
+                    retryable: true,
+                };
+                let outcome = fail_in(tx, job_id, token, &report, &mut *jitter, now_ms)?;
+                reaped.push((job_id, outcome));
+            }
+            Ok(reaped)
+        })
+    }
+
+    fn get(&self, job_id: i64) -> Result<JobRecord, EngineError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+        stmt.query_row([job_id], job_from_row)
+            .optional()?
+            .ok_or(EngineError::NotFound(job_id))
+    }
+
+    fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached("SELECT status FROM jobs WHERE id = ?1")?;
+            let mut statuses = Vec::with_capacity(job_ids.len());
+            for &job_id in job_ids {
+                let code: i64 = stmt
+                    .query_row([job_id], |row| row.get(0))
+                    .optional()?
+                    .ok_or(EngineError::NotFound(job_id))?;
+                statuses.push(status_from_code(code, 0)?);
+            }
+            Ok(statuses)
+        })
+    }
+
+    fn errors(&self, job_id: i64) -> Result<Vec<ErrorRecord>, EngineError> {
+        self.read(|tx| {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |_| Ok(()))
+                .optional()?;
+            exists.ok_or(EngineError::NotFound(job_id))?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker \
+                 FROM errors WHERE job_id = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([job_id], |row| {
+                Ok(ErrorRecord {
+                    id: row.get(0)?,
+                    job_id: row.get(1)?,
+                    attempt: row.get(2)?,
+                    kind: row.get(3)?,
+                    exc_type: row.get(4)?,
+                    message: row.get(5)?,
+                    traceback: row.get(6)?,
+                    exc_pickle: row.get(7)?,
+                    failed_ms: row.get(8)?,
+                    worker: row.get(9)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError> {
+        // This counts every row, so its cost grows with the table; it serves
+        // dashboards and tests, never the claim path.
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
+        let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
+        let mut counts: Vec<(Status, i64)> =
+            Status::ALL.iter().map(|&status| (status, 0)).collect();
+        for row in rows {
+            let (code, count) = row?;
+            let status = status_from_code(code, 0)?;
+            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                slot.1 = count;
+            }
+        }
+        Ok(counts)
+    }
+
+    fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
+        ))?;
+        let rows = stmt.query_map(params![sql_limit(limit), sql_limit(offset)], job_from_row)?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn replay(&self, job_id: i64, now_ms: i64) -> Result<i64, EngineError> {
+        self.write(|tx| {
+            let code: i64 = tx
+                .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |row| row.get(0))
+                .optional()?
+                .ok_or(EngineError::NotFound(job_id))?;
+            let status = status_from_code(code, 0)?;
+            if status != Status::Dead {
+                return Err(EngineError::JobState {
+                    job_id,
+                    status: status.as_str().to_owned(),
+                    operation: "replay".to_owned(),
+                });
+            }
+            tx.prepare_cached(
+                "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, max_crashes, \
+                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
+                 replayed_from) \
+                 SELECT task_name, queue, priority, payload, 0, max_retries, max_crashes, backoff_base_ms, \
+                 backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, ?2, ?2, id FROM jobs WHERE id = ?1",
+            )?
+            .execute(params![job_id, now_ms])?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([sql_limit(limit)], |row| {
+            Ok(StaleOutcome {
+                job_id: row.get(0)?,
+                token: row.get(1)?,
+                owner: row.get(2)?,
+                outcome: row.get(3)?,
+                at_ms: row.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.read(|tx| {
+            let eta: Option<i64> = tx
+                .prepare_cached(NEXT_ETA_SQL)?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            let deadline: Option<i64> = tx
+                .prepare_cached(NEXT_DEADLINE_SQL)?
+                .query_row([], |row| row.get(0))
+                .optional()?;
+            Ok(match (eta, deadline) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            })
+        })
+    }
+
+    fn data_version(&self) -> Result<i64, EngineError> {
+        let conn = self.lock();
+        Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
+    fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        self.write(|tx| {
+            Ok(tx
+                .prepare_cached(PURGE_RESULTS_SQL)?
+                .execute(params![now_ms, sql_limit(limit)])?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::Status;
+
+    /// The SQL of this module writes status codes as literals; they must match.
+    #[test]
+    fn status_codes_match_the_sql_literals() {
+        let codes: Vec<i64> = Status::ALL.iter().map(|status| status.code()).collect();
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
+        for status in Status::ALL {
+            assert_eq!(Status::from_code(status.code()), Some(status));
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Opening database files (ours, foreign, corrupt, of another schema
+//! version), option validation, and the query plans of the hot statements.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{job, Fixture, TempDir, BUSY_TIMEOUT};
+use rusqlite::Connection;
+use stoker_engine::storage::sqlite::HOT_STATEMENTS;
+use stoker_engine::{
+    Engine, EngineError, ManualClock, NewJob, SqliteStorage, APPLICATION_ID, SCHEMA_VERSION,
+};
+
+fn open(path: &std::path::Path) -> Result<Engine, EngineError> {
+    Engine::open_sqlite(path, BUSY_TIMEOUT, Arc::new(ManualClock::new(0)))
+}
+
+#[test]
+fn a_new_file_is_created_and_marked_as_ours() {
+    let dir = TempDir::new();
+    let path = dir.file("new.db");
+    open(&path).unwrap().enqueue(&[job(0)]).unwrap();
+    let conn = Connection::open(&path).unwrap();
+    let application_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .unwrap();
+    let user_version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (application_id, user_version, journal.as_str()),
+        (APPLICATION_ID, SCHEMA_VERSION, "wal")
+    );
+    drop(conn);
+    let reopened = open(&path).unwrap();
+    assert_eq!(
+        reopened.stats().unwrap()[0].1,
+        1,
+        "the job survives reopening"
+    );
+}
+
+#[test]
+fn an_empty_existing_file_is_initialised() {
+    let dir = TempDir::new();
+    let path = dir.file("empty.db");
+    std::fs::write(&path, b"").unwrap();
+    open(&path).unwrap().enqueue(&[job(0)]).unwrap();
+}
+
+#[test]
+fn a_missing_directory_is_a_clear_storage_error() {
+    let dir = TempDir::new();
+    let path = dir.file("nope").join("jobs.db");
+    match open(&path) {
+        Err(EngineError::Storage(message)) => {
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains("does not exist"), "{message}");
+        }
+        other => panic!("expected a storage error, got {other:?}"),
+    }
+    assert!(matches!(open(dir.path()), Err(EngineError::Storage(m)) if m.contains("directory")));
+}
+
+#[test]
+fn random_bytes_are_not_a_database() {
+    let dir = TempDir::new();
+    let path = dir.file("noise.db");
+    let mut rng = fastrand::Rng::with_seed(1);
+    std::fs::write(&path, (0..8192).map(|_| rng.u8(..)).collect::<Vec<u8>>()).unwrap();
+    match open(&path) {
+        Err(EngineError::NotOurDatabase {
+            path: shown,
+            reason,
+        }) => {
+            assert_eq!(shown, path.display().to_string());
+            assert!(reason.contains("not an SQLite database"), "{reason}");
+        }
+        other => panic!("expected NotOurDatabase, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_foreign_sqlite_database_is_refused_and_left_alone() {
+    let dir = TempDir::new();
+    let path = dir.file("foreign.db");
+    let conn = Connection::open(&path).unwrap();
+    conn.execute_batch("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+        .unwrap();
+    drop(conn);
+    match open(&path) {
+        Err(EngineError::NotOurDatabase { reason, .. }) => {
+            assert!(reason.contains("customers"), "{reason}");
+            assert!(reason.contains("application_id"), "{reason}");
+        }
+        other => panic!("expected NotOurDatabase, got {other:?}"),
+    }
+    let conn = Connection::open(&path).unwrap();
+    let journal: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        journal, "delete",
+        "a foreign database is not switched to WAL"
+    );
+}
+
+#[test]
+fn another_application_id_is_refused() {
+    let dir = TempDir::new();
+    let path = dir.file("other-app.db");
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA application_id = 1234")
+        .unwrap();
+    assert!(
+        matches!(open(&path), Err(EngineError::NotOurDatabase { reason, .. }) if reason.contains("0x000004d2"))
+    );
+}
+
+#[test]
+fn another_schema_version_is_refused() {
+    let fx = Fixture::new();
+    let path = fx.db_path();
+    drop(fx.engine);
+    Connection::open(&path)
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    match open(&path) {
+        Err(EngineError::SchemaVersion {
+            found, expected, ..
+        }) => assert_eq!((found, expected), (99, SCHEMA_VERSION)),
+        other => panic!("expected SchemaVersion, got {other:?}"),
+    }
+}
+
+#[test]
+fn enqueue_validation_names_the_option_and_value() {
+    let fx = Fixture::new();
+    let cases: Vec<(NewJob, &str)> = vec![
+        (
+            NewJob {
+                task_name: String::new(),
+                ..job(0)
+            },
+            "task_name",
+        ),
+        (
+            NewJob {
+                queue: String::new(),
+                ..job(0)
+            },
+            "queue",
+        ),
+        (
+            NewJob {
+                max_retries: -1,
+                ..job(0)
+            },
+            "max_retries",
+        ),
+        (
+            NewJob {
+                max_crashes: -2,
+                ..job(0)
+            },
+            "max_crashes",
+        ),
+        (
+            NewJob {
+                delay_ms: -3,
+                ..job(0)
+            },
+            "delay_ms",
+        ),
+        (
+            NewJob {
+                timeout_ms: Some(-4),
+                ..job(0)
+            },
+            "timeout_ms",
+        ),
+        (
+            NewJob {
+                timeout_ms: Some(0),
+                ..job(0)
+            },
+            "timeout_ms",
+        ),
+        (
+            NewJob {
+                backoff_base_ms: -5,
+                ..job(0)
+            },
+            "backoff_base_ms",
+        ),
+        (
+            NewJob {
+                backoff_cap_ms: -6,
+                backoff_base_ms: -6,
+                ..job(0)
+            },
+            "backoff_base_ms",
+        ),
+        (
+            NewJob {
+                backoff_base_ms: 10,
+                backoff_cap_ms: 5,
+                ..job(0)
+            },
+            "backoff_cap_ms",
+        ),
+        (
+            NewJob {
+                jitter: 1.5,
+                ..job(0)
+            },
+            "jitter",
+        ),
+        (
+            NewJob {
+                jitter: -0.1,
+                ..job(0)
+            },
+            "jitter",
+        ),
+        (
+            NewJob {
+                jitter: f64::NAN,
+                ..job(0)
+            },
+            "jitter",
+        ),
+        (
+            NewJob {
+                delay_ms: 5,
+                eta_ms: Some(10),
+                ..job(0)
+            },
+            "eta_ms",
+        ),
+        (
+            NewJob {
+                result_ttl_ms: Some(-7),
+                ..job(0)
+            },
+            "result_ttl_ms",
+        ),
+        (
+            NewJob {
+                delay_ms: i64::MAX,
+                ..job(0)
+            },
+            "delay_ms",
+        ),
+    ];
+    for (bad, option) in cases {
+        let expected_value = format!("{:?}", bad);
+        match fx.engine.enqueue(&[job(0), bad]) {
+            Err(EngineError::InvalidOption(message)) => {
+                assert!(
+                    message.contains(option),
+                    "{message:?} should name {option} ({expected_value})"
+                );
+            }
+            other => panic!("expected an invalid option for {option}, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        fx.engine.stats().unwrap()[0].1,
+        0,
+        "a batch with a bad job stores nothing"
+    );
+    match fx.engine.enqueue(&[NewJob {
+        max_retries: -1,
+        ..job(0)
+    }]) {
+        Err(EngineError::InvalidOption(message)) => assert!(message.contains("-1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Fills the database with enough rows of every kind that SQLite's planner
+/// sees realistic statistics-free sizes, then checks every hot statement.
+#[test]
+fn hot_statements_use_indexes_without_scans_or_sorts() {
+    let dir = TempDir::new();
+    let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
+    for (name, sql) in HOT_STATEMENTS {
+        let plan = storage.explain_query_plan(sql).unwrap();
+        let text = plan.join(" | ");
+        println!("{name}: {text}");
+        // Walking a partial index in order and stopping at LIMIT is what these
+        // statements want; walking the table itself is not.
+        for step in &plan {
+            let table_scan = step.starts_with("SCAN jobs") && !step.contains("USING");
+            assert!(!table_scan, "{name} scans the jobs table: {text}");
+        }
+        assert!(
+            !text.contains("TEMP B-TREE"),
+            "{name} sorts in a temp b-tree: {text}"
+        );
+        assert!(
+            !text.contains("SCAN errors"),
+            "{name} scans the errors table: {text}"
+        );
+    }
+    let pick = storage
+        .explain_query_plan(stoker_engine::storage::sqlite::PICK_PENDING_SQL)
+        .unwrap()
+        .join(" | ");
+    assert!(
+        pick.contains("jobs_pending"),
+        "the claim reads the pending index: {pick}"
+    );
+    let promote = storage
+        .explain_query_plan(stoker_engine::storage::sqlite::PROMOTE_DUE_SQL)
+        .unwrap()
+        .join(" | ");
+    assert!(
+        promote.contains("jobs_scheduled"),
+        "promotion reads the scheduled index: {promote}"
+    );
+}

@@ -1,0 +1,329 @@
+//! The `Engine` class of `stoker._core`.
+//!
+//! Every method that touches storage runs inside `Python::detach`, so other
+//! Python threads keep running while SQLite waits for its lock or the disk.
+
+use std::borrow::Cow;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use stoker_engine::model::{Completion, FailureKind, FailureReport};
+use stoker_engine::{Clock, EngineError, ManualClock, SystemClock};
+
+use crate::errors::OrRaise;
+use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
+
+/// Durable job state over one SQLite database file (WAL mode).
+#[pyclass(frozen, module = "stoker._core")]
+pub struct Engine {
+    engine: Arc<stoker_engine::Engine>,
+    path: String,
+}
+
+/// A count argument (a limit or an offset) as a `usize`; negative values are
+/// invalid options.
+fn count(name: &str, value: i64) -> Result<usize, EngineError> {
+    usize::try_from(value)
+        .map_err(|_| EngineError::invalid(format!("{name} must be >= 0, got {value}")))
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (path, *, clock_ms = None, busy_timeout_ms = 5000))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        clock_ms: Option<i64>,
+        busy_timeout_ms: i64,
+    ) -> PyResult<Self> {
+        let busy_timeout = u64::try_from(busy_timeout_ms)
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                EngineError::invalid(format!(
+                    "busy_timeout_ms must be >= 0, got {busy_timeout_ms}"
+                ))
+            })
+            .or_raise(py)?;
+        let clock: Arc<dyn Clock> = match clock_ms {
+            Some(start_ms) => Arc::new(ManualClock::new(start_ms)),
+            None => Arc::new(SystemClock),
+        };
+        let shown = path.to_string_lossy().into_owned();
+        let engine = py
+            .detach(|| stoker_engine::Engine::open_sqlite(&path, busy_timeout, clock))
+            .or_raise(py)?;
+        Ok(Self {
+            engine: Arc::new(engine),
+            path: shown,
+        })
+    }
+
+    #[getter]
+    fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The engine clock.
+    fn now_ms(&self) -> i64 {
+        self.engine.now_ms()
+    }
+
+    /// Move the manual clock forward; ``InvalidOptionError`` on the system clock.
+    fn advance_clock(&self, py: Python<'_>, ms: i64) -> PyResult<()> {
+        self.engine.advance_clock(ms).or_raise(py)
+    }
+
+    /// Store the jobs in one transaction and return their ids, in order.
+    fn enqueue(&self, py: Python<'_>, jobs: Vec<Bound<'_, NewJob>>) -> PyResult<Vec<i64>> {
+        let jobs: Vec<_> = jobs.iter().map(|job| job.get().inner.clone()).collect();
+        let engine = &self.engine;
+        py.detach(|| engine.enqueue(&jobs)).or_raise(py)
+    }
+
+    /// Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.
+    fn claim(
+        &self,
+        py: Python<'_>,
+        queues: Vec<String>,
+        limit: i64,
+        owner: &str,
+        lease_ms: i64,
+    ) -> PyResult<Vec<ClaimedJob>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let claimed = py
+            .detach(|| engine.claim(&queues, limit, owner, lease_ms))
+            .or_raise(py)?;
+        Ok(claimed
+            .into_iter()
+            .map(|inner| ClaimedJob { inner })
+            .collect())
+    }
+
+    /// Extend the leases ``(job_id, token)`` held by ``owner`` to ``now + lease_ms``.
+    fn heartbeat(
+        &self,
+        py: Python<'_>,
+        owner: &str,
+        leases: Vec<(i64, i64)>,
+        lease_ms: i64,
+    ) -> PyResult<Vec<i64>> {
+        let engine = &self.engine;
+        py.detach(|| engine.heartbeat(owner, &leases, lease_ms))
+            .or_raise(py)
+    }
+
+    /// Mark the attempt complete with its pickled result; False if stale (recorded).
+    #[pyo3(signature = (job_id, token, result))]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        job_id: i64,
+        token: i64,
+        result: Option<Cow<'_, [u8]>>,
+    ) -> PyResult<bool> {
+        let result = result.map(Cow::into_owned);
+        let engine = &self.engine;
+        py.detach(|| engine.complete(job_id, token, result))
+            .or_raise(py)
+    }
+
+    /// ``complete`` for many jobs in one transaction.
+    fn complete_many(
+        &self,
+        py: Python<'_>,
+        outcomes: Vec<(i64, i64, Option<Bound<'_, PyBytes>>)>,
+    ) -> PyResult<Vec<bool>> {
+        let completions: Vec<Completion> = outcomes
+            .into_iter()
+            .map(|(job_id, token, result)| Completion {
+                job_id,
+                token,
+                result: result.map(|bytes| bytes.as_bytes().to_vec()),
+            })
+            .collect();
+        let engine = &self.engine;
+        py.detach(|| engine.complete_many(&completions))
+            .or_raise(py)
+    }
+
+    /// Record a failed attempt and apply the retry policy.
+    #[pyo3(signature = (
+        job_id,
+        token,
+        *,
+        kind,
+        exc_type,
+        message,
+        traceback = "",
+        exc_pickle = None,
+        worker = "",
+        retryable = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        job_id: i64,
+        token: i64,
+        kind: &str,
+        exc_type: String,
+        message: String,
+        traceback: &str,
+        exc_pickle: Option<Cow<'_, [u8]>>,
+        worker: &str,
+        retryable: bool,
+    ) -> PyResult<(&'static str, Option<i64>)> {
+        let report = FailureReport {
+            kind: FailureKind::parse(kind).or_raise(py)?,
+            exc_type,
+            message,
+            traceback: traceback.to_owned(),
+            exc_pickle: exc_pickle.map(Cow::into_owned),
+            worker: worker.to_owned(),
+            retryable,
+        };
+        let engine = &self.engine;
+        let outcome = py
+            .detach(|| engine.fail(job_id, token, &report))
+            .or_raise(py)?;
+        Ok((outcome.as_str(), outcome.eta_ms()))
+    }
+
+    /// Cancel a job.
+    fn cancel(&self, py: Python<'_>, job_id: i64) -> PyResult<&'static str> {
+        let engine = &self.engine;
+        Ok(py.detach(|| engine.cancel(job_id)).or_raise(py)?.as_str())
+    }
+
+    /// ``(job_id, token)`` of the running jobs of ``owner`` with a cancel request.
+    fn cancel_requests(&self, py: Python<'_>, owner: &str) -> PyResult<Vec<(i64, i64)>> {
+        let engine = &self.engine;
+        py.detach(|| engine.cancel_requests(owner)).or_raise(py)
+    }
+
+    /// A running job whose worker was stopped for its cancel request ends cancelled.
+    fn finish_cancelled(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
+        let engine = &self.engine;
+        py.detach(|| engine.finish_cancelled(job_id, token))
+            .or_raise(py)
+    }
+
+    /// Put a running job back to pending without counting a failed attempt.
+    fn requeue(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
+        let engine = &self.engine;
+        py.detach(|| engine.requeue(job_id, token)).or_raise(py)
+    }
+
+    /// Fail the running jobs whose lease has expired (kind lease_expired).
+    #[pyo3(signature = (limit = 100))]
+    fn reap_expired(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<(i64, &'static str)>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let reaped = py.detach(|| engine.reap_expired(limit)).or_raise(py)?;
+        Ok(reaped
+            .into_iter()
+            .map(|(job_id, outcome)| (job_id, outcome.as_str()))
+            .collect())
+    }
+
+    /// The job's row; ``JobNotFoundError`` if there is none.
+    fn get(&self, py: Python<'_>, job_id: i64) -> PyResult<JobRecord> {
+        let engine = &self.engine;
+        let inner = py.detach(|| engine.get(job_id)).or_raise(py)?;
+        Ok(JobRecord { inner })
+    }
+
+    /// The job's status, read without its payload or result.
+    fn status(&self, py: Python<'_>, job_id: i64) -> PyResult<&'static str> {
+        let engine = &self.engine;
+        Ok(py.detach(|| engine.status(job_id)).or_raise(py)?.as_str())
+    }
+
+    /// ``status`` of many jobs in one read.
+    fn statuses(&self, py: Python<'_>, job_ids: Vec<i64>) -> PyResult<Vec<&'static str>> {
+        let engine = &self.engine;
+        let statuses = py.detach(|| engine.statuses(&job_ids)).or_raise(py)?;
+        Ok(statuses.into_iter().map(|status| status.as_str()).collect())
+    }
+
+    /// The job's error history, oldest first.
+    fn errors(&self, py: Python<'_>, job_id: i64) -> PyResult<Vec<ErrorRecord>> {
+        let engine = &self.engine;
+        let errors = py.detach(|| engine.errors(job_id)).or_raise(py)?;
+        Ok(errors
+            .into_iter()
+            .map(|inner| ErrorRecord { inner })
+            .collect())
+    }
+
+    /// Job counts by status; every status is present.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let engine = &self.engine;
+        let counts = py.detach(|| engine.stats()).or_raise(py)?;
+        let dict = PyDict::new(py);
+        for (status, count) in counts {
+            dict.set_item(status.as_str(), count)?;
+        }
+        Ok(dict)
+    }
+
+    /// Dead jobs, most recently finished first.
+    #[pyo3(signature = (limit = 100, offset = 0))]
+    fn dead_letters(&self, py: Python<'_>, limit: i64, offset: i64) -> PyResult<Vec<JobRecord>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let offset = count("offset", offset).or_raise(py)?;
+        let engine = &self.engine;
+        let dead = py
+            .detach(|| engine.dead_letters(limit, offset))
+            .or_raise(py)?;
+        Ok(dead.into_iter().map(|inner| JobRecord { inner }).collect())
+    }
+
+    /// Enqueue a new job from a dead one, keeping its task, payload and options.
+    fn replay(&self, py: Python<'_>, job_id: i64) -> PyResult<i64> {
+        let engine = &self.engine;
+        py.detach(|| engine.replay(job_id)).or_raise(py)
+    }
+
+    /// Refused stale outcomes, most recent first.
+    #[pyo3(signature = (limit = 100))]
+    fn stale_outcomes(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<StaleOutcome>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let stale = py.detach(|| engine.stale_outcomes(limit)).or_raise(py)?;
+        Ok(stale
+            .into_iter()
+            .map(|inner| StaleOutcome { inner })
+            .collect())
+    }
+
+    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    fn next_wakeup_ms(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        let engine = &self.engine;
+        py.detach(|| engine.next_wakeup_ms()).or_raise(py)
+    }
+
+    /// Changes whenever another connection commits to the database.
+    fn data_version(&self, py: Python<'_>) -> PyResult<i64> {
+        let engine = &self.engine;
+        py.detach(|| engine.data_version()).or_raise(py)
+    }
+
+    /// Drop results past their expiry, at most ``limit``; returns how many.
+    #[pyo3(signature = (limit = 1000))]
+    fn purge_expired_results(&self, py: Python<'_>, limit: i64) -> PyResult<usize> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        py.detach(|| engine.purge_expired_results(limit))
+            .or_raise(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Engine({:?})", self.path)
+    }
+}

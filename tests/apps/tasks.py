@@ -1,0 +1,175 @@
+"""Tasks the tests run through worker processes."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import stoker
+
+queue = stoker.Queue(os.environ["STOKER_TEST_DB"])
+
+
+def append(ledger: str | os.PathLike[str], line: str) -> None:
+    """Append one line atomically (O_APPEND), whoever else writes the file."""
+    fd = os.open(ledger, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def count_lines(ledger: str | os.PathLike[str]) -> int:
+    path = Path(ledger)
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+class QuotaError(Exception):
+    """A user exception whose constructor takes fields, not a message."""
+
+    def __init__(self, user: str, *, limit: int) -> None:
+        super().__init__(f"{user} is over the quota of {limit}")
+        self.user = user
+        self.limit = limit
+
+
+class Unpicklable(Exception):
+    """An exception holding a lock, which cannot be pickled."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+@queue.task(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@queue.task(name="record", max_retries=0)
+def record(ledger: str, tag: str) -> str:
+    append(ledger, f"{tag} {os.getpid()}")
+    return tag
+
+
+@queue.task(name="flaky", max_retries=3, retry_backoff=0.05, retry_backoff_max=0.2, retry_jitter=0.0)
+def flaky(ledger: str, failures: int) -> int:
+    """Fail with ValueError the first ``failures`` times, then return the attempt count."""
+    append(ledger, "run")
+    runs = count_lines(ledger)
+    if runs <= failures:
+        raise ValueError(f"failure number {runs}")
+    return runs
+
+
+@queue.task(name="always_fails", max_retries=2, retry_backoff=0.01, retry_backoff_max=0.05)
+def always_fails(ledger: str) -> None:
+    append(ledger, "run")
+    raise RuntimeError("this always fails")
+
+
+@queue.task(name="not_retried", max_retries=5, dont_retry_on=[KeyError], retry_backoff=0.01)
+def not_retried(ledger: str) -> None:
+    append(ledger, "run")
+    raise KeyError("missing")
+
+
+@queue.task(name="quota", max_retries=0)
+def quota(user: str, limit: int) -> None:
+    raise QuotaError(user, limit=limit)
+
+
+@queue.task(name="chained", max_retries=0)
+def chained() -> None:
+    try:
+        {}["key"]
+    except KeyError as error:
+        raise RuntimeError("lookup failed") from error
+
+
+@queue.task(name="unpicklable_error", max_retries=0)
+def unpicklable_error() -> None:
+    raise Unpicklable("it holds a lock")
+
+
+@queue.task(name="unpicklable_result", max_retries=0)
+def unpicklable_result() -> threading.Lock:
+    return threading.Lock()
+
+
+@queue.task(name="sleeper", timeout=1.0, max_retries=0)
+def sleeper(marker: str, seconds: float) -> None:
+    """Say it started (the marker holds the pid), then sleep."""
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+@queue.task(name="blocked_in_c", timeout=1.0, max_retries=0)
+def blocked_in_c(marker: str) -> None:
+    """Spin in the regex engine, in C code that holds the GIL, for far longer than the timeout."""
+    Path(marker).write_text(str(os.getpid()))
+    re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+@queue.task(name="with_children", timeout=1.0, max_retries=0)
+def with_children(marker: str) -> None:
+    """Start a child process (which starts its own child), record the pids, and sleep."""
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess,sys,time; subprocess.Popen(['sleep','600']); time.sleep(600)",
+        ]
+    )
+    Path(marker).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(600)
+
+
+@queue.task(name="exit_code", max_retries=0, max_crashes=0)
+def exit_code(code: int) -> None:
+    os._exit(code)
+
+
+@queue.task(name="kill_self", max_retries=0, max_crashes=0)
+def kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@queue.task(name="segfault", max_retries=0, max_crashes=0)
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+@queue.task(name="poison", max_retries=5, max_crashes=2, retry_backoff=0.01, retry_backoff_max=0.01)
+def poison(ledger: str) -> None:
+    append(ledger, "run")
+    os._exit(9)
+
+
+@queue.task(name="sys_exit", max_retries=0)
+def sys_exit() -> None:
+    sys.exit(4)
+
+
+@queue.task(name="async_add")
+async def async_add(a: int, b: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return a + b
+
+
+@queue.task(name="wait_for_file", max_retries=0)
+def wait_for_file(marker: str, release: str) -> str:
+    """Say it started, then wait until the test creates ``release``."""
+    Path(marker).write_text(str(os.getpid()))
+    while not Path(release).exists():
+        time.sleep(0.01)
+    return "released"

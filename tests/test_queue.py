@@ -1,0 +1,175 @@
+"""The queue API without worker processes: options, sending, bad input, inspection."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+import stoker
+from apps import tasks as app
+
+
+def test_calling_a_task_runs_it_in_process(queue: stoker.Queue) -> None:
+    assert queue.get_task("add")(2, 3) == 5
+    assert queue.stats()["pending"] == 0
+
+
+def test_delay_stores_a_pending_job(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    assert job.status == "pending"
+    record = job.record()
+    assert record.task_name == "add"
+    assert record.queue == "default"
+    assert queue.stats()["pending"] == 1
+    assert queue.get_job(job.id) == job
+
+
+def test_per_call_options_override_the_task(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").options(priority=7, delay=60, timeout=5, max_retries=9).delay(1, 2)
+    record = job.record()
+    assert (record.priority, record.timeout_ms, record.max_retries) == (7, 5000, 9)
+    assert record.status == "scheduled"
+    assert record.eta_ms >= record.created_ms + 60_000
+
+
+def test_map_sends_many_jobs_in_order(queue: stoker.Queue) -> None:
+    jobs = queue.get_task("add").map([(i, i) for i in range(50)])
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+    assert queue.stats()["pending"] == 50
+
+
+def test_unknown_job_id_is_a_key_error(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.JobNotFoundError) as info:
+        queue.get_job(123456)
+    assert isinstance(info.value, KeyError)
+    assert info.value.job_id == 123456
+    assert "123456" in str(info.value)
+
+
+def test_unknown_task_name_fails_at_send(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.UnknownTaskError) as info:
+        queue.send("no.such.task", 1)
+    assert info.value.task_name == "no.such.task"
+    assert "no.such.task" in str(info.value)
+
+
+def test_send_by_name(queue: stoker.Queue) -> None:
+    job = queue.send("add", 4, 5)
+    assert job.record().task_name == "add"
+
+
+def test_unpicklable_argument_is_named_at_delay(queue: stoker.Queue) -> None:
+    lock = threading.Lock()
+    with pytest.raises(stoker.SerializationError) as info:
+        queue.get_task("add").delay(1, lock)
+    message = str(info.value)
+    assert "add" in message
+    assert "argument 1 ('b')" in message
+    assert "lock" in message
+    assert queue.stats()["pending"] == 0
+
+
+def test_unpicklable_keyword_argument_is_named(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.SerializationError, match="keyword argument 'b'"):
+        queue.get_task("add").delay(1, b=threading.Lock())
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"priority": 1.5}, "priority"),
+        ({"retry_jitter": 2}, "retry_jitter"),
+        ({"retry_backoff": 10, "retry_backoff_max": 1}, "retry_backoff"),
+        ({"queue": ""}, "queue"),
+        ({"retry_on": [42]}, "retry_on"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_wrong_task_options_are_named(queue: stoker.Queue, options: dict[str, object], named: str) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match=named) as info:
+        queue.task(**options)(app.add.func)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_wrong_per_call_options_are_named(queue: stoker.Queue) -> None:
+    task = queue.get_task("add")
+    with pytest.raises(stoker.InvalidOptionError, match="delay"):
+        task.options(delay=-1)
+    with pytest.raises(stoker.InvalidOptionError, match="delay or eta"):
+        task.options(delay=1, eta=2)
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are my notes, not a database" * 100)
+    with pytest.raises(stoker.NotAStokerDatabaseError) as info:
+        stoker.Queue(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_foreign_sqlite_database_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as connection:
+        connection.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    connection.close()
+    with pytest.raises(stoker.NotAStokerDatabaseError, match=r"app\.db"):
+        stoker.Queue(path)
+
+
+def test_the_database_persists_across_queues(tmp_path: Path) -> None:
+    first = stoker.Queue(tmp_path / "jobs.db")
+    first.include(app.queue)
+    job = first.get_task("add").delay(1, 1)
+    second = stoker.Queue(tmp_path / "jobs.db")
+    assert second.get_job(job.id).status == "pending"
+
+
+def test_cancel_pending_job(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    assert job.cancel() == "cancelled"
+    assert job.status == "cancelled"
+    with pytest.raises(stoker.JobCancelledError):
+        job.result(timeout=1)
+    assert job.cancel() == "cancelled"
+
+
+def test_result_timeout_names_the_job(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    with pytest.raises(stoker.ResultTimeoutError) as info:
+        job.result(timeout=0.01)
+    assert info.value.job_id == job.id
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_replay_refuses_a_job_that_is_not_dead(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    with pytest.raises(stoker.JobStateError, match="replay"):
+        queue.replay(job.id)
+
+
+def test_errors_pickle_round_trip() -> None:
+    import pickle
+
+    samples: list[BaseException] = [
+        stoker.JobNotFoundError(3),
+        stoker.JobStateError(3, "running", "replay"),
+        stoker.UnknownTaskError("x"),
+        stoker.NotAStokerDatabaseError("/p", "why"),
+        stoker.SchemaVersionError("/p", 1, 2),
+        stoker.TaskTimeoutError("late", job_id=1, attempt=2),
+        stoker.WorkerLostError("gone", job_id=1, attempt=2),
+        stoker.RemoteTaskError("msg", type_name="a.B", remote_traceback="tb", job_id=1),
+        stoker.JobCancelledError(5),
+        stoker.ResultTimeoutError(5, 1.5),
+    ]
+    for error in samples:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.__dict__ == error.__dict__
