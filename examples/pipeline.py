@@ -16,7 +16,7 @@ from pathlib import Path
 
 import stoker
 
-DB = Path(os.environ.get("STOKER_DEMO_DB", "stoker-queue.db"))
+DB = Path(os.environ.get("STOKER_DEMO_DB", "stoker-demo.db"))
 if __name__ == "__main__":
     # Each run starts from an empty database (worker processes, which import
     # this module under another name, leave it alone).

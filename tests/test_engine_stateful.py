@@ -64,7 +64,7 @@ class EngineMachine(RuleBasedStateMachine):
         del self.engine
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    # --- helpers ------------------------------------------------------------------
+    # --- model queries ---------------------------------------------------------------
 
     def ids_with(self, *statuses: str) -> list[int]:
         return [i for i, j in self.jobs.items() if j.status in statuses]
@@ -190,7 +190,7 @@ class EngineMachine(RuleBasedStateMachine):
         chosen = data.draw(st.lists(st.sampled_from(running), min_size=1, max_size=3, unique=True))
         leases = [(i, self.jobs[i].attempt) for i in chosen]
         expected_cancel = []
-        for job_id, token in leases:
+        for job_id in chosen:
             j = self.jobs[job_id]
             if j.lease_owner == owner:
                 j.lease_deadline_ms = self.now + lease
@@ -341,7 +341,7 @@ class EngineMachine(RuleBasedStateMachine):
     def rows_match_the_model(self) -> None:
         ids = sorted(self.jobs)
         statuses = self.engine.statuses(ids)
-        for job_id, status in zip(ids, statuses):
+        for job_id, status in zip(ids, statuses, strict=True):
             j = self.jobs[job_id]
             r = self.engine.get(job_id)
             assert r.status == status == j.status, (job_id, r.status, j.status)

@@ -256,3 +256,29 @@ def test_until_idle_drains_and_returns(queue: stoker.Queue) -> None:
     jobs = [queue.get_task("add").delay(i, 0) for i in range(5)]
     queue.run_worker(processes=2, until_idle=True, install_signal_handlers=False)
     assert all(j.status == "complete" for j in jobs)
+
+
+def test_a_spare_worker_is_kept_ready(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
+    # Two slots plus one spare, so a killed worker's slot is taken without a process start.
+    wait_until(lambda: len(pool.supervisor.worker_pids()) == 3, what="three worker processes")
+    before = set(pool.supervisor.worker_pids())
+    with pytest.raises(stoker.WorkerLostError):
+        queue.get_task("kill_self").delay().result(timeout=HANG_GUARD)
+    wait_until(lambda: len(pool.supervisor.worker_pids()) == 3, what="the spare to be replaced")
+    assert len(before - set(pool.supervisor.worker_pids())) == 1
+
+
+@pytest.mark.parametrize("task", ["notes_sigterm", "ignores_sigterm"])
+def test_kill_grace_sends_sigterm_first_then_sigkill(queue: stoker.Queue, tmp_path: Path, task: str) -> None:
+    marker, note = tmp_path / "started", tmp_path / "note"
+    args = (str(marker), str(note)) if task == "notes_sigterm" else (str(marker),)
+    with queue.start_worker(processes=1, kill_grace=0.3, drain_timeout=0.0) as handle:
+        assert handle.wait_started(HANG_GUARD)
+        job = queue.get_task(task).delay(*args)
+        with pytest.raises(stoker.TaskTimeoutError):
+            job.result(timeout=HANG_GUARD)
+        assert _gone(int(marker.read_text()))
+    if task == "notes_sigterm":
+        assert note.read_text() == "terminated"
+    else:
+        assert not note.exists()

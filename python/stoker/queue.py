@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
@@ -38,6 +39,18 @@ DEFAULT_PATH = "stoker.db"
 WORKER_PROCESS_PREFIX = "stoker-worker"
 
 
+#: Supervisors running in this process, by the real path of their database. A
+#: send wakes them at once; supervisors in other processes see the change at
+#: their next change poll.
+LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
+
+
+def notify_local_supervisors(path: str) -> None:
+    """Wake the supervisors of this process that serve the database at ``path``."""
+    for supervisor in LOCAL_SUPERVISORS.get(path, ()):
+        supervisor.notify()
+
+
 def in_worker_process() -> bool:
     """Whether this process is a stoker worker (its name is set before any import)."""
     return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
@@ -52,6 +65,7 @@ class Queue:
 
     def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
         self.path = os.fspath(path)
+        self._real_path = os.path.realpath(self.path)
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._engine_instance: Engine | None = None
         if not in_worker_process():
@@ -156,10 +170,15 @@ class Queue:
 
     def _send(self, new_job: NewJob) -> Job:
         (job_id,) = self._engine.enqueue([new_job])
+        if LOCAL_SUPERVISORS:
+            notify_local_supervisors(self._real_path)
         return Job(self, job_id)
 
     def _send_many(self, new_jobs: list[NewJob]) -> list[Job]:
-        return [Job(self, job_id) for job_id in self._engine.enqueue(new_jobs)]
+        jobs = [Job(self, job_id) for job_id in self._engine.enqueue(new_jobs)]
+        if LOCAL_SUPERVISORS:
+            notify_local_supervisors(self._real_path)
+        return jobs
 
     # --- inspection --------------------------------------------------------------
 

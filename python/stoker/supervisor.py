@@ -47,6 +47,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 from . import serialization
 from ._core import ClaimedJob, Engine
 from .errors import InvalidOptionError, TaskTimeoutError, WorkerLostError, WorkerStartupError
-from .queue import WORKER_PROCESS_PREFIX
+from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
 from .remote_errors import CapturedError, qualified_name
 from .worker import worker_main
 
@@ -209,9 +210,20 @@ class Supervisor:
         """Process ids of the live worker processes (spares included)."""
         return [w.pid for w in self._workers if not w.exited]
 
+    def notify(self) -> None:
+        """Wake the loop to look for new jobs now (thread-safe; used by sends in this process)."""
+        if self._wake_w < 0:
+            return
+        try:
+            os.write(self._wake_w, b"n")
+        except (BlockingIOError, OSError):
+            pass
+
     def stop(self) -> None:
         """Begin a graceful stop (thread- and signal-safe); a second call stops at once."""
         self._stop_requests += 1
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"s")
         except (BlockingIOError, OSError):
@@ -220,6 +232,8 @@ class Supervisor:
     def run(self) -> None:
         """Supervise until stopped (or, with ``until_idle``, until no job is left)."""
         restore = self._install_signal_handlers()
+        local = LOCAL_SUPERVISORS.setdefault(os.path.realpath(self.queue.path), weakref.WeakSet())
+        local.add(self)
         try:
             self._start_guardian()
             self.engine.reap_expired()
@@ -227,12 +241,17 @@ class Supervisor:
                 self._start_worker()
             self._loop()
         finally:
+            local.discard(self)
             self._shutdown_workers()
             self._stop_guardian()
             for signum, handler in restore:
                 signal.signal(signum, handler)
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # Mark the pipe closed before closing it, so that a late notify() from
+            # another thread never writes to a file descriptor number reused since.
+            wake_r, wake_w = self._wake_r, self._wake_w
+            self._wake_r = self._wake_w = -1
+            os.close(wake_r)
+            os.close(wake_w)
 
     # --- the loop ----------------------------------------------------------------
 
@@ -273,6 +292,7 @@ class Supervisor:
         ready = set(wait(waitables, max(0.0, timeout)))
         if self._wake_r in ready:
             self._drain_wake_pipe()
+            self._next_poll = 0.0  # Look at the database on the next turn.
         # Messages first: a worker may have sent its result just before it died.
         for w in list(self._workers):
             if w.conn in ready:

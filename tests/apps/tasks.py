@@ -173,3 +173,24 @@ def wait_for_file(marker: str, release: str) -> str:
     while not Path(release).exists():
         time.sleep(0.01)
     return "released"
+
+
+@queue.task(name="ignores_sigterm", timeout=0.5, max_retries=0)
+def ignores_sigterm(marker: str) -> None:
+    """Ignore SIGTERM, say so, and sleep: only SIGKILL ends it."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+@queue.task(name="notes_sigterm", timeout=0.5, max_retries=0)
+def notes_sigterm(marker: str, note: str) -> None:
+    """On SIGTERM, write a note and exit: shows the grace period is given."""
+
+    def on_term(signum: int, frame: object) -> None:
+        Path(note).write_text("terminated")
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    Path(marker).write_text(str(os.getpid()))
+    time.sleep(600)
