@@ -102,7 +102,11 @@ class EngineMachine(RuleBasedStateMachine):
             count, bound = j.failures, j.max_retries
         j.lease_owner = None
         j.lease_deadline_ms = None
-        if retryable and count <= bound:
+        if j.cancel_requested:
+            # A pending cancel request wins over a retry: the job ends cancelled.
+            assert outcome == ("cancelled", None), (job_id, outcome)
+            j.status = "cancelled"
+        elif retryable and count <= bound:
             full = backoff(count, j.backoff_base_ms, j.backoff_cap_ms)
             assert outcome[0] == "retry", (job_id, outcome)
             eta = outcome[1]
@@ -263,8 +267,9 @@ class EngineMachine(RuleBasedStateMachine):
         job_id = data.draw(st.sampled_from(self.ids_with("running")))
         j = self.jobs[job_id]
         assert self.engine.requeue(job_id, j.attempt) is True
-        j.status = "pending"
         j.eta_ms = self.now
+        # A job whose cancel was requested ends cancelled instead of pending.
+        j.status = "cancelled" if j.cancel_requested else "pending"
         j.lease_owner = None
         j.lease_deadline_ms = None
 

@@ -237,9 +237,10 @@ class Engine:
         """Record a failed attempt and apply the retry policy.
 
         ``kind`` is error or timeout (counted against ``max_retries``), crash
-        (counted against ``max_crashes``). Returns ``("retry", eta_ms)``,
-        ``("dead", None)``, or ``("stale", None)`` when the token is stale (the
-        outcome is then recorded and not applied).
+        or lease_expired (counted against ``max_crashes``). Returns ``("retry",
+        eta_ms)``, ``("dead", None)``, ``("cancelled", None)`` when a cancel was
+        requested (the job is not retried), or ``("stale", None)`` when the token
+        is stale (the outcome is then recorded and not applied).
         """
     def cancel(self, job_id: int) -> str:
         """Cancel a job.
@@ -253,7 +254,10 @@ class Engine:
     def finish_cancelled(self, job_id: int, token: int) -> bool:
         """A running job whose worker was stopped for its cancel request ends cancelled."""
     def requeue(self, job_id: int, token: int) -> bool:
-        """Put a running job back to pending without counting a failed attempt."""
+        """Put a running job back to pending without counting a failed attempt.
+
+        A job whose cancel was requested ends cancelled instead.
+        """
     def reap_expired(self, limit: int = 100) -> list[tuple[int, str]]:
         """Fail the running jobs whose lease has expired (kind lease_expired).
 

@@ -275,8 +275,10 @@ class Supervisor:
                 if now >= self._next_poll:
                     self._poll_changes(now)
                 if self._next_wakeup is not None and now >= self._next_wakeup:
+                    # An eta came (claim it) or a lease ran out (reap it).
                     self._next_wakeup = None
                     self._want_claim = True
+                    self.engine.reap_expired()
                 self._claim_and_dispatch(now)
                 if self.until_idle and self._nothing_left():
                     self.stop()
@@ -371,7 +373,8 @@ class Supervisor:
         if wake_ms is None:
             self._next_wakeup = None
             return
-        delay = max(0.0, (wake_ms - self.engine.now_ms()) / 1000)
+        # One millisecond past it: a lease counts as expired only after its deadline.
+        delay = max(0.0, (wake_ms + 1 - self.engine.now_ms()) / 1000)
         self._next_wakeup = time.monotonic() + delay
 
     def _nothing_left(self) -> bool:

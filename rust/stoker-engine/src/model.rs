@@ -146,16 +146,20 @@ pub enum FailOutcome {
     },
     /// The job is dead.
     Dead,
+    /// A cancel request was pending: the failure is recorded and the job ends
+    /// cancelled instead of being retried, so a cancel is never lost.
+    Cancelled,
     /// The token was stale: the outcome was recorded and not applied.
     Stale,
 }
 
 impl FailOutcome {
-    /// `"retry"`, `"dead"` or `"stale"`.
+    /// `"retry"`, `"dead"`, `"cancelled"` or `"stale"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             FailOutcome::Retry { .. } => "retry",
             FailOutcome::Dead => "dead",
+            FailOutcome::Cancelled => "cancelled",
             FailOutcome::Stale => "stale",
         }
     }

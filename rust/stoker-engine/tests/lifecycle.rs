@@ -558,3 +558,42 @@ fn the_system_clock_cannot_be_advanced() {
         Err(EngineError::InvalidOption(_))
     ));
 }
+
+#[test]
+fn a_cancel_request_is_never_lost_to_a_retry_or_a_requeue() {
+    let fx = Fixture::new();
+    let failing = fx.enqueue_one(NewJob {
+        max_retries: 5,
+        max_crashes: 5,
+        ..job(0)
+    });
+    let requeued = fx.enqueue_one(job(0));
+    let claimed = fx.claim(2);
+    assert_eq!(fx.engine.cancel(failing).unwrap(), CancelOutcome::Requested);
+    assert_eq!(
+        fx.engine.cancel(requeued).unwrap(),
+        CancelOutcome::Requested
+    );
+
+    // The attempt failed before the supervisor acted on the request: the
+    // error is recorded, and the job ends cancelled instead of retrying.
+    let outcome = fx
+        .engine
+        .fail(
+            failing,
+            claimed[0].token,
+            &common::report(FailureKind::Crash, true),
+        )
+        .unwrap();
+    assert_eq!(outcome, FailOutcome::Cancelled);
+    assert_eq!(outcome.as_str(), "cancelled");
+    let record = fx.engine.get(failing).unwrap();
+    assert_eq!(record.status, Status::Cancelled);
+    assert_eq!(record.finished_ms, Some(START_MS));
+    assert_eq!(fx.engine.errors(failing).unwrap().len(), 1);
+
+    assert!(fx.engine.requeue(requeued, claimed[1].token).unwrap());
+    assert_eq!(fx.engine.get(requeued).unwrap().status, Status::Cancelled);
+    fx.advance(60_000);
+    assert!(fx.claim_ids(10).is_empty(), "neither job runs again");
+}

@@ -502,6 +502,7 @@ struct FailureState {
     backoff_cap_ms: i64,
     jitter: f64,
     lease_owner: Option<String>,
+    cancel_requested: bool,
 }
 
 /// Records a failed attempt and applies the retry policy, inside `tx`.
@@ -516,7 +517,7 @@ fn fail_in(
     let state = tx
         .prepare_cached(
             "SELECT status, attempt, failures, crashes, max_retries, max_crashes, backoff_base_ms, \
-             backoff_cap_ms, jitter, lease_owner FROM jobs WHERE id = ?1",
+             backoff_cap_ms, jitter, lease_owner, cancel_requested FROM jobs WHERE id = ?1",
         )?
         .query_row([job_id], |row| {
             Ok(FailureState {
@@ -530,6 +531,7 @@ fn fail_in(
                 backoff_cap_ms: row.get(7)?,
                 jitter: row.get(8)?,
                 lease_owner: row.get(9)?,
+                cancel_requested: row.get::<_, i64>(10)? != 0,
             })
         })
         .optional()?
@@ -562,7 +564,14 @@ fn fail_in(
         failures += 1;
         (failures, state.max_retries)
     };
-    if report.retryable && count <= bound {
+    if state.cancel_requested {
+        tx.prepare_cached(
+            "UPDATE jobs SET status = 5, finished_ms = ?2, failures = ?3, crashes = ?4, lease_owner = NULL, \
+             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
+        )?
+        .execute(params![job_id, now_ms, failures, crashes, token])?;
+        Ok(FailOutcome::Cancelled)
+    } else if report.retryable && count <= bound {
         let n = u32::try_from(count).unwrap_or(u32::MAX);
         let delay = backoff_ms(
             n,
@@ -796,7 +805,11 @@ impl Storage for SqliteStorage {
         self.write(|tx| {
             let changed = tx
                 .prepare_cached(
-                    "UPDATE jobs SET status = 0, eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
+                    // A job whose cancel was requested ends cancelled rather than
+                    // going back to pending, so the request is never lost.
+                    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+                     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+                     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
                      WHERE id = ?1 AND attempt = ?2 AND status = 2",
                 )?
                 .execute(params![job_id, token, now_ms])?;
