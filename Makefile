@@ -10,6 +10,9 @@ DEPS    := $(VENV)/.deps-installed
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
+# Python trees that are linted (benches/ may not exist in a stripped checkout).
+PY_TREES := $(wildcard python tests benches examples)
+
 .PHONY: demo test test-rust test-python lint build bench clean
 
 $(PY):
@@ -39,8 +42,8 @@ test-python: build
 lint: build
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
-	$(VENV)/bin/ruff check python tests benches examples
-	$(VENV)/bin/ruff format --check python tests benches examples
+	$(VENV)/bin/ruff check $(PY_TREES)
+	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy --strict python/stoker
 	$(PY) -m mypy.stubtest stoker._core --allowlist stubtest-allowlist.txt
 
