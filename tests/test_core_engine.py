@@ -101,6 +101,7 @@ def test_constructor_signatures_match_the_stub() -> None:
         ("delay_ms", kw, 0),
         ("eta_ms", kw, None),
         ("result_ttl_ms", kw, None),
+        ("labels", kw, None),
     ]
     assert shape(Engine) == [("path", pos, empty), ("clock_ms", kw, None), ("busy_timeout_ms", kw, 5000)]
 
@@ -650,3 +651,53 @@ def test_a_held_write_lock_raises_storage_busy(db: str) -> None:
         if holder.stdout is not None:
             holder.stdout.close()
     assert engine.enqueue([job()])
+
+
+def test_labels_progress_and_usage_round_trip(core: Engine) -> None:
+    (job_id,) = enqueue(core, job(labels='{"run": 1}'))
+    claimed = claim_one(core)
+    assert claimed.labels == '{"run": 1}'
+    assert core.set_progress(job_id, claimed.token, "[1, 4, null]") is True
+    assert core.get(job_id).progress == "[1, 4, null]"
+    assert core.set_progress(job_id, claimed.token + 1, "[2, 4, null]") is False
+    assert core.complete(job_id, claimed.token, b"r", usage='{"wall_s": 1}') is True
+    record = core.get(job_id)
+    assert (record.labels, record.usage) == ('{"run": 1}', '{"wall_s": 1}')
+    (other,) = enqueue(core, job())
+    claimed = claim_one(core)
+    assert core.complete_many([(other, claimed.token, None, '{"wall_s": 2}')]) == [True]
+    assert core.get(other).usage == '{"wall_s": 2}'
+    with pytest.raises(TypeError, match="length 2"):
+        core.complete_many([(other, claimed.token)])  # type: ignore[list-item]
+
+
+def test_failure_usage_is_kept_in_the_error_history(core: Engine) -> None:
+    (job_id,) = enqueue(core, job())
+    claimed = claim_one(core)
+    fail(core, claimed, usage='{"cpu_user_s": 0.25}')
+    assert core.errors(job_id)[0].usage == '{"cpu_user_s": 0.25}'
+
+
+def test_list_jobs_filters_and_names_a_wrong_status(core: Engine) -> None:
+    first, second = enqueue(core, job(), NewJob("other", b"x", queue="q2"))
+    assert [r.id for r in core.list_jobs()] == [second, first]
+    assert [r.id for r in core.list_jobs(task_name="other")] == [second]
+    assert [r.id for r in core.list_jobs(queue="q2", status="pending")] == [second]
+    assert core.list_jobs(status="complete") == []
+    with pytest.raises(InvalidOptionError, match="status must be one of"):
+        core.list_jobs(status="finished")
+
+
+def test_purge_jobs_takes_finished_jobs_only(core: Engine) -> None:
+    done, waiting = enqueue(core, job(), job())
+    claimed = claim_one(core)
+    assert claimed.id == done
+    core.complete(done, claimed.token, None)
+    with pytest.raises(InvalidOptionError, match="pending"):
+        core.purge_jobs(["pending"])
+    assert core.purge_jobs(["complete"], older_than_ms=60_000) == 0
+    core.advance_clock(60_001)
+    assert core.purge_jobs(["complete"], older_than_ms=60_000) == 1
+    with pytest.raises(JobNotFoundError):
+        core.get(done)
+    assert core.status(waiting) == "pending"

@@ -36,6 +36,7 @@ class NewJob:
         delay_ms: int = 0,
         eta_ms: int | None = None,
         result_ttl_ms: int | None = None,
+        labels: str | None = None,
     ) -> None:
         """Describe a job.
 
@@ -44,7 +45,8 @@ class NewJob:
         lost (crash, kill, expired lease), so a poison job ends dead. The retry
         delay after the n-th failure is ``min(backoff_cap_ms, backoff_base_ms *
         2**(n-1))``, reduced by a random fraction of at most ``jitter`` (0 to 1).
-        ``delay_ms`` and ``eta_ms`` (absolute) are exclusive. Wrong values raise
+        ``delay_ms`` and ``eta_ms`` (absolute) are exclusive. ``labels`` is JSON
+        text the engine stores and hands back unread. Wrong values raise
         ``InvalidOptionError`` naming the option.
         """
     @property
@@ -76,6 +78,9 @@ class ClaimedJob:
     def timeout_ms(self) -> int | None: ...
     @property
     def lease_deadline_ms(self) -> int: ...
+    @property
+    def labels(self) -> str | None:
+        """The caller's labels (JSON text)."""
 
 @final
 class JobRecord:
@@ -139,6 +144,15 @@ class JobRecord:
     @property
     def replayed_from(self) -> int | None:
         """For a replay, the id of the dead job it was made from."""
+    @property
+    def labels(self) -> str | None:
+        """The caller's labels (JSON text)."""
+    @property
+    def progress(self) -> str | None:
+        """The latest progress its running attempt reported (JSON text); cleared by a claim."""
+    @property
+    def usage(self) -> str | None:
+        """Resources used by the latest finished attempt (JSON text)."""
 
 @final
 class ErrorRecord:
@@ -167,6 +181,9 @@ class ErrorRecord:
     def failed_ms(self) -> int: ...
     @property
     def worker(self) -> str: ...
+    @property
+    def usage(self) -> str | None:
+        """Resources the attempt used (JSON text), when known."""
 
 @final
 class StaleOutcome:
@@ -180,7 +197,7 @@ class StaleOutcome:
     def owner(self) -> str: ...
     @property
     def outcome(self) -> str:
-        """What was refused: complete, fail, cancel, requeue, heartbeat."""
+        """What was refused: complete, fail, cancel, requeue, heartbeat, progress."""
     @property
     def at_ms(self) -> int: ...
 
@@ -217,10 +234,16 @@ class Engine:
         Returns the ids among them whose cancellation was requested. Leases that
         are no longer held (stale tokens) are skipped and recorded.
         """
-    def complete(self, job_id: int, token: int, result: bytes | None) -> bool:
-        """Mark the attempt complete with its pickled result; False if stale (recorded)."""
-    def complete_many(self, outcomes: list[tuple[int, int, bytes | None]]) -> list[bool]:
-        """``complete`` for many jobs in one transaction."""
+    def complete(self, job_id: int, token: int, result: bytes | None, usage: str | None = None) -> bool:
+        """Mark the attempt complete with its pickled result; False if stale (recorded).
+
+        ``usage`` is JSON text describing the resources the attempt used.
+        """
+    def complete_many(
+        self,
+        outcomes: list[tuple[int, int, bytes | None]] | list[tuple[int, int, bytes | None, str | None]],
+    ) -> list[bool]:
+        """``complete`` for many jobs in one transaction: ``(job_id, token, result[, usage])``."""
     def fail(
         self,
         job_id: int,
@@ -233,6 +256,7 @@ class Engine:
         exc_pickle: bytes | None = None,
         worker: str = "",
         retryable: bool = True,
+        usage: str | None = None,
     ) -> tuple[str, int | None]:
         """Record a failed attempt and apply the retry policy.
 
@@ -283,5 +307,24 @@ class Engine:
         """The earliest future eta of a scheduled job or lease deadline of a running job."""
     def data_version(self) -> int:
         """Changes whenever another connection commits to the database."""
+    def set_progress(self, job_id: int, token: int, progress: str) -> bool:
+        """Store the progress (JSON text) of a running attempt; False if stale (recorded)."""
+    def list_jobs(
+        self,
+        *,
+        status: str | None = None,
+        task_name: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[JobRecord]:
+        """Jobs matching every given filter, newest first."""
+    def purge_jobs(self, statuses: list[str], *, older_than_ms: int | None = None, limit: int = 1000) -> int:
+        """Delete finished jobs in ``statuses`` with their error history.
+
+        Only jobs that finished more than ``older_than_ms`` ago (any, if None), at
+        most ``limit``; returns how many. Unfinished statuses raise
+        ``InvalidOptionError``.
+        """
     def purge_expired_results(self, limit: int = 1000) -> int:
         """Drop results past their expiry, at most ``limit``; returns how many."""

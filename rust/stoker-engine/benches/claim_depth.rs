@@ -76,6 +76,7 @@ fn measure(engine: &Engine, batch: usize, priorities: i64, rng: &mut fastrand::R
                 job_id: job.id,
                 token: job.token,
                 result: Some(vec![1u8; 16]),
+                usage: None,
             })
             .collect();
         let applied = engine.complete_many(&completions).expect("complete");

@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::model::{
     check_duration, CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport,
-    JobRecord, NewJob, StaleOutcome, Status,
+    JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
@@ -125,6 +125,7 @@ impl Engine {
             job_id,
             token,
             result,
+            usage: None,
         }])?;
         Ok(applied.first().copied().unwrap_or(false))
     }
@@ -230,6 +231,42 @@ impl Engine {
     /// Drops up to `limit` expired results; how many.
     pub fn purge_expired_results(&self, limit: usize) -> Result<usize, EngineError> {
         self.storage.purge_expired_results(limit, self.now_ms())
+    }
+
+    /// Stores the progress (JSON text) of a running attempt; false if stale.
+    pub fn set_progress(
+        &self,
+        job_id: i64,
+        token: i64,
+        progress: &str,
+    ) -> Result<bool, EngineError> {
+        self.storage
+            .set_progress(job_id, token, progress, self.now_ms())
+    }
+
+    /// Jobs matching `filter`, newest first.
+    pub fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<JobRecord>, EngineError> {
+        self.storage.list_jobs(filter, limit, offset)
+    }
+
+    /// Deletes up to `limit` finished jobs in `statuses` that finished more
+    /// than `older_than_ms` ago (any age if `None`); returns how many.
+    pub fn purge_jobs(
+        &self,
+        statuses: &[Status],
+        older_than_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<usize, EngineError> {
+        if let Some(age) = older_than_ms {
+            check_duration("older_than_ms", age)?;
+        }
+        let before = older_than_ms.map(|age| self.now_ms().saturating_sub(age));
+        self.storage.purge_jobs(statuses, before, limit)
     }
 }
 

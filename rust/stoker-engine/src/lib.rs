@@ -22,7 +22,7 @@ pub use engine::Engine;
 pub use error::EngineError;
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
-    JobRecord, NewJob, StaleOutcome, Status,
+    JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
 pub use storage::Storage;

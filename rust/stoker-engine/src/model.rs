@@ -80,6 +80,21 @@ impl Status {
     }
 
     /// Whether the job is finished; a finished job's status never changes.
+    /// The status of this name; an invalid-option error naming the known ones.
+    pub fn parse(name: &str) -> Result<Status, EngineError> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Status::ALL.iter().map(|status| status.as_str()).collect();
+                EngineError::invalid(format!(
+                    "status must be one of {}, got {name:?}",
+                    known.join(", ")
+                ))
+            })
+    }
+
+    /// Whether the status is final (complete, dead, cancelled).
     pub const fn is_terminal(self) -> bool {
         matches!(self, Status::Complete | Status::Dead | Status::Cancelled)
     }
@@ -225,6 +240,8 @@ pub struct NewJob {
     pub eta_ms: Option<i64>,
     /// Keep the result this long after completion, if set; forever otherwise.
     pub result_ttl_ms: Option<i64>,
+    /// The caller's labels, as JSON text the engine stores and returns unread.
+    pub labels: Option<String>,
 }
 
 impl NewJob {
@@ -257,6 +274,7 @@ impl NewJob {
             delay_ms: 0,
             eta_ms: None,
             result_ttl_ms: None,
+            labels: None,
         }
     }
 
@@ -362,6 +380,8 @@ pub struct ClaimedJob {
     pub timeout_ms: Option<i64>,
     /// When the lease ends unless renewed by a heartbeat.
     pub lease_deadline_ms: i64,
+    /// The caller's labels (JSON text), if any.
+    pub labels: Option<String>,
 }
 
 /// A snapshot of one job row.
@@ -399,6 +419,12 @@ pub struct JobRecord {
     pub result_expires_ms: Option<i64>,
     /// For a replay, the dead job it was made from.
     pub replayed_from: Option<i64>,
+    /// The caller's labels (JSON text).
+    pub labels: Option<String>,
+    /// The latest progress the running attempt reported (JSON text).
+    pub progress: Option<String>,
+    /// The resources the latest finished attempt used (JSON text).
+    pub usage: Option<String>,
 }
 
 /// One failed attempt in a job's history.
@@ -415,6 +441,8 @@ pub struct ErrorRecord {
     pub exc_pickle: Option<Vec<u8>>,
     pub failed_ms: i64,
     pub worker: String,
+    /// The resources the attempt used (JSON text), when known.
+    pub usage: Option<String>,
 }
 
 /// An outcome refused because its token was stale.
@@ -450,6 +478,8 @@ pub struct FailureReport {
     pub worker: String,
     /// False when the failure must not be retried whatever the bounds.
     pub retryable: bool,
+    /// The resources the attempt used (JSON text), when known.
+    pub usage: Option<String>,
 }
 
 /// A successful attempt as reported by a supervisor.
@@ -461,4 +491,17 @@ pub struct Completion {
     pub token: i64,
     /// The serialized result.
     pub result: Option<Vec<u8>>,
+    /// The resources the attempt used (JSON text), when known.
+    pub usage: Option<String>,
+}
+
+/// Which jobs a listing returns; `None` fields match every job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only jobs in this status.
+    pub status: Option<Status>,
+    /// Only jobs of this task.
+    pub task_name: Option<String>,
+    /// Only jobs of this queue.
+    pub queue: Option<String>,
 }

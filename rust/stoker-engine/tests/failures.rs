@@ -356,6 +356,7 @@ fn replay_makes_a_new_job_with_the_same_options() {
         delay_ms: 0,
         eta_ms: None,
         result_ttl_ms: Some(999),
+        labels: Some(r#"{"k": "v"}"#.to_owned()),
     };
     let id = fx.enqueue_one(original);
     assert!(matches!(
@@ -373,6 +374,7 @@ fn replay_makes_a_new_job_with_the_same_options() {
     let new = fx.engine.get(new_id).unwrap();
     assert_eq!(new.status, Status::Pending);
     assert_eq!(new.replayed_from, Some(id));
+    assert_eq!(new.labels, old.labels);
     assert_eq!((new.attempt, new.failures, new.crashes), (0, 0, 0));
     assert_eq!((new.created_ms, new.eta_ms), (START_MS + 50, START_MS + 50));
     assert_eq!(

@@ -175,7 +175,8 @@ fn complete_many_applies_fresh_and_refuses_stale() {
         fx.engine.complete_many(&[stoker_engine::Completion {
             job_id: 999,
             token: 1,
-            result: None
+            result: None,
+            usage: None,
         }]),
         Err(EngineError::NotFound(999))
     ));

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
-use stoker_engine::model::{Completion, FailureKind, FailureReport};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
 use stoker_engine::{Clock, EngineError, ManualClock, SystemClock};
 
 use crate::errors::OrRaise;
@@ -118,34 +119,54 @@ impl Engine {
     }
 
     /// Mark the attempt complete with its pickled result; False if stale (recorded).
-    #[pyo3(signature = (job_id, token, result))]
+    #[pyo3(signature = (job_id, token, result, usage = None))]
     fn complete(
         &self,
         py: Python<'_>,
         job_id: i64,
         token: i64,
         result: Option<Cow<'_, [u8]>>,
+        usage: Option<String>,
     ) -> PyResult<bool> {
-        let result = result.map(Cow::into_owned);
+        let completion = Completion {
+            job_id,
+            token,
+            result: result.map(Cow::into_owned),
+            usage,
+        };
         let engine = &self.engine;
-        py.detach(|| engine.complete(job_id, token, result))
-            .or_raise(py)
+        let applied = py
+            .detach(|| engine.complete_many(std::slice::from_ref(&completion)))
+            .or_raise(py)?;
+        Ok(applied.first().copied().unwrap_or(false))
     }
 
     /// ``complete`` for many jobs in one transaction.
     fn complete_many(
         &self,
         py: Python<'_>,
-        outcomes: Vec<(i64, i64, Option<Bound<'_, PyBytes>>)>,
+        outcomes: Vec<Bound<'_, PyTuple>>,
     ) -> PyResult<Vec<bool>> {
-        let completions: Vec<Completion> = outcomes
-            .into_iter()
-            .map(|(job_id, token, result)| Completion {
-                job_id,
-                token,
+        let mut completions: Vec<Completion> = Vec::with_capacity(outcomes.len());
+        for outcome in outcomes {
+            // (job_id, token, result) or (job_id, token, result, usage).
+            let usage: Option<String> = match outcome.len() {
+                3 => None,
+                4 => outcome.get_item(3)?.extract()?,
+                n => {
+                    return Err(PyTypeError::new_err(format!(
+                        "complete_many takes (job_id, token, result[, usage]) tuples, got one of length {n}"
+                    )))
+                }
+            };
+            let result: Option<Bound<'_, PyBytes>> = outcome.get_item(2)?.extract()?;
+            completions.push(Completion {
+                job_id: outcome.get_item(0)?.extract()?,
+                token: outcome.get_item(1)?.extract()?,
                 result: result.map(|bytes| bytes.as_bytes().to_vec()),
-            })
-            .collect();
+                usage,
+            });
+        }
         let engine = &self.engine;
         py.detach(|| engine.complete_many(&completions))
             .or_raise(py)
@@ -163,6 +184,7 @@ impl Engine {
         exc_pickle = None,
         worker = "",
         retryable = true,
+        usage = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn fail(
@@ -177,6 +199,7 @@ impl Engine {
         exc_pickle: Option<Cow<'_, [u8]>>,
         worker: &str,
         retryable: bool,
+        usage: Option<String>,
     ) -> PyResult<(&'static str, Option<i64>)> {
         let report = FailureReport {
             kind: FailureKind::parse(kind).or_raise(py)?,
@@ -186,6 +209,7 @@ impl Engine {
             exc_pickle: exc_pickle.map(Cow::into_owned),
             worker: worker.to_owned(),
             retryable,
+            usage,
         };
         let engine = &self.engine;
         let outcome = py
@@ -320,6 +344,64 @@ impl Engine {
         let limit = count("limit", limit).or_raise(py)?;
         let engine = &self.engine;
         py.detach(|| engine.purge_expired_results(limit))
+            .or_raise(py)
+    }
+
+    /// Store the progress (JSON text) of a running attempt; False if stale (recorded).
+    fn set_progress(
+        &self,
+        py: Python<'_>,
+        job_id: i64,
+        token: i64,
+        progress: &str,
+    ) -> PyResult<bool> {
+        let engine = &self.engine;
+        py.detach(|| engine.set_progress(job_id, token, progress))
+            .or_raise(py)
+    }
+
+    /// Jobs matching every given filter, newest first.
+    #[pyo3(signature = (*, status = None, task_name = None, queue = None, limit = 100, offset = 0))]
+    fn list_jobs(
+        &self,
+        py: Python<'_>,
+        status: Option<&str>,
+        task_name: Option<String>,
+        queue: Option<String>,
+        limit: i64,
+        offset: i64,
+    ) -> PyResult<Vec<JobRecord>> {
+        let filter = JobFilter {
+            status: status.map(Status::parse).transpose().or_raise(py)?,
+            task_name,
+            queue,
+        };
+        let limit = count("limit", limit).or_raise(py)?;
+        let offset = count("offset", offset).or_raise(py)?;
+        let engine = &self.engine;
+        let jobs = py
+            .detach(|| engine.list_jobs(&filter, limit, offset))
+            .or_raise(py)?;
+        Ok(jobs.into_iter().map(|inner| JobRecord { inner }).collect())
+    }
+
+    /// Delete finished jobs in ``statuses`` with their error history.
+    #[pyo3(signature = (statuses, *, older_than_ms = None, limit = 1000))]
+    fn purge_jobs(
+        &self,
+        py: Python<'_>,
+        statuses: Vec<String>,
+        older_than_ms: Option<i64>,
+        limit: i64,
+    ) -> PyResult<usize> {
+        let statuses = statuses
+            .iter()
+            .map(|name| Status::parse(name))
+            .collect::<Result<Vec<_>, _>>()
+            .or_raise(py)?;
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        py.detach(|| engine.purge_jobs(&statuses, older_than_ms, limit))
             .or_raise(py)
     }
 

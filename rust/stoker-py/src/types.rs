@@ -45,6 +45,7 @@ impl NewJob {
         delay_ms = 0,
         eta_ms = None,
         result_ttl_ms = None,
+        labels = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -62,6 +63,7 @@ impl NewJob {
         delay_ms: i64,
         eta_ms: Option<i64>,
         result_ttl_ms: Option<i64>,
+        labels: Option<String>,
     ) -> PyResult<Self> {
         let inner = model::NewJob {
             task_name,
@@ -77,6 +79,7 @@ impl NewJob {
             delay_ms,
             eta_ms,
             result_ttl_ms,
+            labels,
         };
         inner.validate().or_raise(py)?;
         Ok(Self { inner })
@@ -156,6 +159,11 @@ impl ClaimedJob {
     #[getter]
     fn lease_deadline_ms(&self) -> i64 {
         self.inner.lease_deadline_ms
+    }
+
+    #[getter]
+    fn labels(&self) -> Option<&str> {
+        self.inner.labels.as_deref()
     }
 
     fn __repr__(&self) -> String {
@@ -317,6 +325,21 @@ impl JobRecord {
         self.inner.replayed_from
     }
 
+    #[getter]
+    fn labels(&self) -> Option<&str> {
+        self.inner.labels.as_deref()
+    }
+
+    #[getter]
+    fn progress(&self) -> Option<&str> {
+        self.inner.progress.as_deref()
+    }
+
+    #[getter]
+    fn usage(&self) -> Option<&str> {
+        self.inner.usage.as_deref()
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "JobRecord(id={}, task_name={:?}, queue={:?}, status={:?}, attempt={})",
@@ -391,6 +414,11 @@ impl ErrorRecord {
     #[getter]
     fn worker(&self) -> &str {
         &self.inner.worker
+    }
+
+    #[getter]
+    fn usage(&self) -> Option<&str> {
+        self.inner.usage.as_deref()
     }
 
     fn __repr__(&self) -> String {

@@ -16,8 +16,8 @@ pub mod sqlite;
 
 use crate::error::EngineError;
 use crate::model::{
-    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobRecord,
-    NewJob, StaleOutcome, Status,
+    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobFilter,
+    JobRecord, NewJob, StaleOutcome, Status,
 };
 
 /// A source of uniform random draws in `[0, 1)` for retry jitter.
@@ -123,6 +123,34 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     /// A number that changes whenever another connection commits.
     fn data_version(&self) -> Result<i64, EngineError>;
+
+    /// Stores the progress (JSON text) a running attempt reported; false (and
+    /// recorded) if the token is stale.
+    fn set_progress(
+        &self,
+        job_id: i64,
+        token: i64,
+        progress: &str,
+        now_ms: i64,
+    ) -> Result<bool, EngineError>;
+
+    /// Jobs matching `filter`, newest first.
+    fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<JobRecord>, EngineError>;
+
+    /// Deletes up to `limit` finished jobs in `statuses` (terminal ones only)
+    /// that finished before `finished_before_ms` (any time if `None`), with
+    /// their error history; returns how many.
+    fn purge_jobs(
+        &self,
+        statuses: &[Status],
+        finished_before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<usize, EngineError>;
 
     /// Drops up to `limit` results whose expiry is at or before `now_ms`;
     /// returns how many.

@@ -24,7 +24,7 @@ use rusqlite::{
 use crate::error::EngineError;
 use crate::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
-    JobRecord, NewJob, StaleOutcome, Status,
+    JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::retry::backoff_ms;
 use crate::storage::{Jitter, Storage};
@@ -83,7 +83,10 @@ CREATE TABLE jobs (
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     result BLOB,
     result_expires_ms INTEGER,
-    replayed_from INTEGER REFERENCES jobs (id)
+    replayed_from INTEGER REFERENCES jobs (id),
+    labels TEXT,
+    progress TEXT,
+    usage TEXT
 ) STRICT;
 
 -- Claims: the runnable jobs of one queue in claim order.
@@ -110,7 +113,8 @@ CREATE TABLE errors (
     traceback TEXT NOT NULL,
     exc_pickle BLOB,
     failed_ms INTEGER NOT NULL,
-    worker TEXT NOT NULL
+    worker TEXT NOT NULL,
+    usage TEXT
 ) STRICT;
 CREATE INDEX errors_job ON errors (job_id, id);
 
@@ -130,11 +134,11 @@ CREATE TABLE stale_outcomes (
 const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     result, result_expires_ms, replayed_from";
+     result, result_expires_ms, replayed_from, labels, progress, usage";
 
 const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
-     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
+     labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
 pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
@@ -147,11 +151,12 @@ pub const PICK_PENDING_SQL: &str =
 /// Leases one picked job; the `status = 0` fence makes it a no-op on a row that
 /// another writer took first.
 pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = ?2, \
-     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0 WHERE id = ?1 AND status = 0 \
-     RETURNING attempt, task_name, queue, payload, timeout_ms";
+     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL \
+     WHERE id = ?1 AND status = 0 RETURNING attempt, task_name, queue, payload, timeout_ms, labels";
 
 /// Completes one attempt if its token is current.
-pub const COMPLETE_SQL: &str = "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, \
+pub const COMPLETE_SQL: &str =
+    "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, usage = ?5, \
      result_expires_ms = ?4 + result_ttl_ms, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = ?1 AND attempt = ?2 AND status = 2";
 
@@ -448,6 +453,9 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         result: row.get(23)?,
         result_expires_ms: row.get(24)?,
         replayed_from: row.get(25)?,
+        labels: row.get(26)?,
+        progress: row.get(27)?,
+        usage: row.get(28)?,
     })
 }
 
@@ -542,8 +550,8 @@ fn fail_in(
         return Ok(FailOutcome::Stale);
     }
     tx.prepare_cached(
-        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
+         usage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         job_id,
@@ -555,7 +563,10 @@ fn fail_in(
         report.exc_pickle,
         now_ms,
         report.worker,
+        report.usage,
     ])?;
+    tx.prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
+        .execute(params![job_id, report.usage])?;
     let (mut failures, mut crashes) = (state.failures, state.crashes);
     let (count, bound) = if report.kind.is_crash() {
         crashes += 1;
@@ -629,6 +640,7 @@ impl Storage for SqliteStorage {
                     job.result_ttl_ms,
                     now_ms,
                     eta_ms,
+                    job.labels,
                 ])?;
                 ids.push(tx.last_insert_rowid());
             }
@@ -683,6 +695,7 @@ impl Storage for SqliteStorage {
                         payload: row.get(3)?,
                         timeout_ms: row.get(4)?,
                         lease_deadline_ms,
+                        labels: row.get(5)?,
                     })
                 })?;
                 claimed.push(job);
@@ -731,7 +744,8 @@ impl Storage for SqliteStorage {
                     completion.job_id,
                     completion.token,
                     completion.result,
-                    now_ms
+                    now_ms,
+                    completion.usage,
                 ])?;
                 if changed == 0 {
                     refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
@@ -851,6 +865,7 @@ impl Storage for SqliteStorage {
                     exc_pickle: None,
                     worker: owner,
                     retryable: true,
+                    usage: None,
                 };
                 let outcome = fail_in(tx, job_id, token, &report, &mut *jitter, now_ms)?;
                 reaped.push((job_id, outcome));
@@ -891,8 +906,8 @@ impl Storage for SqliteStorage {
                 .optional()?;
             exists.ok_or(EngineError::NotFound(job_id))?;
             let mut stmt = tx.prepare_cached(
-                "SELECT id, job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker \
-                 FROM errors WHERE job_id = ?1 ORDER BY id",
+                "SELECT id, job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
+                 usage FROM errors WHERE job_id = ?1 ORDER BY id",
             )?;
             let rows = stmt.query_map([job_id], |row| {
                 Ok(ErrorRecord {
@@ -906,6 +921,7 @@ impl Storage for SqliteStorage {
                     exc_pickle: row.get(7)?,
                     failed_ms: row.get(8)?,
                     worker: row.get(9)?,
+                    usage: row.get(10)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -957,9 +973,9 @@ impl Storage for SqliteStorage {
             tx.prepare_cached(
                 "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, max_crashes, \
                  backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
-                 replayed_from) \
+                 replayed_from, labels) \
                  SELECT task_name, queue, priority, payload, 0, max_retries, max_crashes, backoff_base_ms, \
-                 backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, ?2, ?2, id FROM jobs WHERE id = ?1",
+                 backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, ?2, ?2, id, labels FROM jobs WHERE id = ?1",
             )?
             .execute(params![job_id, now_ms])?;
             Ok(tx.last_insert_rowid())
@@ -1003,6 +1019,94 @@ impl Storage for SqliteStorage {
     fn data_version(&self) -> Result<i64, EngineError> {
         let conn = self.lock();
         Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
+    fn set_progress(
+        &self,
+        job_id: i64,
+        token: i64,
+        progress: &str,
+        now_ms: i64,
+    ) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached(
+                    "UPDATE jobs SET progress = ?3 WHERE id = ?1 AND attempt = ?2 AND status = 2",
+                )?
+                .execute(params![job_id, token, progress])?;
+            if changed == 0 {
+                refuse_stale(tx, job_id, token, "progress", now_ms)?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
+    fn list_jobs(
+        &self,
+        filter: &JobFilter,
+        limit: usize,
+        offset: usize,
+    ) -> Result<Vec<JobRecord>, EngineError> {
+        // A listing serves people and scripts, not the claim path: it may scan.
+        // No index is kept for it, because every index is paid for by every
+        // status change of every job.
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
+             AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR queue = ?3) \
+             ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+        ))?;
+        let rows = stmt.query_map(
+            params![
+                filter.status.map(Status::code),
+                filter.task_name,
+                filter.queue,
+                sql_limit(limit),
+                sql_limit(offset)
+            ],
+            job_from_row,
+        )?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn purge_jobs(
+        &self,
+        statuses: &[Status],
+        finished_before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<usize, EngineError> {
+        if let Some(status) = statuses.iter().find(|status| !status.is_terminal()) {
+            return Err(EngineError::InvalidOption(format!(
+                "purge removes finished jobs only, not {} ones",
+                status.as_str()
+            )));
+        }
+        if statuses.is_empty() || limit == 0 {
+            return Ok(0);
+        }
+        let codes = statuses
+            .iter()
+            .map(|status| status.code().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        self.write(|tx| {
+            tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purged (id INTEGER PRIMARY KEY)")?;
+            tx.execute("DELETE FROM temp.purged", [])?;
+            tx.prepare(&format!(
+                "INSERT INTO temp.purged SELECT id FROM jobs WHERE status IN ({codes}) \
+                 AND (?1 IS NULL OR finished_ms < ?1) ORDER BY id LIMIT ?2"
+            ))?
+            .execute(params![finished_before_ms, sql_limit(limit)])?;
+            // A replay keeps pointing at its origin only while the origin exists.
+            tx.execute(
+                "UPDATE jobs SET replayed_from = NULL WHERE replayed_from IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
+            tx.execute("DELETE FROM errors WHERE job_id IN (SELECT id FROM temp.purged)", [])?;
+            let removed = tx.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM temp.purged)", [])?;
+            tx.execute("DELETE FROM temp.purged", [])?;
+            Ok(removed)
+        })
     }
 
     fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError> {

@@ -107,6 +107,7 @@ impl Fixture {
                 job_id,
                 token,
                 result: None,
+                usage: None,
             })
             .collect();
         self.engine
@@ -133,5 +134,6 @@ pub fn report(kind: FailureKind, retryable: bool) -> FailureReport {
         exc_pickle: Some(b"pickled".to_vec()),
         worker: "host:1:0".to_owned(),
         retryable,
+        usage: Some(r#"{"cpu_user_s": 0.5}"#.to_owned()),
     }
 }
