@@ -78,3 +78,15 @@ def read_ledger(path: Path) -> list[str]:
     if not path.exists():
         return []
     return path.read_text().splitlines()
+
+
+def written(path: Path) -> Callable[[], str]:
+    """A predicate for ``wait_until``: the file exists and has content (a task's pid, say)."""
+
+    def check() -> str:
+        try:
+            return path.read_text()
+        except FileNotFoundError:
+            return ""
+
+    return check

@@ -10,7 +10,7 @@ import pytest
 
 import stoker
 from apps.tasks import QuotaError
-from conftest import HANG_GUARD, read_ledger, wait_until
+from conftest import HANG_GUARD, read_ledger, wait_until, written
 
 
 def _gone(pid: int) -> bool:
@@ -216,7 +216,7 @@ def test_cancel_running_job_kills_its_worker(
 ) -> None:
     marker = tmp_path / "started"
     job = queue.get_task("wait_for_file").delay(str(marker), str(tmp_path / "never"))
-    wait_until(marker.exists, what="the job to start")
+    wait_until(written(marker), what="the job to start")
     worker_pid = int(marker.read_text())
     assert job.cancel() == "requested"
     with pytest.raises(stoker.JobCancelledError):
@@ -244,7 +244,7 @@ def test_no_job_waits_behind_a_long_one(
     marker = tmp_path / "started"
     release = tmp_path / "release"
     long_job = queue.get_task("wait_for_file").delay(str(marker), str(release))
-    wait_until(marker.exists, what="the long job to start")
+    wait_until(written(marker), what="the long job to start")
     short = [queue.get_task("add").delay(i, 1) for i in range(10)]
     assert [j.result(timeout=HANG_GUARD) for j in short] == [i + 1 for i in range(10)]
     assert long_job.status == "running"

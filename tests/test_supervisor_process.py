@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, TESTS, wait_until
+from conftest import HANG_GUARD, TESTS, wait_until, written
 
 
 class WorkerCommand:
@@ -68,7 +68,7 @@ def test_supervisor_sigkill_leaves_no_orphans_and_a_new_one_recovers_the_job(
     job = queue.get_task("wait_for_file").delay(str(marker), str(release))
     first = WorkerCommand(Path(queue.path), "--lease", "1")
     commands.append(first)
-    wait_until(marker.exists, what="the job to start")
+    wait_until(written(marker), what="the job to start")
     worker_pid = int(marker.read_text())
     descendants = first.descendants()
     assert worker_pid in {p.pid for p in descendants}
@@ -96,7 +96,7 @@ def test_sigterm_lets_running_jobs_finish(
     waiting = queue.get_task("add").options(delay=3600).delay(1, 1)
     command = WorkerCommand(Path(queue.path), "--drain-timeout", "600")
     commands.append(command)
-    wait_until(marker.exists, what="the job to start")
+    wait_until(written(marker), what="the job to start")
     descendants = command.descendants()
     command.process.send_signal(signal.SIGTERM)
     release.touch()
@@ -114,7 +114,7 @@ def test_sigterm_past_the_drain_timeout_requeues_without_a_failed_attempt(
     job = queue.get_task("wait_for_file").delay(str(marker), str(tmp_path / "never"))
     command = WorkerCommand(Path(queue.path), "--drain-timeout", "0.2")
     commands.append(command)
-    wait_until(marker.exists, what="the job to start")
+    wait_until(written(marker), what="the job to start")
     descendants = command.descendants()
     command.process.send_signal(signal.SIGTERM)
     assert command.process.wait(HANG_GUARD) == 0, command.output()

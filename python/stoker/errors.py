@@ -20,21 +20,38 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "CircuitBreakerOpenError",
     "InvalidOptionError",
     "JobCancelledError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseExpiredError",
+    "MaxRetriesExceededError",
+    "MemoryLimitExceededError",
+    "MiddlewareError",
+    "NoResultError",
     "NotAStokerDatabaseError",
+    "PluginTriggerError",
+    "QueueError",
+    "RateLimitExceededError",
+    "RejectedError",
     "RemoteTaskError",
     "RemoteTraceback",
+    "RequeueLimitError",
+    "ResultGetError",
+    "ResultNotReadyError",
     "ResultTimeoutError",
+    "ScheduleCancelledError",
     "SchemaVersionError",
+    "SecurityError",
+    "SendError",
     "SerializationError",
+    "SoftTimeoutError",
     "StokerError",
     "StorageBusyError",
     "StorageError",
     "TaskFailedError",
+    "TaskRegisteredTwiceError",
     "TaskTimeoutError",
     "UnknownTaskError",
     "WorkerLostError",
@@ -244,3 +261,138 @@ class ResultTimeoutError(StokerError, TimeoutError):
 
 class WorkerStartupError(StokerError):
     """Worker processes keep failing before they can take a job (the message holds the cause)."""
+
+
+# --- results --------------------------------------------------------------------
+
+
+class ResultGetError(StokerError):
+    """The job finished but its result cannot be read (expired, or not unpicklable)."""
+
+    def __init__(self, job_id: int, reason: str) -> None:
+        super().__init__(f"the result of job {job_id} cannot be read: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.reason))
+
+
+class NoResultError(ResultGetError):
+    """The job's task does not store results (``store_result=False``)."""
+
+    def __init__(self, job_id: int, reason: str = "its task was registered with store_result=False") -> None:
+        super().__init__(job_id, reason)
+
+
+class ResultNotReadyError(StokerError):
+    """The job has not finished, and the caller asked not to wait."""
+
+    def __init__(self, job_id: int, status: str) -> None:
+        super().__init__(f"job {job_id} is not finished: it is {status}")
+        self.job_id = job_id
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.status))
+
+
+class MaxRetriesExceededError(TaskFailedError):
+    """The job failed on every attempt it was allowed; ``__cause__`` is the last error."""
+
+    def __init__(self, message: str, *, job_id: int | None = None, attempt: int | None = None) -> None:
+        super().__init__(message, job_id=job_id, attempt=attempt)
+
+
+# --- sending and registering ------------------------------------------------------------
+
+
+class SendError(StokerError):
+    """The call could not be sent (the message names the task and the cause)."""
+
+    def __init__(self, task_name: str, reason: str) -> None:
+        super().__init__(f"cannot send {task_name}: {reason}")
+        self.task_name = task_name
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, self.reason))
+
+
+class TaskRegisteredTwiceError(StokerError, ValueError):
+    """Two different functions were registered under one task name."""
+
+    def __init__(self, task_name: str, first: str, second: str) -> None:
+        super().__init__(
+            f"task name {task_name!r} is taken by {first}; cannot register {second} under it too"
+        )
+        self.task_name = task_name
+        self.first = first
+        self.second = second
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, self.first, self.second))
+
+
+class SecurityError(StokerError):
+    """A payload or result failed its signature check; it was not unpickled."""
+
+    def __init__(self, job_id: int | None, what: str) -> None:
+        where = f"job {job_id}" if job_id is not None else "a job"
+        super().__init__(f"the {what} of {where} has a missing or wrong signature; it was not unpickled")
+        self.job_id = job_id
+        self.what = what
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.what))
+
+
+class QueueError(StokerError):
+    """The queue cannot do what was asked in its current state (the message says why)."""
+
+
+class ScheduleCancelledError(StokerError):
+    """A schedule's condition vetoed one fire; only that fire is skipped."""
+
+
+class CircuitBreakerOpenError(StokerError):
+    """The task's circuit breaker is open: recent attempts failed too often."""
+
+
+class RateLimitExceededError(StokerError):
+    """The task's or queue's rate limit allows no job now."""
+
+
+# --- raised inside tasks ----------------------------------------------------------------
+
+
+class RejectedError(TaskFailedError):
+    """The task rejected its job (``ctx.reject()``): it ends dead and is not retried."""
+
+
+class SoftTimeoutError(TaskFailedError, TimeoutError):
+    """The task ran past its soft timeout (raised by ``ctx.check_timeout()``)."""
+
+
+class PluginTriggerError(StokerError):
+    """Raised by ``ctx.plugin_error(**details)``: plugin handlers may supply a result instead."""
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message or f"plugin trigger {details!r}")
+        self.message = message
+        self.details = details
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_keywords, (type(self), (self.message,), dict(self.details)))
+
+
+class MemoryLimitExceededError(TaskFailedError, MemoryError):
+    """The attempt went over its task's memory limit and its worker was killed."""
+
+
+class MiddlewareError(TaskFailedError):
+    """A middleware or hook raised; the message names it and the stage."""
+
+
+class RequeueLimitError(TaskFailedError):
+    """The task asked to be requeued more times than allowed."""

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import serialization
-from .errors import JobCancelledError, ResultTimeoutError, StokerError
+from .errors import (
+    JobCancelledError,
+    MaxRetriesExceededError,
+    NoResultError,
+    ResultGetError,
+    ResultNotReadyError,
+    ResultTimeoutError,
+    SecurityError,
+    StokerError,
+)
 from .remote_errors import rebuild
 
 if TYPE_CHECKING:
-    from ._core import ErrorRecord, JobRecord
+    from ._core import Engine, ErrorRecord, JobRecord
     from .queue import Queue
 
 #: Statuses after which a job never changes again.
@@ -72,14 +84,65 @@ class AttemptError:
         )
 
 
+class Progress(NamedTuple):
+    """The latest progress a running task reported."""
+
+    current: float
+    total: float | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Everything known about a finished job: its value or error, and what it cost."""
+
+    job_id: int
+    task_name: str
+    status: str
+    """complete, dead or cancelled."""
+    value: Any
+    """The return value (None for a failure, or a task that stores no result)."""
+    error: BaseException | None
+    """The error the caller would get from ``Job.result()``, or None."""
+    attempts: int
+    labels: dict[str, Any]
+    worker: str | None
+    """``owner/pid`` of the worker that ran the last attempt, when known."""
+    execution_time: float | None
+    """Wall-clock seconds of the last attempt."""
+    usage: dict[str, Any] = field(default_factory=dict)
+    """Resources of the last attempt: wall_s, cpu_user_s, cpu_system_s, peak_rss_kib."""
+    finished_at: datetime | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def raise_for_error(self) -> Outcome:
+        """Raise the job's error, if it has one; otherwise return self."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+def _pause(pause: float) -> float:
+    return min(pause * 2, RESULT_POLL_MAX)
+
+
 class Job:
     """A handle on one stored job. Cheap to create; every property reads storage."""
 
-    __slots__ = ("id", "queue")
+    __slots__ = ("_store", "id", "queue")
 
-    def __init__(self, queue: Queue, job_id: int) -> None:
+    def __init__(self, queue: Queue, job_id: int, engine: Engine | None = None) -> None:
         self.queue = queue
         self.id = job_id
+        # Test mode hands out jobs of its private database; they keep reading it.
+        self._store = engine
+
+    @property
+    def _engine(self) -> Engine:
+        return self._store if self._store is not None else self.queue._engine
 
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
@@ -93,20 +156,37 @@ class Job:
     @property
     def status(self) -> str:
         """pending, scheduled, running, complete, dead or cancelled."""
-        return self.queue._engine.status(self.id)
+        return self._engine.status(self.id)
 
     def done(self) -> bool:
         """Whether the job has finished (complete, dead or cancelled)."""
         return self.status in FINISHED
 
+    ready = done
+
+    @property
+    def progress(self) -> Progress | None:
+        """The latest progress its running attempt reported (None before any)."""
+        text = self.record().progress
+        if text is None:
+            return None
+        current, total, message = json.loads(text)
+        return Progress(current, total, message)
+
+    @property
+    def labels(self) -> dict[str, Any]:
+        """The labels the job was sent with."""
+        text = self.record().labels
+        return json.loads(text) if text else {}
+
     def record(self) -> JobRecord:
         """The job's stored row."""
-        return self.queue._engine.get(self.id)
+        return self._engine.get(self.id)
 
     @property
     def errors(self) -> list[AttemptError]:
         """The error history: one entry per failed attempt, oldest first."""
-        return [AttemptError.from_record(r) for r in self.queue._engine.errors(self.id)]
+        return [AttemptError.from_record(r) for r in self._engine.errors(self.id)]
 
     def cancel(self) -> str:
         """Cancel the job.
@@ -115,27 +195,88 @@ class Job:
         its worker killed by its supervisor ("requested"); a finished one is left
         as it is, and its status is returned.
         """
-        return self.queue._engine.cancel(self.id)
+        return self._engine.cancel(self.id)
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes; return its final status."""
-        engine = self.queue._engine
+        engine = self._engine
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = RESULT_POLL_MIN
         while True:
             status = engine.status(self.id)
             if status in FINISHED:
                 return status
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ResultTimeoutError(self.id, timeout if timeout is not None else 0.0)
-                time.sleep(min(pause, left))
-            else:
-                time.sleep(pause)
-            pause = min(pause * 2, RESULT_POLL_MAX)
+            time.sleep(self._next_pause(pause, deadline, timeout))
+            pause = _pause(pause)
 
-    def result(self, timeout: float | None = None) -> Any:
+    async def wait_async(self, timeout: float | None = None) -> str:
+        """``wait`` for async code: polls without blocking the event loop."""
+        engine = self._engine
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = RESULT_POLL_MIN
+        while True:
+            status = engine.status(self.id)
+            if status in FINISHED:
+                return status
+            await asyncio.sleep(self._next_pause(pause, deadline, timeout))
+            pause = _pause(pause)
+
+    def _next_pause(self, pause: float, deadline: float | None, timeout: float | None) -> float:
+        if deadline is None:
+            return pause
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ResultTimeoutError(self.id, timeout if timeout is not None else 0.0)
+        return min(pause, left)
+
+    async def result_async(self, timeout: float | None = None, *, original: bool = True) -> Any:
+        """``result`` for async code."""
+        await self.wait_async(timeout)
+        return self._finished_result(original)
+
+    async def outcome_async(self, timeout: float | None = None) -> Outcome:
+        """``outcome`` for async code."""
+        await self.wait_async(timeout)
+        return self._outcome()
+
+    def outcome(self, timeout: float | None = None) -> Outcome:
+        """Wait for the job and return its full :class:`Outcome` (never raises the task's error)."""
+        self.wait(timeout)
+        return self._outcome()
+
+    def result_now(self, *, original: bool = True) -> Any:
+        """The result if the job has finished; :class:`ResultNotReadyError` if not."""
+        status = self.status
+        if status not in FINISHED:
+            raise ResultNotReadyError(self.id, status)
+        return self._finished_result(original)
+
+    def _outcome(self) -> Outcome:
+        record = self.record()
+        usage = json.loads(record.usage) if record.usage else {}
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = self._finished_result(True, record)
+        except NoResultError:
+            value = None
+        except BaseException as exc:
+            error = exc
+        return Outcome(
+            job_id=self.id,
+            task_name=record.task_name,
+            status=record.status,
+            value=value,
+            error=error,
+            attempts=record.attempt,
+            labels=json.loads(record.labels) if record.labels else {},
+            worker=usage.get("worker"),
+            execution_time=usage.get("wall_s"),
+            usage=usage,
+            finished_at=_datetime(record.finished_ms),
+        )
+
+    def result(self, timeout: float | None = None, *, original: bool = True) -> Any:
         """Wait for the job and return its value, or raise its error.
 
         A job that failed for good raises its last error: the task's own
@@ -143,19 +284,102 @@ class Job:
         name, message and traceback), the remote traceback as ``__cause__``. A
         cancelled job raises :class:`~stoker.errors.JobCancelledError`; waiting
         past ``timeout`` raises :class:`~stoker.errors.ResultTimeoutError`.
-        """
-        status = self.wait(timeout)
-        if status == "cancelled":
-            raise JobCancelledError(self.id)
-        if status == "dead":
-            raise self._last_error()
-        record = self.record()
-        if record.result is None:
-            raise StokerError(f"job {self.id} is complete but its result has expired")
-        return serialization.loads(record.result)
 
-    def _last_error(self) -> BaseException:
-        errors = self.queue._engine.errors(self.id)
+        With ``original=False``, a job that failed after retries raises
+        :class:`~stoker.errors.MaxRetriesExceededError` with the last error as
+        its ``__cause__``. A task with ``store_result=False`` raises
+        :class:`~stoker.errors.NoResultError` once complete.
+        """
+        self.wait(timeout)
+        return self._finished_result(original)
+
+    def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
+        record = record or self.record()
+        if record.status == "cancelled":
+            raise JobCancelledError(self.id)
+        if record.status == "dead":
+            raise self._last_error(original, record.attempt)
+        if record.result is None:
+            if record.result_expires_ms is None:
+                raise NoResultError(self.id)
+            raise ResultGetError(self.id, "it expired (result_ttl)")
+        try:
+            data = self.queue._unseal(record.result, job_id=self.id, what="result")
+        except SecurityError:
+            raise
+        try:
+            return serialization.loads(data)
+        except Exception as error:
+            raise ResultGetError(self.id, f"it cannot be unpickled here: {error!r}") from error
+
+    def _last_error(self, original: bool = True, attempts: int = 0) -> BaseException:
+        errors = self._engine.errors(self.id)
         if not errors:
             return StokerError(f"job {self.id} is dead without an error record")
-        return AttemptError.from_record(errors[-1]).exception()
+        last = AttemptError.from_record(errors[-1]).exception()
+        if original or len(errors) < 2:
+            return last
+        wrapped = MaxRetriesExceededError(
+            f"job {self.id} failed {len(errors)} times; the last error: {type(last).__name__}: {last}",
+            job_id=self.id,
+            attempt=attempts,
+        )
+        wrapped.__cause__ = last
+        return wrapped
+
+
+def gather(
+    jobs: Sequence[Job], timeout: float | None = None, *, return_exceptions: bool = False
+) -> list[Any]:
+    """Wait for many jobs; return their results in order, or raise the first error (in order).
+
+    One status read per queue per poll, whatever the number of jobs. With
+    ``return_exceptions=True`` errors are returned in place of results.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = RESULT_POLL_MIN
+    while not _all_finished(jobs):
+        if deadline is not None and time.monotonic() >= deadline:
+            pending = next(j for j in jobs if j.status not in FINISHED)
+            raise ResultTimeoutError(pending.id, timeout if timeout is not None else 0.0)
+        time.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
+        pause = _pause(pause)
+    return _collect(jobs, return_exceptions)
+
+
+async def gather_async(
+    jobs: Sequence[Job], timeout: float | None = None, *, return_exceptions: bool = False
+) -> list[Any]:
+    """``gather`` for async code."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = RESULT_POLL_MIN
+    while not _all_finished(jobs):
+        if deadline is not None and time.monotonic() >= deadline:
+            pending = next(j for j in jobs if j.status not in FINISHED)
+            raise ResultTimeoutError(pending.id, timeout if timeout is not None else 0.0)
+        await asyncio.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
+        pause = _pause(pause)
+    return _collect(jobs, return_exceptions)
+
+
+def _all_finished(jobs: Iterable[Job]) -> bool:
+    by_engine: dict[int, tuple[Engine, list[int]]] = {}
+    for job in jobs:
+        engine = job._engine
+        by_engine.setdefault(id(engine), (engine, []))[1].append(job.id)
+    for engine, ids in by_engine.values():
+        if any(status not in FINISHED for status in engine.statuses(ids)):
+            return False
+    return True
+
+
+def _collect(jobs: Sequence[Job], return_exceptions: bool) -> list[Any]:
+    results: list[Any] = []
+    for job in jobs:
+        try:
+            results.append(job._finished_result(True))
+        except Exception as error:
+            if not return_exceptions:
+                raise
+            results.append(error)
+    return results

@@ -2,15 +2,36 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import multiprocessing
 import os
+import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._core import Engine, NewJob
-from .errors import InvalidOptionError, StokerError, UnknownTaskError
-from .job import AttemptError, Job
+from . import signing
+from ._core import Engine
+from .errors import (
+    InvalidOptionError,
+    SendError,
+    StokerError,
+    TaskRegisteredTwiceError,
+    UnknownTaskError,
+)
+from .events import (
+    EVENTS,
+    EventHandler,
+    Middleware,
+    SendMessage,
+    call_maybe_async,
+    handler_name,
+    worker_state,
+)
+from .job import AttemptError, Job, Outcome
 from .task import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
@@ -18,14 +39,18 @@ from .task import (
     DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_RETRY_JITTER,
     REGISTRY,
+    CallOptions,
     Task,
     TaskOptions,
+    _check_labels,
     as_exception_types,
 )
 
 if TYPE_CHECKING:
     from ._core import JobRecord
     from .supervisor import Supervisor, SupervisorThread
+
+log = logging.getLogger("stoker.queue")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,10 +88,25 @@ class Queue:
     not a stoker database is refused here, with an error naming it.
     """
 
-    def __init__(self, path: str | os.PathLike[str] = DEFAULT_PATH) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = DEFAULT_PATH,
+        *,
+        secret: str | bytes | None = None,
+        middlewares: Iterable[Middleware] = (),
+    ) -> None:
         self.path = os.fspath(path)
         self._real_path = os.path.realpath(self.path)
         self._tasks: dict[str, Task[Any, Any]] = {}
+        self._secret = signing.as_secret(secret)
+        self._middlewares: list[Middleware] = []
+        for middleware in middlewares:
+            self.add_middleware(middleware)
+        self._event_handlers: dict[str, list[EventHandler]] = {event: [] for event in EVENTS}
+        self._success_hooks: list[Callable[..., Any]] = []
+        self._failure_hooks: list[Callable[..., Any]] = []
+        self._plugin_handlers: list[Callable[..., Any]] = []
+        self._test_results: list[Outcome] | None = None
         self._engine_instance: Engine | None = None
         if not in_worker_process():
             self._engine_instance = Engine(self.path)
@@ -104,6 +144,10 @@ class Queue:
         dont_retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
         result_ttl: float | None = None,
+        soft_timeout: float | None = None,
+        cancel_grace: float = 0.0,
+        memory_limit_mb: float | None = None,
+        store_result: bool = True,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, func: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
@@ -114,7 +158,12 @@ class Queue:
         ``max_crashes`` (after the worker was lost), ``retry_backoff`` and
         ``retry_backoff_max`` (seconds), ``retry_jitter`` (0 to 1), ``retry_on``
         and ``dont_retry_on`` (exception classes), ``timeout`` (hard limit in
-        seconds: the worker is killed), ``result_ttl`` (seconds a result is kept).
+        seconds: the worker is killed), ``result_ttl`` (seconds a result is kept),
+        ``soft_timeout`` (seconds, checked by ``ctx.check_timeout()``),
+        ``cancel_grace`` (seconds a running task is told of a cancel before it
+        is killed; 0 kills at once), ``memory_limit_mb`` (the worker is killed
+        past it: :class:`~stoker.errors.MemoryLimitExceededError`),
+        ``store_result`` (False: the job keeps no result).
         """
         if func is not None:
             return self._register(func, options)
@@ -136,19 +185,32 @@ class Queue:
         options["dont_retry_on"] = as_exception_types("dont_retry_on", options.get("dont_retry_on"))
         name = options.pop("name", None) or default_task_name(func)
         task_options = TaskOptions(name=name, **options).validated()
+        existing = REGISTRY.get(name)
+        if existing is not None and _function_id(existing.func) != _function_id(func):
+            raise TaskRegisteredTwiceError(name, _function_id(existing.func), _function_id(func))
         task: Task[Any, Any] = Task(self, func, task_options)
         self._tasks[name] = task
         REGISTRY[name] = task
         return task
 
     def include(self, other: Queue) -> None:
-        """Register the tasks of another queue here too, with the same names and options.
+        """Register the tasks of another queue here too, with their options and extensions.
 
-        One module can define its tasks once and send them to other databases:
-        ``Queue(tmp_path / "jobs.db").include(app.queue)`` in a test, say.
+        One module can define its tasks (and their middlewares, event
+        handlers, hooks and plugin handlers) once and send them to other
+        databases: ``Queue(tmp_path / "jobs.db").include(app.queue)`` in a test.
         """
         for name, task in other._tasks.items():
             self._tasks[name] = Task(self, task.func, task.options_)
+        self._middlewares.extend(m for m in other._middlewares if m not in self._middlewares)
+        for event, handlers in other._event_handlers.items():
+            self._event_handlers[event].extend(h for h in handlers if h not in self._event_handlers[event])
+        for mine, theirs in (
+            (self._success_hooks, other._success_hooks),
+            (self._failure_hooks, other._failure_hooks),
+            (self._plugin_handlers, other._plugin_handlers),
+        ):
+            mine.extend(h for h in theirs if h not in mine)
 
     @property
     def tasks(self) -> dict[str, Task[Any, Any]]:
@@ -168,17 +230,183 @@ class Queue:
         """Send a call of a task by its name (it must be registered here)."""
         return self.get_task(task_name).delay(*args, **kwargs)
 
-    def _send(self, new_job: NewJob) -> Job:
-        (job_id,) = self._engine.enqueue([new_job])
-        if LOCAL_SUPERVISORS:
-            notify_local_supervisors(self._real_path)
-        return Job(self, job_id)
+    async def send_async(self, task_name: str, *args: Any, **kwargs: Any) -> Job:
+        """``send`` for async code."""
+        return await self.get_task(task_name).delay_async(*args, **kwargs)
 
-    def _send_many(self, new_jobs: list[NewJob]) -> list[Job]:
-        jobs = [Job(self, job_id) for job_id in self._engine.enqueue(new_jobs)]
-        if LOCAL_SUPERVISORS:
+    def _send_call(
+        self,
+        task: Task[Any, Any],
+        options: TaskOptions,
+        call: CallOptions,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Job:
+        return self._send_many([(task, options, call, args, kwargs)])[0]
+
+    def _send_many(
+        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Job]:
+        new_jobs = []
+        for task, options, call, args, kwargs in calls:
+            message = SendMessage(task.name, args, kwargs, dict(call.labels or {}))
+            for middleware in self._middlewares:
+                try:
+                    middleware.pre_send(message)
+                except Exception as error:
+                    raise SendError(
+                        task.name, f"middleware {handler_name(middleware)}.pre_send raised {error!r}"
+                    ) from error
+            if message.labels:
+                _check_labels(message.labels)
+            new_jobs.append(task._new_job(call, message.args, message.kwargs, options, message.labels))
+        engine = self._engine
+        private = engine if self._test_results is not None else None
+        jobs = [Job(self, job_id, private) for job_id in engine.enqueue(new_jobs)]
+        if self._test_results is not None:
+            from .testing_mode import run_eagerly
+
+            for job in jobs:
+                self._test_results.append(run_eagerly(self, job))
+        elif LOCAL_SUPERVISORS:
             notify_local_supervisors(self._real_path)
+        for job in jobs:
+            for middleware in self._middlewares:
+                try:
+                    middleware.post_send(job)
+                except Exception:
+                    log.exception(
+                        "middleware %s.post_send raised for job %s", handler_name(middleware), job.id
+                    )
         return jobs
+
+    # --- signing ---------------------------------------------------------------------
+
+    def _seal(self, data: bytes) -> bytes:
+        return data if self._secret is None else signing.seal(self._secret, data)
+
+    def _unseal(self, data: bytes, *, job_id: int | None, what: str) -> bytes:
+        return data if self._secret is None else signing.unseal(self._secret, data, job_id=job_id, what=what)
+
+    # --- middlewares, hooks, plugins ---------------------------------------------------------
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a :class:`~stoker.events.Middleware`; they run in the order added."""
+        if not isinstance(middleware, Middleware):
+            raise InvalidOptionError(f"middlewares must be stoker.Middleware instances, got {middleware!r}")
+        self._middlewares.append(middleware)
+
+    @property
+    def middlewares(self) -> list[Middleware]:
+        return list(self._middlewares)
+
+    def on_success(
+        self, hook: Callable[[str, tuple[Any, ...], dict[str, Any], Any], Any]
+    ) -> Callable[..., Any]:
+        """Register ``hook(task_name, args, kwargs, result)``; it runs in the worker after a success."""
+        self._success_hooks.append(hook)
+        return hook
+
+    def on_failure(
+        self, hook: Callable[[str, tuple[Any, ...], dict[str, Any], BaseException], Any]
+    ) -> Callable[..., Any]:
+        """Register ``hook(task_name, args, kwargs, error)``; it runs in the worker after a failed attempt."""
+        self._failure_hooks.append(hook)
+        return hook
+
+    def on_plugin_trigger(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """Register ``handler(error, *, task_name, args, kwargs)`` for ``ctx.plugin_error()``.
+
+        Handlers run in the worker in the order registered; the first that
+        returns something other than None supplies the job's result. With
+        none, the :class:`~stoker.errors.PluginTriggerError` stands.
+        """
+        self._plugin_handlers.append(handler)
+        return handler
+
+    # --- events -------------------------------------------------------------------------
+
+    def on_event(self, event: str) -> Callable[[EventHandler], EventHandler]:
+        """Decorator: ``@queue.on_event("worker_startup")`` (see :mod:`stoker.events`)."""
+
+        def register(handler: EventHandler) -> EventHandler:
+            self.add_event_handler(event, handler)
+            return handler
+
+        return register
+
+    def add_event_handler(self, event: str, handler: EventHandler) -> None:
+        """Run ``handler(state)`` at ``event`` (see ``stoker.events``)."""
+        if event not in self._event_handlers:
+            raise InvalidOptionError(f"event must be one of {', '.join(EVENTS)}, got {event!r}")
+        if not callable(handler):
+            raise InvalidOptionError(f"an event handler must be callable, got {handler!r}")
+        self._event_handlers[event].append(handler)
+
+    def add_event_handlers(self, handlers: dict[str, EventHandler | Iterable[EventHandler]]) -> None:
+        """Register many handlers at once: ``{event: handler or [handlers]}``."""
+        for event, value in handlers.items():
+            for handler in [value] if callable(value) else list(value):
+                self.add_event_handler(event, handler)
+
+    def run_event(self, event: str) -> None:
+        """Run the handlers of ``event`` with this process's state, in order; the first error propagates."""
+        for handler in self._event_handlers[event]:
+            call_maybe_async(handler, worker_state())
+
+    async def run_event_async(self, event: str) -> None:
+        """``run_event`` from async code: async handlers are awaited on the running loop."""
+        for handler in self._event_handlers[event]:
+            value = handler(worker_state())
+            if asyncio.iscoroutine(value) or isinstance(value, asyncio.Future):
+                await value
+
+    def startup(self) -> None:
+        """Run the client_startup handlers (``with queue:`` does it for you)."""
+        self.run_event("client_startup")
+
+    def shutdown(self) -> None:
+        """Run the client_shutdown handlers."""
+        self.run_event("client_shutdown")
+
+    def __enter__(self) -> Queue:  # noqa: PYI034 - a Queue is not meant to be subclassed
+        self.startup()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    async def __aenter__(self) -> Queue:  # noqa: PYI034 - as __enter__
+        await self.run_event_async("client_startup")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.run_event_async("client_shutdown")
+
+    # --- test mode -------------------------------------------------------------------------
+
+    @contextmanager
+    def test_mode(self) -> Iterator[list[Outcome]]:
+        """Run every job sent inside the block at once, in this process, for unit tests.
+
+        Jobs go to a private in-memory database, and run through the same
+        code as in a worker (context, middlewares, hooks, retry filters; a
+        retry runs at once, its backoff skipped by a manual clock). The list
+        yielded gets one :class:`~stoker.job.Outcome` per job sent. Hard
+        timeouts, crashes and memory limits need a real worker process and
+        are not enforced here.
+        """
+        if self._test_results is not None:
+            raise StokerError("test_mode() is already active on this queue")
+        saved = self._engine_instance
+        self._engine_instance = Engine(":memory:", clock_ms=int(time.time() * 1000))
+        results: list[Outcome] = []
+        self._test_results = results
+        try:
+            yield results
+        finally:
+            self._test_results = None
+            self._engine_instance = saved
 
     # --- inspection --------------------------------------------------------------
 
@@ -248,3 +476,15 @@ def default_task_name(func: Callable[..., Any]) -> str:
     if module == "__mp_main__":
         module = "__main__"
     return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _function_id(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or "?"
+    if module == "__mp_main__":
+        module = "__main__"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def labels_of(text: str | None) -> dict[str, Any]:
+    """Labels stored as JSON text, as a dict."""
+    return json.loads(text) if text else {}

@@ -37,6 +37,7 @@ What the loop acts on, in order, each time it wakes:
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -54,11 +55,22 @@ from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+import psutil
+
 from . import serialization
 from ._core import ClaimedJob, Engine
-from .errors import InvalidOptionError, TaskTimeoutError, WorkerLostError, WorkerStartupError
+from .errors import (
+    InvalidOptionError,
+    MemoryLimitExceededError,
+    RequeueLimitError,
+    TaskTimeoutError,
+    WorkerLostError,
+    WorkerStartupError,
+)
+from .events import handler_name
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
 from .remote_errors import CapturedError, qualified_name
+from .task import REGISTRY, TaskOptions
 from .worker import worker_main
 
 if TYPE_CHECKING:
@@ -88,7 +100,18 @@ KILL_REAP_WAIT = 5.0
 #: kill or a crash take its next job at once instead of after a process start.
 SPARE_WORKERS = 1
 #: Consecutive worker start-up failures after which the supervisor gives up.
-STARTUP_FAILURE_LIMIT = 3
+STARTUP_FAILURE_LIMIT = 5
+#: After a worker fails to start, the next start waits this long, doubling
+#: with each further failure up to STARTUP_BACKOFF_MAX: a broken start-up
+#: handler must not keep the machine busy starting interpreters.
+STARTUP_BACKOFF = 0.1
+STARTUP_BACKOFF_MAX = 5.0
+#: How often the memory of workers running a job with a memory limit is read.
+#: Shorter catches a fast-growing task sooner; each read costs a few /proc reads.
+MEMORY_POLL_INTERVAL = 0.05
+#: How many times one job may ask to be requeued (``ctx.requeue()``) before
+#: the request fails the attempt instead, so a job cannot loop forever.
+MAX_REQUEUES = 3
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -109,6 +132,10 @@ class _Running:
     job: ClaimedJob
     started: float
     deadline: float | None
+    options: TaskOptions | None
+    peak_rss_kib: int = 0
+    cancel_at: float | None = None
+    """When a cooperatively cancelled job's worker is killed if it has not stopped."""
 
 
 @dataclass
@@ -123,6 +150,9 @@ class _Worker:
     """When SIGKILL follows the SIGTERM already sent (kill_grace)."""
     startup_error: CapturedError | None = None
     exited: bool = field(default=False)
+    tasks_done: int = 0
+    retiring: bool = False
+    """Told to stop after its last task (recycling); it takes no more jobs."""
 
     @property
     def pid(self) -> int:
@@ -146,9 +176,23 @@ class Supervisor:
         until_idle: bool = False,
         imports: list[str] | None = None,
         install_signal_handlers: bool | None = None,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory_mb: float | None = None,
     ) -> None:
         if not isinstance(processes, int) or processes < 1:
             raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
+        if max_tasks_per_worker is not None and (
+            not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
+        ):
+            raise InvalidOptionError(
+                f"max_tasks_per_worker must be an int >= 1, got {max_tasks_per_worker!r}"
+            )
+        if max_worker_memory_mb is not None and (
+            not isinstance(max_worker_memory_mb, (int, float)) or max_worker_memory_mb <= 0
+        ):
+            raise InvalidOptionError(
+                f"max_worker_memory_mb must be a number > 0, got {max_worker_memory_mb!r}"
+            )
         for option, value in (("lease", lease), ("drain_timeout", drain_timeout), ("kill_grace", kill_grace)):
             if not isinstance(value, (int, float)) or value < 0 or (option == "lease" and value == 0):
                 raise InvalidOptionError(f"{option} must be a number of seconds >= 0, got {value!r}")
@@ -171,6 +215,8 @@ class Supervisor:
         self.kill_grace = float(kill_grace)
         self.until_idle = until_idle
         self.install_signal_handlers = install_signal_handlers
+        self.max_tasks_per_worker = max_tasks_per_worker
+        self.max_worker_memory_mb = max_worker_memory_mb
         modules = {t.func.__module__ for t in queue.tasks.values()} | set(imports or ())
         self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -192,8 +238,10 @@ class Supervisor:
         self._next_heartbeat = 0.0
         self._next_poll = 0.0
         self._next_wakeup: float | None = None
-        self._completions: list[tuple[int, int, bytes | None]] = []
+        self._completions: list[tuple[int, int, bytes | None, str | None]] = []
         self._startup_failures = 0
+        self._start_not_before = 0.0
+        self._next_memory_poll = 0.0
         self._worker_serial = 0
         self.started = threading.Event()
         """Set once every worker process has reported ready."""
@@ -237,8 +285,7 @@ class Supervisor:
         try:
             self._start_guardian()
             self.engine.reap_expired()
-            for _ in range(self.processes + SPARE_WORKERS):
-                self._start_worker()
+            self._top_up_workers(time.monotonic())
             self._loop()
         finally:
             local.discard(self)
@@ -259,6 +306,8 @@ class Supervisor:
         while True:
             now = time.monotonic()
             self._enforce_deadlines(now)
+            if not self._stop_requests:
+                self._top_up_workers(now)
             if self._stop_requests:
                 if self._drain_deadline is None:
                     self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
@@ -314,11 +363,18 @@ class Supervisor:
             candidates.append(self._next_poll)
             if self._next_wakeup is not None:
                 candidates.append(self._next_wakeup)
+        if not self._stop_requests and len(self._workers) < self.processes + SPARE_WORKERS:
+            candidates.append(self._start_not_before)
         for w in self._workers:
             if w.kill_at is not None:
                 candidates.append(w.kill_at)
-            elif w.running is not None and w.running.deadline is not None and w.killed_for is None:
-                candidates.append(w.running.deadline)
+            elif w.running is not None and w.killed_for is None:
+                if w.running.deadline is not None:
+                    candidates.append(w.running.deadline)
+                if w.running.cancel_at is not None:
+                    candidates.append(w.running.cancel_at)
+                if w.running.options is not None and w.running.options.memory_limit_mb is not None:
+                    candidates.append(self._next_memory_poll)
         return min(candidates)
 
     def _drain_wake_pipe(self) -> None:
@@ -337,7 +393,7 @@ class Supervisor:
         return [
             w
             for w in self._workers
-            if w.ready and w.running is None and w.killed_for is None and not w.exited
+            if w.ready and w.running is None and w.killed_for is None and not w.exited and not w.retiring
         ]
 
     def _claim_and_dispatch(self, now: float) -> None:
@@ -358,15 +414,16 @@ class Supervisor:
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float) -> None:
         deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
+        task = REGISTRY.get(job.task_name)
         try:
-            worker.conn.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload))
+            worker.conn.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels))
         except (BrokenPipeError, OSError):
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
             self.engine.requeue(job.id, job.token)
             self._want_claim = True
             return
-        worker.running = _Running(job, now, deadline)
+        worker.running = _Running(job, now, deadline, task.options_ if task is not None else None)
 
     def _schedule_wakeup(self) -> None:
         wake_ms = self.engine.next_wakeup_ms()
@@ -411,12 +468,20 @@ class Supervisor:
 
     def _cancel(self, job_id: int, token: int) -> None:
         for w in self._busy_workers():
-            if (
-                w.running
-                and w.running.job.id == job_id
-                and w.running.job.token == token
-                and w.killed_for is None
-            ):
+            running = w.running
+            if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
+                continue
+            grace = running.options.cancel_grace if running.options is not None else 0.0
+            if grace > 0:
+                if running.cancel_at is None:
+                    # Tell the task (SIGUSR1 sets the flag ctx.check_cancelled() reads);
+                    # kill it if it has not stopped when the grace is over.
+                    running.cancel_at = time.monotonic() + grace
+                    try:
+                        os.kill(w.pid, signal.SIGUSR1)
+                    except ProcessLookupError:
+                        pass
+            else:
                 self._kill(w, "cancel", grace=0.0)
 
     # --- worker messages and deaths -------------------------------------------------
@@ -441,34 +506,117 @@ class Supervisor:
                 self.started.set()
         elif kind == "startup_error":
             w.startup_error = message[1]
+        elif kind == "progress":
+            _, job_id, token, progress = message
+            if w.running is not None and w.running.job.id == job_id and w.running.job.token == token:
+                self.engine.set_progress(job_id, token, progress)
         elif kind == "done":
-            _, job_id, token, result = message
+            _, job_id, token, result, usage = message
             if self._finish_running(w, job_id, token):
-                self._completions.append((job_id, token, result))
+                self._completions.append((job_id, token, result, self._with_worker(usage, w)))
         elif kind == "failed":
-            _, job_id, token, captured, retryable = message
+            _, job_id, token, captured, retryable, usage = message
             if self._finish_running(w, job_id, token):
-                self._report_failure(job_id, token, "error", captured, w.pid, retryable=retryable)
+                self._report_failure(
+                    job_id,
+                    token,
+                    "error",
+                    captured,
+                    w.pid,
+                    retryable=retryable,
+                    usage=self._with_worker(usage, w),
+                )
+        elif kind == "cancelled":
+            _, job_id, token, _usage = message
+            if self._finish_running(w, job_id, token):
+                self.engine.finish_cancelled(job_id, token)
+                self._post_save(job_id, "cancelled")
+        elif kind == "requeue":
+            _, job_id, token = message
+            if self._finish_running(w, job_id, token):
+                self._requeue_on_request(job_id, token, w.pid)
 
     def _finish_running(self, w: _Worker, job_id: int, token: int) -> bool:
         running = w.running
         if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
             return False
         w.running = None
+        w.tasks_done += 1
         self._want_claim = True
+        if self._should_recycle(w):
+            self._retire(w)
         return True
+
+    def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
+        """The attempt's usage with the worker that ran it, as ``owner/pid``."""
+        if usage is None:
+            return None
+        values = json.loads(usage)
+        values["worker"] = f"{self.owner}/{w.pid}"
+        return json.dumps(values)
+
+    def _requeue_on_request(self, job_id: int, token: int, pid: int) -> None:
+        record = self.engine.get(job_id)
+        requeues = record.attempt - 1 - record.failures - record.crashes
+        if requeues < MAX_REQUEUES:
+            self.engine.requeue(job_id, token)
+            self._post_save(job_id, "pending")
+            return
+        error = RequeueLimitError(
+            f"job {job_id} ({record.task_name}) asked to be requeued more than {MAX_REQUEUES} times",
+            job_id=job_id,
+            attempt=record.attempt,
+        )
+        self._report_failure(job_id, token, "error", _supervisor_error(error), pid, retryable=False)
+
+    def _should_recycle(self, w: _Worker) -> bool:
+        if self.max_tasks_per_worker is not None and w.tasks_done >= self.max_tasks_per_worker:
+            return True
+        if self.max_worker_memory_mb is not None:
+            return _tree_rss_kib(w.pid) > self.max_worker_memory_mb * 1024
+        return False
+
+    def _retire(self, w: _Worker) -> None:
+        """Let an idle worker exit gracefully; the spare takes its slot and a new spare starts."""
+        w.retiring = True
+        try:
+            w.conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass  # Its sentinel reports the exit either way.
+
+    def _top_up_workers(self, now: float) -> None:
+        """Start workers until there are ``processes`` plus the spares (after any start-up back-off)."""
+        while len(self._workers) < self.processes + SPARE_WORKERS and now >= self._start_not_before:
+            self._start_worker()
+
+    def _post_save(self, job_id: int, status: str) -> None:
+        for middleware in self.queue.middlewares:
+            try:
+                middleware.post_save(job_id, status)
+            except Exception:
+                log.exception("middleware %s.post_save raised for job %s", handler_name(middleware), job_id)
 
     def _flush_completions(self) -> None:
         if not self._completions:
             return
         batch, self._completions = self._completions, []
         applied = self.engine.complete_many(batch)
-        for (job_id, token, _), ok in zip(batch, applied, strict=True):
-            if not ok:
+        for (job_id, token, _, _), ok in zip(batch, applied, strict=True):
+            if ok:
+                self._post_save(job_id, "complete")
+            else:
                 log.warning("the outcome of job %s (token %s) was stale and was refused", job_id, token)
 
     def _report_failure(
-        self, job_id: int, token: int, kind: str, captured: CapturedError, pid: int, *, retryable: bool = True
+        self,
+        job_id: int,
+        token: int,
+        kind: str,
+        captured: CapturedError,
+        pid: int,
+        *,
+        retryable: bool = True,
+        usage: str | None = None,
     ) -> None:
         outcome, _ = self.engine.fail(
             job_id,
@@ -480,9 +628,12 @@ class Supervisor:
             exc_pickle=captured.exc_pickle,
             worker=f"{self.owner}/{pid}",
             retryable=retryable,
+            usage=usage,
         )
         if outcome == "stale":
             log.warning("the failure of job %s (token %s) was stale and was refused", job_id, token)
+        else:
+            self._post_save(job_id, "scheduled" if outcome == "retry" else outcome)
 
     def _on_exit(self, w: _Worker) -> None:
         self._read_messages(w)
@@ -495,25 +646,43 @@ class Supervisor:
         if running is not None:
             self._report_end_of_killed_or_lost(w, running)
             self._want_claim = True
-        elif not w.ready and w.killed_for is None:
+        elif not w.ready and w.killed_for is None and not w.retiring:
             self._on_startup_failure(w)
         if not self._stop_requests:
-            self._start_worker()
+            self._top_up_workers(time.monotonic())
 
     def _report_end_of_killed_or_lost(self, w: _Worker, running: _Running) -> None:
         job = running.job
         exit_text = describe_exit(w.process.exitcode)
-        if w.killed_for == "timeout":
+        usage = json.dumps(
+            {
+                "wall_s": round(time.monotonic() - running.started, 6),
+                "peak_rss_kib": running.peak_rss_kib or None,
+                "worker": f"{self.owner}/{w.pid}",
+            }
+        )
+        if w.killed_for == "memory":
+            limit = running.options.memory_limit_mb if running.options else None
+            error: BaseException = MemoryLimitExceededError(
+                f"job {job.id} ({job.task_name}) attempt {job.attempt} used "
+                f"{running.peak_rss_kib / 1024:.0f} MiB, over its memory limit of {limit:g} MiB; its worker process {w.pid} was killed",
+                job_id=job.id,
+                attempt=job.attempt,
+            )
+            self._report_failure(job.id, job.token, "error", _supervisor_error(error), w.pid, usage=usage)
+        elif w.killed_for == "timeout":
             timeout_s = (job.timeout_ms or 0) / 1000
-            error: BaseException = TaskTimeoutError(
+            error = TaskTimeoutError(
                 f"job {job.id} ({job.task_name}) attempt {job.attempt} ran past its hard timeout of "
                 f"{timeout_s:g} s; its worker process {w.pid} was killed",
                 job_id=job.id,
                 attempt=job.attempt,
             )
-            self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid)
+            self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid, usage=usage)
         elif w.killed_for == "cancel":
-            if not self.engine.finish_cancelled(job.id, job.token):
+            if self.engine.finish_cancelled(job.id, job.token):
+                self._post_save(job.id, "cancelled")
+            else:
                 log.warning("job %s was cancelled but its token %s was stale", job.id, job.token)
         elif w.killed_for in ("drain", "shutdown"):
             self.engine.requeue(job.id, job.token)
@@ -527,7 +696,7 @@ class Supervisor:
                 job_id=job.id,
                 attempt=job.attempt,
             )
-            self._report_failure(job.id, job.token, "crash", _supervisor_error(error), w.pid)
+            self._report_failure(job.id, job.token, "crash", _supervisor_error(error), w.pid, usage=usage)
 
     def _on_startup_failure(self, w: _Worker) -> None:
         self._startup_failures += 1
@@ -538,6 +707,8 @@ class Supervisor:
             else f"it {describe_exit(w.process.exitcode)}"
         )
         log.error("worker process %s failed to start: %s", w.pid, detail)
+        backoff = min(STARTUP_BACKOFF_MAX, STARTUP_BACKOFF * 2 ** (self._startup_failures - 1))
+        self._start_not_before = time.monotonic() + backoff
         if self._startup_failures >= STARTUP_FAILURE_LIMIT:
             raise WorkerStartupError(
                 f"{self._startup_failures} worker processes in a row failed to start; the last one: {detail}"
@@ -546,7 +717,22 @@ class Supervisor:
     # --- deadlines and kills ------------------------------------------------------------
 
     def _enforce_deadlines(self, now: float) -> None:
+        poll_memory = now >= self._next_memory_poll
+        if poll_memory:
+            self._next_memory_poll = now + MEMORY_POLL_INTERVAL
         for w in list(self._workers):
+            running = w.running
+            if running is not None and w.killed_for is None:
+                if running.cancel_at is not None and now >= running.cancel_at:
+                    self._kill(w, "cancel", grace=0.0)
+                    continue
+                limit = running.options.memory_limit_mb if running.options is not None else None
+                if poll_memory and limit is not None:
+                    rss = _tree_rss_kib(w.pid)
+                    running.peak_rss_kib = max(running.peak_rss_kib, rss)
+                    if rss > limit * 1024:
+                        self._kill(w, "memory", grace=0.0)
+                        continue
             if w.kill_at is not None and now >= w.kill_at:
                 self._kill(w, w.killed_for or "timeout", grace=0.0)
             elif (
@@ -674,6 +860,21 @@ class Supervisor:
             restore.append((signum, signal.getsignal(signum)))
             signal.signal(signum, on_signal)
         return restore
+
+
+def _tree_rss_kib(pid: int) -> int:
+    """Resident memory of a worker and its descendants, in KiB (0 if it is gone)."""
+    try:
+        process = psutil.Process(pid)
+        total = process.memory_info().rss
+        for child in process.children(recursive=True):
+            try:
+                total += child.memory_info().rss
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        return 0
+    return int(total) // 1024
 
 
 def _supervisor_error(error: BaseException) -> CapturedError:

@@ -8,6 +8,9 @@ calls it sends.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
@@ -61,6 +64,10 @@ class TaskOptions:
     dont_retry_on: ExceptionTypes = ()
     timeout: float | None = None
     result_ttl: float | None = None
+    soft_timeout: float | None = None
+    cancel_grace: float = 0.0
+    memory_limit_mb: float | None = None
+    store_result: bool = True
 
     def validated(self) -> TaskOptions:
         """Return self, or raise InvalidOptionError naming the first wrong option."""
@@ -85,6 +92,13 @@ class TaskOptions:
             _check_seconds("timeout", self.timeout, allow_zero=False)
         if self.result_ttl is not None:
             _check_seconds("result_ttl", self.result_ttl, allow_zero=True)
+        if self.soft_timeout is not None:
+            _check_seconds("soft_timeout", self.soft_timeout, allow_zero=False)
+        _check_seconds("cancel_grace", self.cancel_grace, allow_zero=True)
+        if self.memory_limit_mb is not None:
+            _check_seconds("memory_limit_mb", self.memory_limit_mb, allow_zero=False)
+        if not isinstance(self.store_result, bool):
+            raise InvalidOptionError(f"store_result must be a bool, got {self.store_result!r}")
         for option in ("retry_on", "dont_retry_on"):
             for cls in getattr(self, option):
                 if not (isinstance(cls, type) and issubclass(cls, BaseException)):
@@ -145,6 +159,7 @@ class CallOptions:
     eta: float | None = None
     timeout: float | None = None
     max_retries: int | None = None
+    labels: dict[str, Any] | None = None
 
 
 class Task(Generic[P, R]):
@@ -163,6 +178,7 @@ class Task(Generic[P, R]):
         self.__name__ = getattr(func, "__name__", options.name)
         self.__qualname__ = getattr(func, "__qualname__", options.name)
         self.__module__ = func.__module__
+        self.context_parameter = _context_parameter(func)
 
     @property
     def name(self) -> str:
@@ -176,7 +192,13 @@ class Task(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Send one call to the worker pool and return its :class:`~stoker.Job`."""
-        return self.queue._send(self._new_job(CallOptions(), args, kwargs))
+        return self.queue._send_call(self, self.options_, CallOptions(), args, kwargs)
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """``delay`` for async code: the database write runs off the event loop."""
+        return await asyncio.to_thread(
+            self.queue._send_call, self, self.options_, CallOptions(), args, kwargs
+        )
 
     def options(
         self,
@@ -187,12 +209,17 @@ class Task(Generic[P, R]):
         eta: float | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> Sender[P, R]:
         """Override options for the calls sent through the returned :class:`Sender`.
 
-        ``delay`` is in seconds from now; ``eta`` a Unix timestamp in seconds.
+        ``delay`` is in seconds from now; ``eta`` a Unix timestamp in seconds;
+        ``labels`` (JSON-serialisable values) reach the task's context and the
+        job's outcome.
         """
-        call = CallOptions(priority, queue, delay, eta, timeout, max_retries)
+        if labels is not None:
+            _check_labels(labels)
+        call = CallOptions(priority, queue, delay, eta, timeout, max_retries, labels)
         merged = replace(
             self.options_,
             priority=self.options_.priority if priority is None else priority,
@@ -210,8 +237,9 @@ class Task(Generic[P, R]):
 
     def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
         """Send many calls (each a tuple of positional arguments) in one transaction."""
-        jobs = [self._new_job(CallOptions(), tuple(args), {}) for args in calls]
-        return self.queue._send_many(jobs)
+        return self.queue._send_many(
+            [(self, self.options_, CallOptions(), tuple(args), {}) for args in calls]
+        )
 
     def _new_job(
         self,
@@ -219,9 +247,10 @@ class Task(Generic[P, R]):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: TaskOptions | None = None,
+        labels: dict[str, Any] | None = None,
     ) -> NewJob:
         opts = options or self.options_
-        payload = dumps_call(self.name, self.func, args, kwargs)
+        payload = self.queue._seal(dumps_call(self.name, self.func, args, kwargs))
         return NewJob(
             opts.name,
             payload,
@@ -236,6 +265,7 @@ class Task(Generic[P, R]):
             delay_ms=_ms(call.delay) or 0,
             eta_ms=_ms(call.eta),
             result_ttl_ms=_ms(opts.result_ttl),
+            labels=json.dumps(labels, sort_keys=True) if labels else None,
         )
 
 
@@ -249,4 +279,41 @@ class Sender(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Send one call with this sender's options."""
-        return self.task.queue._send(self.task._new_job(self._call, args, kwargs, self._options))
+        return self.task.queue._send_call(self.task, self._options, self._call, args, kwargs)
+
+    async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
+        """``delay`` for async code."""
+        return await asyncio.to_thread(
+            self.task.queue._send_call, self.task, self._options, self._call, args, kwargs
+        )
+
+    def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
+        """Send many calls with this sender's options in one transaction."""
+        return self.task.queue._send_many(
+            [(self.task, self._options, self._call, tuple(a), {}) for a in calls]
+        )
+
+
+def _check_labels(labels: object) -> None:
+    if not isinstance(labels, dict) or not all(isinstance(k, str) for k in labels):
+        raise InvalidOptionError(f"labels must be a dict with str keys, got {labels!r}")
+    try:
+        json.dumps(labels)
+    except (TypeError, ValueError) as error:
+        raise InvalidOptionError(f"labels must be JSON-serialisable: {error}") from None
+
+
+def _context_parameter(func: Callable[..., Any]) -> str | None:
+    """The name of the parameter annotated ``JobContext``, if the task asks for its context."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    for parameter in parameters:
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        name = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+        if name.rsplit(".", 1)[-1] == "JobContext":
+            return parameter.name
+    return None

@@ -4,16 +4,21 @@ A worker is started by the supervisor with spawn or forkserver (never plain
 fork: the supervisor is multi-threaded). It never opens the database; it only
 talks to its supervisor over its own pipe::
 
-    supervisor ── ("run", job_id, token, attempt, task_name, payload) ──▶ worker
-    supervisor ◀── ("ready", pid) | ("done", job_id, token, result)
-                   | ("failed", job_id, token, CapturedError, retryable)
-                   | ("startup_error", CapturedError) ──────────────────── worker
+    supervisor ── ("run", job_id, token, attempt, task_name, payload, labels) ──▶ worker
+    supervisor ── ("stop",) ──▶ worker (runs worker_shutdown handlers, exits)
+    supervisor ◀── ("ready", pid) | ("startup_error", CapturedError)
+                   | ("progress", job_id, token, json)            (any number, while running)
+                   | ("done", job_id, token, result, usage)
+                   | ("failed", job_id, token, CapturedError, retryable, usage)
+                   | ("cancelled", job_id, token, usage)          (cooperative cancel)
+                   | ("requeue", job_id, token)  ─────────────────── worker
 
 It leads its own process group, so that a hard kill (``killpg``) also takes
 the processes the task started. It dies with its supervisor: the supervisor's
 guardian process kills its group (see ``_guardian.py``), the kernel sends it
 SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), and an idle worker also
-exits at end-of-file on its pipe.
+exits at end-of-file on its pipe. SIGUSR1 from the supervisor means "a cancel
+was requested" (tasks with ``cancel_grace`` see it in ``ctx.check_cancelled()``).
 """
 
 from __future__ import annotations
@@ -22,16 +27,37 @@ import asyncio
 import ctypes
 import importlib
 import inspect
+import json
+import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
-from . import serialization
-from .errors import SerializationError, UnknownTaskError
+from . import context, serialization
+from .context import CancelFlag, JobContext, RequeueRequested
+from .errors import (
+    JobCancelledError,
+    MiddlewareError,
+    PluginTriggerError,
+    RejectedError,
+    SecurityError,
+    SerializationError,
+    UnknownTaskError,
+)
+from .events import handler_name
 from .remote_errors import CapturedError, capture
 from .task import REGISTRY
+from .usage import UsageMeter
+
+if TYPE_CHECKING:
+    from .queue import Queue
+    from .task import Task
+
+log = logging.getLogger("stoker.worker")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -57,6 +83,19 @@ def _supervisor_alive(pid: int) -> bool:
     return True
 
 
+def _on_cancel_signal(signum: int, frame: FrameType | None) -> None:
+    CancelFlag.requested = True
+
+
+def loaded_queues() -> list[Queue]:
+    """The queues whose tasks this process has registered, in registration order."""
+    queues: list[Queue] = []
+    for task in REGISTRY.values():
+        if all(task.queue is not q for q in queues):
+            queues.append(task.queue)
+    return queues
+
+
 def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) -> None:
     """Entry point of a worker process."""
     os.setpgrp()
@@ -66,9 +105,12 @@ def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) 
     # Ctrl-C in a terminal reaches the supervisor's process group only; the
     # supervisor decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, _on_cancel_signal)
     try:
         for module in task_modules:
             importlib.import_module(module)
+        for queue in loaded_queues():
+            queue.run_event("worker_startup")
     except BaseException as exc:
         try:
             conn.send(("startup_error", capture(exc)))
@@ -78,59 +120,169 @@ def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) 
         conn.send(("ready", os.getpid()))
     except OSError:
         os._exit(0)  # The supervisor went away while this worker started.
-    runner = _Runner()
+    runner = Runner(conn.send)
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return  # The supervisor is gone.
         if message[0] == "stop":
+            for queue in loaded_queues():
+                try:
+                    queue.run_event("worker_shutdown")
+                except Exception:
+                    log.exception("a worker_shutdown handler failed")
             return
-        _, job_id, token, attempt, task_name, payload = message
-        conn.send(runner.run(job_id, token, attempt, task_name, payload))
+        _, job_id, token, attempt, task_name, payload, labels = message
+        conn.send(runner.run(job_id, token, attempt, task_name, payload, labels))
 
 
-class _Runner:
-    """Runs jobs in this process; keeps one event loop for async tasks."""
+class Runner:
+    """Runs jobs in this process and describes each outcome as a message.
 
-    def __init__(self) -> None:
+    Worker processes use it, and so does test mode, so that both run a task
+    the same way: context, middlewares, hooks, plugin handlers, retry filters.
+    """
+
+    def __init__(self, report: Callable[[tuple[Any, ...]], None]) -> None:
+        self._report = report
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, job_id: int, token: int, attempt: int, task_name: str, payload: bytes) -> tuple[Any, ...]:
+    def run(
+        self, job_id: int, token: int, attempt: int, task_name: str, payload: bytes, labels: str | None
+    ) -> tuple[Any, ...]:
+        CancelFlag.requested = False
+        meter = UsageMeter()
         task = REGISTRY.get(task_name)
         if task is None:
-            return self._failed(job_id, token, UnknownTaskError(task_name), retryable=False)
+            return self._failed(job_id, token, UnknownTaskError(task_name), meter, retryable=False)
+        queue = task.queue
         try:
-            args, kwargs = serialization.loads(payload)
+            args, kwargs = serialization.loads(queue._unseal(payload, job_id=job_id, what="payload"))
+        except SecurityError as refused:
+            return self._failed(job_id, token, refused, meter, retryable=False)
         except Exception as exc:
-            error = SerializationError(
+            unpickling = SerializationError(
                 f"the arguments of job {job_id} ({task_name}) cannot be unpickled: {exc!r}"
             )
-            error.__cause__ = exc
-            return self._failed(job_id, token, error, retryable=False)
+            unpickling.__cause__ = exc
+            return self._failed(job_id, token, unpickling, meter, retryable=False)
+        ctx = JobContext(
+            job_id=job_id,
+            token=token,
+            task_name=task_name,
+            attempt=attempt,
+            labels=json.loads(labels) if labels else {},
+            soft_timeout=task.options_.soft_timeout,
+            report=self._report,
+        )
+        entered = context.enter(ctx)
+        try:
+            value = self._execute(task, ctx, args, kwargs)
+        except RequeueRequested:
+            return ("requeue", job_id, token)
+        except BaseException as exc:
+            if isinstance(exc, JobCancelledError) and CancelFlag.requested:
+                return ("cancelled", job_id, token, meter.json())
+            self._after_error(task, ctx, args, kwargs, exc)
+            retryable = task.options_.should_retry(exc) and not isinstance(exc, RejectedError)
+            return self._failed(job_id, token, exc, meter, retryable=retryable)
+        finally:
+            ctx.flush_progress()
+            context.leave(entered)
+        for hook in queue._success_hooks:
+            _call_hook(hook, task_name, args, kwargs, value)
+        if not task.options_.store_result:
+            return ("done", job_id, token, None, meter.json())
+        try:
+            result = queue._seal(serialization.dumps(value))
+        except Exception as exc:
+            pickling = SerializationError(
+                f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
+                f"cannot be pickled: {exc!r}"
+            )
+            pickling.__cause__ = exc
+            return self._failed(job_id, token, pickling, meter, retryable=True)
+        return ("done", job_id, token, result, meter.json())
+
+    def _execute(
+        self, task: Task[Any, Any], ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        queue = task.queue
+        if task.context_parameter is not None:
+            kwargs = {**kwargs, task.context_parameter: ctx}
+        for middleware in queue._middlewares:
+            _stage(middleware, "pre_execute", ctx, ctx, args, kwargs)
         try:
             value = task.func(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = self._event_loop().run_until_complete(value)
-        except BaseException as exc:
-            return self._failed(job_id, token, exc, retryable=task.options_.should_retry(exc))
-        try:
-            result = serialization.dumps(value)
-        except Exception as exc:
-            error = SerializationError(
-                f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
-                f"cannot be pickled: {exc!r}"
-            )
-            error.__cause__ = exc
-            return self._failed(job_id, token, error, retryable=True)
-        return ("done", job_id, token, result)
+        except PluginTriggerError as trigger:
+            value = self._plugin_result(task, trigger, args, kwargs)
+        for middleware in queue._middlewares:
+            _stage(middleware, "post_execute", ctx, ctx, value)
+        return value
 
-    def _failed(self, job_id: int, token: int, exc: BaseException, *, retryable: bool) -> tuple[Any, ...]:
+    def _plugin_result(
+        self, task: Task[Any, Any], trigger: PluginTriggerError, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        for handler in task.queue._plugin_handlers:
+            try:
+                value = handler(trigger, task_name=task.name, args=args, kwargs=kwargs)
+            except Exception as error:
+                raise MiddlewareError(
+                    f"plugin handler {handler_name(handler)} raised {error!r} for job {task.name}"
+                ) from error
+            if inspect.isawaitable(value):
+                value = self._event_loop().run_until_complete(value)
+            if value is not None:
+                return value
+        raise trigger
+
+    def _after_error(
+        self,
+        task: Task[Any, Any],
+        ctx: JobContext,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        exc: BaseException,
+    ) -> None:
+        for middleware in task.queue._middlewares:
+            try:
+                middleware.on_error(ctx, exc)
+            except Exception:
+                log.exception(
+                    "middleware %s.on_error raised for job %s", handler_name(middleware), ctx.job_id
+                )
+        for hook in task.queue._failure_hooks:
+            _call_hook(hook, task.name, args, kwargs, exc)
+
+    def _failed(
+        self, job_id: int, token: int, exc: BaseException, meter: UsageMeter, *, retryable: bool
+    ) -> tuple[Any, ...]:
         captured: CapturedError = capture(exc)
-        return ("failed", job_id, token, captured, retryable)
+        return ("failed", job_id, token, captured, retryable, meter.json())
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
         return self._loop
+
+
+def _stage(middleware: object, stage: str, ctx: JobContext, *args: Any) -> None:
+    """Run one middleware stage; a raise becomes a MiddlewareError naming it."""
+    try:
+        getattr(middleware, stage)(*args)
+    except Exception as error:
+        raise MiddlewareError(
+            f"middleware {handler_name(middleware)}.{stage} raised {error!r} for job {ctx.job_id}",
+            job_id=ctx.job_id,
+            attempt=ctx.attempt,
+        ) from error
+
+
+def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        log.exception("hook %s raised", handler_name(hook))
