@@ -389,3 +389,24 @@ def test_worker_processes_do_not_hold_the_database(
     for pid in spool.supervisor.worker_pids():
         paths = [f.path for f in psutil.Process(pid).open_files()]
         assert not any(p.startswith(os.fspath(squeue.path)) for p in paths), paths
+
+
+def test_one_handler_for_several_events_and_the_builder(tmp_path: Path) -> None:
+    seen: list[str] = []
+    q = stoker.Queue(tmp_path / "events.db")
+
+    @q.on_event("client_startup", "client_shutdown")
+    def both(state: stoker.State) -> None:
+        seen.append("both")
+
+    assert q.with_event_handlers("client_startup", lambda state: seen.append("built")) is q
+    with q:
+        pass
+    assert seen == ["both", "built", "both"]
+
+
+def test_ready_async(squeue: stoker.Queue) -> None:
+    job = task(squeue, "pid").options(delay=3600).delay()
+    assert asyncio.run(job.ready_async()) is False
+    job.cancel()
+    assert asyncio.run(job.ready_async()) is True

@@ -164,6 +164,10 @@ class Job:
 
     ready = done
 
+    async def ready_async(self) -> bool:
+        """``ready`` for async code."""
+        return await asyncio.to_thread(self.done)
+
     @property
     def progress(self) -> Progress | None:
         """The latest progress its running attempt reported (None before any)."""

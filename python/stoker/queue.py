@@ -326,14 +326,23 @@ class Queue:
 
     # --- events -------------------------------------------------------------------------
 
-    def on_event(self, event: str) -> Callable[[EventHandler], EventHandler]:
-        """Decorator: ``@queue.on_event("worker_startup")`` (see :mod:`stoker.events`)."""
+    def on_event(self, *events: str) -> Callable[[EventHandler], EventHandler]:
+        """Decorator: ``@queue.on_event("worker_startup", "worker_shutdown")`` (see :mod:`stoker.events`)."""
+        if not events:
+            raise InvalidOptionError("on_event() needs at least one event name")
 
         def register(handler: EventHandler) -> EventHandler:
-            self.add_event_handler(event, handler)
+            for event in events:
+                self.add_event_handler(event, handler)
             return handler
 
         return register
+
+    def with_event_handlers(self, event: str, *handlers: EventHandler) -> Queue:
+        """Add handlers for ``event`` and return the queue, for chaining."""
+        for handler in handlers:
+            self.add_event_handler(event, handler)
+        return self
 
     def add_event_handler(self, event: str, handler: EventHandler) -> None:
         """Run ``handler(state)`` at ``event`` (see ``stoker.events``)."""
