@@ -356,6 +356,7 @@ fn replay_makes_a_new_job_with_the_same_options() {
         delay_ms: 0,
         eta_ms: None,
         result_ttl_ms: Some(999),
+        ..NewJob::new("mod.task", b"args".to_vec())
     };
     let id = fx.enqueue_one(original);
     assert!(matches!(
