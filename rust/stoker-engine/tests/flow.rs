@@ -127,7 +127,7 @@ fn fail_when_limited_refuses_the_send_and_prepaid_jobs_run() {
         ..job(0)
     };
     let first = fx.enqueue_one(eager.clone());
-    match fx.engine.enqueue(&[eager.clone()]) {
+    match fx.engine.enqueue(std::slice::from_ref(&eager)) {
         Err(EngineError::RateLimited {
             key,
             retry_after_ms,
