@@ -17,15 +17,21 @@
 from ._core import SCHEMA_VERSION
 from ._core import __version__ as __version__
 from .errors import (
+    CircuitBreakerOpenError,
+    DependencyFailedError,
     InvalidOptionError,
     JobCancelledError,
+    JobExpiredError,
     JobNotFoundError,
     JobStateError,
     LeaseExpiredError,
     NotAStokerDatabaseError,
+    RateLimitExceededError,
     RemoteTaskError,
     RemoteTraceback,
     ResultTimeoutError,
+    ScheduleCancelledError,
+    ScheduleNotFoundError,
     SchemaVersionError,
     SerializationError,
     StokerError,
@@ -37,26 +43,37 @@ from .errors import (
     WorkerLostError,
     WorkerStartupError,
 )
+from .flow import CircuitBreaker
 from .job import AttemptError, Job
 from .queue import DeadLetter, Queue
+from .schedule import Schedule, ScheduleSource
 from .supervisor import Supervisor, SupervisorThread
 from .task import Sender, Task, TaskOptions
 
 __all__ = [
     "SCHEMA_VERSION",
     "AttemptError",
+    "CircuitBreaker",
+    "CircuitBreakerOpenError",
     "DeadLetter",
+    "DependencyFailedError",
     "InvalidOptionError",
     "Job",
     "JobCancelledError",
+    "JobExpiredError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseExpiredError",
     "NotAStokerDatabaseError",
     "Queue",
+    "RateLimitExceededError",
     "RemoteTaskError",
     "RemoteTraceback",
     "ResultTimeoutError",
+    "Schedule",
+    "ScheduleCancelledError",
+    "ScheduleNotFoundError",
+    "ScheduleSource",
     "SchemaVersionError",
     "Sender",
     "SerializationError",

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from .errors import StokerError
 from .queue import Queue
@@ -61,6 +62,68 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    queue, _ = load_queue(args.app)
+    rows = []
+    for schedule in queue.schedules():
+        r = schedule.record()
+        every = f"every {r.every_ms / 1000:g}s" if r.every_ms is not None else None
+        timing = f"cron {r.cron!r} {r.timezone}" if r.cron is not None else every or f"once {_when(r.at_ms)}"
+        rows.append(
+            {
+                "id": r.id,
+                "name": r.name,
+                "task": r.task_name,
+                "timing": timing,
+                "next_fire": _when(r.next_fire_ms),
+                "paused": r.paused,
+                "missed": r.missed,
+                "source": r.source,
+                "enqueued": r.enqueued,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            state = "paused" if row["paused"] else f"next {row['next_fire']}"
+            print(
+                f"{row['id']:>5}  {row['name'] or '-'}  {row['task']}  {row['timing']}  {state}  "
+                f"missed={row['missed']}  enqueued={row['enqueued']}"
+            )
+    return 0
+
+
+def _breakers(args: argparse.Namespace) -> int:
+    queue, _ = load_queue(args.app)
+    rows = [
+        {
+            "key": limit.key,
+            "rate": limit.rate,
+            "tokens": limit.tokens,
+            "concurrency": limit.concurrency,
+            "running": limit.running,
+            "breaker": limit.breaker,
+            "breaker_state": limit.breaker_state if limit.breaker else None,
+            "recent_failures": limit.recent_failures,
+            "open_until": _when(limit.open_until_ms) if limit.open_until_ms else None,
+        }
+        for limit in queue.limits()
+    ]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print("  ".join(f"{k}={v}" for k, v in row.items() if v is not None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stoker", description="Durable task queue and process pool.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +151,16 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("app", help="MODULE:QUEUE")
     stats.add_argument("--json", action="store_true", help="print JSON")
     stats.set_defaults(run=_stats)
+
+    schedules = commands.add_parser("schedules", help="schedules with their next fire time")
+    schedules.add_argument("app", help="MODULE:QUEUE")
+    schedules.add_argument("--json", action="store_true", help="print JSON")
+    schedules.set_defaults(run=_schedules)
+
+    breakers = commands.add_parser("breakers", help="rate limits, concurrency limits and circuit breakers")
+    breakers.add_argument("app", help="MODULE:QUEUE")
+    breakers.add_argument("--json", action="store_true", help="print JSON")
+    breakers.set_defaults(run=_breakers)
     return parser
 
 

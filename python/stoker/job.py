@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
-from .errors import JobCancelledError, ResultTimeoutError, StokerError
+from .errors import DependencyFailedError, JobCancelledError, JobExpiredError, ResultTimeoutError, StokerError
 from .remote_errors import rebuild
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 #: Statuses after which a job never changes again.
-FINISHED = frozenset({"complete", "dead", "cancelled"})
+FINISHED = frozenset({"complete", "dead", "cancelled", "expired"})
 
 #: Waiting for a result polls the job's status: first after this many seconds,
 #: then twice as long each time up to RESULT_POLL_MAX. A short first wait keeps
@@ -92,11 +92,11 @@ class Job:
 
     @property
     def status(self) -> str:
-        """pending, scheduled, running, complete, dead or cancelled."""
+        """pending, scheduled, running, complete, dead, cancelled, expired or waiting (for dependencies)."""
         return self.queue._engine.status(self.id)
 
     def done(self) -> bool:
-        """Whether the job has finished (complete, dead or cancelled)."""
+        """Whether the job has finished (complete, dead, cancelled or expired)."""
         return self.status in FINISHED
 
     def record(self) -> JobRecord:
@@ -141,12 +141,16 @@ class Job:
         A job that failed for good raises its last error: the task's own
         exception type with its attributes (or a stand-in that keeps its type
         name, message and traceback), the remote traceback as ``__cause__``. A
-        cancelled job raises :class:`~stoker.errors.JobCancelledError`; waiting
+        cancelled job raises :class:`~stoker.errors.JobCancelledError`, an
+        expired one :class:`~stoker.errors.JobExpiredError`, one whose
+        dependency failed :class:`~stoker.errors.DependencyFailedError`; waiting
         past ``timeout`` raises :class:`~stoker.errors.ResultTimeoutError`.
         """
         status = self.wait(timeout)
         if status == "cancelled":
             raise JobCancelledError(self.id)
+        if status == "expired":
+            raise JobExpiredError(self.id)
         if status == "dead":
             raise self._last_error()
         record = self.record()
@@ -158,4 +162,14 @@ class Job:
         errors = self.queue._engine.errors(self.id)
         if not errors:
             return StokerError(f"job {self.id} is dead without an error record")
+        if errors[-1].kind == "dependency":
+            for dep_id, dep_status in self.queue._engine.dependencies(self.id):
+                if dep_status in ("dead", "cancelled", "expired"):
+                    return DependencyFailedError(self.id, dep_id, dep_status)
         return AttemptError.from_record(errors[-1]).exception()
+
+    def dependencies(self) -> list[tuple[Job, str]]:
+        """The jobs this job depends on, with their statuses, in the order given."""
+        return [
+            (Job(self.queue, dep_id), status) for dep_id, status in self.queue._engine.dependencies(self.id)
+        ]

@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._core import Engine, NewJob
 from .errors import InvalidOptionError, StokerError, UnknownTaskError
+from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job
+from .schedule import ScheduleQueueMixin
 from .task import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
@@ -56,7 +58,7 @@ def in_worker_process() -> bool:
     return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
 
 
-class Queue:
+class Queue(FlowQueueMixin, ScheduleQueueMixin):
     """Jobs, their tasks, and the pool that runs them, over one database file.
 
     ``Queue("jobs.db")`` opens (or creates) the SQLite database; a file that is
@@ -104,6 +106,12 @@ class Queue:
         dont_retry_on: type[BaseException] | Iterable[type[BaseException]] | None = None,
         timeout: float | None = None,
         result_ttl: float | None = None,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
+        circuit_breaker: CircuitBreaker | tuple[int, float, float] | None = None,
+        when_limited: str = "wait",
+        unique: bool = False,
+        expires: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, func: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
@@ -114,7 +122,13 @@ class Queue:
         ``max_crashes`` (after the worker was lost), ``retry_backoff`` and
         ``retry_backoff_max`` (seconds), ``retry_jitter`` (0 to 1), ``retry_on``
         and ``dont_retry_on`` (exception classes), ``timeout`` (hard limit in
-        seconds: the worker is killed), ``result_ttl`` (seconds a result is kept).
+        seconds: the worker is killed), ``result_ttl`` (seconds a result and the
+        error history are kept). Flow control, enforced across every supervisor:
+        ``rate_limit`` ("10/s", "100/m"), ``concurrency`` (running at once),
+        ``circuit_breaker`` (:class:`~stoker.CircuitBreaker`), ``when_limited``
+        ("wait", or "fail" to make sends raise), ``unique`` (a second send of the
+        same arguments while the first is live returns it), ``expires`` (seconds
+        until a job not started ends expired).
         """
         if func is not None:
             return self._register(func, options)
@@ -134,6 +148,7 @@ class Queue:
         options = dict(options)
         options["retry_on"] = as_exception_types("retry_on", options.get("retry_on"))
         options["dont_retry_on"] = as_exception_types("dont_retry_on", options.get("dont_retry_on"))
+        options["circuit_breaker"] = as_circuit_breaker(options.get("circuit_breaker"))
         name = options.pop("name", None) or default_task_name(func)
         task_options = TaskOptions(name=name, **options).validated()
         task: Task[Any, Any] = Task(self, func, task_options)
@@ -188,7 +203,7 @@ class Queue:
         return Job(self, job_id)
 
     def stats(self) -> dict[str, int]:
-        """Job counts by status (pending, scheduled, running, complete, dead, cancelled)."""
+        """Job counts by status (pending, scheduled, running, complete, dead, cancelled, expired, waiting)."""
         return self._engine.stats()
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
