@@ -20,7 +20,7 @@ $(PY):
 
 $(DEPS): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "maturin>=1.7,<2" "cloudpickle>=2.1" "psutil>=5.9" \
+	$(PY) -m pip install -q "maturin>=1.7,<2" "cloudpickle>=2.1" "psutil>=5.9" "rich>=13" \
 	    pytest pytest-timeout hypothesis ruff mypy
 	touch $@
 

@@ -32,7 +32,7 @@ from stoker.errors import (
 
 T0 = 1_700_000_000_000
 LEASE = 30_000
-STATUSES = ["pending", "scheduled", "running", "complete", "dead", "cancelled"]
+STATUSES = ["pending", "scheduled", "running", "complete", "dead", "cancelled", "expired", "waiting"]
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def fail(core: Engine, claimed: ClaimedJob, kind: str = "error", **extra: object
 
 def test_module_constants() -> None:
     assert _core.__version__ == "0.1.0"
-    assert _core.SCHEMA_VERSION == 1
+    assert _core.SCHEMA_VERSION == 2
 
 
 def test_constructor_signatures_match_the_stub() -> None:
@@ -102,6 +102,10 @@ def test_constructor_signatures_match_the_stub() -> None:
         ("eta_ms", kw, None),
         ("result_ttl_ms", kw, None),
         ("labels", kw, None),
+        ("unique_key", kw, None),
+        ("expires_after_ms", kw, None),
+        ("depends_on", kw, None),
+        ("fail_when_limited", kw, False),
     ]
     assert shape(Engine) == [("path", pos, empty), ("clock_ms", kw, None), ("busy_timeout_ms", kw, 5000)]
 
@@ -491,6 +495,8 @@ def test_status_statuses_and_stats(core: Engine) -> None:
         "complete": 1,
         "dead": 0,
         "cancelled": 0,
+        "expired": 0,
+        "waiting": 0,
     }
 
 

@@ -19,8 +19,10 @@ from ._core import __version__ as __version__
 from .context import JobContext, current_job
 from .errors import (
     CircuitBreakerOpenError,
+    DependencyFailedError,
     InvalidOptionError,
     JobCancelledError,
+    JobExpiredError,
     JobNotFoundError,
     JobStateError,
     LeaseExpiredError,
@@ -40,6 +42,7 @@ from .errors import (
     ResultNotReadyError,
     ResultTimeoutError,
     ScheduleCancelledError,
+    ScheduleNotFoundError,
     SchemaVersionError,
     SecurityError,
     SendError,
@@ -56,20 +59,26 @@ from .errors import (
     WorkerStartupError,
 )
 from .events import Middleware, SendMessage, State, worker_state
+from .executor import Executor
+from .flow import CircuitBreaker
 from .job import AttemptError, Job, Outcome, Progress, gather, gather_async
 from .queue import DeadLetter, Queue
+from .schedule import Schedule, ScheduleSource
 from .supervisor import Supervisor, SupervisorThread
 from .task import Sender, Task, TaskOptions
 
 __all__ = [
-    "SCHEMA_VERSION",
     "AttemptError",
+    "CircuitBreaker",
     "CircuitBreakerOpenError",
     "DeadLetter",
+    "DependencyFailedError",
+    "Executor",
     "InvalidOptionError",
     "Job",
     "JobCancelledError",
     "JobContext",
+    "JobExpiredError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseExpiredError",
@@ -92,7 +101,11 @@ __all__ = [
     "ResultGetError",
     "ResultNotReadyError",
     "ResultTimeoutError",
+    "SCHEMA_VERSION",
+    "Schedule",
     "ScheduleCancelledError",
+    "ScheduleNotFoundError",
+    "ScheduleSource",
     "SchemaVersionError",
     "SecurityError",
     "SendError",

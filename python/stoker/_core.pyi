@@ -37,6 +37,10 @@ class NewJob:
         eta_ms: int | None = None,
         result_ttl_ms: int | None = None,
         labels: str | None = None,
+        unique_key: str | None = None,
+        expires_after_ms: int | None = None,
+        depends_on: list[int] | None = None,
+        fail_when_limited: bool = False,
     ) -> None:
         """Describe a job.
 
@@ -48,6 +52,17 @@ class NewJob:
         ``delay_ms`` and ``eta_ms`` (absolute) are exclusive. ``labels`` is JSON
         text the engine stores and hands back unread. Wrong values raise
         ``InvalidOptionError`` naming the option.
+        ``delay_ms`` and ``eta_ms`` (absolute) are exclusive. ``result_ttl_ms``
+        keeps the result and error history that long after the job finished.
+
+        Flow control: a live job (waiting, pending, scheduled, running) with the
+        same ``unique_key`` is returned instead of a new one; a job not started
+        ``expires_after_ms`` after enqueue ends ``expired``; a job with
+        ``depends_on`` is ``waiting`` until they all complete (and dead if one
+        ends dead, cancelled or expired); with ``fail_when_limited`` an empty
+        rate limit or an open circuit breaker raise ``RateLimitExceededError`` or
+        ``CircuitBreakerOpenError`` here instead of letting the job wait.
+        Wrong values raise ``InvalidOptionError`` naming the option.
         """
     @property
     def task_name(self) -> str: ...
@@ -96,7 +111,7 @@ class JobRecord:
     def priority(self) -> int: ...
     @property
     def status(self) -> str:
-        """One of pending, scheduled, running, complete, dead, cancelled."""
+        """One of pending, scheduled, running, complete, dead, cancelled, expired, waiting."""
     @property
     def payload(self) -> bytes: ...
     @property
@@ -153,6 +168,10 @@ class JobRecord:
     @property
     def usage(self) -> str | None:
         """Resources used by the latest finished attempt (JSON text)."""
+    def unique_key(self) -> str | None: ...
+    @property
+    def expires_ms(self) -> int | None:
+        """When the job expires if it has not started by then."""
 
 @final
 class ErrorRecord:
@@ -200,6 +219,107 @@ class StaleOutcome:
         """What was refused: complete, fail, cancel, requeue, heartbeat, progress."""
     @property
     def at_ms(self) -> int: ...
+
+@final
+class Schedule:
+    """A stored schedule."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def name(self) -> str | None: ...
+    @property
+    def kind(self) -> str:
+        """cron, interval or once."""
+    @property
+    def cron(self) -> str | None: ...
+    @property
+    def timezone(self) -> str | None: ...
+    @property
+    def every_ms(self) -> int | None: ...
+    @property
+    def at_ms(self) -> int | None:
+        """The fire time of a one-shot schedule, or the first fire of an interval."""
+    @property
+    def missed(self) -> str:
+        """skip or catch_up."""
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def labels(self) -> str: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def next_fire_ms(self) -> int | None:
+        """None once a one-shot schedule has fired."""
+    @property
+    def last_fire_ms(self) -> int | None: ...
+    @property
+    def enqueued(self) -> int:
+        """Jobs this schedule enqueued."""
+    @property
+    def created_ms(self) -> int: ...
+    @property
+    def task_name(self) -> str: ...
+    @property
+    def queue(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+
+@final
+class ScheduleFire:
+    """One recorded fire of a schedule."""
+
+    @property
+    def schedule_id(self) -> int: ...
+    @property
+    def fire_ms(self) -> int:
+        """The fire time that was due."""
+    @property
+    def at_ms(self) -> int:
+        """When it was handled."""
+    @property
+    def outcome(self) -> str:
+        """enqueued, duplicate, missed, vetoed or error."""
+    @property
+    def job_id(self) -> int | None: ...
+    @property
+    def missed(self) -> int:
+        """Later fire times that had also passed."""
+    @property
+    def owner(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+
+@final
+class LimitState:
+    """The limits of one task or queue and their state."""
+
+    @property
+    def key(self) -> str:
+        """``task:NAME`` or ``queue:NAME``."""
+    @property
+    def rate(self) -> tuple[int, int, int] | None:
+        """``(count, per_ms, burst)`` of the token bucket."""
+    @property
+    def tokens(self) -> int | None:
+        """Whole tokens in the bucket now."""
+    @property
+    def concurrency(self) -> int | None: ...
+    @property
+    def running(self) -> int:
+        """Running jobs of the task now."""
+    @property
+    def breaker(self) -> tuple[int, int, int] | None:
+        """``(failures, window_ms, cooldown_ms)`` of the circuit breaker."""
+    @property
+    def breaker_state(self) -> str:
+        """closed, open or half_open."""
+    @property
+    def recent_failures(self) -> int:
+        """Counted failures within the breaker's window."""
+    @property
+    def open_until_ms(self) -> int | None: ...
 
 @final
 class Engine:
@@ -296,7 +416,7 @@ class Engine:
     def errors(self, job_id: int) -> list[ErrorRecord]:
         """The job's error history, oldest first."""
     def stats(self) -> dict[str, int]:
-        """Job counts by status; every status is present."""
+        """Job counts by status; every status is present (expired and waiting included)."""
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[JobRecord]:
         """Dead jobs, most recently finished first."""
     def replay(self, job_id: int) -> int:
@@ -304,7 +424,7 @@ class Engine:
     def stale_outcomes(self, limit: int = 100) -> list[StaleOutcome]:
         """Refused stale outcomes, most recent first."""
     def next_wakeup_ms(self) -> int | None:
-        """The earliest future eta of a scheduled job or lease deadline of a running job."""
+        """The earliest eta, lease deadline, expiry, or time a limit lets a held-back job run."""
     def data_version(self) -> int:
         """Changes whenever another connection commits to the database."""
     def set_progress(self, job_id: int, token: int, progress: str) -> bool:
@@ -327,4 +447,89 @@ class Engine:
         ``InvalidOptionError``.
         """
     def purge_expired_results(self, limit: int = 1000) -> int:
-        """Drop results past their expiry, at most ``limit``; returns how many."""
+        """Drop the results and error histories of finished jobs past their retention.
+
+        At most ``limit`` jobs (``result_ttl_ms`` after they finished); returns how many.
+        """
+
+    # --- flow control -------------------------------------------------------------
+    def set_limits(
+        self,
+        scope: str,
+        name: str,
+        *,
+        rate: tuple[int, int, int] | None = None,
+        concurrency: int | None = None,
+        breaker: tuple[int, int, int] | None = None,
+    ) -> None:
+        """Set (or, with no limit given, remove) the limits of a task or queue.
+
+        ``scope`` is task or queue. ``rate`` is ``(count, per_ms, burst)``: a
+        token bucket of ``count`` tokens per ``per_ms``, holding at most
+        ``burst``; every claimed job takes a token of its task and of its queue,
+        and jobs without one stay pending. ``concurrency`` caps running jobs of
+        the task across every supervisor. ``breaker`` is ``(failures,
+        window_ms, cooldown_ms)``: that many failed attempts within the window
+        open the task's breaker for the cooldown, then one probe job runs at a
+        time until one succeeds (closed) or fails (open again). A bucket that
+        exists keeps its tokens.
+        """
+    def limits(self) -> list[LimitState]:
+        """Every limit with its state now, by key."""
+    def expire_due(self, limit: int = 1000) -> list[int]:
+        """End as expired up to ``limit`` jobs whose expiry passed; their ids."""
+    def dependencies(self, job_id: int) -> list[tuple[int, str]]:
+        """``(job_id, status)`` of the jobs a job depends on, in the order given."""
+
+    # --- schedules --------------------------------------------------------------
+    def create_schedule(
+        self,
+        job: NewJob,
+        *,
+        kind: str,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        every_ms: int | None = None,
+        at_ms: int | None = None,
+        name: str | None = None,
+        missed: str = "skip",
+        source: str | None = None,
+        labels: str = "",
+    ) -> int:
+        """Create a schedule that enqueues ``job`` (or update the one named ``name``).
+
+        ``kind`` cron (``cron`` with 5 fields, or 6 with seconds first, in the
+        IANA ``timezone``), interval (every ``every_ms``, first at ``at_ms`` or
+        one period from now) or once (at ``at_ms``). ``missed`` says what
+        happens to fires missed while no supervisor ran: skip them, or
+        catch_up with one job. ``source`` names the condition supervisors
+        evaluate before each fire. Returns the schedule's id.
+        """
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by id."""
+    def get_schedule(self, schedule_id: int) -> Schedule:
+        """One schedule; ``ScheduleNotFoundError`` if there is none."""
+    def pause_schedule(self, schedule_id: int, paused: bool = True) -> None:
+        """Pause (or, with ``paused=False``, resume) a schedule."""
+    def delete_schedule(self, schedule_id: int) -> bool:
+        """Delete a schedule and its fire records; False if there was none."""
+    def due_schedules(self, limit: int = 100) -> list[Schedule]:
+        """Schedules whose next fire has come (not paused), earliest first."""
+    def fire_schedule(
+        self, schedule_id: int, fire_ms: int, *, owner: str, veto: str | None = None, error: str | None = None
+    ) -> tuple[str, int | None]:
+        """Fire the schedule's fire due at ``fire_ms``, unless vetoed.
+
+        In one transaction: if the schedule's next fire is still ``fire_ms``, it
+        moves to the next fire and one job is enqueued (or, with ``veto`` or
+        ``error``, the fire is recorded as vetoed or error and skipped).
+        Returns ``(outcome, job_id)``: enqueued, duplicate (a live job with the
+        template's unique key), missed, vetoed, error, or lost (another
+        supervisor fired it first; nothing was done).
+        """
+    def fire_due(self, owner: str, limit: int = 100) -> list[tuple[int, str, int | None]]:
+        """Fire every due schedule that has no source: ``(schedule_id, outcome, job_id)``."""
+    def schedule_fires(self, schedule_id: int, limit: int = 100) -> list[ScheduleFire]:
+        """The fire records of a schedule, newest first."""
+    def next_fire_ms(self) -> int | None:
+        """The earliest next fire of a schedule that is not paused."""

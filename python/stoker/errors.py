@@ -21,8 +21,10 @@ from typing import Any
 
 __all__ = [
     "CircuitBreakerOpenError",
+    "DependencyFailedError",
     "InvalidOptionError",
     "JobCancelledError",
+    "JobExpiredError",
     "JobNotFoundError",
     "JobStateError",
     "LeaseExpiredError",
@@ -35,6 +37,7 @@ __all__ = [
     "QueueError",
     "RateLimitExceededError",
     "RejectedError",
+    "RateLimitExceededError",
     "RemoteTaskError",
     "RemoteTraceback",
     "RequeueLimitError",
@@ -42,6 +45,7 @@ __all__ = [
     "ResultNotReadyError",
     "ResultTimeoutError",
     "ScheduleCancelledError",
+    "ScheduleNotFoundError",
     "SchemaVersionError",
     "SecurityError",
     "SendError",
@@ -351,18 +355,6 @@ class QueueError(StokerError):
     """The queue cannot do what was asked in its current state (the message says why)."""
 
 
-class ScheduleCancelledError(StokerError):
-    """A schedule's condition vetoed one fire; only that fire is skipped."""
-
-
-class CircuitBreakerOpenError(StokerError):
-    """The task's circuit breaker is open: recent attempts failed too often."""
-
-
-class RateLimitExceededError(StokerError):
-    """The task's or queue's rate limit allows no job now."""
-
-
 # --- raised inside tasks ----------------------------------------------------------------
 
 
@@ -396,3 +388,80 @@ class MiddlewareError(TaskFailedError):
 
 class RequeueLimitError(TaskFailedError):
     """The task asked to be requeued more times than allowed."""
+# --- flow control and schedules --------------------------------------------------
+
+
+class JobExpiredError(StokerError):
+    """The job was still waiting when its expiry passed; it never ran and has no result."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} expired before it started")
+        self.job_id = job_id
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id,))
+
+
+class DependencyFailedError(StokerError):
+    """A job the job depended on ended dead, cancelled or expired, so the job never ran."""
+
+    def __init__(self, job_id: int, dependency_id: int, dependency_status: str) -> None:
+        super().__init__(f"job {job_id} depends on job {dependency_id}, which ended {dependency_status}")
+        self.job_id = job_id
+        self.dependency_id = dependency_id
+        self.dependency_status = dependency_status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.dependency_id, self.dependency_status))
+
+
+class RateLimitExceededError(StokerError):
+    """A send that asked to fail rather than wait found its rate limit without a token.
+
+    ``key`` is ``task:NAME`` or ``queue:NAME``; ``retry_after`` the seconds until a token.
+    """
+
+    def __init__(self, key: str, retry_after: float) -> None:
+        super().__init__(f"rate limit of {key} exceeded; retry in {retry_after:g} s")
+        self.key = key
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.key, self.retry_after))
+
+
+class CircuitBreakerOpenError(StokerError):
+    """A send that asked to fail rather than wait found the task's circuit breaker open.
+
+    ``open_until`` is the Unix time (seconds) after which a probe job may run.
+    """
+
+    def __init__(self, task_name: str, open_until: float) -> None:
+        super().__init__(f"the circuit breaker of task {task_name} is open until {open_until:.3f}")
+        self.task_name = task_name
+        self.open_until = open_until
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_name, self.open_until))
+
+
+class ScheduleNotFoundError(StokerError, KeyError):
+    """No schedule has this id (or name)."""
+
+    def __init__(self, schedule_id: int | str) -> None:
+        super().__init__(schedule_id)
+        self.schedule_id = schedule_id
+
+    def __str__(self) -> str:
+        return f"no schedule {self.schedule_id!r}"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.schedule_id,))
+
+
+class ScheduleCancelledError(StokerError):
+    """Raised by a schedule source's ``pre_send`` to veto one fire of a schedule.
+
+    The fire is skipped (the schedule goes on) and recorded with outcome
+    ``vetoed`` and this error's message.
+    """

@@ -21,6 +21,7 @@ from .errors import (
     SecurityError,
     StokerError,
 )
+from .errors import DependencyFailedError, JobExpiredError
 from .remote_errors import rebuild
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from .queue import Queue
 
 #: Statuses after which a job never changes again.
-FINISHED = frozenset({"complete", "dead", "cancelled"})
+FINISHED = frozenset({"complete", "dead", "cancelled", "expired"})
 
 #: Waiting for a result polls the job's status: first after this many seconds,
 #: then twice as long each time up to RESULT_POLL_MAX. A short first wait keeps
@@ -155,11 +156,11 @@ class Job:
 
     @property
     def status(self) -> str:
-        """pending, scheduled, running, complete, dead or cancelled."""
+        """pending, scheduled, running, complete, dead, cancelled, expired or waiting (for dependencies)."""
         return self._engine.status(self.id)
 
     def done(self) -> bool:
-        """Whether the job has finished (complete, dead or cancelled)."""
+        """Whether the job has finished (complete, dead, cancelled or expired)."""
         return self.status in FINISHED
 
     ready = done
@@ -286,7 +287,9 @@ class Job:
         A job that failed for good raises its last error: the task's own
         exception type with its attributes (or a stand-in that keeps its type
         name, message and traceback), the remote traceback as ``__cause__``. A
-        cancelled job raises :class:`~stoker.errors.JobCancelledError`; waiting
+        cancelled job raises :class:`~stoker.errors.JobCancelledError`, an
+        expired one :class:`~stoker.errors.JobExpiredError`, one whose
+        dependency failed :class:`~stoker.errors.DependencyFailedError`; waiting
         past ``timeout`` raises :class:`~stoker.errors.ResultTimeoutError`.
 
         With ``original=False``, a job that failed after retries raises
@@ -301,6 +304,8 @@ class Job:
         record = record or self.record()
         if record.status == "cancelled":
             raise JobCancelledError(self.id)
+        if record.status == "expired":
+            raise JobExpiredError(self.id)
         if record.status == "dead":
             raise self._last_error(original, record.attempt)
         if record.result is None:
@@ -320,6 +325,10 @@ class Job:
         errors = self._engine.errors(self.id)
         if not errors:
             return StokerError(f"job {self.id} is dead without an error record")
+        if errors[-1].kind == "dependency":
+            for dep_id, dep_status in self._engine.dependencies(self.id):
+                if dep_status in ("dead", "cancelled", "expired"):
+                    return DependencyFailedError(self.id, dep_id, dep_status)
         last = AttemptError.from_record(errors[-1]).exception()
         if original or len(errors) < 2:
             return last
@@ -330,6 +339,10 @@ class Job:
         )
         wrapped.__cause__ = last
         return wrapped
+
+    def dependencies(self) -> list[tuple[Job, str]]:
+        """The jobs this job depends on, with their statuses, in the order given."""
+        return [(Job(self.queue, dep_id, self._store), status) for dep_id, status in self._engine.dependencies(self.id)]
 
 
 def gather(

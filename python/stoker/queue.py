@@ -31,7 +31,9 @@ from .events import (
     handler_name,
     worker_state,
 )
+from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
+from .schedule import ScheduleQueueMixin
 from .task import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
@@ -81,7 +83,7 @@ def in_worker_process() -> bool:
     return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
 
 
-class Queue:
+class Queue(FlowQueueMixin, ScheduleQueueMixin):
     """Jobs, their tasks, and the pool that runs them, over one database file.
 
     ``Queue("jobs.db")`` opens (or creates) the SQLite database; a file that is
@@ -148,6 +150,12 @@ class Queue:
         cancel_grace: float = 0.0,
         memory_limit_mb: float | None = None,
         store_result: bool = True,
+        rate_limit: str | None = None,
+        concurrency: int | None = None,
+        circuit_breaker: CircuitBreaker | tuple[int, float, float] | None = None,
+        when_limited: str = "wait",
+        unique: bool = False,
+        expires: float | None = None,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, func: Callable[..., Any] | None = None, /, **options: Any) -> Any:  # type: ignore[misc]
@@ -163,7 +171,13 @@ class Queue:
         ``cancel_grace`` (seconds a running task is told of a cancel before it
         is killed; 0 kills at once), ``memory_limit_mb`` (the worker is killed
         past it: :class:`~stoker.errors.MemoryLimitExceededError`),
-        ``store_result`` (False: the job keeps no result).
+        ``store_result`` (False: the job keeps no result). Flow control, enforced
+        across every supervisor:
+        ``rate_limit`` ("10/s", "100/m"), ``concurrency`` (running at once),
+        ``circuit_breaker`` (:class:`~stoker.CircuitBreaker`), ``when_limited``
+        ("wait", or "fail" to make sends raise), ``unique`` (a second send of the
+        same arguments while the first is live returns it), ``expires`` (seconds
+        until a job not started ends expired).
         """
         if func is not None:
             return self._register(func, options)
@@ -183,6 +197,7 @@ class Queue:
         options = dict(options)
         options["retry_on"] = as_exception_types("retry_on", options.get("retry_on"))
         options["dont_retry_on"] = as_exception_types("dont_retry_on", options.get("dont_retry_on"))
+        options["circuit_breaker"] = as_circuit_breaker(options.get("circuit_breaker"))
         name = options.pop("name", None) or default_task_name(func)
         task_options = TaskOptions(name=name, **options).validated()
         existing = REGISTRY.get(name)
@@ -425,7 +440,7 @@ class Queue:
         return Job(self, job_id)
 
     def stats(self) -> dict[str, int]:
-        """Job counts by status (pending, scheduled, running, complete, dead, cancelled)."""
+        """Job counts by status (pending, scheduled, running, complete, dead, cancelled, expired, waiting)."""
         return self._engine.stats()
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:

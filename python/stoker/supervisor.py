@@ -29,7 +29,10 @@ What the loop acts on, in order, each time it wakes:
 - a cancel request (seen through the database's change counter, or the
   heartbeat): the worker is killed and the job ends cancelled;
 - the heartbeat: every lease this supervisor holds is renewed, and expired
-  leases of any supervisor are reaped;
+  leases of any supervisor are reaped; jobs past their expiry end expired, and
+  results and error histories past their retention are purged (bounded);
+- the next schedule fire: every due schedule is fired (its source asked
+  first); the engine makes each fire enqueue exactly once across supervisors;
 - SIGTERM/SIGINT (or :meth:`Supervisor.stop`): claiming stops, running jobs get
   ``drain_timeout`` seconds, the rest are killed and put back to pending
   without counting a failed attempt.
@@ -57,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from . import serialization
+from . import flow, schedule, serialization
 from ._core import ClaimedJob, Engine
 from .errors import (
     InvalidOptionError,
@@ -112,6 +115,8 @@ MEMORY_POLL_INTERVAL = 0.05
 #: How many times one job may ask to be requeued (``ctx.requeue()``) before
 #: the request fails the attempt instead, so a job cannot loop forever.
 MAX_REQUEUES = 3
+#: Jobs expired, and finished jobs purged past their retention, per heartbeat.
+HOUSEKEEPING_BATCH = 1000
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -239,6 +244,7 @@ class Supervisor:
         self._next_poll = 0.0
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
+        self._next_fire = 0.0
         self._startup_failures = 0
         self._start_not_before = 0.0
         self._next_memory_poll = 0.0
@@ -285,6 +291,7 @@ class Supervisor:
         try:
             self._start_guardian()
             self.engine.reap_expired()
+            flow.push_limits(self.engine, list(self.queue.tasks.values()))
             self._top_up_workers(time.monotonic())
             self._loop()
         finally:
@@ -323,11 +330,15 @@ class Supervisor:
                     self._heartbeat(now)
                 if now >= self._next_poll:
                     self._poll_changes(now)
+                if now >= self._next_fire:
+                    self._fire_schedules(now)
                 if self._next_wakeup is not None and now >= self._next_wakeup:
-                    # An eta came (claim it) or a lease ran out (reap it).
+                    # An eta came (claim it), a lease ran out (reap it), a limit
+                    # refilled (claim) or a job expired.
                     self._next_wakeup = None
                     self._want_claim = True
                     self.engine.reap_expired()
+                    self.engine.expire_due(HOUSEKEEPING_BATCH)
                 self._claim_and_dispatch(now)
                 if self.until_idle and self._nothing_left():
                     self.stop()
@@ -361,6 +372,7 @@ class Supervisor:
         else:
             candidates.append(self._next_heartbeat)
             candidates.append(self._next_poll)
+            candidates.append(self._next_fire)
             if self._next_wakeup is not None:
                 candidates.append(self._next_wakeup)
         if not self._stop_requests and len(self._workers) < self.processes + SPARE_WORKERS:
@@ -451,6 +463,7 @@ class Supervisor:
             return
         self._data_version = version
         self._want_claim = True
+        self._next_fire = min(self._next_fire, now)  # A schedule may have been added.
         if self._busy_workers():
             for job_id, token in self.engine.cancel_requests(self.owner):
                 self._cancel(job_id, token)
@@ -465,6 +478,18 @@ class Supervisor:
                         self._cancel(job_id, w.running.job.token)
         if self.engine.reap_expired():
             self._want_claim = True
+        self.engine.expire_due(HOUSEKEEPING_BATCH)
+        self.engine.purge_expired_results(HOUSEKEEPING_BATCH)
+
+    def _fire_schedules(self, now: float) -> None:
+        """Fire the due schedules, then sleep until the next fire (or a change)."""
+        if schedule.fire_due(self.engine, self.queue, self.owner):
+            self._want_claim = True
+        self._next_fire = now + 3600.0
+        next_ms = self.engine.next_fire_ms()
+        if next_ms is not None:
+            delay = max(0.0, (next_ms - self.engine.now_ms()) / 1000)
+            self._next_fire = min(self._next_fire, time.monotonic() + delay)
 
     def _cancel(self, job_id: int, token: int) -> None:
         for w in self._busy_workers():

@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
 from ._core import NewJob
 from .errors import InvalidOptionError
+from .flow import (
+    CircuitBreaker,
+    check_when_limited,
+    ensure_limits_pushed,
+    unique_key_of,
+    validate_flow_options,
+)
+from .schedule import Schedulable
 from .serialization import dumps_call
 
 if TYPE_CHECKING:
@@ -68,6 +76,13 @@ class TaskOptions:
     cancel_grace: float = 0.0
     memory_limit_mb: float | None = None
     store_result: bool = True
+    # Flow control (see flow.py): enforced by the engine across all supervisors.
+    rate_limit: str | None = None
+    concurrency: int | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    when_limited: str = "wait"
+    unique: bool = False
+    expires: float | None = None
 
     def validated(self) -> TaskOptions:
         """Return self, or raise InvalidOptionError naming the first wrong option."""
@@ -103,6 +118,9 @@ class TaskOptions:
             for cls in getattr(self, option):
                 if not (isinstance(cls, type) and issubclass(cls, BaseException)):
                     raise InvalidOptionError(f"{option} must hold exception classes, got {cls!r}")
+        if self.expires is not None:
+            _check_seconds("expires", self.expires, allow_zero=False)
+        validate_flow_options(self)
         return self
 
     def should_retry(self, exc: BaseException) -> bool:
@@ -160,9 +178,12 @@ class CallOptions:
     timeout: float | None = None
     max_retries: int | None = None
     labels: dict[str, Any] | None = None
+    """Reach the task's context and the job's outcome (and label a schedule made with these options)."""
+    unique_key: str | None = None
+    depends_on: tuple[Job, ...] = ()
 
 
-class Task(Generic[P, R]):
+class Task(Schedulable, Generic[P, R]):
     """A function registered with a :class:`~stoker.Queue`.
 
     Call it to run the function in this process; ``delay`` to run it in the
@@ -209,6 +230,11 @@ class Task(Generic[P, R]):
         eta: float | None = None,
         timeout: float | None = None,
         max_retries: int | None = None,
+        unique: bool | None = None,
+        unique_key: str | None = None,
+        expires: float | None = None,
+        depends_on: Iterable[Job] | None = None,
+        when_limited: str | None = None,
         labels: dict[str, Any] | None = None,
     ) -> Sender[P, R]:
         """Override options for the calls sent through the returned :class:`Sender`.
@@ -216,16 +242,35 @@ class Task(Generic[P, R]):
         ``delay`` is in seconds from now; ``eta`` a Unix timestamp in seconds;
         ``labels`` (JSON-serialisable values) reach the task's context and the
         job's outcome.
+        ``unique_key`` (or ``unique=True``: the task name and a hash of the
+        arguments) returns the live job with that key instead of a new one;
+        ``expires`` (seconds) ends a job not started by then as ``expired``;
+        ``depends_on`` makes the job wait until those jobs complete;
+        ``when_limited="fail"`` makes a send over a rate limit or an open
+        breaker raise instead of waiting.
         """
         if labels is not None:
             _check_labels(labels)
-        call = CallOptions(priority, queue, delay, eta, timeout, max_retries, labels)
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise InvalidOptionError(f"unique_key must be a non-empty str, got {unique_key!r}")
+        if when_limited is not None:
+            check_when_limited(when_limited)
+        deps = tuple(depends_on or ())
+        for dep in deps:
+            if not hasattr(dep, "id") or not isinstance(dep.id, int):
+                raise InvalidOptionError(f"depends_on must hold Jobs, got {dep!r}")
+        call = CallOptions(
+            priority, queue, delay, eta, timeout, max_retries, labels=labels, unique_key=unique_key, depends_on=deps
+        )
         merged = replace(
             self.options_,
             priority=self.options_.priority if priority is None else priority,
             queue=self.options_.queue if queue is None else queue,
             timeout=self.options_.timeout if timeout is None else timeout,
             max_retries=self.options_.max_retries if max_retries is None else max_retries,
+            unique=self.options_.unique if unique is None else unique,
+            expires=self.options_.expires if expires is None else expires,
+            when_limited=self.options_.when_limited if when_limited is None else when_limited,
         ).validated()
         if delay is not None:
             _check_seconds("delay", delay, allow_zero=True)
@@ -250,7 +295,12 @@ class Task(Generic[P, R]):
         labels: dict[str, Any] | None = None,
     ) -> NewJob:
         opts = options or self.options_
-        payload = self.queue._seal(dumps_call(self.name, self.func, args, kwargs))
+        arguments = dumps_call(self.name, self.func, args, kwargs)
+        # The uniqueness key hashes the arguments, not the signed bytes.
+        unique_key = call.unique_key or (unique_key_of(opts.name, arguments) if opts.unique else None)
+        payload = self.queue._seal(arguments)
+        if opts.when_limited == "fail":
+            ensure_limits_pushed(self.queue, self)
         return NewJob(
             opts.name,
             payload,
@@ -266,10 +316,17 @@ class Task(Generic[P, R]):
             eta_ms=_ms(call.eta),
             result_ttl_ms=_ms(opts.result_ttl),
             labels=json.dumps(labels, sort_keys=True) if labels else None,
+            unique_key=unique_key,
+            expires_after_ms=_ms(opts.expires),
+            depends_on=[job.id for job in call.depends_on],
+            fail_when_limited=opts.when_limited == "fail",
         )
 
+    def _schedule_parts(self) -> tuple[Task[Any, Any], TaskOptions, CallOptions]:
+        return self, self.options_, CallOptions()
 
-class Sender(Generic[P, R]):
+
+class Sender(Schedulable, Generic[P, R]):
     """Sends calls of a task with per-call options (see :meth:`Task.options`)."""
 
     def __init__(self, task: Task[P, R], options: TaskOptions, call: CallOptions) -> None:
@@ -292,6 +349,9 @@ class Sender(Generic[P, R]):
         return self.task.queue._send_many(
             [(self.task, self._options, self._call, tuple(a), {}) for a in calls]
         )
+
+    def _schedule_parts(self) -> tuple[Task[Any, Any], TaskOptions, CallOptions]:
+        return self.task, self._options, self._call
 
 
 def _check_labels(labels: object) -> None:

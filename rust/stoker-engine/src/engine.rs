@@ -20,7 +20,7 @@ use crate::storage::Storage;
 /// Durable job state and scheduling; see the crate documentation.
 #[derive(Debug)]
 pub struct Engine {
-    storage: Box<dyn Storage>,
+    pub(crate) storage: Box<dyn Storage>,
     clock: Arc<dyn Clock>,
     rng: Mutex<fastrand::Rng>,
 }
@@ -218,7 +218,8 @@ impl Engine {
         self.storage.stale_outcomes(limit)
     }
 
-    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    /// The earliest eta of a scheduled job, lease deadline of a running job,
+    /// expiry of a job not started, or time a limit lets a held-back job run.
     pub fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError> {
         self.storage.next_wakeup_ms()
     }
@@ -228,7 +229,8 @@ impl Engine {
         self.storage.data_version()
     }
 
-    /// Drops up to `limit` expired results; how many.
+    /// Drops the results and error histories of up to `limit` finished jobs
+    /// past their retention (`result_ttl_ms` after they finished); how many.
     pub fn purge_expired_results(&self, limit: usize) -> Result<usize, EngineError> {
         self.storage.purge_expired_results(limit, self.now_ms())
     }

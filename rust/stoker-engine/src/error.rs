@@ -60,6 +60,31 @@ pub enum EngineError {
     /// says what failed.
     #[error("{0}")]
     Storage(String),
+
+    // --- flow control and schedules (see `flow.rs`, `schedule.rs`) ---
+    /// An enqueue that asked to fail rather than wait found no token in a rate
+    /// limit (`key` is `task:NAME` or `queue:NAME`).
+    #[error("rate limit of {key} exceeded; the next token comes in {retry_after_ms} ms")]
+    RateLimited {
+        /// The limit that had no token.
+        key: String,
+        /// How long until it has one.
+        retry_after_ms: i64,
+    },
+
+    /// An enqueue that asked to fail rather than wait found the task's circuit
+    /// breaker open.
+    #[error("the circuit breaker of task {task_name} is open until {open_until_ms} ms")]
+    BreakerOpen {
+        /// The task whose breaker is open.
+        task_name: String,
+        /// When it lets a probe through.
+        open_until_ms: i64,
+    },
+
+    /// No schedule has this id.
+    #[error("no schedule with id {0}")]
+    ScheduleNotFound(i64),
 }
 
 impl EngineError {

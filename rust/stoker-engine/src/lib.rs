@@ -13,16 +13,22 @@
 pub mod clock;
 pub mod engine;
 pub mod error;
+pub mod flow;
 pub mod model;
 pub mod retry;
+pub mod schedule;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
 pub use error::EngineError;
+pub use flow::{BreakerConfig, BreakerState, LimitScope, LimitState, Limits, RateLimit};
 pub use model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
+};
+pub use schedule::{
+    FireOutcome, FireRecord, MissedFires, NewSchedule, ScheduleRecord, ScheduleSpec, Verdict,
 };
 pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
 pub use storage::Storage;

@@ -27,17 +27,23 @@ pub enum Status {
     Dead,
     /// Cancelled before it finished.
     Cancelled,
+    /// Still pending when its expiry passed: it never ran and never will.
+    Expired,
+    /// Waiting for the jobs it depends on to complete.
+    Waiting,
 }
 
 impl Status {
     /// Every status, in the order of their codes.
-    pub const ALL: [Status; 6] = [
+    pub const ALL: [Status; 8] = [
         Status::Pending,
         Status::Scheduled,
         Status::Running,
         Status::Complete,
         Status::Dead,
         Status::Cancelled,
+        Status::Expired,
+        Status::Waiting,
     ];
 
     /// The name of the status, as the Python API shows it.
@@ -49,6 +55,8 @@ impl Status {
             Status::Complete => "complete",
             Status::Dead => "dead",
             Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+            Status::Waiting => "waiting",
         }
     }
 
@@ -63,6 +71,8 @@ impl Status {
             Status::Complete => 3,
             Status::Dead => 4,
             Status::Cancelled => 5,
+            Status::Expired => 6,
+            Status::Waiting => 7,
         }
     }
 
@@ -75,6 +85,8 @@ impl Status {
             3 => Some(Status::Complete),
             4 => Some(Status::Dead),
             5 => Some(Status::Cancelled),
+            6 => Some(Status::Expired),
+            7 => Some(Status::Waiting),
             _ => None,
         }
     }
@@ -96,7 +108,10 @@ impl Status {
 
     /// Whether the status is final (complete, dead, cancelled).
     pub const fn is_terminal(self) -> bool {
-        matches!(self, Status::Complete | Status::Dead | Status::Cancelled)
+        matches!(
+            self,
+            Status::Complete | Status::Dead | Status::Cancelled | Status::Expired
+        )
     }
 }
 
@@ -238,10 +253,25 @@ pub struct NewJob {
     pub delay_ms: i64,
     /// Run no sooner than this time (exclusive with `delay_ms`).
     pub eta_ms: Option<i64>,
-    /// Keep the result this long after completion, if set; forever otherwise.
+    /// Keep the result and the error history this long after the job
+    /// finished, if set; forever otherwise.
     pub result_ttl_ms: Option<i64>,
     /// The caller's labels, as JSON text the engine stores and returns unread.
     pub labels: Option<String>,
+    // --- flow control (see `flow.rs`) ---
+    /// While a job with this key is waiting, pending, scheduled or running,
+    /// enqueueing another one with the same key returns the existing job.
+    pub unique_key: Option<String>,
+    /// A job still waiting, pending or scheduled this long after enqueue
+    /// ends expired instead of running.
+    pub expires_after_ms: Option<i64>,
+    /// Jobs that must complete before this one runs; if one of them ends
+    /// dead, cancelled or expired, this job ends dead.
+    pub depends_on: Vec<i64>,
+    /// When the task's or queue's rate limit has no token or the task's
+    /// circuit breaker is open, refuse the enqueue instead of letting the job
+    /// wait.
+    pub fail_when_limited: bool,
 }
 
 impl NewJob {
@@ -275,6 +305,10 @@ impl NewJob {
             eta_ms: None,
             result_ttl_ms: None,
             labels: None,
+            unique_key: None,
+            expires_after_ms: None,
+            depends_on: Vec::new(),
+            fail_when_limited: false,
         }
     }
 
@@ -327,7 +361,7 @@ impl NewJob {
         if let Some(ttl) = self.result_ttl_ms {
             check_duration("result_ttl_ms", ttl)?;
         }
-        Ok(())
+        crate::flow::validate_job(self)
     }
 
     /// When the job first becomes runnable, if enqueued at `now_ms`.
@@ -425,6 +459,10 @@ pub struct JobRecord {
     pub progress: Option<String>,
     /// The resources the latest finished attempt used (JSON text).
     pub usage: Option<String>,
+    /// The uniqueness key it was sent with.
+    pub unique_key: Option<String>,
+    /// When it expires if it has not started by then.
+    pub expires_ms: Option<i64>,
 }
 
 /// One failed attempt in a job's history.

@@ -357,6 +357,7 @@ fn replay_makes_a_new_job_with_the_same_options() {
         eta_ms: None,
         result_ttl_ms: Some(999),
         labels: Some(r#"{"k": "v"}"#.to_owned()),
+        ..NewJob::new("mod.task", b"args".to_vec())
     };
     let id = fx.enqueue_one(original);
     assert!(matches!(

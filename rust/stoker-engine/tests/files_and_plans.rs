@@ -291,7 +291,8 @@ fn enqueue_validation_names_the_option_and_value() {
 fn hot_statements_use_indexes_without_scans_or_sorts() {
     let dir = TempDir::new();
     let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
-    for (name, sql) in HOT_STATEMENTS {
+    let flow = stoker_engine::storage::sqlite_flow::HOT_STATEMENTS;
+    for (name, sql) in HOT_STATEMENTS.iter().chain(flow) {
         let plan = storage.explain_query_plan(sql).unwrap();
         let text = plan.join(" | ");
         println!("{name}: {text}");

@@ -479,7 +479,7 @@ fn stats_count_every_status() {
         .into_iter()
         .map(|(_, count)| count)
         .collect();
-    assert_eq!(stats, vec![1, 1, 1, 1, 0, 1]);
+    assert_eq!(stats, vec![1, 1, 1, 1, 0, 1, 0, 0]);
 }
 
 #[test]

@@ -12,9 +12,12 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
-use stoker_engine::{Clock, EngineError, ManualClock, SystemClock};
+use stoker_engine::{
+    Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule, SystemClock,
+};
 
 use crate::errors::OrRaise;
+use crate::flow::{self, LimitState, Schedule, ScheduleFire};
 use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 
 /// Durable job state over one SQLite database file (WAL mode).
@@ -326,7 +329,7 @@ impl Engine {
             .collect())
     }
 
-    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    /// The earliest eta, lease deadline, expiry, or time a limit lets a held-back job run.
     fn next_wakeup_ms(&self, py: Python<'_>) -> PyResult<Option<i64>> {
         let engine = &self.engine;
         py.detach(|| engine.next_wakeup_ms()).or_raise(py)
@@ -338,7 +341,7 @@ impl Engine {
         py.detach(|| engine.data_version()).or_raise(py)
     }
 
-    /// Drop results past their expiry, at most ``limit``; returns how many.
+    /// Drop the results and error histories of finished jobs past their retention.
     #[pyo3(signature = (limit = 1000))]
     fn purge_expired_results(&self, py: Python<'_>, limit: i64) -> PyResult<usize> {
         let limit = count("limit", limit).or_raise(py)?;
@@ -403,6 +406,202 @@ impl Engine {
         let engine = &self.engine;
         py.detach(|| engine.purge_jobs(&statuses, older_than_ms, limit))
             .or_raise(py)
+    }
+
+    // --- flow control and schedules (value classes and conversions in flow.rs) ---
+
+    /// Set (or, with no limit given, remove) the limits of a task or queue.
+    #[pyo3(signature = (scope, name, *, rate = None, concurrency = None, breaker = None))]
+    fn set_limits(
+        &self,
+        py: Python<'_>,
+        scope: &str,
+        name: &str,
+        rate: Option<(i64, i64, i64)>,
+        concurrency: Option<i64>,
+        breaker: Option<(i64, i64, i64)>,
+    ) -> PyResult<()> {
+        let scope = LimitScope::parse(scope).or_raise(py)?;
+        let limits = flow::limits(rate, concurrency, breaker);
+        let engine = &self.engine;
+        py.detach(|| engine.set_limits(scope, name, &limits))
+            .or_raise(py)
+    }
+
+    /// Every limit with its state now, by key.
+    fn limits(&self, py: Python<'_>) -> PyResult<Vec<LimitState>> {
+        let engine = &self.engine;
+        let states = py.detach(|| engine.limits()).or_raise(py)?;
+        Ok(states
+            .into_iter()
+            .map(|inner| LimitState { inner })
+            .collect())
+    }
+
+    /// End as expired up to ``limit`` jobs whose expiry passed; their ids.
+    #[pyo3(signature = (limit = 1000))]
+    fn expire_due(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<i64>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        py.detach(|| engine.expire_due(limit)).or_raise(py)
+    }
+
+    /// ``(job_id, status)`` of the jobs a job depends on, in the order given.
+    fn dependencies(&self, py: Python<'_>, job_id: i64) -> PyResult<Vec<(i64, &'static str)>> {
+        let engine = &self.engine;
+        let deps = py.detach(|| engine.dependencies(job_id)).or_raise(py)?;
+        Ok(deps
+            .into_iter()
+            .map(|(id, status)| (id, status.as_str()))
+            .collect())
+    }
+
+    /// Create a schedule that enqueues ``job`` (or update the one named ``name``).
+    #[pyo3(signature = (
+        job,
+        *,
+        kind,
+        cron = None,
+        timezone = "UTC",
+        every_ms = None,
+        at_ms = None,
+        name = None,
+        missed = "skip",
+        source = None,
+        labels = "",
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_schedule(
+        &self,
+        py: Python<'_>,
+        job: Bound<'_, NewJob>,
+        kind: &str,
+        cron: Option<String>,
+        timezone: &str,
+        every_ms: Option<i64>,
+        at_ms: Option<i64>,
+        name: Option<String>,
+        missed: &str,
+        source: Option<String>,
+        labels: &str,
+    ) -> PyResult<i64> {
+        let schedule = NewSchedule {
+            name,
+            spec: flow::spec(kind, cron, timezone.to_owned(), every_ms, at_ms).or_raise(py)?,
+            job: job.get().inner.clone(),
+            missed: MissedFires::parse(missed).or_raise(py)?,
+            source,
+            labels: labels.to_owned(),
+        };
+        let engine = &self.engine;
+        py.detach(|| engine.create_schedule(&schedule)).or_raise(py)
+    }
+
+    /// Every schedule, by id.
+    fn schedules(&self, py: Python<'_>) -> PyResult<Vec<Schedule>> {
+        let engine = &self.engine;
+        let schedules = py.detach(|| engine.schedules()).or_raise(py)?;
+        Ok(schedules
+            .into_iter()
+            .map(|inner| Schedule { inner })
+            .collect())
+    }
+
+    /// One schedule; ``ScheduleNotFoundError`` if there is none.
+    fn get_schedule(&self, py: Python<'_>, schedule_id: i64) -> PyResult<Schedule> {
+        let engine = &self.engine;
+        let inner = py
+            .detach(|| engine.get_schedule(schedule_id))
+            .or_raise(py)?;
+        Ok(Schedule { inner })
+    }
+
+    /// Pause (or, with ``paused=False``, resume) a schedule.
+    #[pyo3(signature = (schedule_id, paused = true))]
+    fn pause_schedule(&self, py: Python<'_>, schedule_id: i64, paused: bool) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.set_schedule_paused(schedule_id, paused))
+            .or_raise(py)
+    }
+
+    /// Delete a schedule and its fire records; False if there was none.
+    fn delete_schedule(&self, py: Python<'_>, schedule_id: i64) -> PyResult<bool> {
+        let engine = &self.engine;
+        py.detach(|| engine.delete_schedule(schedule_id))
+            .or_raise(py)
+    }
+
+    /// Schedules whose next fire has come (not paused), earliest first.
+    #[pyo3(signature = (limit = 100))]
+    fn due_schedules(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<Schedule>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let due = py.detach(|| engine.due_schedules(limit)).or_raise(py)?;
+        Ok(due.into_iter().map(|inner| Schedule { inner }).collect())
+    }
+
+    /// Fire the schedule's fire due at ``fire_ms``, unless vetoed.
+    #[pyo3(signature = (schedule_id, fire_ms, *, owner, veto = None, error = None))]
+    fn fire_schedule(
+        &self,
+        py: Python<'_>,
+        schedule_id: i64,
+        fire_ms: i64,
+        owner: &str,
+        veto: Option<String>,
+        error: Option<String>,
+    ) -> PyResult<(&'static str, Option<i64>)> {
+        let verdict = flow::verdict(veto, error).or_raise(py)?;
+        let engine = &self.engine;
+        let outcome = py
+            .detach(|| engine.fire_schedule(schedule_id, fire_ms, &verdict, owner))
+            .or_raise(py)?;
+        Ok(flow::outcome(outcome))
+    }
+
+    /// Fire every due schedule that has no source.
+    #[pyo3(signature = (owner, limit = 100))]
+    fn fire_due(
+        &self,
+        py: Python<'_>,
+        owner: &str,
+        limit: i64,
+    ) -> PyResult<Vec<(i64, &'static str, Option<i64>)>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let fired = py.detach(|| engine.fire_due(limit, owner)).or_raise(py)?;
+        Ok(fired
+            .into_iter()
+            .map(|(id, outcome)| {
+                let (name, job_id) = flow::outcome(outcome);
+                (id, name, job_id)
+            })
+            .collect())
+    }
+
+    /// The fire records of a schedule, newest first.
+    #[pyo3(signature = (schedule_id, limit = 100))]
+    fn schedule_fires(
+        &self,
+        py: Python<'_>,
+        schedule_id: i64,
+        limit: i64,
+    ) -> PyResult<Vec<ScheduleFire>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        let fires = py
+            .detach(|| engine.schedule_fires(schedule_id, limit))
+            .or_raise(py)?;
+        Ok(fires
+            .into_iter()
+            .map(|inner| ScheduleFire { inner })
+            .collect())
+    }
+
+    /// The earliest next fire of a schedule that is not paused.
+    fn next_fire_ms(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        let engine = &self.engine;
+        py.detach(|| engine.next_fire_ms()).or_raise(py)
     }
 
     fn __repr__(&self) -> String {

@@ -47,6 +47,15 @@ fn build(py: Python<'_>, error: EngineError) -> PyResult<PyErr> {
         } => class("JobStateError")?.call1((job_id, status, operation))?,
         EngineError::Busy(message) => class("StorageBusyError")?.call1((message,))?,
         EngineError::Storage(message) => class("StorageError")?.call1((message,))?,
+        EngineError::RateLimited {
+            key,
+            retry_after_ms,
+        } => class("RateLimitExceededError")?.call1((key, retry_after_ms as f64 / 1000.0))?,
+        EngineError::BreakerOpen {
+            task_name,
+            open_until_ms,
+        } => class("CircuitBreakerOpenError")?.call1((task_name, open_until_ms as f64 / 1000.0))?,
+        EngineError::ScheduleNotFound(id) => class("ScheduleNotFoundError")?.call1((id,))?,
     };
     Ok(PyErr::from_value(instance))
 }

@@ -7,6 +7,7 @@
 
 mod engine;
 mod errors;
+mod flow;
 mod types;
 
 use pyo3::prelude::*;
@@ -20,6 +21,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::JobRecord>()?;
     m.add_class::<types::ErrorRecord>()?;
     m.add_class::<types::StaleOutcome>()?;
+    m.add_class::<flow::Schedule>()?;
+    m.add_class::<flow::ScheduleFire>()?;
+    m.add_class::<flow::LimitState>()?;
     m.add_class::<engine::Engine>()?;
     Ok(())
 }

@@ -46,6 +46,10 @@ impl NewJob {
         eta_ms = None,
         result_ttl_ms = None,
         labels = None,
+        unique_key = None,
+        expires_after_ms = None,
+        depends_on = None,
+        fail_when_limited = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -64,6 +68,10 @@ impl NewJob {
         eta_ms: Option<i64>,
         result_ttl_ms: Option<i64>,
         labels: Option<String>,
+        unique_key: Option<String>,
+        expires_after_ms: Option<i64>,
+        depends_on: Option<Vec<i64>>,
+        fail_when_limited: bool,
     ) -> PyResult<Self> {
         let inner = model::NewJob {
             task_name,
@@ -80,6 +88,10 @@ impl NewJob {
             eta_ms,
             result_ttl_ms,
             labels,
+            unique_key,
+            expires_after_ms,
+            depends_on: depends_on.unwrap_or_default(),
+            fail_when_limited,
         };
         inner.validate().or_raise(py)?;
         Ok(Self { inner })
@@ -206,7 +218,7 @@ impl JobRecord {
         self.inner.priority
     }
 
-    /// One of pending, scheduled, running, complete, dead, cancelled.
+    /// One of pending, scheduled, running, complete, dead, cancelled, expired, waiting.
     #[getter]
     fn status(&self) -> &'static str {
         self.inner.status.as_str()
@@ -338,6 +350,17 @@ impl JobRecord {
     #[getter]
     fn usage(&self) -> Option<&str> {
         self.inner.usage.as_deref()
+    }
+
+    #[getter]
+    fn unique_key(&self) -> Option<&str> {
+        self.inner.unique_key.as_deref()
+    }
+
+    /// When the job expires if it has not started by then.
+    #[getter]
+    fn expires_ms(&self) -> Option<i64> {
+        self.inner.expires_ms
     }
 
     fn __repr__(&self) -> String {

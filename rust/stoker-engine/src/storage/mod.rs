@@ -12,7 +12,9 @@
 //! Implementations take `&self` and synchronise internally (a connection behind
 //! a mutex, or a pool), so one storage can serve many threads.
 
+pub mod flow_storage;
 pub mod sqlite;
+pub mod sqlite_flow;
 
 use crate::error::EngineError;
 use crate::model::{
@@ -24,8 +26,11 @@ use crate::model::{
 pub type Jitter<'a> = &'a mut dyn FnMut() -> f64;
 
 /// Durable job state. See the module documentation for the contract every
-/// implementation keeps.
-pub trait Storage: std::fmt::Debug + Send + Sync {
+/// implementation keeps. Flow control and schedules are the supertraits'
+/// operations ([`flow_storage`]).
+pub trait Storage:
+    flow_storage::FlowStorage + flow_storage::ScheduleStorage + std::fmt::Debug + Send + Sync
+{
     /// Stores the jobs in one transaction and returns their ids in order. A job
     /// whose eta has come is pending, otherwise scheduled.
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError>;
@@ -118,7 +123,8 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
     /// Refused stale outcomes, most recent first.
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError>;
 
-    /// The earliest eta of a scheduled job or lease deadline of a running job.
+    /// The earliest eta of a scheduled job, lease deadline of a running job,
+    /// expiry of a job not started, or time a limit lets a held-back job run.
     fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError>;
 
     /// A number that changes whenever another connection commits.
@@ -154,5 +160,7 @@ pub trait Storage: std::fmt::Debug + Send + Sync {
 
     /// Drops up to `limit` results whose expiry is at or before `now_ms`;
     /// returns how many.
+    /// Drops the results and error histories of up to `limit` finished jobs
+    /// whose retention ended at or before `now_ms`; returns how many jobs.
     fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;
 }

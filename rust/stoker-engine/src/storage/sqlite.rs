@@ -27,13 +27,14 @@ use crate::model::{
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::retry::backoff_ms;
+use crate::storage::sqlite_flow;
 use crate::storage::{Jitter, Storage};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
 
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The exception type recorded for an attempt whose lease expired.
 pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
@@ -99,9 +100,8 @@ CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = 2;
 CREATE INDEX jobs_cancel_requests ON jobs (lease_owner) WHERE status = 2 AND cancel_requested = 1;
 -- The dead-letter queue, most recent first.
 CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = 4;
--- Results waiting for their expiry.
-CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms)
-    WHERE result IS NOT NULL AND result_expires_ms IS NOT NULL;
+-- Finished jobs whose result and error history wait for their retention to end.
+CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms) WHERE result_expires_ms IS NOT NULL;
 
 CREATE TABLE errors (
     id INTEGER PRIMARY KEY,
@@ -134,11 +134,12 @@ CREATE TABLE stale_outcomes (
 const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     result, result_expires_ms, replayed_from, labels, progress, usage";
+     result, result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
 
-const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
+pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
      max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
-     labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
+     unique_key, expires_ms, rate_prepaid, labels) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
 pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
@@ -179,12 +180,6 @@ pub const NEXT_ETA_SQL: &str = "SELECT eta_ms FROM jobs WHERE status = 1 ORDER B
 pub const NEXT_DEADLINE_SQL: &str =
     "SELECT lease_deadline_ms FROM jobs WHERE status = 2 ORDER BY lease_deadline_ms LIMIT 1";
 
-/// Results past their expiry, bounded.
-pub const PURGE_RESULTS_SQL: &str =
-    "UPDATE jobs SET result = NULL WHERE id IN (SELECT id FROM jobs \
-     WHERE result IS NOT NULL AND result_expires_ms IS NOT NULL AND result_expires_ms <= ?1 \
-     ORDER BY result_expires_ms LIMIT ?2)";
-
 /// The statements whose cost must not grow with the number of jobs, by name;
 /// tests check their query plans.
 pub const HOT_STATEMENTS: &[(&str, &str)] = &[
@@ -197,7 +192,6 @@ pub const HOT_STATEMENTS: &[(&str, &str)] = &[
     ("cancel_requests", CANCEL_REQUESTS_SQL),
     ("next_eta", NEXT_ETA_SQL),
     ("next_deadline", NEXT_DEADLINE_SQL),
-    ("purge_results", PURGE_RESULTS_SQL),
 ];
 
 impl From<rusqlite::Error> for EngineError {
@@ -320,6 +314,7 @@ impl SqliteStorage {
             // for the write lock, so look again under the lock.
             if let Identity::Empty = identify(&tx, &path)? {
                 tx.execute_batch(SCHEMA)?;
+                tx.execute_batch(sqlite_flow::SCHEMA)?;
                 tx.execute_batch(&format!(
                     "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
                 ))?;
@@ -329,13 +324,13 @@ impl SqliteStorage {
         Ok(())
     }
 
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while the lock was held dropped its transaction, which rolled
         // back, so the connection is still in a clean state.
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write<T>(
+    pub(crate) fn write<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
@@ -346,7 +341,7 @@ impl SqliteStorage {
         Ok(value)
     }
 
-    fn read<T>(
+    pub(crate) fn read<T>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
@@ -421,7 +416,7 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
     Ok(Identity::Empty)
 }
 
-fn status_from_code(code: i64, column: usize) -> rusqlite::Result<Status> {
+pub(crate) fn status_from_code(code: i64, column: usize) -> rusqlite::Result<Status> {
     Status::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, code))
 }
 
@@ -456,10 +451,12 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
         labels: row.get(26)?,
         progress: row.get(27)?,
         usage: row.get(28)?,
+        unique_key: row.get(29)?,
+        expires_ms: row.get(30)?,
     })
 }
 
-fn sql_limit(limit: usize) -> i64 {
+pub(crate) fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
@@ -567,6 +564,7 @@ fn fail_in(
     ])?;
     tx.prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
         .execute(params![job_id, report.usage])?;
+    sqlite_flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
     let (mut failures, mut crashes) = (state.failures, state.crashes);
     let (count, bound) = if report.kind.is_crash() {
         crashes += 1;
@@ -581,6 +579,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
         )?
         .execute(params![job_id, now_ms, failures, crashes, token])?;
+        sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
         Ok(FailOutcome::Cancelled)
     } else if report.retryable && count <= bound {
         let n = u32::try_from(count).unwrap_or(u32::MAX);
@@ -609,6 +608,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
         )?
         .execute(params![job_id, now_ms, failures, crashes, token])?;
+        sqlite_flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
         Ok(FailOutcome::Dead)
     }
 }
@@ -616,33 +616,9 @@ fn fail_in(
 impl Storage for SqliteStorage {
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError> {
         self.write(|tx| {
-            let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
             let mut ids = Vec::with_capacity(jobs.len());
             for job in jobs {
-                let eta_ms = job.eta_at(now_ms);
-                let status = if eta_ms <= now_ms {
-                    Status::Pending
-                } else {
-                    Status::Scheduled
-                };
-                insert.execute(params![
-                    job.task_name,
-                    job.queue,
-                    job.priority,
-                    job.payload,
-                    status.code(),
-                    job.max_retries,
-                    job.max_crashes,
-                    job.backoff_base_ms,
-                    job.backoff_cap_ms,
-                    job.jitter,
-                    job.timeout_ms,
-                    job.result_ttl_ms,
-                    now_ms,
-                    eta_ms,
-                    job.labels,
-                ])?;
-                ids.push(tx.last_insert_rowid());
+                ids.push(sqlite_flow::insert_job(tx, job, now_ms)?.0);
             }
             Ok(ids)
         })
@@ -662,6 +638,10 @@ impl Storage for SqliteStorage {
         self.write(|tx| {
             tx.prepare_cached(PROMOTE_DUE_SQL)?
                 .execute(params![now_ms, PROMOTE_BATCH])?;
+            // Expired jobs never run; limits decide which picked jobs are taken.
+            sqlite_flow::expire_due_in(tx, now_ms)?;
+            let mut gate = sqlite_flow::Gate::load(tx, now_ms)?;
+            let scan = gate.scan_limit(limit);
             // Each queue is read through its own slice of the partial index and
             // the slices are merged here: one ordered index range per queue is
             // cheap, while an IN over queues would need a sort.
@@ -670,7 +650,7 @@ impl Storage for SqliteStorage {
                 let mut pick = tx.prepare_cached(PICK_PENDING_SQL)?;
                 let unique: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
                 for queue in unique {
-                    let rows = pick.query_map(params![queue, sql_limit(limit)], |row| {
+                    let rows = pick.query_map(params![queue, sql_limit(scan)], |row| {
                         Ok((row.get(0)?, row.get(1)?))
                     })?;
                     for row in rows {
@@ -679,11 +659,17 @@ impl Storage for SqliteStorage {
                 }
             }
             picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            picked.truncate(limit);
+            picked.truncate(scan);
             let lease_deadline_ms = now_ms.saturating_add(lease_ms);
             let mut take = tx.prepare_cached(TAKE_SQL)?;
-            let mut claimed = Vec::with_capacity(picked.len());
+            let mut claimed = Vec::with_capacity(limit.min(picked.len()));
             for (_, id) in picked {
+                if claimed.len() >= limit {
+                    break;
+                }
+                if !gate.admit(tx, id)? {
+                    continue;
+                }
                 let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
                     let attempt: i64 = row.get(0)?;
                     Ok(ClaimedJob {
@@ -700,6 +686,7 @@ impl Storage for SqliteStorage {
                 })?;
                 claimed.push(job);
             }
+            gate.store(tx)?;
             Ok(claimed)
         })
     }
@@ -749,6 +736,8 @@ impl Storage for SqliteStorage {
                 ])?;
                 if changed == 0 {
                     refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
+                } else {
+                    sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
                 }
                 applied.push(changed > 0);
             }
@@ -775,11 +764,12 @@ impl Storage for SqliteStorage {
                 .optional()?
                 .ok_or(EngineError::NotFound(job_id))?;
             match status_from_code(code, 0)? {
-                Status::Pending | Status::Scheduled => {
+                Status::Pending | Status::Scheduled | Status::Waiting => {
                     tx.prepare_cached(
                         "UPDATE jobs SET status = 5, finished_ms = ?2 WHERE id = ?1",
                     )?
                     .execute(params![job_id, now_ms])?;
+                    sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
                     Ok(CancelOutcome::Cancelled)
                 }
                 Status::Running => {
@@ -810,6 +800,8 @@ impl Storage for SqliteStorage {
                 .execute(params![job_id, token, now_ms])?;
             if changed == 0 {
                 refuse_stale(tx, job_id, token, "cancel", now_ms)?;
+            } else {
+                sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
             }
             Ok(changed > 0)
         })
@@ -824,13 +816,18 @@ impl Storage for SqliteStorage {
                     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
                      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
                      eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
-                     WHERE id = ?1 AND attempt = ?2 AND status = 2",
+                     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status",
                 )?
-                .execute(params![job_id, token, now_ms])?;
-            if changed == 0 {
-                refuse_stale(tx, job_id, token, "requeue", now_ms)?;
+                .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+                .optional()?;
+            match changed {
+                None => refuse_stale(tx, job_id, token, "requeue", now_ms)?,
+                Some(code) if code == Status::Cancelled.code() => {
+                    sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+                }
+                Some(_) => {}
             }
-            Ok(changed > 0)
+            Ok(changed.is_some())
         })
     }
 
@@ -1009,10 +1006,8 @@ impl Storage for SqliteStorage {
                 .prepare_cached(NEXT_DEADLINE_SQL)?
                 .query_row([], |row| row.get(0))
                 .optional()?;
-            Ok(match (eta, deadline) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            })
+            let flow = sqlite_flow::next_flow_wakeup(tx)?;
+            Ok([eta, deadline, flow].into_iter().flatten().min())
         })
     }
 
@@ -1113,11 +1108,7 @@ impl Storage for SqliteStorage {
         if limit == 0 {
             return Ok(0);
         }
-        self.write(|tx| {
-            Ok(tx
-                .prepare_cached(PURGE_RESULTS_SQL)?
-                .execute(params![now_ms, sql_limit(limit)])?)
-        })
+        self.write(|tx| sqlite_flow::purge_retention_in(tx, sql_limit(limit), now_ms))
     }
 }
 
@@ -1129,7 +1120,7 @@ mod tests {
     #[test]
     fn status_codes_match_the_sql_literals() {
         let codes: Vec<i64> = Status::ALL.iter().map(|status| status.code()).collect();
-        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(codes, vec![0, 1, 2, 3, 4, 5, 6, 7]);
         for status in Status::ALL {
             assert_eq!(Status::from_code(status.code()), Some(status));
         }

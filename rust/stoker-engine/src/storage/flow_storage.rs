@@ -1,0 +1,76 @@
+//! The storage operations of flow control and schedules, as two traits that
+//! every [`super::Storage`] also implements.
+//!
+//! Like the job operations, each one runs as one transaction and takes the
+//! current time as an argument. Claims, enqueues and the transitions that
+//! finish a job consult the same state inside their own transactions (see
+//! `flow.rs`); these are the operations that manage it.
+
+use crate::error::EngineError;
+use crate::flow::{LimitState, Limits};
+use crate::model::Status;
+use crate::schedule::{FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict};
+
+/// Limits, expiry and dependencies.
+pub trait FlowStorage {
+    /// Sets the limits under `key` (`task:NAME` or `queue:NAME`); empty
+    /// limits remove the row and its state.
+    fn set_limits(&self, key: &str, limits: &Limits, now_ms: i64) -> Result<(), EngineError>;
+
+    /// Every limit with its state at `now_ms`, by key.
+    fn limits(&self, now_ms: i64) -> Result<Vec<LimitState>, EngineError>;
+
+    /// Ends as expired up to `limit` not-yet-started jobs whose expiry is at
+    /// or before `now_ms`, earliest first; their ids.
+    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError>;
+
+    /// The jobs `job_id` depends on, in the order given, with their statuses.
+    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError>;
+}
+
+/// Durable schedules.
+pub trait ScheduleStorage {
+    /// Stores a schedule whose first fire is `first_fire_ms`, or updates the
+    /// schedule with the same name (keeping its next fire when its timing did
+    /// not change); its id.
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError>;
+
+    /// Every schedule, by id.
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError>;
+
+    /// One schedule.
+    fn get_schedule(&self, id: i64) -> Result<ScheduleRecord, EngineError>;
+
+    /// Pauses or resumes a schedule.
+    fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), EngineError>;
+
+    /// Deletes a schedule and its fire records; false if there was none.
+    fn delete_schedule(&self, id: i64) -> Result<bool, EngineError>;
+
+    /// Schedules not paused whose next fire is at or before `now_ms`.
+    fn due_schedules(&self, limit: usize, now_ms: i64) -> Result<Vec<ScheduleRecord>, EngineError>;
+
+    /// In one transaction: if the schedule's next fire is still `fire_ms`,
+    /// moves it to the planned next fire and, by the verdict and the
+    /// missed-fire policy, enqueues the template's job; records the fire.
+    fn fire_schedule(
+        &self,
+        id: i64,
+        fire_ms: i64,
+        verdict: &Verdict,
+        planner: Planner<'_>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<FireOutcome, EngineError>;
+
+    /// A schedule's fire records, newest first.
+    fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError>;
+
+    /// The earliest next fire of a schedule that is not paused.
+    fn next_fire_ms(&self) -> Result<Option<i64>, EngineError>;
+}

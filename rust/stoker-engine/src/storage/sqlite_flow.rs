@@ -1,0 +1,1197 @@
+//! The SQLite side of flow control and schedules (see `flow.rs` and
+//! `schedule.rs` for the rules): its part of the schema, the helpers the job
+//! transitions of `sqlite.rs` call inside their transactions, and the
+//! [`FlowStorage`] and [`ScheduleStorage`] operations.
+//!
+//! The helpers, and where they are called:
+//! - [`insert_job`] (enqueue, schedule fires): uniqueness keys, send-time
+//!   limits, dependencies, expiry.
+//! - [`expire_due_in`] and [`Gate`] (claim): expired jobs never run; rate,
+//!   concurrency and breaker limits decide which picked jobs are taken.
+//! - [`on_completed`], [`on_attempt_failed`], [`on_finished`] (complete, fail,
+//!   cancel, finish_cancelled, requeue, expiry): breaker outcomes, resolution
+//!   of dependent jobs, and the retention deadline of finished jobs.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rusqlite::{params, OptionalExtension, Row, Transaction};
+
+use crate::error::EngineError;
+use crate::flow::{
+    BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
+    TOKEN_SCALE,
+};
+use crate::model::{FailureKind, NewJob, Status};
+use crate::schedule::{
+    FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
+    Verdict, FIRE_LOG_KEEP,
+};
+use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
+use crate::storage::sqlite::{sql_limit, status_from_code, SqliteStorage, INSERT_JOB_SQL};
+
+/// The flow-control and schedule part of the schema, run right after the job
+/// schema of `sqlite.rs` when a database is created. The flow columns of
+/// `jobs` are added here, so that the job table's own definition stays as the
+/// job life needs it.
+pub const SCHEMA: &str = "
+ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+ALTER TABLE jobs ADD COLUMN expires_ms INTEGER;
+-- 1 when the job took its rate-limit tokens at enqueue (fail_when_limited).
+ALTER TABLE jobs ADD COLUMN rate_prepaid INTEGER NOT NULL DEFAULT 0;
+
+-- At most one live job per uniqueness key (waiting, pending, scheduled, running).
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (0, 1, 2, 7);
+-- Expiry of jobs that have not started.
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7);
+-- Running jobs per task, for concurrency limits and breaker probes.
+CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = 2;
+
+-- Dependencies: job_id waits for dep_id. Kept after they resolve, as history.
+CREATE TABLE job_deps (
+    job_id INTEGER NOT NULL REFERENCES jobs (id),
+    dep_id INTEGER NOT NULL REFERENCES jobs (id),
+    position INTEGER NOT NULL,
+    PRIMARY KEY (job_id, dep_id)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX job_deps_dep ON job_deps (dep_id);
+
+-- Limits of tasks and queues, with their token buckets and breaker state.
+CREATE TABLE flow_limits (
+    key TEXT PRIMARY KEY,
+    rate_count INTEGER,
+    rate_per_ms INTEGER,
+    burst INTEGER,
+    tokens INTEGER NOT NULL DEFAULT 0,
+    refilled_ms INTEGER NOT NULL DEFAULT 0,
+    concurrency INTEGER,
+    breaker_failures INTEGER,
+    breaker_window_ms INTEGER,
+    breaker_cooldown_ms INTEGER,
+    breaker_state INTEGER NOT NULL DEFAULT 0,
+    open_until_ms INTEGER,
+    -- When a job this limit held back may run: a wake-up hint.
+    wake_ms INTEGER
+) STRICT;
+
+-- Counted failures of tasks with a breaker, within the breaker's window.
+CREATE TABLE flow_failures (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+) STRICT;
+CREATE INDEX flow_failures_key ON flow_failures (key, at_ms);
+
+CREATE TABLE schedules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    name TEXT UNIQUE,
+    kind TEXT NOT NULL,
+    cron TEXT,
+    timezone TEXT,
+    every_ms INTEGER,
+    at_ms INTEGER,
+    missed TEXT NOT NULL,
+    source TEXT,
+    labels TEXT NOT NULL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    next_fire_ms INTEGER,
+    last_fire_ms INTEGER,
+    enqueued INTEGER NOT NULL DEFAULT 0,
+    created_ms INTEGER NOT NULL,
+    task_name TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    max_retries INTEGER NOT NULL,
+    max_crashes INTEGER NOT NULL,
+    backoff_base_ms INTEGER NOT NULL,
+    backoff_cap_ms INTEGER NOT NULL,
+    jitter REAL NOT NULL,
+    timeout_ms INTEGER,
+    result_ttl_ms INTEGER,
+    expires_after_ms INTEGER,
+    unique_key TEXT
+) STRICT;
+CREATE INDEX schedules_due ON schedules (next_fire_ms) WHERE paused = 0 AND next_fire_ms IS NOT NULL;
+
+CREATE TABLE schedule_fires (
+    id INTEGER PRIMARY KEY,
+    schedule_id INTEGER NOT NULL,
+    fire_ms INTEGER NOT NULL,
+    at_ms INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    job_id INTEGER,
+    missed INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    message TEXT NOT NULL
+) STRICT;
+CREATE INDEX schedule_fires_schedule ON schedule_fires (schedule_id, id);
+";
+
+/// The live job with a uniqueness key.
+pub const UNIQUE_LIVE_SQL: &str =
+    "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (0, 1, 2, 7)";
+
+/// Jobs to expire, earliest expiry first.
+pub const EXPIRE_DUE_SQL: &str = "UPDATE jobs SET status = 6, finished_ms = ?1 WHERE id IN \
+     (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) AND expires_ms <= ?1 \
+     ORDER BY expires_ms LIMIT ?2) RETURNING id";
+
+/// The earliest expiry of a job that has not started.
+pub const NEXT_EXPIRY_SQL: &str = "SELECT expires_ms FROM jobs \
+     WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) ORDER BY expires_ms LIMIT 1";
+
+/// Running jobs of one task.
+pub const RUNNING_OF_TASK_SQL: &str =
+    "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = ?1";
+
+/// The jobs that depend on one job.
+pub const DEPENDENTS_SQL: &str = "SELECT job_id FROM job_deps WHERE dep_id = ?1";
+
+/// Schedules due, earliest first.
+pub const DUE_SCHEDULES_SQL: &str = "SELECT id FROM schedules \
+     WHERE paused = 0 AND next_fire_ms IS NOT NULL AND next_fire_ms <= ?1 ORDER BY next_fire_ms LIMIT ?2";
+
+/// The earliest next fire.
+pub const NEXT_FIRE_SQL: &str = "SELECT next_fire_ms FROM schedules \
+     WHERE paused = 0 AND next_fire_ms IS NOT NULL ORDER BY next_fire_ms LIMIT 1";
+
+/// Results and error histories past their retention, bounded.
+pub const RETENTION_DUE_SQL: &str = "SELECT id FROM jobs \
+     WHERE result_expires_ms IS NOT NULL AND result_expires_ms <= ?1 ORDER BY result_expires_ms LIMIT ?2";
+
+/// The statements of this module whose cost must not grow with the number of
+/// jobs; tests check their query plans.
+pub const HOT_STATEMENTS: &[(&str, &str)] = &[
+    ("unique_live", UNIQUE_LIVE_SQL),
+    ("expire_due", EXPIRE_DUE_SQL),
+    ("next_expiry", NEXT_EXPIRY_SQL),
+    ("running_of_task", RUNNING_OF_TASK_SQL),
+    ("dependents", DEPENDENTS_SQL),
+    ("due_schedules", DUE_SCHEDULES_SQL),
+    ("next_fire", NEXT_FIRE_SQL),
+    ("retention_due", RETENTION_DUE_SQL),
+];
+
+/// At most this many jobs are expired by one claim.
+const EXPIRE_BATCH: i64 = 1000;
+
+/// With limits configured, a claim reads this many candidates per queue
+/// beyond its limit, so that jobs held back by a limit do not hide runnable
+/// jobs of other tasks behind them. Beyond that many held-back jobs at the
+/// head of a queue, the others wait for a later claim.
+pub const LIMITED_SCAN_EXTRA: usize = 256;
+
+// --- jobs: enqueue -----------------------------------------------------------
+
+/// Inserts one job inside `tx`, applying its flow options; its id, and
+/// whether it was created (false: a live job with its unique key exists).
+pub fn insert_job(
+    tx: &Transaction<'_>,
+    job: &NewJob,
+    now_ms: i64,
+) -> Result<(i64, bool), EngineError> {
+    if let Some(key) = &job.unique_key {
+        let existing: Option<i64> = tx
+            .prepare_cached(UNIQUE_LIVE_SQL)?
+            .query_row([key], |row| row.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            return Ok((id, false));
+        }
+    }
+    let prepaid = if job.fail_when_limited {
+        admit_at_send(tx, &job.task_name, &job.queue, now_ms)?
+    } else {
+        false
+    };
+    let mut failed: Option<(i64, Status)> = None;
+    let mut unfinished = false;
+    let mut deps: Vec<i64> = Vec::with_capacity(job.depends_on.len());
+    {
+        let mut status_of = tx.prepare_cached("SELECT status FROM jobs WHERE id = ?1")?;
+        let mut seen = BTreeSet::new();
+        for &dep in &job.depends_on {
+            if !seen.insert(dep) {
+                continue;
+            }
+            let code: i64 = status_of
+                .query_row([dep], |row| row.get(0))
+                .optional()?
+                .ok_or(EngineError::NotFound(dep))?;
+            match status_from_code(code, 0)? {
+                Status::Complete => {}
+                status @ (Status::Dead | Status::Cancelled | Status::Expired) => {
+                    failed = failed.or(Some((dep, status)));
+                }
+                _ => unfinished = true,
+            }
+            deps.push(dep);
+        }
+    }
+    let eta_ms = job.eta_at(now_ms);
+    let status = if failed.is_some() || unfinished {
+        Status::Waiting
+    } else if eta_ms <= now_ms {
+        Status::Pending
+    } else {
+        Status::Scheduled
+    };
+    tx.prepare_cached(INSERT_JOB_SQL)?.execute(params![
+        job.task_name,
+        job.queue,
+        job.priority,
+        job.payload,
+        status.code(),
+        job.max_retries,
+        job.max_crashes,
+        job.backoff_base_ms,
+        job.backoff_cap_ms,
+        job.jitter,
+        job.timeout_ms,
+        job.result_ttl_ms,
+        now_ms,
+        eta_ms,
+        job.unique_key,
+        job.expires_after_ms.map(|ms| now_ms.saturating_add(ms)),
+        i64::from(prepaid),
+        job.labels,
+    ])?;
+    let id = tx.last_insert_rowid();
+    if !deps.is_empty() {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO job_deps (job_id, dep_id, position) VALUES (?1, ?2, ?3)",
+        )?;
+        for (position, dep) in deps.iter().enumerate() {
+            insert.execute(params![id, dep, sql_limit(position)])?;
+        }
+    }
+    if let Some((dep, dep_status)) = failed {
+        if fail_waiting(tx, id, dep, dep_status, now_ms)? {
+            on_finished(tx, id, Status::Dead, now_ms)?;
+        }
+    }
+    Ok((id, true))
+}
+
+// --- jobs: finishing ---------------------------------------------------------
+
+/// Ends a waiting job dead because `dep` ended with `dep_status`; false if it
+/// was not waiting.
+fn fail_waiting(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    dep: i64,
+    dep_status: Status,
+    now_ms: i64,
+) -> Result<bool, EngineError> {
+    let changed = tx
+        .prepare_cached(
+            "UPDATE jobs SET status = 4, finished_ms = ?2 WHERE id = ?1 AND status = 7",
+        )?
+        .execute(params![job_id, now_ms])?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    tx.prepare_cached(
+        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
+         SELECT id, attempt, 'dependency', ?2, ?3, '', NULL, ?4, '' FROM jobs WHERE id = ?1",
+    )?
+    .execute(params![
+        job_id,
+        DEPENDENCY_FAILED_EXC_TYPE,
+        format!("job {job_id} depends on job {dep}, which ended {dep_status}"),
+        now_ms
+    ])?;
+    Ok(true)
+}
+
+/// Called inside every transition that finishes a job: sets the retention
+/// deadline of a job that finished without a result, and resolves the jobs
+/// that depend on it, transitively.
+pub fn on_finished(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    status: Status,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let mut work = vec![(job_id, status)];
+    while let Some((id, status)) = work.pop() {
+        if status != Status::Complete {
+            tx.prepare_cached(
+                "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
+                 WHERE id = ?1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
+            )?
+            .execute([id])?;
+        }
+        let dependents: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(DEPENDENTS_SQL)?;
+            let rows = stmt.query_map([id], |row| row.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        for dependent in dependents {
+            if status == Status::Complete {
+                let unfinished: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
+                         WHERE d.job_id = ?1 AND j.status != 3",
+                    )?
+                    .query_row([dependent], |row| row.get(0))?;
+                if unfinished == 0 {
+                    tx.prepare_cached(
+                        "UPDATE jobs SET status = CASE WHEN eta_ms <= ?2 THEN 0 ELSE 1 END \
+                         WHERE id = ?1 AND status = 7",
+                    )?
+                    .execute(params![dependent, now_ms])?;
+                }
+            } else if fail_waiting(tx, dependent, id, status, now_ms)? {
+                work.push((dependent, Status::Dead));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Called when an attempt completed: a half-open breaker of its task closes.
+pub fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> Result<(), EngineError> {
+    let any_half_open: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_state = 2)")?
+        .query_row([], |row| row.get(0))?;
+    if any_half_open {
+        let key = task_key_of(tx, job_id)?;
+        let closed = tx
+            .prepare_cached(
+                "UPDATE flow_limits SET breaker_state = 0, open_until_ms = NULL \
+                 WHERE key = ?1 AND breaker_state = 2",
+            )?
+            .execute([&key])?;
+        if closed > 0 {
+            tx.prepare_cached("DELETE FROM flow_failures WHERE key = ?1")?
+                .execute([&key])?;
+        }
+    }
+    on_finished(tx, job_id, Status::Complete, now_ms)
+}
+
+/// Called when an attempt failed (before the retry policy is applied): counts
+/// the failure against its task's breaker, which may open.
+pub fn on_attempt_failed(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    kind: FailureKind,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    if kind == FailureKind::LeaseExpired {
+        return Ok(());
+    }
+    let any_breaker: bool = tx
+        .prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",
+        )?
+        .query_row([], |row| row.get(0))?;
+    if !any_breaker {
+        return Ok(());
+    }
+    let key = task_key_of(tx, job_id)?;
+    let breaker: Option<(i64, i64, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state \
+             FROM flow_limits WHERE key = ?1 AND breaker_failures IS NOT NULL",
+        )?
+        .query_row([&key], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
+        .optional()?;
+    let Some((threshold, window_ms, cooldown_ms, state)) = breaker else {
+        return Ok(());
+    };
+    tx.prepare_cached("INSERT INTO flow_failures (key, at_ms) VALUES (?1, ?2)")?
+        .execute(params![key, now_ms])?;
+    tx.prepare_cached("DELETE FROM flow_failures WHERE key = ?1 AND at_ms <= ?2")?
+        .execute(params![key, now_ms.saturating_sub(window_ms)])?;
+    let open = match BreakerState::from_code(state) {
+        BreakerState::Open => false,
+        BreakerState::HalfOpen => true,
+        BreakerState::Closed => {
+            let recent: i64 = tx
+                .prepare_cached("SELECT count(*) FROM flow_failures WHERE key = ?1")?
+                .query_row([&key], |row| row.get(0))?;
+            recent >= threshold
+        }
+    };
+    if open {
+        let until = now_ms.saturating_add(cooldown_ms);
+        tx.prepare_cached(
+            "UPDATE flow_limits SET breaker_state = 1, open_until_ms = ?2, \
+             wake_ms = min(coalesce(wake_ms, ?2), ?2) WHERE key = ?1",
+        )?
+        .execute(params![key, until])?;
+    }
+    Ok(())
+}
+
+fn task_key_of(tx: &Transaction<'_>, job_id: i64) -> Result<String, EngineError> {
+    let task: String = tx
+        .prepare_cached("SELECT task_name FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?
+        .ok_or(EngineError::NotFound(job_id))?;
+    Ok(format!("task:{task}"))
+}
+
+/// Expires up to `limit` due jobs inside `tx`; their ids.
+fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> Result<Vec<i64>, EngineError> {
+    let expired: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(EXPIRE_DUE_SQL)?;
+        let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for &id in &expired {
+        on_finished(tx, id, Status::Expired, now_ms)?;
+    }
+    Ok(expired)
+}
+
+/// Expires the due jobs a claim must not pick.
+pub fn expire_due_in(tx: &Transaction<'_>, now_ms: i64) -> Result<(), EngineError> {
+    expire_in(tx, EXPIRE_BATCH, now_ms).map(|_| ())
+}
+
+/// Drops the results and error histories of up to `limit` finished jobs
+/// whose retention ended; how many jobs.
+pub fn purge_retention_in(
+    tx: &Transaction<'_>,
+    limit: i64,
+    now_ms: i64,
+) -> Result<usize, EngineError> {
+    let due: Vec<i64> = {
+        let mut stmt = tx.prepare_cached(RETENTION_DUE_SQL)?;
+        let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let mut errors = tx.prepare_cached("DELETE FROM errors WHERE job_id = ?1")?;
+    let mut clear =
+        tx.prepare_cached("UPDATE jobs SET result = NULL, result_expires_ms = NULL WHERE id = ?1")?;
+    for &id in &due {
+        errors.execute([id])?;
+        clear.execute([id])?;
+    }
+    Ok(due.len())
+}
+
+/// The earliest time a limit or an expiry wants a claim.
+pub fn next_flow_wakeup(tx: &Transaction<'_>) -> Result<Option<i64>, EngineError> {
+    let hint: Option<i64> = tx
+        .prepare_cached("SELECT min(wake_ms) FROM flow_limits")?
+        .query_row([], |row| row.get(0))?;
+    let expiry: Option<i64> = tx
+        .prepare_cached(NEXT_EXPIRY_SQL)?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(match (hint, expiry) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+// --- limits: the claim-time gate ---------------------------------------------
+
+#[derive(Debug)]
+struct LimitRow {
+    rate: Option<RateLimit>,
+    tokens: i64,
+    concurrency: Option<i64>,
+    breaker: Option<BreakerConfig>,
+    state: BreakerState,
+    open_until_ms: Option<i64>,
+    wake_ms: Option<i64>,
+    probe_taken: bool,
+    dirty: bool,
+}
+
+impl LimitRow {
+    fn from_row(row: &Row<'_>, now_ms: i64) -> rusqlite::Result<(String, LimitRow)> {
+        let key: String = row.get(0)?;
+        let rate = match (row.get(1)?, row.get(2)?, row.get(3)?) {
+            (Some(count), Some(per_ms), Some(burst)) => Some(RateLimit {
+                count,
+                per_ms,
+                burst,
+            }),
+            _ => None,
+        };
+        let breaker = match (row.get(7)?, row.get(8)?, row.get(9)?) {
+            (Some(failures), Some(window_ms), Some(cooldown_ms)) => Some(BreakerConfig {
+                failures,
+                window_ms,
+                cooldown_ms,
+            }),
+            _ => None,
+        };
+        let stored_tokens: i64 = row.get(4)?;
+        let refilled_ms: i64 = row.get(5)?;
+        let tokens = rate.map_or(stored_tokens, |rate| {
+            rate.refill(stored_tokens, now_ms - refilled_ms)
+        });
+        let mut limit = LimitRow {
+            rate,
+            tokens,
+            concurrency: row.get(6)?,
+            breaker,
+            state: BreakerState::from_code(row.get(10)?),
+            open_until_ms: row.get(11)?,
+            wake_ms: row.get(12)?,
+            probe_taken: false,
+            dirty: false,
+        };
+        if limit.state == BreakerState::Open
+            && !matches!(limit.open_until_ms, Some(t) if t > now_ms)
+        {
+            limit.state = BreakerState::HalfOpen;
+            limit.open_until_ms = None;
+            limit.dirty = true;
+        }
+        if limit.wake_ms.is_some_and(|t| t <= now_ms) {
+            limit.wake_ms = None;
+            limit.dirty = true;
+        }
+        Ok((key, limit))
+    }
+
+    fn hint(&mut self, at_ms: i64) {
+        if !matches!(self.wake_ms, Some(t) if t <= at_ms) {
+            self.wake_ms = Some(at_ms);
+            self.dirty = true;
+        }
+    }
+}
+
+const LIMIT_COLUMNS: &str = "key, rate_count, rate_per_ms, burst, tokens, refilled_ms, concurrency, \
+     breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state, open_until_ms, wake_ms";
+
+fn load_limits(
+    tx: &Transaction<'_>,
+    now_ms: i64,
+) -> Result<HashMap<String, LimitRow>, EngineError> {
+    let mut stmt = tx.prepare_cached(&format!("SELECT {LIMIT_COLUMNS} FROM flow_limits"))?;
+    let rows = stmt.query_map([], |row| LimitRow::from_row(row, now_ms))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Decides, inside one claim, which picked jobs their limits let run.
+#[derive(Debug)]
+pub struct Gate {
+    limits: HashMap<String, LimitRow>,
+    running: HashMap<String, i64>,
+    now_ms: i64,
+}
+
+impl Gate {
+    /// The limits as they stand at `now_ms`.
+    pub fn load(tx: &Transaction<'_>, now_ms: i64) -> Result<Gate, EngineError> {
+        Ok(Gate {
+            limits: load_limits(tx, now_ms)?,
+            running: HashMap::new(),
+            now_ms,
+        })
+    }
+
+    /// Whether any limit is configured (otherwise every job is admitted).
+    pub fn active(&self) -> bool {
+        !self.limits.is_empty()
+    }
+
+    /// How many candidates a claim of `limit` jobs should read per queue.
+    pub fn scan_limit(&self, limit: usize) -> usize {
+        if self.active() {
+            limit.saturating_add(LIMITED_SCAN_EXTRA)
+        } else {
+            limit
+        }
+    }
+
+    fn running_of(&mut self, tx: &Transaction<'_>, task: &str) -> Result<i64, EngineError> {
+        if let Some(&count) = self.running.get(task) {
+            return Ok(count);
+        }
+        let count: i64 = tx
+            .prepare_cached(RUNNING_OF_TASK_SQL)?
+            .query_row([task], |row| row.get(0))?;
+        self.running.insert(task.to_owned(), count);
+        Ok(count)
+    }
+
+    /// Whether the pending job `job_id` may be taken now; if so, its tokens
+    /// are taken and it counts as running.
+    pub fn admit(&mut self, tx: &Transaction<'_>, job_id: i64) -> Result<bool, EngineError> {
+        if !self.active() {
+            return Ok(true);
+        }
+        let (task, queue, prepaid): (String, String, bool) = tx
+            .prepare_cached("SELECT task_name, queue, rate_prepaid FROM jobs WHERE id = ?1")?
+            .query_row([job_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0))
+            })?;
+        let task_key = format!("task:{task}");
+        let queue_key = format!("queue:{queue}");
+        let now_ms = self.now_ms;
+        let mut probe = false;
+        if self.limits.contains_key(&task_key) {
+            let running = self.running_of(tx, &task)?;
+            let Some(limit) = self.limits.get_mut(&task_key) else {
+                return Ok(false);
+            };
+            if limit.breaker.is_some() {
+                match limit.state {
+                    BreakerState::Open => {
+                        if let Some(until) = limit.open_until_ms {
+                            limit.hint(until);
+                        }
+                        return Ok(false);
+                    }
+                    BreakerState::HalfOpen => {
+                        if running > 0 || limit.probe_taken {
+                            return Ok(false);
+                        }
+                        probe = true;
+                    }
+                    BreakerState::Closed => {}
+                }
+            }
+            if limit.concurrency.is_some_and(|k| running >= k) {
+                return Ok(false);
+            }
+        }
+        if !prepaid {
+            for key in [&task_key, &queue_key] {
+                if let Some(limit) = self.limits.get_mut(key) {
+                    if let Some(rate) = limit.rate {
+                        if limit.tokens < TOKEN_SCALE {
+                            let wait = rate.ms_until_token(limit.tokens);
+                            limit.hint(now_ms.saturating_add(wait));
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            for key in [&task_key, &queue_key] {
+                if let Some(limit) = self.limits.get_mut(key) {
+                    if limit.rate.is_some() {
+                        limit.tokens -= TOKEN_SCALE;
+                        limit.dirty = true;
+                    }
+                }
+            }
+        }
+        if let Some(limit) = self.limits.get_mut(&task_key) {
+            if probe {
+                limit.probe_taken = true;
+                limit.dirty = true;
+            }
+        }
+        *self.running.entry(task).or_insert(0) += 1;
+        Ok(true)
+    }
+
+    /// Writes back the limits this claim changed.
+    pub fn store(self, tx: &Transaction<'_>) -> Result<(), EngineError> {
+        store_limits(tx, &self.limits, self.now_ms)
+    }
+}
+
+fn store_limits(
+    tx: &Transaction<'_>,
+    limits: &HashMap<String, LimitRow>,
+    now_ms: i64,
+) -> Result<(), EngineError> {
+    let mut update = tx.prepare_cached(
+        "UPDATE flow_limits SET tokens = ?2, refilled_ms = ?3, breaker_state = ?4, \
+         open_until_ms = ?5, wake_ms = ?6 WHERE key = ?1",
+    )?;
+    for (key, limit) in limits.iter().filter(|(_, limit)| limit.dirty) {
+        update.execute(params![
+            key,
+            limit.tokens,
+            now_ms,
+            limit.state.code(),
+            limit.open_until_ms,
+            limit.wake_ms
+        ])?;
+    }
+    Ok(())
+}
+
+/// For an enqueue that fails rather than waits: refuses it if the task's
+/// breaker is open or a bucket is empty, else takes the tokens now. Whether
+/// tokens were taken (the claim then takes none).
+fn admit_at_send(
+    tx: &Transaction<'_>,
+    task: &str,
+    queue: &str,
+    now_ms: i64,
+) -> Result<bool, EngineError> {
+    let mut limits = load_limits(tx, now_ms)?;
+    let task_key = format!("task:{task}");
+    let queue_key = format!("queue:{queue}");
+    if let Some(limit) = limits.get(&task_key) {
+        if limit.breaker.is_some() && limit.state == BreakerState::Open {
+            return Err(EngineError::BreakerOpen {
+                task_name: task.to_owned(),
+                open_until_ms: limit.open_until_ms.unwrap_or(now_ms),
+            });
+        }
+    }
+    let mut prepaid = false;
+    for key in [&task_key, &queue_key] {
+        if let Some(limit) = limits.get(key) {
+            if let Some(rate) = limit.rate {
+                if limit.tokens < TOKEN_SCALE {
+                    return Err(EngineError::RateLimited {
+                        key: key.clone(),
+                        retry_after_ms: rate.ms_until_token(limit.tokens),
+                    });
+                }
+                prepaid = true;
+            }
+        }
+    }
+    for key in [&task_key, &queue_key] {
+        if let Some(limit) = limits.get_mut(key) {
+            if limit.rate.is_some() {
+                limit.tokens -= TOKEN_SCALE;
+                limit.dirty = true;
+            }
+        }
+    }
+    store_limits(tx, &limits, now_ms)?;
+    Ok(prepaid)
+}
+
+// --- FlowStorage --------------------------------------------------------------
+
+impl FlowStorage for SqliteStorage {
+    fn set_limits(&self, key: &str, limits: &Limits, now_ms: i64) -> Result<(), EngineError> {
+        self.write(|tx| {
+            if limits.is_empty() {
+                tx.prepare_cached("DELETE FROM flow_limits WHERE key = ?1")?
+                    .execute([key])?;
+                tx.prepare_cached("DELETE FROM flow_failures WHERE key = ?1")?
+                    .execute([key])?;
+                return Ok(());
+            }
+            let current = load_limits(tx, now_ms)?.remove(key);
+            let tokens = match (&limits.rate, &current) {
+                (Some(rate), Some(row)) if row.rate.is_some() => {
+                    row.tokens.min(rate.burst * TOKEN_SCALE)
+                }
+                (Some(rate), _) => rate.burst * TOKEN_SCALE,
+                (None, _) => 0,
+            };
+            let (state, open_until) = match (&limits.breaker, &current) {
+                (Some(_), Some(row)) => (row.state, row.open_until_ms),
+                _ => (BreakerState::Closed, None),
+            };
+            let wake = current.as_ref().and_then(|row| row.wake_ms);
+            tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO flow_limits ({LIMIT_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            ))?
+            .execute(params![
+                key,
+                limits.rate.map(|r| r.count),
+                limits.rate.map(|r| r.per_ms),
+                limits.rate.map(|r| r.burst),
+                tokens,
+                now_ms,
+                limits.concurrency,
+                limits.breaker.map(|b| b.failures),
+                limits.breaker.map(|b| b.window_ms),
+                limits.breaker.map(|b| b.cooldown_ms),
+                state.code(),
+                open_until,
+                wake,
+            ])?;
+            if limits.breaker.is_none() {
+                tx.prepare_cached("DELETE FROM flow_failures WHERE key = ?1")?
+                    .execute([key])?;
+            }
+            Ok(())
+        })
+    }
+
+    fn limits(&self, now_ms: i64) -> Result<Vec<LimitState>, EngineError> {
+        self.read(|tx| {
+            let rows = load_limits(tx, now_ms)?;
+            let mut states = Vec::with_capacity(rows.len());
+            for (key, row) in rows {
+                let running = match key.strip_prefix("task:") {
+                    Some(task) => tx
+                        .prepare_cached(RUNNING_OF_TASK_SQL)?
+                        .query_row([task], |r| r.get(0))?,
+                    None => 0,
+                };
+                let recent_failures = match &row.breaker {
+                    Some(breaker) => tx
+                        .prepare_cached(
+                            "SELECT count(*) FROM flow_failures WHERE key = ?1 AND at_ms > ?2",
+                        )?
+                        .query_row(params![key, now_ms - breaker.window_ms], |r| r.get(0))?,
+                    None => 0,
+                };
+                states.push(LimitState {
+                    limits: Limits {
+                        rate: row.rate,
+                        concurrency: row.concurrency,
+                        breaker: row.breaker,
+                    },
+                    tokens: row.rate.map(|_| row.tokens / TOKEN_SCALE),
+                    running,
+                    breaker_state: row.state,
+                    recent_failures,
+                    open_until_ms: row.open_until_ms,
+                    key,
+                });
+            }
+            states.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(states)
+        })
+    }
+
+    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| expire_in(tx, sql_limit(limit), now_ms))
+    }
+
+    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError> {
+        self.read(|tx| {
+            tx.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+                .query_row([job_id], |_| Ok(()))
+                .optional()?
+                .ok_or(EngineError::NotFound(job_id))?;
+            let mut stmt = tx.prepare_cached(
+                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
+                 WHERE d.job_id = ?1 ORDER BY d.position",
+            )?;
+            let rows = stmt.query_map([job_id], |row| {
+                Ok((row.get(0)?, status_from_code(row.get(1)?, 1)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+// --- ScheduleStorage ----------------------------------------------------------
+
+const SCHEDULE_COLUMNS: &str = "id, name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+     paused, next_fire_ms, last_fire_ms, enqueued, created_ms, task_name, queue, priority, payload, \
+     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
+     expires_after_ms, unique_key";
+
+fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
+    let kind: String = row.get(2)?;
+    let spec = match kind.as_str() {
+        "cron" => ScheduleSpec::Cron {
+            expr: row.get(3)?,
+            timezone: row.get(4)?,
+        },
+        "interval" => ScheduleSpec::Interval {
+            every_ms: row.get(5)?,
+            start_ms: row.get(6)?,
+        },
+        _ => ScheduleSpec::Once { at_ms: row.get(6)? },
+    };
+    let missed: String = row.get(7)?;
+    let mut job = NewJob::new(row.get::<_, String>(15)?, row.get::<_, Vec<u8>>(18)?);
+    job.queue = row.get(16)?;
+    job.priority = row.get(17)?;
+    job.max_retries = row.get(19)?;
+    job.max_crashes = row.get(20)?;
+    job.backoff_base_ms = row.get(21)?;
+    job.backoff_cap_ms = row.get(22)?;
+    job.jitter = row.get(23)?;
+    job.timeout_ms = row.get(24)?;
+    job.result_ttl_ms = row.get(25)?;
+    job.expires_after_ms = row.get(26)?;
+    job.unique_key = row.get(27)?;
+    Ok(ScheduleRecord {
+        id: row.get(0)?,
+        name: row.get(1)?,
+        spec,
+        job,
+        missed: if missed == "catch_up" {
+            MissedFires::CatchUp
+        } else {
+            MissedFires::Skip
+        },
+        source: row.get(8)?,
+        labels: row.get(9)?,
+        paused: row.get::<_, i64>(10)? != 0,
+        next_fire_ms: row.get(11)?,
+        last_fire_ms: row.get(12)?,
+        enqueued: row.get(13)?,
+        created_ms: row.get(14)?,
+    })
+}
+
+fn spec_columns(spec: &ScheduleSpec) -> (Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
+    match spec {
+        ScheduleSpec::Cron { expr, timezone } => (Some(expr), Some(timezone), None, None),
+        ScheduleSpec::Interval { every_ms, start_ms } => (None, None, Some(*every_ms), *start_ms),
+        ScheduleSpec::Once { at_ms } => (None, None, None, Some(*at_ms)),
+    }
+}
+
+fn get_schedule_in(tx: &Transaction<'_>, id: i64) -> Result<Option<ScheduleRecord>, EngineError> {
+    Ok(tx
+        .prepare_cached(&format!(
+            "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"
+        ))?
+        .query_row([id], schedule_from_row)
+        .optional()?)
+}
+
+impl ScheduleStorage for SqliteStorage {
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError> {
+        self.write(|tx| {
+            let existing = match &schedule.name {
+                Some(name) => {
+                    let id: Option<i64> = tx
+                        .prepare_cached("SELECT id FROM schedules WHERE name = ?1")?
+                        .query_row([name], |row| row.get(0))
+                        .optional()?;
+                    match id {
+                        Some(id) => get_schedule_in(tx, id)?,
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let next_fire = match &existing {
+                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
+                _ => first_fire_ms,
+            };
+            let (cron, timezone, every_ms, at_ms) = spec_columns(&schedule.spec);
+            let job = &schedule.job;
+            let values = params![
+                schedule.name,
+                schedule.spec.kind(),
+                cron,
+                timezone,
+                every_ms,
+                at_ms,
+                schedule.missed.as_str(),
+                schedule.source,
+                schedule.labels,
+                next_fire,
+                now_ms,
+                job.task_name,
+                job.queue,
+                job.priority,
+                job.payload,
+                job.max_retries,
+                job.max_crashes,
+                job.backoff_base_ms,
+                job.backoff_cap_ms,
+                job.jitter,
+                job.timeout_ms,
+                job.result_ttl_ms,
+                job.expires_after_ms,
+                job.unique_key,
+            ];
+            if let Some(old) = existing {
+                // The same values as the insert below, with the id in place of created_ms (?11).
+                tx.prepare_cached(
+                    "UPDATE schedules SET name = ?1, kind = ?2, cron = ?3, timezone = ?4, every_ms = ?5, \
+                     at_ms = ?6, missed = ?7, source = ?8, labels = ?9, next_fire_ms = ?10, task_name = ?12, \
+                     queue = ?13, priority = ?14, payload = ?15, max_retries = ?16, max_crashes = ?17, \
+                     backoff_base_ms = ?18, backoff_cap_ms = ?19, jitter = ?20, timeout_ms = ?21, \
+                     result_ttl_ms = ?22, expires_after_ms = ?23, unique_key = ?24 WHERE id = ?11",
+                )?
+                .execute(rusqlite::params_from_iter(
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(index, value)| if index == 10 { &old.id } else { *value }),
+                ))?;
+                return Ok(old.id);
+            }
+            tx.prepare_cached(
+                "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+                 next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+                 ?20, ?21, ?22, ?23, ?24)",
+            )?
+            .execute(values)?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], schedule_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn get_schedule(&self, id: i64) -> Result<ScheduleRecord, EngineError> {
+        self.read(|tx| get_schedule_in(tx, id)?.ok_or(EngineError::ScheduleNotFound(id)))
+    }
+
+    fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), EngineError> {
+        self.write(|tx| {
+            let changed = tx
+                .prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")?
+                .execute(params![id, i64::from(paused)])?;
+            if changed == 0 {
+                return Err(EngineError::ScheduleNotFound(id));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_schedule(&self, id: i64) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            tx.prepare_cached("DELETE FROM schedule_fires WHERE schedule_id = ?1")?
+                .execute([id])?;
+            let deleted = tx
+                .prepare_cached("DELETE FROM schedules WHERE id = ?1")?
+                .execute([id])?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn due_schedules(&self, limit: usize, now_ms: i64) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            let ids: Vec<i64> = {
+                let mut stmt = tx.prepare_cached(DUE_SCHEDULES_SQL)?;
+                let rows = stmt.query_map(params![now_ms, sql_limit(limit)], |row| row.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            let mut due = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(schedule) = get_schedule_in(tx, id)? {
+                    due.push(schedule);
+                }
+            }
+            Ok(due)
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        id: i64,
+        fire_ms: i64,
+        verdict: &Verdict,
+        planner: Planner<'_>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<FireOutcome, EngineError> {
+        self.write(|tx| {
+            let Some(schedule) = get_schedule_in(tx, id)? else {
+                return Ok(FireOutcome::Lost);
+            };
+            if schedule.paused || schedule.next_fire_ms != Some(fire_ms) {
+                return Ok(FireOutcome::Lost);
+            }
+            let plan = planner(&schedule.spec, fire_ms)?;
+            // The fence: only the writer that still sees this fire time moves it.
+            let claimed = tx
+                .prepare_cached(
+                    "UPDATE schedules SET next_fire_ms = ?3, last_fire_ms = ?2 \
+                     WHERE id = ?1 AND next_fire_ms = ?2 AND paused = 0",
+                )?
+                .execute(params![id, fire_ms, plan.next_fire_ms])?;
+            if claimed == 0 {
+                return Ok(FireOutcome::Lost);
+            }
+            let (outcome, message) = match verdict {
+                Verdict::Veto(message) => (FireOutcome::Vetoed, message.clone()),
+                Verdict::Error(message) => (FireOutcome::Error, message.clone()),
+                Verdict::Fire if plan.later_due > 0 && schedule.missed == MissedFires::Skip => (
+                    FireOutcome::Missed,
+                    format!(
+                        "{} fire(s) were missed while no supervisor ran; skipped",
+                        plan.later_due + 1
+                    ),
+                ),
+                Verdict::Fire => {
+                    let job = NewJob {
+                        eta_ms: None,
+                        delay_ms: 0,
+                        depends_on: Vec::new(),
+                        fail_when_limited: false,
+                        ..schedule.job.clone()
+                    };
+                    let (job_id, created) = insert_job(tx, &job, now_ms)?;
+                    if created {
+                        tx.prepare_cached("UPDATE schedules SET enqueued = enqueued + 1 WHERE id = ?1")?
+                            .execute([id])?;
+                    }
+                    (FireOutcome::Enqueued { job_id, created }, String::new())
+                }
+            };
+            tx.prepare_cached(
+                "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id,
+                fire_ms,
+                now_ms,
+                outcome.as_str(),
+                outcome.job_id(),
+                plan.later_due,
+                owner,
+                message
+            ])?;
+            tx.prepare_cached(
+                "DELETE FROM schedule_fires WHERE schedule_id = ?1 AND id <= \
+                 (SELECT id FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![id, FIRE_LOG_KEEP])?;
+            Ok(outcome)
+        })
+    }
+
+    fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "SELECT id, schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message \
+                 FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, sql_limit(limit)], |row| {
+                Ok(FireRecord {
+                    id: row.get(0)?,
+                    schedule_id: row.get(1)?,
+                    fire_ms: row.get(2)?,
+                    at_ms: row.get(3)?,
+                    outcome: row.get(4)?,
+                    job_id: row.get(5)?,
+                    missed: row.get(6)?,
+                    owner: row.get(7)?,
+                    message: row.get(8)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn next_fire_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.read(|tx| {
+            Ok(tx
+                .prepare_cached(NEXT_FIRE_SQL)?
+                .query_row([], |row| row.get(0))
+                .optional()?)
+        })
+    }
+}
