@@ -418,7 +418,28 @@ def run_crash(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     return metrics, info
 
 
+def run_latency(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
+    """One no-op at a time through a warm idle pool: send-to-result times."""
+    n = args.n
+    times: list[float] = []
+    with SYSTEMS[system]() as client:
+        for i in range(n):
+            t0 = time.perf_counter()
+            value = client.get(client.send("noop", (i,)), RESULT_CAP)
+            times.append(time.perf_counter() - t0)
+            if value != i:
+                raise RuntimeError(f"job {i} returned {value!r}")
+    times.sort()
+    metrics: Metrics = {
+        "p50_s": times[len(times) // 2],
+        "p99_s": times[min(len(times) - 1, (len(times) * 99) // 100)],
+        "max_s": times[-1],
+    }
+    return metrics, {"n": str(n)}
+
+
 SCENARIOS: dict[str, Callable[[str, argparse.Namespace], tuple[Metrics, Info]]] = {
+    "latency": run_latency,
     "noop": run_noop,
     "timeout": run_timeout,
     "crash": run_crash,

@@ -118,17 +118,24 @@ def test_schedule_handles(queue: stoker.Queue) -> None:
         add.schedule_every(1, missed="sometimes")
     with pytest.raises(InvalidOptionError, match="every"):
         add.schedule_every(0)
-    with pytest.raises(InvalidOptionError, match="labels"):
-        add.options(labels={"a": 1}).delay(1, 2)
+    # Labels label the jobs of a schedule, and a direct send alike.
+    assert add.options(labels={"a": 1}).delay(1, 2).labels == {"a": 1}
 
 
 def test_a_one_shot_schedule_runs_in_the_pool(
     queue: stoker.Queue, pool: stoker.SupervisorThread, ledger: Path
 ) -> None:
-    once = queue.get_task("record").schedule_by_time(time.time() - 1, args=(str(ledger), "once"))
+    once = (
+        queue.get_task("record")
+        .options(labels={"origin": "schedule"})
+        .schedule_by_time(time.time() - 1, args=(str(ledger), "once"))
+    )
     wait_until(lambda: read_ledger(ledger), what="the scheduled job to run")
     (fire,) = once.fires()
     assert fire.outcome == "enqueued" and fire.owner == pool.supervisor.owner
+    assert fire.job_id is not None
+    # The schedule's labels are its job's labels.
+    assert queue.get_job(fire.job_id).labels == {"origin": "schedule"}
     assert once.next_fire_at is None
 
 

@@ -282,3 +282,37 @@ def test_kill_grace_sends_sigterm_first_then_sigkill(queue: stoker.Queue, tmp_pa
         assert note.read_text() == "terminated"
     else:
         assert not note.exists()
+
+
+def test_a_pool_left_running_stops_at_interpreter_exit(tmp_path: Path) -> None:
+    # Nobody calls stop(): the program must still exit, leaving no worker behind.
+    script = tmp_path / "leave_running.py"
+    script.write_text(
+        "import os, sys\n"
+        "sys.path.insert(0, os.environ['TESTS'])\n"
+        "import stoker\n"
+        "from apps import tasks as app\n"
+        "if __name__ == '__main__':\n"
+        "    q = stoker.Queue(os.environ['DB'])\n"
+        "    q.include(app.queue)\n"
+        "    handle = q.start_worker(processes=2)\n"
+        "    assert handle.wait_started(60)\n"
+        "    print(' '.join(map(str, handle.supervisor.worker_pids())), flush=True)\n"
+        "    q.get_task('add').delay(1, 2).result(timeout=60)\n"
+    )
+    import subprocess
+    import sys
+
+    from conftest import TESTS
+
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=dict(os.environ, TESTS=str(TESTS), DB=str(tmp_path / "left.db")),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for pid in map(int, done.stdout.split()):
+        wait_until(lambda pid=pid: _gone(pid), what=f"worker {pid} to be gone")

@@ -14,7 +14,8 @@ from conftest import HANG_GUARD
 QueueFactory = Callable[..., stoker.Queue]
 PoolFactory = Callable[..., stoker.SupervisorThread]
 
-pytest_plugins = ["pytester", "stoker.testing"]
+# The plugin itself is loaded by its pytest11 entry point, as in a user's project.
+pytest_plugins = ["pytester"]
 
 
 def test_queue_factory_gives_fresh_databases_with_the_included_tasks(
@@ -117,8 +118,6 @@ def test_the_plugin_in_a_pytest_run(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess(
         "-p",
-        "stoker.testing",
-        "-p",
         "no:cacheprovider",
         timeout=HANG_GUARD * 3,
     )
@@ -126,5 +125,5 @@ def test_the_plugin_in_a_pytest_run(pytester: pytest.Pytester) -> None:
 
 
 def test_the_fixtures_are_listed(pytester: pytest.Pytester) -> None:
-    result = pytester.runpytest_subprocess("-p", "stoker.testing", "--fixtures")
+    result = pytester.runpytest_subprocess("--fixtures")
     result.stdout.fnmatch_lines(["*stoker_queue_factory*", "*stoker_pool_factory*"])

@@ -68,6 +68,7 @@ from .supervisor import Supervisor, SupervisorThread
 from .task import Sender, Task, TaskOptions
 
 __all__ = [
+    "SCHEMA_VERSION",
     "AttemptError",
     "CircuitBreaker",
     "CircuitBreakerOpenError",
@@ -101,7 +102,6 @@ __all__ = [
     "ResultGetError",
     "ResultNotReadyError",
     "ResultTimeoutError",
-    "SCHEMA_VERSION",
     "Schedule",
     "ScheduleCancelledError",
     "ScheduleNotFoundError",

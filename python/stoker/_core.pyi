@@ -168,6 +168,7 @@ class JobRecord:
     @property
     def usage(self) -> str | None:
         """Resources used by the latest finished attempt (JSON text)."""
+    @property
     def unique_key(self) -> str | None: ...
     @property
     def expires_ms(self) -> int | None:

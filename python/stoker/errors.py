@@ -37,7 +37,6 @@ __all__ = [
     "QueueError",
     "RateLimitExceededError",
     "RejectedError",
-    "RateLimitExceededError",
     "RemoteTaskError",
     "RemoteTraceback",
     "RequeueLimitError",
@@ -388,6 +387,8 @@ class MiddlewareError(TaskFailedError):
 
 class RequeueLimitError(TaskFailedError):
     """The task asked to be requeued more times than allowed."""
+
+
 # --- flow control and schedules --------------------------------------------------
 
 

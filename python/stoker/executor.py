@@ -101,8 +101,20 @@ def register_call_task(
 # the task on its own queue (register_call_task), which is also what makes the
 # queue's supervisors import this module. A queue of the application that
 # registered it first (in a module the worker imported before) keeps it.
-if in_worker_process() and CALL_TASK_NAME not in REGISTRY:
-    register_call_task(Queue())
+def register_in_worker() -> None:
+    """Register the call task in a worker process, unless a queue already did.
+
+    The worker calls this after importing its queue's modules: this module
+    may have been imported earlier (the fork server preloads stoker) in a
+    process that was not a worker yet, so its import-time registration cannot
+    be relied on.
+    """
+    if CALL_TASK_NAME not in REGISTRY:
+        register_call_task(Queue())
+
+
+if in_worker_process():
+    register_in_worker()
 
 
 class JobFuture(concurrent.futures.Future[Any]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +13,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import serialization
 from .errors import (
+    DependencyFailedError,
     JobCancelledError,
+    JobExpiredError,
     MaxRetriesExceededError,
     NoResultError,
     ResultGetError,
@@ -21,7 +24,6 @@ from .errors import (
     SecurityError,
     StokerError,
 )
-from .errors import DependencyFailedError, JobExpiredError
 from .remote_errors import rebuild
 
 if TYPE_CHECKING:
@@ -31,11 +33,55 @@ if TYPE_CHECKING:
 #: Statuses after which a job never changes again.
 FINISHED = frozenset({"complete", "dead", "cancelled", "expired"})
 
-#: Waiting for a result polls the job's status: first after this many seconds,
-#: then twice as long each time up to RESULT_POLL_MAX. A short first wait keeps
-#: the latency of quick jobs low; the cap bounds the reads spent on long jobs.
-RESULT_POLL_MIN = 0.0005
-RESULT_POLL_MAX = 0.05
+#: Waiting for a result. A supervisor running in the caller's process wakes its
+#: waiters as soon as it has stored outcomes (``OUTCOMES``). A result stored by
+#: another process is noticed through SQLite's change counter, one cheap read
+#: that touches no table: every RESULT_POLL_FAST seconds for the first
+#: RESULT_FAST_PERIOD seconds of a wait, so a quick job's result arrives within
+#: about a millisecond, then every RESULT_POLL_SLOW seconds, so a long wait
+#: costs next to nothing. The job's status is read only when the counter moved.
+RESULT_POLL_FAST = 0.001
+RESULT_FAST_PERIOD = 5.0
+RESULT_POLL_SLOW = 0.05
+
+#: Notified by supervisors in this process after they store outcomes.
+OUTCOMES = threading.Condition()
+
+
+def notify_outcomes() -> None:
+    """Wake the waiters of this process: some job may have finished."""
+    with OUTCOMES:
+        OUTCOMES.notify_all()
+
+
+class _Waiter:
+    """Paces one wait: when to look again, and whether anything changed."""
+
+    def __init__(self, engines: list[Engine], timeout: float | None, job_id: int) -> None:
+        self.engines = engines
+        self.started = time.monotonic()
+        self.deadline = None if timeout is None else self.started + timeout
+        self.timeout = timeout
+        self.job_id = job_id
+        self.versions = [engine.data_version() for engine in engines]
+
+    def pause(self) -> float:
+        """Seconds to wait before looking again; ResultTimeoutError once past the deadline."""
+        now = time.monotonic()
+        pause = RESULT_POLL_FAST if now - self.started < RESULT_FAST_PERIOD else RESULT_POLL_SLOW
+        if self.deadline is None:
+            return pause
+        left = self.deadline - now
+        if left <= 0:
+            raise ResultTimeoutError(self.job_id, self.timeout if self.timeout is not None else 0.0)
+        return min(pause, left)
+
+    def changed(self) -> bool:
+        """Whether any of the databases changed since the last look."""
+        versions = [engine.data_version() for engine in self.engines]
+        moved = versions != self.versions
+        self.versions = versions
+        return moved
 
 
 def _datetime(ms: int | None) -> datetime | None:
@@ -126,10 +172,6 @@ class Outcome:
         return self
 
 
-def _pause(pause: float) -> float:
-    return min(pause * 2, RESULT_POLL_MAX)
-
-
 class Job:
     """A handle on one stored job. Cheap to create; every property reads storage."""
 
@@ -205,34 +247,26 @@ class Job:
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes; return its final status."""
         engine = self._engine
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = RESULT_POLL_MIN
-        while True:
-            status = engine.status(self.id)
-            if status in FINISHED:
-                return status
-            time.sleep(self._next_pause(pause, deadline, timeout))
-            pause = _pause(pause)
+        waiter = _Waiter([engine], timeout, self.id)
+        status = engine.status(self.id)
+        while status not in FINISHED:
+            pause = waiter.pause()
+            with OUTCOMES:
+                OUTCOMES.wait(pause)
+            if waiter.changed():
+                status = engine.status(self.id)
+        return status
 
     async def wait_async(self, timeout: float | None = None) -> str:
         """``wait`` for async code: polls without blocking the event loop."""
         engine = self._engine
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = RESULT_POLL_MIN
-        while True:
-            status = engine.status(self.id)
-            if status in FINISHED:
-                return status
-            await asyncio.sleep(self._next_pause(pause, deadline, timeout))
-            pause = _pause(pause)
-
-    def _next_pause(self, pause: float, deadline: float | None, timeout: float | None) -> float:
-        if deadline is None:
-            return pause
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ResultTimeoutError(self.id, timeout if timeout is not None else 0.0)
-        return min(pause, left)
+        waiter = _Waiter([engine], timeout, self.id)
+        status = engine.status(self.id)
+        while status not in FINISHED:
+            await asyncio.sleep(waiter.pause())
+            if waiter.changed():
+                status = engine.status(self.id)
+        return status
 
     async def result_async(self, timeout: float | None = None, *, original: bool = True) -> Any:
         """``result`` for async code."""
@@ -342,7 +376,10 @@ class Job:
 
     def dependencies(self) -> list[tuple[Job, str]]:
         """The jobs this job depends on, with their statuses, in the order given."""
-        return [(Job(self.queue, dep_id, self._store), status) for dep_id, status in self._engine.dependencies(self.id)]
+        return [
+            (Job(self.queue, dep_id, self._store), status)
+            for dep_id, status in self._engine.dependencies(self.id)
+        ]
 
 
 def gather(
@@ -353,14 +390,15 @@ def gather(
     One status read per queue per poll, whatever the number of jobs. With
     ``return_exceptions=True`` errors are returned in place of results.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = RESULT_POLL_MIN
+    waiter = _gather_waiter(jobs, timeout)
     while not _all_finished(jobs):
-        if deadline is not None and time.monotonic() >= deadline:
-            pending = next(j for j in jobs if j.status not in FINISHED)
-            raise ResultTimeoutError(pending.id, timeout if timeout is not None else 0.0)
-        time.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
-        pause = _pause(pause)
+        pause = _gather_pause(waiter, jobs)
+        while True:
+            with OUTCOMES:
+                OUTCOMES.wait(pause)
+            if waiter.changed():
+                break
+            pause = _gather_pause(waiter, jobs)
     return _collect(jobs, return_exceptions)
 
 
@@ -368,15 +406,27 @@ async def gather_async(
     jobs: Sequence[Job], timeout: float | None = None, *, return_exceptions: bool = False
 ) -> list[Any]:
     """``gather`` for async code."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    pause = RESULT_POLL_MIN
+    waiter = _gather_waiter(jobs, timeout)
     while not _all_finished(jobs):
-        if deadline is not None and time.monotonic() >= deadline:
-            pending = next(j for j in jobs if j.status not in FINISHED)
-            raise ResultTimeoutError(pending.id, timeout if timeout is not None else 0.0)
-        await asyncio.sleep(pause if deadline is None else min(pause, max(0.0, deadline - time.monotonic())))
-        pause = _pause(pause)
+        await asyncio.sleep(_gather_pause(waiter, jobs))
+        while not waiter.changed():
+            await asyncio.sleep(_gather_pause(waiter, jobs))
     return _collect(jobs, return_exceptions)
+
+
+def _gather_waiter(jobs: Sequence[Job], timeout: float | None) -> _Waiter:
+    engines: dict[int, Engine] = {}
+    for job in jobs:
+        engines.setdefault(id(job._engine), job._engine)
+    return _Waiter(list(engines.values()), timeout, jobs[0].id if jobs else 0)
+
+
+def _gather_pause(waiter: _Waiter, jobs: Sequence[Job]) -> float:
+    try:
+        return waiter.pause()
+    except ResultTimeoutError:
+        pending = next(j for j in jobs if j.status not in FINISHED)
+        raise ResultTimeoutError(pending.id, waiter.timeout if waiter.timeout is not None else 0.0) from None
 
 
 def _all_finished(jobs: Iterable[Job]) -> bool:

@@ -40,6 +40,7 @@ What the loop acts on, in order, each time it wakes:
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import multiprocessing
@@ -71,6 +72,7 @@ from .errors import (
     WorkerStartupError,
 )
 from .events import handler_name
+from .job import notify_outcomes
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
 from .remote_errors import CapturedError, qualified_name
 from .task import REGISTRY, TaskOptions
@@ -346,6 +348,9 @@ class Supervisor:
             self._wait(now)
 
     def _wait(self, now: float) -> None:
+        # Whatever the last turn stored (completions, failures, kills), waiters
+        # in this process look now instead of at their next poll.
+        notify_outcomes()
         timeout = self._next_deadline(now) - now
         waitables: list[Any] = [self._wake_r]
         for w in self._workers:
@@ -690,7 +695,8 @@ class Supervisor:
             limit = running.options.memory_limit_mb if running.options else None
             error: BaseException = MemoryLimitExceededError(
                 f"job {job.id} ({job.task_name}) attempt {job.attempt} used "
-                f"{running.peak_rss_kib / 1024:.0f} MiB, over its memory limit of {limit:g} MiB; its worker process {w.pid} was killed",
+                f"{running.peak_rss_kib / 1024:.0f} MiB, over its memory limit of {limit:g} MiB; "
+                f"its worker process {w.pid} was killed",
                 job_id=job.id,
                 attempt=job.attempt,
             )
@@ -920,6 +926,16 @@ class SupervisorThread:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="stoker-supervisor", daemon=True)
         self._thread.start()
+        # Registered after multiprocessing's own exit hook, so it runs first:
+        # that hook joins every child process, and would wait forever for the
+        # workers of a pool that nobody stopped.
+        atexit.register(self._stop_at_exit)
+
+    def _stop_at_exit(self) -> None:
+        if self._thread.is_alive():
+            self.supervisor.stop()
+            self.supervisor.stop()  # A second stop kills running jobs and re-queues them.
+            self._thread.join(2 * KILL_REAP_WAIT)
 
     def _run(self) -> None:
         try:
@@ -937,6 +953,8 @@ class SupervisorThread:
         """Stop gracefully and wait for the thread to end."""
         self.supervisor.stop()
         self._thread.join(timeout)
+        if not self._thread.is_alive():
+            atexit.unregister(self._stop_at_exit)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)

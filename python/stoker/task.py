@@ -260,7 +260,15 @@ class Task(Schedulable, Generic[P, R]):
             if not hasattr(dep, "id") or not isinstance(dep.id, int):
                 raise InvalidOptionError(f"depends_on must hold Jobs, got {dep!r}")
         call = CallOptions(
-            priority, queue, delay, eta, timeout, max_retries, labels=labels, unique_key=unique_key, depends_on=deps
+            priority,
+            queue,
+            delay,
+            eta,
+            timeout,
+            max_retries,
+            labels=labels,
+            unique_key=unique_key,
+            depends_on=deps,
         )
         merged = replace(
             self.options_,

@@ -109,6 +109,10 @@ def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) 
     try:
         for module in task_modules:
             importlib.import_module(module)
+        if "stoker.executor" in task_modules:
+            from .executor import register_in_worker
+
+            register_in_worker()
         for queue in loaded_queues():
             queue.run_event("worker_startup")
     except BaseException as exc:

@@ -914,6 +914,9 @@ fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
     job.result_ttl_ms = row.get(25)?;
     job.expires_after_ms = row.get(26)?;
     job.unique_key = row.get(27)?;
+    let labels: String = row.get(9)?;
+    // The schedule's labels are the labels of every job it fires.
+    job.labels = (!labels.is_empty() && labels != "{}").then(|| labels.clone());
     Ok(ScheduleRecord {
         id: row.get(0)?,
         name: row.get(1)?,
@@ -925,7 +928,7 @@ fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
             MissedFires::Skip
         },
         source: row.get(8)?,
-        labels: row.get(9)?,
+        labels,
         paused: row.get::<_, i64>(10)? != 0,
         next_fire_ms: row.get(11)?,
         last_fire_ms: row.get(12)?,
