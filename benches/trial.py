@@ -422,19 +422,31 @@ def run_latency(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     """One no-op at a time through a warm idle pool: send-to-result times."""
     n = args.n
     times: list[float] = []
+    # stoker only: from the moment the job's outcome was stored to the result in
+    # the caller's hands, which is what waiting for a result costs.
+    waits: list[float] = []
     with SYSTEMS[system]() as client:
         for i in range(n):
             t0 = time.perf_counter()
-            value = client.get(client.send("noop", (i,)), RESULT_CAP)
+            handle = client.send("noop", (i,))
+            value = client.get(handle, RESULT_CAP)
+            received = time.time()
             times.append(time.perf_counter() - t0)
             if value != i:
                 raise RuntimeError(f"job {i} returned {value!r}")
+            if system.startswith("stoker"):
+                finished_ms = handle.record().finished_ms
+                waits.append(max(0.0, received - finished_ms / 1000))
     times.sort()
     metrics: Metrics = {
         "p50_s": times[len(times) // 2],
         "p99_s": times[min(len(times) - 1, (len(times) * 99) // 100)],
         "max_s": times[-1],
     }
+    if waits:
+        waits.sort()
+        metrics["wait_p50_s"] = waits[len(waits) // 2]
+        metrics["wait_p99_s"] = waits[min(len(waits) - 1, (len(waits) * 99) // 100)]
     return metrics, {"n": str(n)}
 
 
