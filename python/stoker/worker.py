@@ -35,6 +35,14 @@ from .task import REGISTRY
 
 _PR_SET_PDEATHSIG = 1
 
+#: (job_id, attempt) of the job this process is running, or None between jobs.
+_current_job: tuple[int, int] | None = None
+
+
+def current_job() -> tuple[int, int] | None:
+    """``(job_id, attempt)`` of the job running in this worker process, or None outside a job."""
+    return _current_job
+
 
 def _die_with_parent() -> None:
     """Ask the kernel to SIGKILL this process when its parent exits (Linux only)."""
@@ -97,12 +105,20 @@ class _Runner:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, job_id: int, token: int, attempt: int, task_name: str, payload: bytes) -> tuple[Any, ...]:
+        global _current_job
+        _current_job = (job_id, attempt)
+        try:
+            return self._run(job_id, token, attempt, task_name, payload)
+        finally:
+            _current_job = None
+
+    def _run(self, job_id: int, token: int, attempt: int, task_name: str, payload: bytes) -> tuple[Any, ...]:
         task = REGISTRY.get(task_name)
         if task is None:
             return self._failed(job_id, token, UnknownTaskError(task_name), retryable=False)
         try:
             args, kwargs = serialization.loads(payload)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad payload too.
             error = SerializationError(
                 f"the arguments of job {job_id} ({task_name}) cannot be unpickled: {exc!r}"
             )
@@ -116,7 +132,7 @@ class _Runner:
             return self._failed(job_id, token, exc, retryable=task.options_.should_retry(exc))
         try:
             result = serialization.dumps(value)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad result too.
             error = SerializationError(
                 f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
                 f"cannot be pickled: {exc!r}"

@@ -1,0 +1,221 @@
+"""Tasks of the reliability tests (``tests/reliability``).
+
+Tasks that count executions append ``job_id attempt pid`` to a ledger file
+(O_APPEND) as their last action before returning, so a test knows what really
+ran, independently of the database.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import stoker
+from stoker.worker import current_job
+
+from .tasks import append
+
+queue = stoker.Queue(os.environ["STOKER_TEST_DB"])
+
+
+def log_execution(ledger: str) -> tuple[int, int]:
+    """Append ``job_id attempt pid`` to the ledger; return (job_id, attempt)."""
+    current = current_job()
+    assert current is not None, "current_job() is set while a job runs"
+    job_id, attempt = current
+    append(ledger, f"{job_id} {attempt} {os.getpid()}")
+    return job_id, attempt
+
+
+# --- work that is counted -------------------------------------------------------------
+
+
+@queue.task(name="rel.work", max_retries=0, max_crashes=4, retry_backoff=0.0, retry_backoff_max=0.0)
+def work(ledger: str, spin: float = 0.0, payload: bytes | None = None) -> int:
+    """Busy for up to ``spin`` seconds (a random part of it), then log and return the job id."""
+    if spin:
+        end = time.monotonic() + random.random() * spin
+        while time.monotonic() < end:
+            pass
+    job_id, _ = log_execution(ledger)
+    return job_id if payload is None else job_id + len(payload)
+
+
+@queue.task(name="rel.fenced", max_retries=0, max_crashes=3, retry_backoff=0.0, retry_backoff_max=0.0)
+def fenced(ledger: str, markers: str, release: str) -> tuple[int, int]:
+    """Say which attempt started, wait for ``release``, then log and return (attempt, pid)."""
+    current = current_job()
+    assert current is not None
+    Path(markers, f"attempt-{current[1]}").write_text(str(os.getpid()))
+    while not Path(release).exists():
+        time.sleep(0.005)
+    _, attempt = log_execution(ledger)
+    return attempt, os.getpid()
+
+
+@queue.task(name="rel.hold", max_retries=0, max_crashes=0)
+def hold(ledger: str, marker: str, release: str) -> str:
+    """Say it started, wait for ``release``, then log (a job the test keeps running)."""
+    Path(marker).write_text(str(os.getpid()))
+    while not Path(release).exists():
+        time.sleep(0.005)
+    log_execution(ledger)
+    return "released"
+
+
+# --- tasks that take their worker down ------------------------------------------------
+
+CRASH_BOUND = 2
+CRASHING = {"max_retries": 5, "max_crashes": CRASH_BOUND, "retry_backoff": 0.0, "retry_backoff_max": 0.0}
+
+
+@queue.task(name="rel.kill_self", **CRASHING)
+def kill_self(ledger: str) -> None:
+    log_execution(ledger)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@queue.task(name="rel.segfault", **CRASHING)
+def segfault(ledger: str) -> None:
+    log_execution(ledger)
+    ctypes.string_at(0)
+
+
+@queue.task(name="rel.hard_exit", **CRASHING)
+def hard_exit(ledger: str) -> None:
+    log_execution(ledger)
+    os._exit(17)
+
+
+@queue.task(name="rel.memory_hog", max_retries=2, max_crashes=0, retry_backoff=0.0, retry_backoff_max=0.0)
+def memory_hog(ledger: str, cap_bytes: int) -> int:
+    """Allocate far past an address-space cap set for this task alone (restored afterwards)."""
+    log_execution(ledger)
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (cap_bytes, hard))
+    try:
+        block = bytearray(4 * cap_bytes)
+        return len(block)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+# --- pickling and unpickling that fails, exits or crashes -----------------------------
+
+
+def _raise(message: str) -> None:
+    raise ValueError(message)
+
+
+def _exit() -> None:
+    sys.exit(5)
+
+
+def _crash() -> None:
+    ctypes.string_at(0)
+
+
+class Trap:
+    """An object that raises, calls sys.exit or segfaults when it is pickled or unpickled.
+
+    ``when`` is "pickle" or "unpickle"; ``how`` is "raise", "exit" or "crash".
+    """
+
+    def __init__(self, when: str, how: str) -> None:
+        self.when = when
+        self.how = how
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self.when == "pickle":
+            if self.how == "raise":
+                _raise("this object refuses to be pickled")
+            {"exit": _exit, "crash": _crash}[self.how]()
+        if self.how == "raise":
+            return (_raise, ("this object refuses to be unpickled",))
+        return ({"exit": _exit, "crash": _crash}[self.how], ())
+
+
+class SetstateTrap:
+    """Raises from ``__setstate__`` while it is unpickled (after ``__reduce_ex__`` went fine)."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        raise RuntimeError("__setstate__ refuses")
+
+
+@queue.task(name="rel.echo", max_retries=0, max_crashes=0)
+def echo(value: Any) -> str:
+    """Receives an argument (which may fail to unpickle here) and returns its type name."""
+    return type(value).__qualname__
+
+
+@queue.task(name="rel.make", max_retries=0, max_crashes=0)
+def make(when: str, how: str) -> Any:
+    """Returns a result that fails, exits or crashes when pickled here or unpickled by the caller."""
+    if how == "setstate":
+        return SetstateTrap()
+    return Trap(when, how)
+
+
+@queue.task(name="rel.misbehave", max_retries=0, max_crashes=0)
+def misbehave(how: str) -> None:
+    """Fails in the task itself: raise, sys.exit, os._exit, a segfault, or a KeyboardInterrupt."""
+    if how == "raise":
+        raise LookupError("raised in the task")
+    if how == "exit":
+        sys.exit(3)
+    if how == "os_exit":
+        os._exit(3)
+    if how == "crash":
+        _crash()
+    if how == "interrupt":
+        raise KeyboardInterrupt
+    raise AssertionError(how)
+
+
+@queue.task(name="rel.add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+# --- hard timeouts ------------------------------------------------------------------------
+
+BIG_RESULT = 100 * 1024 * 1024
+
+
+def _io_written() -> int:
+    with open("/proc/self/io") as io:
+        for line in io:
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    raise RuntimeError("no wchar in /proc/self/io")
+
+
+@queue.task(name="rel.stall_mid_result", timeout=2.0, max_retries=0, max_crashes=0)
+def stall_mid_result(marker: str) -> bytes:
+    """Return 100 MB, and stop this process (SIGSTOP) once 10 MB of it went down the pipe."""
+    Path(marker).write_text(str(os.getpid()))
+    start = _io_written()
+
+    def stop_mid_send() -> None:
+        while _io_written() - start < 10 * 1024 * 1024:
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    threading.Thread(target=stop_mid_send, daemon=True).start()
+    return b"x" * BIG_RESULT
+
+
+@queue.task(name="rel.big_result", max_retries=0)
+def big_result() -> bytes:
+    return b"y" * BIG_RESULT
