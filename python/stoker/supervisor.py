@@ -41,6 +41,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import selectors
 import signal
 import socket
 import subprocess
@@ -49,12 +50,12 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
+from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
 from .errors import InvalidOptionError, TaskTimeoutError, WorkerLostError, WorkerStartupError
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
@@ -114,7 +115,7 @@ class _Running:
 @dataclass
 class _Worker:
     process: BaseProcess
-    conn: Connection
+    channel: Channel
     ready: bool = False
     running: _Running | None = None
     killed_for: str | None = None
@@ -287,20 +288,36 @@ class Supervisor:
 
     def _wait(self, now: float) -> None:
         timeout = self._next_deadline(now) - now
-        waitables: list[Any] = [self._wake_r]
-        for w in self._workers:
-            waitables.append(w.conn)
-            waitables.append(w.process.sentinel)
-        ready = set(wait(waitables, max(0.0, timeout)))
-        if self._wake_r in ready:
+        readable: set[int] = set()
+        writable: set[int] = set()
+        # One poll over every worker pipe (reads, and writes still pending),
+        # every process sentinel and the wake-up pipe.
+        with selectors.PollSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            for w in self._workers:
+                events = 0 if w.channel.eof else selectors.EVENT_READ
+                if w.channel.output_pending:
+                    events |= selectors.EVENT_WRITE
+                if events:
+                    selector.register(w.channel.fd, events)
+                selector.register(w.process.sentinel, selectors.EVENT_READ)
+            for key, events in selector.select(max(0.0, timeout)):
+                if events & selectors.EVENT_READ:
+                    readable.add(key.fd)
+                if events & selectors.EVENT_WRITE:
+                    writable.add(key.fd)
+        if self._wake_r in readable:
             self._drain_wake_pipe()
             self._next_poll = 0.0  # Look at the database on the next turn.
+        for w in list(self._workers):
+            if w.channel.fd in writable:
+                self._flush_output(w)
         # Messages first: a worker may have sent its result just before it died.
         for w in list(self._workers):
-            if w.conn in ready:
+            if w.channel.fd in readable:
                 self._read_messages(w)
         for w in list(self._workers):
-            if w.process.sentinel in ready and w in self._workers:
+            if w.process.sentinel in readable and w in self._workers:
                 self._on_exit(w)
         self._flush_completions()
 
@@ -359,8 +376,8 @@ class Supervisor:
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float) -> None:
         deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
         try:
-            worker.conn.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload))
-        except (BrokenPipeError, OSError):
+            worker.channel.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload))
+        except OSError:
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
             self.engine.requeue(job.id, job.token)
@@ -422,14 +439,27 @@ class Supervisor:
     # --- worker messages and deaths -------------------------------------------------
 
     def _read_messages(self, w: _Worker) -> None:
-        while not w.exited:
-            try:
-                if not w.conn.poll():
-                    return
-                message = w.conn.recv()
-            except (EOFError, OSError):
-                return  # Its sentinel reports the death.
+        if w.exited:
+            return
+        try:
+            messages = w.channel.receive()
+        except ProtocolError as error:
+            # Nothing more can be understood from this worker: treat it as lost.
+            log.error("worker process %s sent a broken message (%s); killing it", w.pid, error)
+            w.channel.eof = True
+            self._signal_group(w, signal.SIGKILL)
+            return
+        # An end-of-file is reported by the process sentinel, as the worker's death.
+        for message in messages:
+            if w.exited:
+                return
             self._on_message(w, message)
+
+    def _flush_output(self, w: _Worker) -> None:
+        try:
+            w.channel.flush()
+        except OSError:
+            pass  # The worker is gone; its sentinel reports it.
 
     def _on_message(self, w: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -490,7 +520,7 @@ class Supervisor:
         w.exited = True
         self._tell_guardian(f"-{w.pid}")
         self._workers.remove(w)
-        w.conn.close()
+        w.channel.close()
         running, w.running = w.running, None
         if running is not None:
             self._report_end_of_killed_or_lost(w, running)
@@ -600,7 +630,7 @@ class Supervisor:
         process.start()
         child_conn.close()
         self._tell_guardian(f"+{process.pid}")
-        self._workers.append(_Worker(process, parent_conn))
+        self._workers.append(_Worker(process, Channel(parent_conn)))
 
     def _shutdown_workers(self) -> None:
         for w in self._workers:
@@ -609,8 +639,8 @@ class Supervisor:
                 w.killed_for = w.killed_for or "shutdown"
             else:
                 try:
-                    w.conn.send(("stop",))
-                except (BrokenPipeError, OSError):
+                    w.channel.send(("stop",))
+                except OSError:
                     pass
         deadline = time.monotonic() + KILL_REAP_WAIT
         for w in list(self._workers):
@@ -623,7 +653,7 @@ class Supervisor:
             if w.running is not None and self._engine is not None:
                 self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
-            w.conn.close()
+            w.channel.close()
         self._workers.clear()
         self._flush_completions()
 

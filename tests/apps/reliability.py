@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import platform
 import random
 import resource
 import signal
@@ -193,23 +194,29 @@ def add(a: int, b: int) -> int:
 BIG_RESULT = 100 * 1024 * 1024
 
 
-def _io_written() -> int:
-    with open("/proc/self/io") as io:
-        for line in io:
-            if line.startswith("wchar:"):
-                return int(line.split()[1])
-    raise RuntimeError("no wchar in /proc/self/io")
+#: The number of the write system call, by machine.
+WRITE_SYSCALL = {"x86_64": 1, "aarch64": 64}
 
 
 @queue.task(name="rel.stall_mid_result", timeout=2.0, max_retries=0, max_crashes=0)
 def stall_mid_result(marker: str) -> bytes:
-    """Return 100 MB, and stop this process (SIGSTOP) once 10 MB of it went down the pipe."""
+    """Return 100 MB, and stop this process (SIGSTOP) while it writes the result to its pipe.
+
+    A thread watches the main thread's current system call and stops the whole
+    process once it is a write: from then on the supervisor holds part of a
+    message that will not be finished.
+    """
     Path(marker).write_text(str(os.getpid()))
-    start = _io_written()
+    main = threading.get_native_id()
+    write = WRITE_SYSCALL[platform.machine()]
 
     def stop_mid_send() -> None:
-        while _io_written() - start < 10 * 1024 * 1024:
-            time.sleep(0.0005)
+        path = f"/proc/self/task/{main}/syscall"
+        while True:
+            with open(path) as status:
+                if status.read().split(" ", 1)[0] == str(write):
+                    break
+            time.sleep(0.0002)
         os.kill(os.getpid(), signal.SIGSTOP)
 
     threading.Thread(target=stop_mid_send, daemon=True).start()
