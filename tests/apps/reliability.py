@@ -11,8 +11,10 @@ import ctypes
 import os
 import platform
 import random
+import re
 import resource
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -226,3 +228,34 @@ def stall_mid_result(marker: str) -> bytes:
 @queue.task(name="rel.big_result", max_retries=0)
 def big_result() -> bytes:
     return b"y" * BIG_RESULT
+
+
+# --- process families (no timeout: only a supervisor's death ends them) --------------------
+
+
+@queue.task(name="rel.family", max_retries=0, max_crashes=0)
+def family(marker: str) -> None:
+    """Start a child that starts a grandchild, write ``pid child`` to the marker, and wait."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess,time; subprocess.Popen(['sleep','600']); time.sleep(600)"]
+    )
+    Path(marker).write_text(f"{os.getpid()} {child.pid}")
+    time.sleep(600)
+
+
+@queue.task(name="rel.spin_in_c", max_retries=0, max_crashes=0)
+def spin_in_c(marker: str) -> None:
+    """Spin in C code holding the GIL (catastrophic regex backtracking) for a very long time."""
+    Path(marker).write_text(str(os.getpid()))
+    re.match(r"(a+)+$", "a" * 80 + "b")
+
+
+@queue.task(name="rel.cancellable", max_retries=3, max_crashes=3, retry_backoff=0.0, retry_backoff_max=0.0)
+def cancellable(ledger: str, markers: str) -> str:
+    """Say which attempt started, then wait (only a kill ends it)."""
+    current = current_job()
+    assert current is not None
+    Path(markers, f"attempt-{current[1]}").write_text(str(os.getpid()))
+    time.sleep(600)
+    log_execution(ledger)
+    return "finished"
