@@ -259,3 +259,102 @@ def cancellable(ledger: str, markers: str) -> str:
     time.sleep(600)
     log_execution(ledger)
     return "finished"
+
+
+# --- exceptions built from a description (the error-detail tests) -----------------------------
+
+BASES: dict[str, type[BaseException]] = {
+    "Exception": Exception,
+    "ValueError": ValueError,
+    "KeyError": KeyError,
+    "OSError": OSError,
+    "RuntimeError": RuntimeError,
+}
+
+
+#: A message of this text stands for a 10 MB message (so that descriptions stay small).
+BIG_MESSAGE = "<10 MB>"
+
+
+def message_of(spec: dict[str, Any]) -> str:
+    message: str = spec["message"]
+    return "m" * (10 * 1024 * 1024) if message == BIG_MESSAGE else message
+
+
+def build_exception(spec: dict[str, Any]) -> BaseException:
+    """A fresh exception class and instance as ``spec`` describes them.
+
+    ``spec``: ``name``, ``base`` (a key of BASES), ``ctor`` (message, fields,
+    kwonly or none), ``attr`` (none, int or lock: a lock cannot be pickled),
+    ``message`` (BIG_MESSAGE for 10 MB), and optionally ``group`` (a list of
+    specs: an ExceptionGroup of them).
+    The class is made at run time, so it crosses by value (cloudpickle) or not at all.
+    """
+    if spec.get("group") is not None:
+        members = [_caught(member) for member in spec["group"]]
+        group: BaseException = ExceptionGroup(message_of(spec), members)  # type: ignore[name-defined]  # noqa: F821
+        return group
+    base = BASES[spec["base"]]
+    ctor, message = spec["ctor"], message_of(spec)
+    namespace: dict[str, Any] = {}
+    if ctor == "fields":
+
+        def __init__(self: Any, user: str, limit: int) -> None:
+            base.__init__(self, f"{user} over {limit}")
+            self.user, self.limit = user, limit
+
+        namespace["__init__"] = __init__
+    elif ctor == "kwonly":
+
+        def __init__(self: Any, user: str, *, limit: int) -> None:  # type: ignore[misc]
+            base.__init__(self, f"{user} over {limit}")
+            self.user, self.limit = user, limit
+
+        namespace["__init__"] = __init__
+    elif ctor == "none":
+
+        def __init__(self: Any) -> None:  # type: ignore[misc]
+            base.__init__(self, message)
+
+        namespace["__init__"] = __init__
+    cls = type(spec["name"], (base,), namespace)
+    cls.__module__ = __name__
+    if ctor in ("fields", "kwonly"):
+        instance = cls(message, limit=3)
+    else:
+        instance = cls() if ctor == "none" else cls(message)
+    if spec["attr"] == "int":
+        instance.code = 7
+    elif spec["attr"] == "lock":
+        instance.lock = threading.Lock()
+    return instance
+
+
+def raise_described(spec: dict[str, Any]) -> None:
+    """Raise the exception of ``spec``, chained to its ``cause`` (explicit) or ``context`` (implicit)."""
+    exc = build_exception(spec)
+    if spec.get("cause") is not None:
+        try:
+            raise_described(spec["cause"])
+        except BaseException as cause:
+            raise exc from cause
+    if spec.get("context") is not None:
+        try:
+            raise_described(spec["context"])
+        except BaseException:
+            raise exc  # noqa: B904 - the implicit context is the point
+    raise exc
+
+
+def _caught(spec: dict[str, Any]) -> BaseException:
+    """The exception of ``spec`` as raised (with its chain and traceback)."""
+    try:
+        raise_described(spec)
+    except BaseException as exc:
+        return exc
+    raise AssertionError("raise_described returned")
+
+
+@queue.task(name="rel.raise_described", max_retries=0, max_crashes=0)
+def raise_described_task(spec: dict[str, Any]) -> None:
+    raise_described(spec)

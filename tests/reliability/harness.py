@@ -22,6 +22,9 @@ from apps import tasks as tasks_app
 from conftest import HANG_GUARD, TESTS
 from stoker._core import Engine
 
+#: ``make stress`` sets this too, for sizes chosen at import time (hypothesis settings).
+STRESS = os.environ.get("STOKER_STRESS") == "1"
+
 #: Error kinds of attempts whose worker or supervisor was lost: the only
 #: attempts that may have run to their end and still be run again.
 LOST_KINDS = {"crash", "lease_expired"}
@@ -276,7 +279,7 @@ class Scale:
 
 @pytest.fixture
 def scale(request: pytest.FixtureRequest) -> Scale:
-    return Scale(bool(request.config.getoption("--stress")))
+    return Scale(STRESS or bool(request.config.getoption("--stress")))
 
 
 @pytest.fixture
