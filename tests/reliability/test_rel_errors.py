@@ -117,7 +117,9 @@ def check_caller_sees(
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=1000 if STRESS else 60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(spec=specs)
 def test_capture_and_rebuild_keep_the_detail(spec: dict[str, Any]) -> None:
