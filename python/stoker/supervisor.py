@@ -49,6 +49,8 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from types import FrameType
@@ -57,7 +59,13 @@ from typing import TYPE_CHECKING, Any
 from . import serialization
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
-from .errors import InvalidOptionError, TaskTimeoutError, WorkerLostError, WorkerStartupError
+from .errors import (
+    InvalidOptionError,
+    StorageError,
+    TaskTimeoutError,
+    WorkerLostError,
+    WorkerStartupError,
+)
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
 from .remote_errors import CapturedError, qualified_name
 from .worker import worker_main
@@ -90,6 +98,15 @@ KILL_REAP_WAIT = 5.0
 SPARE_WORKERS = 1
 #: Consecutive worker start-up failures after which the supervisor gives up.
 STARTUP_FAILURE_LIMIT = 3
+#: How long the database may keep failing (locked past the busy timeout, disk
+#: full, I/O errors) before the supervisor stops with that error. Until then it
+#: keeps its jobs' outcomes in memory and retries, first after
+#: STORAGE_RETRY_MIN seconds, doubling up to STORAGE_RETRY_MAX. Running jobs
+#: always keep a lease deadline in storage, so whatever a supervisor that stops
+#: could not store is run again after the lease.
+STORAGE_FAILURE_LIMIT = 60.0
+STORAGE_RETRY_MIN = 0.01
+STORAGE_RETRY_MAX = 1.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -194,6 +211,13 @@ class Supervisor:
         self._next_poll = 0.0
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None]] = []
+        self._reports: deque[tuple[str, Callable[[], None]]] = deque()
+        """Outcomes (failures, cancellations, re-queues) to store, in order; kept while storage fails."""
+        self.storage_failure_limit = STORAGE_FAILURE_LIMIT
+        self._storage_failing_since: float | None = None
+        self._storage_retry_at: float | None = None
+        self._storage_backoff = STORAGE_RETRY_MIN
+        self._shutting_down = False
         self._startup_failures = 0
         self._worker_serial = 0
         self.started = threading.Event()
@@ -243,48 +267,104 @@ class Supervisor:
             self._loop()
         finally:
             local.discard(self)
-            self._shutdown_workers()
-            self._stop_guardian()
-            for signum, handler in restore:
-                signal.signal(signum, handler)
-            # Mark the pipe closed before closing it, so that a late notify() from
-            # another thread never writes to a file descriptor number reused since.
-            wake_r, wake_w = self._wake_r, self._wake_w
-            self._wake_r = self._wake_w = -1
-            os.close(wake_r)
-            os.close(wake_w)
+            try:
+                self._shutdown_workers()
+            finally:
+                # Even if the shutdown failed half-way, the guardian kills what is left.
+                self._stop_guardian()
+                for signum, handler in restore:
+                    signal.signal(signum, handler)
+                # Mark the pipe closed before closing it, so that a late notify() from
+                # another thread never writes to a file descriptor number reused since.
+                wake_r, wake_w = self._wake_r, self._wake_w
+                self._wake_r = self._wake_w = -1
+                os.close(wake_r)
+                os.close(wake_w)
 
     # --- the loop ----------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
-            self._enforce_deadlines(now)
-            if self._stop_requests:
-                if self._drain_deadline is None:
-                    self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
-                if self._stop_requests > 1:
-                    self._drain_deadline = min(self._drain_deadline, now)
-                if not self._busy_workers():
+            try:
+                if self._turn(now):
                     return
-                if now >= self._drain_deadline:
-                    self._kill_busy_for_drain()
-                    return
-            else:
-                if now >= self._next_heartbeat:
-                    self._heartbeat(now)
-                if now >= self._next_poll:
-                    self._poll_changes(now)
-                if self._next_wakeup is not None and now >= self._next_wakeup:
-                    # An eta came (claim it) or a lease ran out (reap it).
-                    self._next_wakeup = None
-                    self._want_claim = True
-                    self.engine.reap_expired()
-                self._claim_and_dispatch(now)
-                if self.until_idle and self._nothing_left():
-                    self.stop()
-                    continue
+            except StorageError as error:
+                self._on_storage_error(error, now)
             self._wait(now)
+
+    def _turn(self, now: float) -> bool:
+        """One turn of the loop before waiting; True when the supervisor is done."""
+        self._enforce_deadlines(now)
+        if self._storage_retry_at is not None:
+            if now < self._storage_retry_at:
+                return False  # Storage failed a moment ago: only deadlines until the retry.
+            self._storage_retry_at = None
+        self._flush_reports()
+        self._flush_completions()
+        if self._stop_requests:
+            if self._drain_deadline is None:
+                self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
+            if self._stop_requests > 1:
+                self._drain_deadline = min(self._drain_deadline, now)
+            if not self._busy_workers():
+                return True
+            if now >= self._drain_deadline:
+                self._kill_busy_for_drain()
+                return True
+        else:
+            if now >= self._next_heartbeat:
+                self._heartbeat(now)
+            if now >= self._next_poll:
+                self._poll_changes(now)
+            if self._next_wakeup is not None and now >= self._next_wakeup:
+                # An eta came (claim it) or a lease ran out (reap it).
+                self._next_wakeup = None
+                self._want_claim = True
+                self.engine.reap_expired()
+            self._claim_and_dispatch(now)
+            if self.until_idle and self._nothing_left():
+                self.stop()
+                return self._turn(now)
+        self._on_storage_success()
+        return False
+
+    # --- storage failures --------------------------------------------------------------
+
+    def _on_storage_error(self, error: StorageError, now: float) -> None:
+        """Retry later; stop with the error once storage has failed for too long."""
+        if self._storage_failing_since is None:
+            self._storage_failing_since = now
+            log.warning("the database failed (%s); retrying", error)
+        failing_for = now - self._storage_failing_since
+        if failing_for >= self.storage_failure_limit and not self._shutting_down:
+            raise StorageError(
+                f"stopping: the database {self.queue.path!r} kept failing for {failing_for:.0f} s "
+                f"(last error: {error}); the jobs this supervisor was running will run again "
+                "when their leases expire"
+            ) from error
+        self._storage_retry_at = now + self._storage_backoff
+        self._storage_backoff = min(self._storage_backoff * 2, STORAGE_RETRY_MAX)
+
+    def _on_storage_success(self) -> None:
+        if self._storage_failing_since is not None:
+            log.warning("the database works again")
+        self._storage_failing_since = None
+        self._storage_backoff = STORAGE_RETRY_MIN
+
+    def _store(self, what: str, report: Callable[[], None]) -> None:
+        """Store an outcome now, or keep it (in order) until storage works again."""
+        self._reports.append((what, report))
+        try:
+            self._flush_reports()
+        except StorageError as error:
+            self._on_storage_error(error, time.monotonic())
+
+    def _flush_reports(self) -> None:
+        while self._reports:
+            _, report = self._reports[0]
+            report()
+            self._reports.popleft()
 
     def _wait(self, now: float) -> None:
         timeout = self._next_deadline(now) - now
@@ -319,7 +399,10 @@ class Supervisor:
         for w in list(self._workers):
             if w.process.sentinel in readable and w in self._workers:
                 self._on_exit(w)
-        self._flush_completions()
+        try:
+            self._flush_completions()
+        except StorageError as error:
+            self._on_storage_error(error, time.monotonic())
 
     def _next_deadline(self, now: float) -> float:
         candidates = [now + 3600.0]
@@ -331,6 +414,8 @@ class Supervisor:
             candidates.append(self._next_poll)
             if self._next_wakeup is not None:
                 candidates.append(self._next_wakeup)
+        if self._storage_retry_at is not None:
+            candidates.append(self._storage_retry_at)
         for w in self._workers:
             if w.kill_at is not None:
                 candidates.append(w.kill_at)
@@ -380,7 +465,7 @@ class Supervisor:
         except OSError:
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
-            self.engine.requeue(job.id, job.token)
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
         worker.running = _Running(job, now, deadline)
@@ -489,16 +574,29 @@ class Supervisor:
         return True
 
     def _flush_completions(self) -> None:
-        if not self._completions:
+        if not self._completions or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
-        applied = self.engine.complete_many(batch)
+        try:
+            applied = self.engine.complete_many(batch)
+        except StorageError:
+            # Kept for the next try; if this supervisor stops first, the jobs run again.
+            self._completions = batch + self._completions
+            raise
         for (job_id, token, _), ok in zip(batch, applied, strict=True):
             if not ok:
                 log.warning("the outcome of job %s (token %s) was stale and was refused", job_id, token)
 
     def _report_failure(
         self, job_id: int, token: int, kind: str, captured: CapturedError, pid: int, *, retryable: bool = True
+    ) -> None:
+        self._store(
+            f"the failure of job {job_id}",
+            lambda: self._fail(job_id, token, kind, captured, pid, retryable=retryable),
+        )
+
+    def _fail(
+        self, job_id: int, token: int, kind: str, captured: CapturedError, pid: int, *, retryable: bool
     ) -> None:
         outcome, _ = self.engine.fail(
             job_id,
@@ -543,10 +641,9 @@ class Supervisor:
             )
             self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid)
         elif w.killed_for == "cancel":
-            if not self.engine.finish_cancelled(job.id, job.token):
-                log.warning("job %s was cancelled but its token %s was stale", job.id, job.token)
+            self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
         elif w.killed_for in ("drain", "shutdown"):
-            self.engine.requeue(job.id, job.token)
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
         else:
             suffix = (
                 " (possibly by the out-of-memory killer)" if w.process.exitcode == -signal.SIGKILL else ""
@@ -558,6 +655,14 @@ class Supervisor:
                 attempt=job.attempt,
             )
             self._report_failure(job.id, job.token, "crash", _supervisor_error(error), w.pid)
+
+    def _finish_cancelled(self, job_id: int, token: int) -> None:
+        if not self.engine.finish_cancelled(job_id, token):
+            log.warning("job %s was cancelled but its token %s was stale", job_id, token)
+
+    def _requeue(self, job_id: int, token: int) -> None:
+        if not self.engine.requeue(job_id, token):
+            log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
         self._startup_failures += 1
@@ -633,6 +738,7 @@ class Supervisor:
         self._workers.append(_Worker(process, Channel(parent_conn)))
 
     def _shutdown_workers(self) -> None:
+        self._shutting_down = True
         for w in self._workers:
             if w.running is not None and not w.exited:
                 self._signal_group(w, signal.SIGKILL)
@@ -655,7 +761,16 @@ class Supervisor:
                 w.running = None
             w.channel.close()
         self._workers.clear()
-        self._flush_completions()
+        self._storage_retry_at = None
+        try:
+            self._flush_reports()
+            self._flush_completions()
+        except StorageError as error:
+            log.error(
+                "%d outcome(s) could not be stored (%s); those jobs run again when their leases expire",
+                len(self._reports) + len(self._completions),
+                error,
+            )
 
     def _start_guardian(self) -> None:
         """Start the process that kills the workers if this supervisor dies (see ``_guardian``)."""
