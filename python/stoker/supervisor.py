@@ -494,17 +494,21 @@ class Supervisor:
         version = self.engine.data_version()
         if version == self._data_version:
             return
-        self._data_version = version
         self._want_claim = True
         if self._busy_workers():
             for job_id, token in self.engine.cancel_requests(self.owner):
                 self._cancel(job_id, token)
+        # Only now: if reading the cancel requests failed, the next poll reads them again.
+        self._data_version = version
 
     def _heartbeat(self, now: float) -> None:
-        self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
         if leases:
-            for job_id in self.engine.heartbeat(self.owner, leases, self._lease_ms()):
+            # A failed heartbeat is retried with the next storage retry, not a third of a lease later.
+            cancels = self.engine.heartbeat(self.owner, leases, self._lease_ms())
+        self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
+        if leases:
+            for job_id in cancels:
                 for w in self._busy_workers():
                     if w.running and w.running.job.id == job_id:
                         self._cancel(job_id, w.running.job.token)
