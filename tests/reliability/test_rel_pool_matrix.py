@@ -114,7 +114,9 @@ def _result_pickle_crash(queue: stoker.Queue, tmp: Path) -> None:
 def _result_unpickle_raise(queue: stoker.Queue, tmp: Path) -> None:
     # The supervisor stores the result's bytes without unpickling them; only the caller does.
     job = queue.get_task("rel.make").delay("unpickle", "raise")
-    with pytest.raises((ValueError, stoker.SerializationError), match="refuses to be unpickled"):
+    with pytest.raises(
+        (ValueError, stoker.SerializationError, stoker.ResultGetError), match="refuses to be unpickled"
+    ):
         job.result(timeout=HANG_GUARD)
     assert job.status == "complete"
 
@@ -128,7 +130,9 @@ def _result_unpickle_exit(queue: stoker.Queue, tmp: Path) -> None:
 
 def _result_setstate_raise(queue: stoker.Queue, tmp: Path) -> None:
     job = queue.get_task("rel.make").delay("unpickle", "setstate")
-    with pytest.raises((RuntimeError, stoker.SerializationError), match="__setstate__ refuses"):
+    with pytest.raises(
+        (RuntimeError, stoker.SerializationError, stoker.ResultGetError), match="__setstate__ refuses"
+    ):
         job.result(timeout=HANG_GUARD)
     assert job.status == "complete"
 
