@@ -3,6 +3,8 @@
 #   make test   - set everything up and run the whole test suite (cargo test + pytest)
 #   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, stubtest
 #   make bench  - the benchmarks in benches/
+#   make stress - the reliability tests (tests/reliability) at their full sizes
+#   make soak   - loop the reliability mix for SOAK_HOURS hours, checking resources stay flat
 
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
@@ -13,7 +15,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Python trees that are linted (benches/ may not exist in a stripped checkout).
 PY_TREES := $(wildcard python tests benches examples)
 
-.PHONY: demo test test-rust test-python lint build bench clean
+.PHONY: demo test test-rust test-python lint build bench stress soak clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +48,15 @@ lint: build
 	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy --strict python/stoker
 	$(PY) -m mypy.stubtest stoker._core --allowlist stubtest-allowlist.txt
+
+# Full sizes: 10,000 jobs under 50 worker and 3 supervisor kills, 100,000 jobs
+# over several supervisors, and so on (tests/reliability, --stress).
+stress: build
+	STOKER_STRESS=1 $(PY) -m pytest -q -s tests/reliability --stress -o timeout=7200
+
+SOAK_HOURS ?= 1
+soak: build
+	$(PY) benches/soak.py --hours $(SOAK_HOURS)
 
 bench: build
 	$(PY) -m pip install -q flexiq

@@ -29,7 +29,20 @@ os.environ.setdefault("STOKER_TEST_DB", os.path.join(tempfile.mkdtemp(prefix="st
 import stoker  # noqa: E402
 from apps import tasks as app  # noqa: E402
 
+# Fixtures of the reliability tests (tests/reliability).
+pytest_plugins = ["reliability.harness"]
+
 T = TypeVar("T")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--stress",
+        action="store_true",
+        default=False,
+        help="run the reliability tests (tests/reliability) at their full sizes (make stress)",
+    )
+
 
 #: Upper bound on any wait in the tests. It only turns a hang into a failure;
 #: no test asserts how fast something happens (benches/ does that).

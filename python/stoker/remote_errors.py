@@ -68,7 +68,7 @@ def _pickle_if_it_round_trips(exc: BaseException) -> bytes | None:
         # caller would hide the error behind a second one.
         serialization.loads(data)
         return data
-    except Exception:
+    except BaseException:  # Even sys.exit() from a __reduce__ must not lose the error.
         return None
 
 

@@ -97,7 +97,8 @@ def dumps_exception(exc: BaseException) -> bytes:
     exception class whose constructor takes other arguments than its message
     (``QuotaError(user, limit)``) pickles but cannot be unpickled. Exceptions
     that keep that default reduction are instead rebuilt without calling
-    ``__init__``: ``__new__`` with the same args, then their ``__dict__``,
+    ``__init__``: ``__new__`` with the same args (or those of a built-in
+    reduction, like OSError's), then their ``__dict__``,
     ``__cause__``, ``__context__`` and ``__suppress_context__``. Tracebacks do not
     pickle; the formatted text carries them. A class with its own
     ``__reduce__`` is pickled its own way.
@@ -109,19 +110,39 @@ def dumps_exception(exc: BaseException) -> bytes:
 
 class _ExceptionPickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, BaseException) and _has_default_reduce(type(obj)):
+        if isinstance(obj, BaseException) and _has_builtin_reduce(type(obj)):
             state = dict(getattr(obj, "__dict__", {}))
+            # A built-in reduction may carry more than ``args`` (OSError's filename);
+            # its arguments are what ``__new__`` is given.
+            reduced = obj.__reduce__()
+            new_args = obj.args
+            if isinstance(reduced, tuple) and len(reduced) > 1 and reduced[0] is type(obj):
+                new_args = tuple(reduced[1])
             return (
                 _rebuild_exception,
-                (type(obj), obj.args, state, obj.__cause__, obj.__context__, obj.__suppress_context__),
+                (
+                    type(obj),
+                    obj.args,
+                    state,
+                    obj.__cause__,
+                    obj.__context__,
+                    obj.__suppress_context__,
+                    new_args,
+                ),
             )
         return super().reducer_override(obj)
 
 
-def _has_default_reduce(cls: type) -> bool:
-    reduce: object = cls.__reduce__
-    reduce_ex: object = cls.__reduce_ex__
-    return reduce is BaseException.__reduce__ and reduce_ex is BaseException.__reduce_ex__
+def _has_builtin_reduce(cls: type) -> bool:
+    """Whether the class reduces the way a built-in exception does (it defines no reduction itself).
+
+    ``OSError`` and a few others define their own ``__reduce__``, which still
+    replays the arguments into the constructor of a subclass that takes others.
+    """
+    for klass in cls.__mro__:
+        if "__reduce__" in vars(klass) or "__reduce_ex__" in vars(klass):
+            return klass.__module__ == "builtins"
+    return True
 
 
 def _rebuild_exception(
@@ -131,8 +152,9 @@ def _rebuild_exception(
     cause: BaseException | None,
     context: BaseException | None,
     suppress_context: bool,
+    new_args: tuple[Any, ...] | None = None,
 ) -> BaseException:
-    exc = cls.__new__(cls, *args)
+    exc = cls.__new__(cls, *(args if new_args is None else new_args))
     exc.args = args
     if state:
         exc.__dict__.update(state)

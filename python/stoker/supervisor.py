@@ -46,6 +46,7 @@ import logging
 import multiprocessing
 import os
 import secrets
+import selectors
 import signal
 import socket
 import subprocess
@@ -53,8 +54,9 @@ import sys
 import threading
 import time
 import weakref
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -62,11 +64,13 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from . import flow, schedule, serialization
+from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
 from .errors import (
     InvalidOptionError,
     MemoryLimitExceededError,
     RequeueLimitError,
+    StorageError,
     TaskTimeoutError,
     WorkerLostError,
     WorkerStartupError,
@@ -119,6 +123,15 @@ MEMORY_POLL_INTERVAL = 0.05
 MAX_REQUEUES = 3
 #: Jobs expired, and finished jobs purged past their retention, per heartbeat.
 HOUSEKEEPING_BATCH = 1000
+#: How long the database may keep failing (locked past the busy timeout, disk
+#: full, I/O errors) before the supervisor stops with that error. Until then it
+#: keeps its jobs' outcomes in memory and retries, first after
+#: STORAGE_RETRY_MIN seconds, doubling up to STORAGE_RETRY_MAX. Running jobs
+#: always keep a lease deadline in storage, so whatever a supervisor that stops
+#: could not store is run again after the lease.
+STORAGE_FAILURE_LIMIT = 60.0
+STORAGE_RETRY_MIN = 0.01
+STORAGE_RETRY_MAX = 1.0
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -148,7 +161,7 @@ class _Running:
 @dataclass
 class _Worker:
     process: BaseProcess
-    conn: Connection
+    channel: Channel
     ready: bool = False
     running: _Running | None = None
     killed_for: str | None = None
@@ -247,6 +260,13 @@ class Supervisor:
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
         self._next_fire = 0.0
+        self._reports: deque[tuple[str, Callable[[], None]]] = deque()
+        """Outcomes (failures, cancellations, re-queues) to store, in order; kept while storage fails."""
+        self.storage_failure_limit = STORAGE_FAILURE_LIMIT
+        self._storage_failing_since: float | None = None
+        self._storage_retry_at: float | None = None
+        self._storage_backoff = STORAGE_RETRY_MIN
+        self._shutting_down = False
         self._startup_failures = 0
         self._start_not_before = 0.0
         self._next_memory_poll = 0.0
@@ -298,76 +318,151 @@ class Supervisor:
             self._loop()
         finally:
             local.discard(self)
-            self._shutdown_workers()
-            self._stop_guardian()
-            for signum, handler in restore:
-                signal.signal(signum, handler)
-            # Mark the pipe closed before closing it, so that a late notify() from
-            # another thread never writes to a file descriptor number reused since.
-            wake_r, wake_w = self._wake_r, self._wake_w
-            self._wake_r = self._wake_w = -1
-            os.close(wake_r)
-            os.close(wake_w)
+            try:
+                self._shutdown_workers()
+            finally:
+                # Even if the shutdown failed half-way, the guardian kills what is left.
+                self._stop_guardian()
+                for signum, handler in restore:
+                    signal.signal(signum, handler)
+                # Mark the pipe closed before closing it, so that a late notify() from
+                # another thread never writes to a file descriptor number reused since.
+                wake_r, wake_w = self._wake_r, self._wake_w
+                self._wake_r = self._wake_w = -1
+                os.close(wake_r)
+                os.close(wake_w)
 
     # --- the loop ----------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
             now = time.monotonic()
-            self._enforce_deadlines(now)
-            if not self._stop_requests:
-                self._top_up_workers(now)
-            if self._stop_requests:
-                if self._drain_deadline is None:
-                    self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
-                if self._stop_requests > 1:
-                    self._drain_deadline = min(self._drain_deadline, now)
-                if not self._busy_workers():
+            try:
+                if self._turn(now):
                     return
-                if now >= self._drain_deadline:
-                    self._kill_busy_for_drain()
-                    return
-            else:
-                if now >= self._next_heartbeat:
-                    self._heartbeat(now)
-                if now >= self._next_poll:
-                    self._poll_changes(now)
-                if now >= self._next_fire:
-                    self._fire_schedules(now)
-                if self._next_wakeup is not None and now >= self._next_wakeup:
-                    # An eta came (claim it), a lease ran out (reap it), a limit
-                    # refilled (claim) or a job expired.
-                    self._next_wakeup = None
-                    self._want_claim = True
-                    self.engine.reap_expired()
-                    self.engine.expire_due(HOUSEKEEPING_BATCH)
-                self._claim_and_dispatch(now)
-                if self.until_idle and self._nothing_left():
-                    self.stop()
-                    continue
+            except StorageError as error:
+                self._on_storage_error(error, now)
             self._wait(now)
+
+    def _turn(self, now: float) -> bool:
+        """One turn of the loop before waiting; True when the supervisor is done."""
+        self._enforce_deadlines(now)
+        if self._storage_retry_at is not None:
+            if now < self._storage_retry_at:
+                return False  # Storage failed a moment ago: only deadlines until the retry.
+            self._storage_retry_at = None
+        self._flush_reports()
+        self._flush_completions()
+        if not self._stop_requests:
+            self._top_up_workers(now)
+        if self._stop_requests:
+            if self._drain_deadline is None:
+                self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
+            if self._stop_requests > 1:
+                self._drain_deadline = min(self._drain_deadline, now)
+            if not self._busy_workers():
+                return True
+            if now >= self._drain_deadline:
+                self._kill_busy_for_drain()
+                return True
+        else:
+            if now >= self._next_heartbeat:
+                self._heartbeat(now)
+            if now >= self._next_poll:
+                self._poll_changes(now)
+            if now >= self._next_fire:
+                self._fire_schedules(now)
+            if self._next_wakeup is not None and now >= self._next_wakeup:
+                # An eta came (claim it), a lease ran out (reap it), a limit
+                # refilled (claim) or a job expired.
+                self._next_wakeup = None
+                self._want_claim = True
+                self.engine.reap_expired()
+                self.engine.expire_due(HOUSEKEEPING_BATCH)
+            self._claim_and_dispatch(now)
+            if self.until_idle and self._nothing_left():
+                self.stop()
+                return self._turn(now)
+        self._on_storage_success()
+        return False
+
+    # --- storage failures --------------------------------------------------------------
+
+    def _on_storage_error(self, error: StorageError, now: float) -> None:
+        """Retry later; stop with the error once storage has failed for too long."""
+        if self._storage_failing_since is None:
+            self._storage_failing_since = now
+            log.warning("the database failed (%s); retrying", error)
+        failing_for = now - self._storage_failing_since
+        if failing_for >= self.storage_failure_limit and not self._shutting_down:
+            raise StorageError(
+                f"stopping: the database {self.queue.path!r} kept failing for {failing_for:.0f} s "
+                f"(last error: {error}); the jobs this supervisor was running will run again "
+                "when their leases expire"
+            ) from error
+        self._storage_retry_at = now + self._storage_backoff
+        self._storage_backoff = min(self._storage_backoff * 2, STORAGE_RETRY_MAX)
+
+    def _on_storage_success(self) -> None:
+        if self._storage_failing_since is not None:
+            log.warning("the database works again")
+        self._storage_failing_since = None
+        self._storage_backoff = STORAGE_RETRY_MIN
+
+    def _store(self, what: str, report: Callable[[], None]) -> None:
+        """Store an outcome now, or keep it (in order) until storage works again."""
+        self._reports.append((what, report))
+        try:
+            self._flush_reports()
+        except StorageError as error:
+            self._on_storage_error(error, time.monotonic())
+
+    def _flush_reports(self) -> None:
+        while self._reports:
+            _, report = self._reports[0]
+            report()
+            self._reports.popleft()
 
     def _wait(self, now: float) -> None:
         # Whatever the last turn stored (completions, failures, kills), waiters
         # in this process look now instead of at their next poll.
         notify_outcomes()
         timeout = self._next_deadline(now) - now
-        waitables: list[Any] = [self._wake_r]
-        for w in self._workers:
-            waitables.append(w.conn)
-            waitables.append(w.process.sentinel)
-        ready = set(wait(waitables, max(0.0, timeout)))
-        if self._wake_r in ready:
+        readable: set[int] = set()
+        writable: set[int] = set()
+        # One poll over every worker pipe (reads, and writes still pending),
+        # every process sentinel and the wake-up pipe.
+        with selectors.PollSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            for w in self._workers:
+                events = 0 if w.channel.eof else selectors.EVENT_READ
+                if w.channel.output_pending:
+                    events |= selectors.EVENT_WRITE
+                if events:
+                    selector.register(w.channel.fd, events)
+                selector.register(w.process.sentinel, selectors.EVENT_READ)
+            for key, events in selector.select(max(0.0, timeout)):
+                if events & selectors.EVENT_READ:
+                    readable.add(key.fd)
+                if events & selectors.EVENT_WRITE:
+                    writable.add(key.fd)
+        if self._wake_r in readable:
             self._drain_wake_pipe()
             self._next_poll = 0.0  # Look at the database on the next turn.
+        for w in list(self._workers):
+            if w.channel.fd in writable:
+                self._flush_output(w)
         # Messages first: a worker may have sent its result just before it died.
         for w in list(self._workers):
-            if w.conn in ready:
+            if w.channel.fd in readable:
                 self._read_messages(w)
         for w in list(self._workers):
-            if w.process.sentinel in ready and w in self._workers:
+            if w.process.sentinel in readable and w in self._workers:
                 self._on_exit(w)
-        self._flush_completions()
+        try:
+            self._flush_completions()
+        except StorageError as error:
+            self._on_storage_error(error, time.monotonic())
 
     def _next_deadline(self, now: float) -> float:
         candidates = [now + 3600.0]
@@ -382,6 +477,8 @@ class Supervisor:
                 candidates.append(self._next_wakeup)
         if not self._stop_requests and len(self._workers) < self.processes + SPARE_WORKERS:
             candidates.append(self._start_not_before)
+        if self._storage_retry_at is not None:
+            candidates.append(self._storage_retry_at)
         for w in self._workers:
             if w.kill_at is not None:
                 candidates.append(w.kill_at)
@@ -433,11 +530,13 @@ class Supervisor:
         deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
         task = REGISTRY.get(job.task_name)
         try:
-            worker.conn.send(("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels))
-        except (BrokenPipeError, OSError):
+            worker.channel.send(
+                ("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels)
+            )
+        except OSError:
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
-            self.engine.requeue(job.id, job.token)
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
         worker.running = _Running(job, now, deadline, task.options_ if task is not None else None)
@@ -466,18 +565,22 @@ class Supervisor:
         version = self.engine.data_version()
         if version == self._data_version:
             return
-        self._data_version = version
         self._want_claim = True
         self._next_fire = min(self._next_fire, now)  # A schedule may have been added.
         if self._busy_workers():
             for job_id, token in self.engine.cancel_requests(self.owner):
                 self._cancel(job_id, token)
+        # Only now: if reading the cancel requests failed, the next poll reads them again.
+        self._data_version = version
 
     def _heartbeat(self, now: float) -> None:
-        self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
         if leases:
-            for job_id in self.engine.heartbeat(self.owner, leases, self._lease_ms()):
+            # A failed heartbeat is retried with the next storage retry, not a third of a lease later.
+            cancels = self.engine.heartbeat(self.owner, leases, self._lease_ms())
+        self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
+        if leases:
+            for job_id in cancels:
                 for w in self._busy_workers():
                     if w.running and w.running.job.id == job_id:
                         self._cancel(job_id, w.running.job.token)
@@ -517,14 +620,27 @@ class Supervisor:
     # --- worker messages and deaths -------------------------------------------------
 
     def _read_messages(self, w: _Worker) -> None:
-        while not w.exited:
-            try:
-                if not w.conn.poll():
-                    return
-                message = w.conn.recv()
-            except (EOFError, OSError):
-                return  # Its sentinel reports the death.
+        if w.exited:
+            return
+        try:
+            messages = w.channel.receive()
+        except ProtocolError as error:
+            # Nothing more can be understood from this worker: treat it as lost.
+            log.error("worker process %s sent a broken message (%s); killing it", w.pid, error)
+            w.channel.eof = True
+            self._signal_group(w, signal.SIGKILL)
+            return
+        # An end-of-file is reported by the process sentinel, as the worker's death.
+        for message in messages:
+            if w.exited:
+                return
             self._on_message(w, message)
+
+    def _flush_output(self, w: _Worker) -> None:
+        try:
+            w.channel.flush()
+        except OSError:
+            pass  # The worker is gone; its sentinel reports it.
 
     def _on_message(self, w: _Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -539,7 +655,11 @@ class Supervisor:
         elif kind == "progress":
             _, job_id, token, progress = message
             if w.running is not None and w.running.job.id == job_id and w.running.job.token == token:
-                self.engine.set_progress(job_id, token, progress)
+                try:
+                    self.engine.set_progress(job_id, token, progress)
+                except StorageError as error:
+                    # Progress is advisory: a later report replaces a lost one.
+                    log.warning("the progress of job %s was not stored: %s", job_id, error)
         elif kind == "done":
             _, job_id, token, result, usage = message
             if self._finish_running(w, job_id, token):
@@ -559,12 +679,12 @@ class Supervisor:
         elif kind == "cancelled":
             _, job_id, token, _usage = message
             if self._finish_running(w, job_id, token):
-                self.engine.finish_cancelled(job_id, token)
-                self._post_save(job_id, "cancelled")
+                self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
         elif kind == "requeue":
             _, job_id, token = message
             if self._finish_running(w, job_id, token):
-                self._requeue_on_request(job_id, token, w.pid)
+                pid = w.pid
+                self._store(f"re-queue job {job_id}", lambda: self._requeue_on_request(job_id, token, pid))
 
     def _finish_running(self, w: _Worker, job_id: int, token: int) -> bool:
         running = w.running
@@ -597,7 +717,8 @@ class Supervisor:
             job_id=job_id,
             attempt=record.attempt,
         )
-        self._report_failure(job_id, token, "error", _supervisor_error(error), pid, retryable=False)
+        # Already inside a stored report (see _store): fail directly.
+        self._fail(job_id, token, "error", _supervisor_error(error), pid, retryable=False, usage=None)
 
     def _should_recycle(self, w: _Worker) -> bool:
         if self.max_tasks_per_worker is not None and w.tasks_done >= self.max_tasks_per_worker:
@@ -610,7 +731,7 @@ class Supervisor:
         """Let an idle worker exit gracefully; the spare takes its slot and a new spare starts."""
         w.retiring = True
         try:
-            w.conn.send(("stop",))
+            w.channel.send(("stop",))
         except (BrokenPipeError, OSError):
             pass  # Its sentinel reports the exit either way.
 
@@ -627,10 +748,15 @@ class Supervisor:
                 log.exception("middleware %s.post_save raised for job %s", handler_name(middleware), job_id)
 
     def _flush_completions(self) -> None:
-        if not self._completions:
+        if not self._completions or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
-        applied = self.engine.complete_many(batch)
+        try:
+            applied = self.engine.complete_many(batch)
+        except StorageError:
+            # Kept for the next try; if this supervisor stops first, the jobs run again.
+            self._completions = batch + self._completions
+            raise
         for (job_id, token, _, _), ok in zip(batch, applied, strict=True):
             if ok:
                 self._post_save(job_id, "complete")
@@ -647,6 +773,22 @@ class Supervisor:
         *,
         retryable: bool = True,
         usage: str | None = None,
+    ) -> None:
+        self._store(
+            f"the failure of job {job_id}",
+            lambda: self._fail(job_id, token, kind, captured, pid, retryable=retryable, usage=usage),
+        )
+
+    def _fail(
+        self,
+        job_id: int,
+        token: int,
+        kind: str,
+        captured: CapturedError,
+        pid: int,
+        *,
+        retryable: bool,
+        usage: str | None,
     ) -> None:
         outcome, _ = self.engine.fail(
             job_id,
@@ -671,7 +813,7 @@ class Supervisor:
         w.exited = True
         self._tell_guardian(f"-{w.pid}")
         self._workers.remove(w)
-        w.conn.close()
+        w.channel.close()
         running, w.running = w.running, None
         if running is not None:
             self._report_end_of_killed_or_lost(w, running)
@@ -711,12 +853,9 @@ class Supervisor:
             )
             self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid, usage=usage)
         elif w.killed_for == "cancel":
-            if self.engine.finish_cancelled(job.id, job.token):
-                self._post_save(job.id, "cancelled")
-            else:
-                log.warning("job %s was cancelled but its token %s was stale", job.id, job.token)
+            self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
         elif w.killed_for in ("drain", "shutdown"):
-            self.engine.requeue(job.id, job.token)
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
         else:
             suffix = (
                 " (possibly by the out-of-memory killer)" if w.process.exitcode == -signal.SIGKILL else ""
@@ -728,6 +867,16 @@ class Supervisor:
                 attempt=job.attempt,
             )
             self._report_failure(job.id, job.token, "crash", _supervisor_error(error), w.pid, usage=usage)
+
+    def _finish_cancelled(self, job_id: int, token: int) -> None:
+        if self.engine.finish_cancelled(job_id, token):
+            self._post_save(job_id, "cancelled")
+        else:
+            log.warning("job %s was cancelled but its token %s was stale", job_id, token)
+
+    def _requeue(self, job_id: int, token: int) -> None:
+        if not self.engine.requeue(job_id, token):
+            log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
         self._startup_failures += 1
@@ -817,17 +966,18 @@ class Supervisor:
         process.start()
         child_conn.close()
         self._tell_guardian(f"+{process.pid}")
-        self._workers.append(_Worker(process, parent_conn))
+        self._workers.append(_Worker(process, Channel(parent_conn)))
 
     def _shutdown_workers(self) -> None:
+        self._shutting_down = True
         for w in self._workers:
             if w.running is not None and not w.exited:
                 self._signal_group(w, signal.SIGKILL)
                 w.killed_for = w.killed_for or "shutdown"
             else:
                 try:
-                    w.conn.send(("stop",))
-                except (BrokenPipeError, OSError):
+                    w.channel.send(("stop",))
+                except OSError:
                     pass
         deadline = time.monotonic() + KILL_REAP_WAIT
         for w in list(self._workers):
@@ -840,9 +990,18 @@ class Supervisor:
             if w.running is not None and self._engine is not None:
                 self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
-            w.conn.close()
+            w.channel.close()
         self._workers.clear()
-        self._flush_completions()
+        self._storage_retry_at = None
+        try:
+            self._flush_reports()
+            self._flush_completions()
+        except StorageError as error:
+            log.error(
+                "%d outcome(s) could not be stored (%s); those jobs run again when their leases expire",
+                len(self._reports) + len(self._completions),
+                error,
+            )
 
     def _start_guardian(self) -> None:
         """Start the process that kills the workers if this supervisor dies (see ``_guardian``)."""

@@ -165,7 +165,7 @@ class Runner:
             args, kwargs = serialization.loads(queue._unseal(payload, job_id=job_id, what="payload"))
         except SecurityError as refused:
             return self._failed(job_id, token, refused, meter, retryable=False)
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad payload too.
             unpickling = SerializationError(
                 f"the arguments of job {job_id} ({task_name}) cannot be unpickled: {exc!r}"
             )
@@ -200,7 +200,7 @@ class Runner:
             return ("done", job_id, token, None, meter.json())
         try:
             result = queue._seal(serialization.dumps(value))
-        except Exception as exc:
+        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad result too.
             pickling = SerializationError(
                 f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
                 f"cannot be pickled: {exc!r}"

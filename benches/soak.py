@@ -1,0 +1,146 @@
+"""Soak: loop the reliability mix for hours and check that nothing grows.
+
+Each cycle sends a batch of counted jobs (some cancelled, some with 1 MB
+payloads), SIGKILLs a few worker processes while they run, and every few cycles
+SIGKILLs the supervisor process and starts a new one. After each cycle it
+samples the supervisor's memory (RSS), open file descriptors and threads, the
+zombies below it, and the size of the database's WAL. At the end it audits
+every job against the execution ledger (nothing lost, duplicates only for
+killed attempts) and compares the last quarter of the samples with the second
+(the first quarter is warm-up): a resource that keeps growing fails the run.
+
+    python benches/soak.py --hours 2          # or: make soak SOAK_HOURS=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("STOKER_TEST_DB", os.path.join(tempfile.mkdtemp(prefix="stoker-soak-apps-"), "apps.db"))
+
+import psutil  # noqa: E402
+
+import stoker  # noqa: E402
+from apps import reliability as rel  # noqa: E402
+from reliability.harness import SupervisorProcess, audit, signal_quietly  # noqa: E402
+
+#: A resource may grow by this factor (plus SLACK) between the second and the last quarter.
+GROWTH = 1.25
+SLACK = {"rss_mb": 8.0, "fds": 4, "threads": 2, "zombies": 1, "wal_mb": 4.1}
+
+
+def sample(command: SupervisorProcess, db: Path) -> dict[str, float]:
+    process = psutil.Process(command.pid)
+    zombies = 0
+    for child in process.children(recursive=True):
+        try:
+            zombies += child.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            pass
+    wal = db.with_name(db.name + "-wal")
+    return {
+        "rss_mb": process.memory_info().rss / 2**20,
+        "fds": process.num_fds(),
+        "threads": process.num_threads(),
+        "zombies": zombies,
+        "wal_mb": (wal.stat().st_size if wal.exists() else 0) / 2**20,
+    }
+
+
+def flat(samples: list[dict[str, float]]) -> list[str]:
+    """The resources whose last quarter grew past the second quarter."""
+    if len(samples) < 8:
+        return []
+    quarter = len(samples) // 4
+    grown = []
+    for key, slack in SLACK.items():
+        early = statistics.median(s[key] for s in samples[quarter : 2 * quarter])
+        late = statistics.median(s[key] for s in samples[-quarter:])
+        if late > early * GROWTH + slack:
+            grown.append(f"{key}: {early:.1f} -> {late:.1f}")
+    return grown
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=300, help="jobs sent per cycle")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    rng = random.Random(args.seed)
+    workdir = Path(tempfile.mkdtemp(prefix="stoker-soak-"))
+    db, ledger = workdir / "jobs.db", workdir / "ledger"
+    queue = stoker.Queue(db)
+    queue.include(rel.queue)
+    work = queue.get_task("rel.work")
+
+    def start() -> SupervisorProcess:
+        return SupervisorProcess(
+            db, "-p", "2", "--lease", "2", log=workdir / f"supervisor-{time.time_ns()}.log"
+        )
+
+    command = start()
+    deadline = time.monotonic() + args.hours * 3600
+    samples: list[dict[str, float]] = []
+    job_ids: list[int] = []
+    cycles = worker_kills = supervisor_kills = cancels = 0
+    while time.monotonic() < deadline:
+        cycles += 1
+        payload = b"s" * (1024 * 1024) if cycles % 5 == 0 else None
+        jobs = work.map([(str(ledger), 0.003, payload)] * args.batch)
+        job_ids += [j.id for j in jobs]
+        for job in rng.sample(jobs, args.batch // 20):
+            cancels += job.cancel() in ("cancelled", "requested")
+        for _ in range(3):
+            pids = command.worker_pids()
+            if pids and signal_quietly(rng.choice(pids), signal.SIGKILL):
+                worker_kills += 1
+        if cycles % 10 == 0:
+            command.kill()
+            command.close()
+            supervisor_kills += 1
+            command = start()
+        for job in jobs:
+            job.wait(timeout=600)
+        samples.append(sample(command, db))
+        if cycles % 10 == 0:
+            print(json.dumps({"cycle": cycles, "jobs": len(job_ids), **samples[-1]}), flush=True)
+    command.process.send_signal(signal.SIGTERM)
+    command.process.wait(120)
+    command.close()
+
+    result = audit(queue._engine, job_ids, ledger, allow_cancelled=True)
+    grown = flat(samples)
+    report = {
+        "hours": args.hours,
+        "cycles": cycles,
+        "jobs": len(job_ids),
+        "worker_kills": worker_kills,
+        "supervisor_kills": supervisor_kills,
+        "cancels": cancels,
+        "audit": result.summary(),
+        "problems": result.problems[:20],
+        "grown": grown,
+        "first": samples[0] if samples else None,
+        "last": samples[-1] if samples else None,
+    }
+    print(json.dumps(report, indent=2))
+    return 1 if result.problems or grown else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
