@@ -669,6 +669,11 @@ class Supervisor:
             log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
+        if w.startup_error is None and w.process.exitcode == -signal.SIGKILL:
+            # Killed from outside (an operator, the out-of-memory killer) while it
+            # started: not a sign that workers cannot start, so it is not counted.
+            log.warning("worker process %s was killed (SIGKILL) before it was ready; starting another", w.pid)
+            return
         self._startup_failures += 1
         cause = w.startup_error
         detail = (
