@@ -33,6 +33,13 @@ What the loop acts on, in order, each time it wakes:
 - SIGTERM/SIGINT (or :meth:`Supervisor.stop`): claiming stops, running jobs get
   ``drain_timeout`` seconds, the rest are killed and put back to pending
   without counting a failed attempt.
+
+Worker pipes are read and written without blocking (``_channel.py``), so a
+worker stopped half-way through a message holds up nothing. When the database
+fails, outcomes are kept in order and stored once it works again; claims,
+heartbeats and polls are retried after a backoff; after
+``STORAGE_FAILURE_LIMIT`` seconds of failure the supervisor stops with that
+error (its jobs run again when their leases expire).
 """
 
 from __future__ import annotations

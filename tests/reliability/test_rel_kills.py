@@ -42,8 +42,8 @@ def _wait_finished(queue: stoker.Queue, count: int, guard: float) -> None:
 def test_nothing_lost_under_worker_and_supervisor_sigkills(
     rqueue: stoker.Queue, tmp_path: Path, supervisors: list[SupervisorProcess], scale: Scale
 ) -> None:
-    jobs_count = scale(500, 10_000)
-    worker_kills = scale(5, 50)
+    jobs_count = scale(1000, 10_000)
+    worker_kills = scale(10, 50)
     supervisor_kills = scale(2, 3)
     guard = HANG_GUARD * scale(1, 20)
     ledger = tmp_path / "ledger"
