@@ -36,6 +36,13 @@ What the loop acts on, in order, each time it wakes:
 - SIGTERM/SIGINT (or :meth:`Supervisor.stop`): claiming stops, running jobs get
   ``drain_timeout`` seconds, the rest are killed and put back to pending
   without counting a failed attempt.
+
+Worker pipes are read and written without blocking (``_channel.py``), so a
+worker stopped half-way through a message holds up nothing. When the database
+fails, outcomes are kept in order and stored once it works again; claims,
+heartbeats and polls are retried after a backoff; after
+``STORAGE_FAILURE_LIMIT`` seconds of failure the supervisor stops with that
+error (its jobs run again when their leases expire).
 """
 
 from __future__ import annotations
@@ -879,6 +886,11 @@ class Supervisor:
             log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
+        if w.startup_error is None and w.process.exitcode == -signal.SIGKILL:
+            # Killed from outside (an operator, the out-of-memory killer) while it
+            # started: not a sign that workers cannot start, so it is not counted.
+            log.warning("worker process %s was killed (SIGKILL) before it was ready; starting another", w.pid)
+            return
         self._startup_failures += 1
         cause = w.startup_error
         detail = (

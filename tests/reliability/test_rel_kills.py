@@ -42,8 +42,8 @@ def _wait_finished(queue: stoker.Queue, count: int, guard: float) -> None:
 def test_nothing_lost_under_worker_and_supervisor_sigkills(
     rqueue: stoker.Queue, tmp_path: Path, supervisors: list[SupervisorProcess], scale: Scale
 ) -> None:
-    jobs_count = scale(500, 10_000)
-    worker_kills = scale(5, 50)
+    jobs_count = scale(1000, 10_000)
+    worker_kills = scale(10, 50)
     supervisor_kills = scale(2, 3)
     guard = HANG_GUARD * scale(1, 20)
     ledger = tmp_path / "ledger"
@@ -137,3 +137,29 @@ def test_worker_kills_in_process_pool(
     assert result.problems == [], result.problems[:20]
     assert result.complete + result.dead == jobs_count
     assert worker_pids_under(os.getpid()) == []
+
+
+def test_workers_killed_while_starting_do_not_stop_the_supervisor(
+    rqueue: stoker.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGKILL from outside before a worker is ready is not a start-up failure of the task modules."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("STOKER_TEST_START_GATE", str(gate))
+    supervisor = rqueue.supervisor(
+        processes=1, drain_timeout=0.0, start_method="spawn", imports=["apps.slow_start"]
+    )
+    handle = stoker.SupervisorThread(supervisor)
+    try:
+        killed: set[int] = set()
+        while len(killed) < 4:  # More than the limit of start-up failures in a row (3).
+            pids = wait_until(lambda: set(supervisor.worker_pids()) - killed, what="a starting worker")
+            pid = min(pids)
+            os.kill(pid, signal.SIGKILL)
+            killed.add(pid)
+        gate.touch()
+        assert rqueue.get_task("rel.add").delay(2, 2).result(timeout=HANG_GUARD) == 4
+        assert handle.error is None and handle.is_alive()
+    finally:
+        gate.touch()
+        handle.stop(HANG_GUARD)
+    assert not handle.is_alive()
