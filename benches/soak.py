@@ -1,10 +1,11 @@
 """Soak: loop the reliability mix for hours and check that nothing grows.
 
-Each cycle sends a batch of counted jobs (some cancelled, some with 1 MB
-payloads), SIGKILLs a few worker processes while they run, and every few cycles
-SIGKILLs the supervisor process and starts a new one. After each cycle it
-samples the supervisor's memory (RSS), open file descriptors and threads, the
-zombies below it, and the size of the database's WAL. At the end it audits
+Two supervisor processes share the database: a steady one that runs for the
+whole soak, and one that is SIGKILLed every few cycles and started again. Each
+cycle sends a batch of counted jobs (some cancelled, some with 1 MB payloads)
+and SIGKILLs a few worker processes of both while they run. After each cycle it
+samples the steady supervisor's memory (RSS), open file descriptors and
+threads, the zombies below it, and the size of the database's WAL. At the end it audits
 every job against the execution ledger (nothing lost, duplicates only for
 killed attempts) and compares the last quarter of the samples with the second
 (the first quarter is warm-up): a resource that keeps growing fails the run.
@@ -93,6 +94,7 @@ def main() -> int:
             db, "-p", "2", "--lease", "2", log=workdir / f"supervisor-{time.time_ns()}.log"
         )
 
+    steady = start()
     command = start()
     deadline = time.monotonic() + args.hours * 3600
     samples: list[dict[str, float]] = []
@@ -106,7 +108,7 @@ def main() -> int:
         for job in rng.sample(jobs, args.batch // 20):
             cancels += job.cancel() in ("cancelled", "requested")
         for _ in range(3):
-            pids = command.worker_pids()
+            pids = command.worker_pids() + steady.worker_pids()
             if pids and signal_quietly(rng.choice(pids), signal.SIGKILL):
                 worker_kills += 1
         if cycles % 10 == 0:
@@ -116,12 +118,13 @@ def main() -> int:
             command = start()
         for job in jobs:
             job.wait(timeout=600)
-        samples.append(sample(command, db))
+        samples.append(sample(steady, db))
         if cycles % 10 == 0:
             print(json.dumps({"cycle": cycles, "jobs": len(job_ids), **samples[-1]}), flush=True)
-    command.process.send_signal(signal.SIGTERM)
-    command.process.wait(120)
-    command.close()
+    for supervisor in (command, steady):
+        supervisor.process.send_signal(signal.SIGTERM)
+        supervisor.process.wait(120)
+        supervisor.close()
 
     result = audit(queue._engine, job_ids, ledger, allow_cancelled=True)
     grown = flat(samples)

@@ -56,6 +56,11 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 /// memory per open engine. SQLite's default is 2 MiB.
 const CACHE_SIZE_KIB: i64 = 16 * 1024;
 
+/// The size the WAL file is truncated to when SQLite resets it after a
+/// checkpoint (`PRAGMA journal_size_limit`). Without it, the file keeps the
+/// size of the largest transaction it ever held.
+pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 /// The schema, created in one transaction on an empty file.
 const SCHEMA: &str = "
 CREATE TABLE jobs (
@@ -305,8 +310,12 @@ impl SqliteStorage {
         // commit: after a power loss or OS crash the last transactions may roll
         // back, but the database is never corrupted. A process crash loses
         // nothing. The fsync saved per commit is most of the cost of a write.
+        // The WAL must hold a whole transaction (a burst of large payloads can
+        // make it hundreds of megabytes), and SQLite never shrinks the file on its
+        // own: journal_size_limit truncates it back when it is next reset.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{CACHE_SIZE_KIB};"
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{CACHE_SIZE_KIB}; \
+             PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
         ))?;
         if let Identity::Empty = identity {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;

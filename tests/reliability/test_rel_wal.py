@@ -1,0 +1,23 @@
+"""The WAL file shrinks back after a burst of large payloads (it must hold a
+whole transaction, but SQLite never truncates it unless told to)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import stoker
+
+#: The engine's journal_size_limit (rust/stoker-engine/src/storage/sqlite.rs).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
+def test_the_wal_is_truncated_after_a_large_transaction(rqueue: stoker.Queue, tmp_path: Path) -> None:
+    work = rqueue.get_task("rel.work")
+    wal = Path(rqueue.path + "-wal")
+    # 96 MB in one transaction: the WAL has to grow past the limit to hold it.
+    work.map([(str(tmp_path / "ledger"), 0.0, b"w" * (1024 * 1024))] * 96)
+    assert wal.stat().st_size > WAL_SIZE_LIMIT
+    # The commit checkpointed it (no reader held it back); the next write resets and truncates it.
+    work.delay(str(tmp_path / "ledger"))
+    assert os.path.getsize(wal) <= WAL_SIZE_LIMIT
