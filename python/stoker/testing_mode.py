@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RequeueLimitError, StokerError
 from .job import FINISHED, Job, Outcome
-from .remote_errors import capture
+from .remote_errors import CapturedError, capture
 from .worker import Runner
 
 if TYPE_CHECKING:
+    from ._core import Engine
     from .queue import Queue
 
 #: The lease a test-mode attempt holds; nothing reaps it, so it only has to be valid.
@@ -53,18 +54,7 @@ def run_eagerly(queue: Queue, job: Job) -> Outcome:
             engine.complete(job_id, token, result, usage)
         elif kind == "failed":
             _, job_id, token, captured, retryable, usage = message
-            engine.fail(
-                job_id,
-                token,
-                kind="error",
-                exc_type=captured.exc_type,
-                message=captured.message,
-                traceback=captured.traceback,
-                exc_pickle=captured.exc_pickle,
-                worker=OWNER,
-                retryable=retryable,
-                usage=usage,
-            )
+            _fail(engine, job_id, token, captured, retryable=retryable, usage=usage)
         elif kind == "cancelled":
             engine.finish_cancelled(current.id, current.token)
         elif kind == "requeue":
@@ -77,15 +67,21 @@ def run_eagerly(queue: Queue, job: Job) -> Outcome:
                     job_id=current.id,
                     attempt=current.attempt,
                 )
-                captured = capture(error)
-                engine.fail(
-                    current.id,
-                    current.token,
-                    kind="error",
-                    exc_type=captured.exc_type,
-                    message=captured.message,
-                    traceback=captured.traceback,
-                    exc_pickle=captured.exc_pickle,
-                    worker=OWNER,
-                    retryable=False,
-                )
+                _fail(engine, current.id, current.token, capture(error), retryable=False, usage=None)
+
+
+def _fail(
+    engine: Engine, job_id: int, token: int, captured: CapturedError, *, retryable: bool, usage: str | None
+) -> None:
+    engine.fail(
+        job_id,
+        token,
+        kind="error",
+        exc_type=captured.exc_type,
+        message=captured.message,
+        traceback=captured.traceback,
+        exc_pickle=captured.exc_pickle,
+        worker=OWNER,
+        retryable=retryable,
+        usage=usage,
+    )
