@@ -33,7 +33,21 @@ build: $(DEPS)
 demo: build
 	$(PY) examples/pipeline.py
 
-test: test-rust test-python
+# The tests that need PostgreSQL run against a throwaway server started in a
+# temporary directory (scripts/pg-server) and stopped at the end, even when a
+# test fails; STOKER_REQUIRE_PG=1 makes them fail rather than skip without it.
+# A server given in STOKER_PG_URL is used as it is.
+test: build
+	@set -e; \
+	if [ -n "$$STOKER_PG_URL" ]; then \
+	    STOKER_REQUIRE_PG=1 $(MAKE) --no-print-directory test-rust test-python; \
+	else \
+	    pgdir=$$(mktemp -d /tmp/stoker-pg.XXXXXX); \
+	    trap 'scripts/pg-server stop "'$$pgdir'"; rm -rf "'$$pgdir'"' EXIT; \
+	    url=$$(scripts/pg-server start "$$pgdir"); \
+	    STOKER_PG_URL=$$url STOKER_PG_DIR=$$pgdir STOKER_REQUIRE_PG=1 \
+	        $(MAKE) --no-print-directory test-rust test-python; \
+	fi
 
 test-rust:
 	cargo test -p stoker-engine --quiet

@@ -5,17 +5,19 @@
 //! storage. It is `Send + Sync`: many threads may share one engine.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, SystemClock};
 use crate::error::EngineError;
 use crate::model::{
     check_duration, CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
+use crate::storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::Storage;
+use crate::wake::WakeListener;
 
 /// Durable job state and scheduling; see the crate documentation.
 #[derive(Debug)]
@@ -23,6 +25,8 @@ pub struct Engine {
     pub(crate) storage: Box<dyn Storage>,
     clock: Arc<dyn Clock>,
     rng: Mutex<fastrand::Rng>,
+    /// The wake-up listener, started by the first [`Engine::wake_fd`].
+    listener: OnceLock<Option<WakeListener>>,
 }
 
 impl Engine {
@@ -32,7 +36,39 @@ impl Engine {
             storage,
             clock,
             rng: Mutex::new(fastrand::Rng::new()),
+            listener: OnceLock::new(),
         }
+    }
+
+    /// An engine over the database `target` names: a PostgreSQL URL
+    /// (`postgresql://` or `postgres://`) or the path of a SQLite file.
+    /// Without a `clock`, a SQLite engine reads the system clock and a
+    /// PostgreSQL engine the server's (see [`ServerClock`]); `busy_timeout`
+    /// applies to SQLite only.
+    pub fn open(
+        target: &str,
+        busy_timeout: Duration,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Result<Self, EngineError> {
+        if is_postgres_url(target) {
+            return Self::open_postgres(target, clock);
+        }
+        Self::open_sqlite(
+            target,
+            busy_timeout,
+            clock.unwrap_or_else(|| Arc::new(SystemClock)),
+        )
+    }
+
+    /// An engine over the PostgreSQL database at `url`; without a `clock`, it
+    /// follows the server's clock.
+    pub fn open_postgres(url: &str, clock: Option<Arc<dyn Clock>>) -> Result<Self, EngineError> {
+        let storage = PostgresStorage::open(url)?;
+        let clock: Arc<dyn Clock> = match clock {
+            Some(clock) => clock,
+            None => Arc::new(ServerClock::new(&storage, Arc::new(SystemClock))?),
+        };
+        Ok(Self::new(Box::new(storage), clock))
     }
 
     /// An engine over the SQLite database at `path` (created if missing).
@@ -269,6 +305,62 @@ impl Engine {
         }
         let before = older_than_ms.map(|age| self.now_ms().saturating_sub(age));
         self.storage.purge_jobs(statuses, before, limit)
+    }
+}
+
+impl Engine {
+    /// Registers (or renews) `owner` as a live supervisor for `lease_ms`; its
+    /// running jobs are reaped as lost once the registration expires.
+    pub fn register_supervisor(
+        &self,
+        owner: &str,
+        host: &str,
+        pid: i64,
+        lease_ms: i64,
+    ) -> Result<(), EngineError> {
+        check_owner(owner)?;
+        check_lease(lease_ms)?;
+        self.storage
+            .register_supervisor(owner, host, pid, lease_ms, self.now_ms())
+    }
+
+    /// Removes the registration of a supervisor that stops cleanly.
+    pub fn deregister_supervisor(&self, owner: &str) -> Result<(), EngineError> {
+        check_owner(owner)?;
+        self.storage.deregister_supervisor(owner)
+    }
+
+    /// A descriptor that becomes readable when jobs may have become runnable
+    /// or a cancel was requested (PostgreSQL notifications); `None` when the
+    /// storage sends none. The listener starts on the first call.
+    pub fn wake_fd(&self) -> Result<Option<i32>, EngineError> {
+        if let Some(listener) = self.listener.get() {
+            return Ok(listener.as_ref().map(WakeListener::fd));
+        }
+        let started = match self.storage.wake_channel() {
+            Some(source) => Some(WakeListener::start(source)?),
+            None => None,
+        };
+        // A racing first call may have set it; either listener serves.
+        let listener = self.listener.get_or_init(|| started);
+        Ok(listener.as_ref().map(WakeListener::fd))
+    }
+
+    /// Empties the wake-up descriptor; how many wake-ups it held.
+    pub fn drain_wakeups(&self) -> usize {
+        self.listener
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, WakeListener::drain)
+    }
+
+    /// Whether the wake-up listener's connection is up (false before
+    /// [`Engine::wake_fd`] and for storages without notifications).
+    pub fn wake_listener_connected(&self) -> bool {
+        self.listener
+            .get()
+            .and_then(Option::as_ref)
+            .is_some_and(WakeListener::is_connected)
     }
 }
 

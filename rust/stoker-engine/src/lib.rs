@@ -18,6 +18,7 @@ pub mod model;
 pub mod retry;
 pub mod schedule;
 pub mod storage;
+pub mod wake;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
@@ -30,6 +31,8 @@ pub use model::{
 pub use schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, ScheduleRecord, ScheduleSpec, Verdict,
 };
+pub use storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
+pub use storage::postgres_schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
 pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
 pub use storage::Storage;
 

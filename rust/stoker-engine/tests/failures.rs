@@ -1,6 +1,7 @@
 //! Failed attempts: retry bounds, backoff, crashes, lease expiry, dead
 //! letters and replay, on a manual clock.
 
+#[macro_use]
 mod common;
 
 use common::{job, report, Fixture, START_MS};
@@ -24,411 +25,391 @@ fn claim_token(fx: &Fixture, id: i64) -> i64 {
     claimed[0].token
 }
 
-#[test]
-fn retries_wait_exact_backoff_without_jitter() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(retrying(4, 0.0));
-    for (n, expected_delay) in [(1, 1000), (2, 2000), (3, 3000), (4, 3000)] {
-        let token = claim_token(&fx, id);
-        assert_eq!(token, n);
-        let outcome = fx
-            .engine
-            .fail(id, token, &report(FailureKind::Error, true))
-            .unwrap();
-        assert_eq!(
-            outcome,
-            FailOutcome::Retry {
-                eta_ms: fx.now() + expected_delay
-            }
-        );
-        let record = fx.engine.get(id).unwrap();
-        assert_eq!(record.status, Status::Scheduled);
-        assert_eq!(record.failures, n);
-        assert_eq!(record.eta_ms, fx.now() + expected_delay);
-        assert_eq!(record.lease_owner, None);
-        fx.advance(expected_delay - 1);
-        assert!(fx.claim(1).is_empty(), "not claimable during its backoff");
-        fx.advance(1);
-    }
-    let token = claim_token(&fx, id);
-    assert_eq!(
-        fx.engine
-            .fail(id, token, &report(FailureKind::Timeout, true))
-            .unwrap(),
-        FailOutcome::Dead
-    );
-}
-
-#[test]
-fn jitter_shortens_delays_within_bounds() {
-    let fx = Fixture::new();
-    let ids = fx.engine.enqueue(&vec![retrying(1, 0.5); 40]).unwrap();
-    let claimed = fx.claim(40);
-    let mut delays = Vec::new();
-    for c in &claimed {
-        match fx
-            .engine
-            .fail(c.id, c.token, &report(FailureKind::Error, true))
-            .unwrap()
-        {
-            FailOutcome::Retry { eta_ms } => delays.push(eta_ms - fx.now()),
-            other => panic!("expected a retry, got {other:?}"),
+backend_tests! {
+    fn retries_wait_exact_backoff_without_jitter(fx) {
+        let id = fx.enqueue_one(retrying(4, 0.0));
+        for (n, expected_delay) in [(1, 1000), (2, 2000), (3, 3000), (4, 3000)] {
+            let token = claim_token(&fx, id);
+            assert_eq!(token, n);
+            let outcome = fx
+                .engine
+                .fail(id, token, &report(FailureKind::Error, true))
+                .unwrap();
+            assert_eq!(
+                outcome,
+                FailOutcome::Retry {
+                    eta_ms: fx.now() + expected_delay
+                }
+            );
+            let record = fx.engine.get(id).unwrap();
+            assert_eq!(record.status, Status::Scheduled);
+            assert_eq!(record.failures, n);
+            assert_eq!(record.eta_ms, fx.now() + expected_delay);
+            assert_eq!(record.lease_owner, None);
+            fx.advance(expected_delay - 1);
+            assert!(fx.claim(1).is_empty(), "not claimable during its backoff");
+            fx.advance(1);
         }
-    }
-    assert_eq!(delays.len(), ids.len());
-    assert!(
-        delays.iter().all(|d| (500..=1000).contains(d)),
-        "{delays:?}"
-    );
-    assert!(
-        delays.iter().any(|d| *d != delays[0]),
-        "jitter varies the delays: {delays:?}"
-    );
-}
-
-#[test]
-fn zero_backoff_retries_are_pending_at_once() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(NewJob {
-        max_retries: 1,
-        backoff_base_ms: 0,
-        backoff_cap_ms: 0,
-        ..job(0)
-    });
-    let token = claim_token(&fx, id);
-    assert_eq!(
-        fx.engine
-            .fail(id, token, &report(FailureKind::Error, true))
-            .unwrap(),
-        FailOutcome::Retry { eta_ms: START_MS }
-    );
-    assert_eq!(fx.engine.status(id).unwrap(), Status::Pending);
-    assert_eq!(claim_token(&fx, id), 2);
-}
-
-#[test]
-fn dead_after_max_retries_keeps_the_full_history() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(retrying(2, 0.0));
-    for n in 1..=3 {
-        let token = claim_token(&fx, id);
-        let mut failure = report(FailureKind::Error, true);
-        failure.message = format!("failure {n}");
-        let outcome = fx.engine.fail(id, token, &failure).unwrap();
-        if n < 3 {
-            assert!(matches!(outcome, FailOutcome::Retry { .. }));
-        } else {
-            assert_eq!(outcome, FailOutcome::Dead);
-        }
-        fx.advance(10_000);
-    }
-    let record = fx.engine.get(id).unwrap();
-    assert_eq!(record.status, Status::Dead);
-    assert_eq!((record.attempt, record.failures, record.crashes), (3, 3, 0));
-    assert_eq!(record.finished_ms, Some(START_MS + 20_000));
-    let errors = fx.engine.errors(id).unwrap();
-    assert_eq!(
-        errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
-    assert_eq!(
-        errors
-            .iter()
-            .map(|e| e.message.as_str())
-            .collect::<Vec<_>>(),
-        vec!["failure 1", "failure 2", "failure 3"]
-    );
-    assert_eq!(
-        errors.iter().map(|e| e.failed_ms).collect::<Vec<_>>(),
-        vec![START_MS, START_MS + 10_000, START_MS + 20_000]
-    );
-    let first = &errors[0];
-    assert_eq!(first.job_id, id);
-    assert_eq!(first.kind, "error");
-    assert_eq!(first.exc_type, "builtins.ValueError");
-    assert_eq!(first.worker, "host:1:0");
-    assert!(first.traceback.starts_with("Traceback"));
-    assert_eq!(first.exc_pickle.as_deref(), Some(&b"pickled"[..]));
-    assert_eq!(
-        fx.engine
-            .dead_letters(10, 0)
-            .unwrap()
-            .iter()
-            .map(|r| r.id)
-            .collect::<Vec<_>>(),
-        vec![id]
-    );
-}
-
-#[test]
-fn crashes_have_their_own_bound() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(NewJob {
-        max_retries: 1,
-        max_crashes: 2,
-        backoff_base_ms: 100,
-        ..job(0)
-    });
-    let steps = [
-        (FailureKind::Crash, "retry"),
-        (FailureKind::Error, "retry"),
-        (FailureKind::Crash, "retry"),
-        (FailureKind::Crash, "dead"),
-    ];
-    for (kind, expected) in steps {
         let token = claim_token(&fx, id);
         assert_eq!(
             fx.engine
-                .fail(id, token, &report(kind, true))
-                .unwrap()
-                .as_str(),
-            expected,
-            "{kind:?}"
+                .fail(id, token, &report(FailureKind::Timeout, true))
+                .unwrap(),
+            FailOutcome::Dead
         );
-        fx.advance(1000);
     }
-    let record = fx.engine.get(id).unwrap();
-    assert_eq!(
-        (record.failures, record.crashes, record.status),
-        (1, 3, Status::Dead)
-    );
-    let kinds: Vec<String> = fx
-        .engine
-        .errors(id)
-        .unwrap()
-        .into_iter()
-        .map(|e| e.kind)
-        .collect();
-    assert_eq!(kinds, vec!["crash", "error", "crash", "crash"]);
-}
 
-#[test]
-fn crash_backoff_counts_crashes() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(NewJob {
-        max_retries: 5,
-        max_crashes: 5,
-        backoff_base_ms: 100,
-        ..job(0)
-    });
-    let token = claim_token(&fx, id);
-    fx.engine
-        .fail(id, token, &report(FailureKind::Error, true))
-        .unwrap();
-    fx.advance(100);
-    let token = claim_token(&fx, id);
-    // The first crash waits the first backoff step, however many errors came before.
-    assert_eq!(
-        fx.engine
-            .fail(id, token, &report(FailureKind::Crash, true))
-            .unwrap(),
-        FailOutcome::Retry {
-            eta_ms: fx.now() + 100
-        }
-    );
-}
-
-#[test]
-fn non_retryable_failures_are_dead_at_once() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(NewJob {
-        max_retries: 10,
-        max_crashes: 10,
-        ..job(0)
-    });
-    let token = claim_token(&fx, id);
-    assert_eq!(
-        fx.engine
-            .fail(id, token, &report(FailureKind::Error, false))
-            .unwrap(),
-        FailOutcome::Dead
-    );
-    assert_eq!(fx.engine.status(id).unwrap(), Status::Dead);
-    assert_eq!(fx.engine.errors(id).unwrap().len(), 1);
-}
-
-#[test]
-fn reaping_fails_expired_leases_then_retries_or_kills() {
-    let fx = Fixture::new();
-    let id = fx.enqueue_one(NewJob {
-        max_crashes: 1,
-        backoff_base_ms: 500,
-        ..job(0)
-    });
-    let token = claim_token(&fx, id);
-    fx.advance(30_000);
-    assert!(
-        fx.engine.reap_expired(10).unwrap().is_empty(),
-        "a lease is still held at its deadline"
-    );
-    fx.advance(1);
-    assert_eq!(
-        fx.engine.reap_expired(10).unwrap(),
-        vec![(
-            id,
-            FailOutcome::Retry {
-                eta_ms: fx.now() + 500
+    fn jitter_shortens_delays_within_bounds(fx) {
+        let ids = fx.engine.enqueue(&vec![retrying(1, 0.5); 40]).unwrap();
+        let claimed = fx.claim(40);
+        let mut delays = Vec::new();
+        for c in &claimed {
+            match fx
+                .engine
+                .fail(c.id, c.token, &report(FailureKind::Error, true))
+                .unwrap()
+            {
+                FailOutcome::Retry { eta_ms } => delays.push(eta_ms - fx.now()),
+                other => panic!("expected a retry, got {other:?}"),
             }
-        )]
-    );
-    let errors = fx.engine.errors(id).unwrap();
-    assert_eq!(errors.len(), 1);
-    assert_eq!(errors[0].kind, "lease_expired");
-    assert_eq!(errors[0].exc_type, "stoker.errors.LeaseExpiredError");
-    assert_eq!(errors[0].worker, "owner-a");
-    assert_eq!(errors[0].attempt, token);
-    assert!(
-        errors[0].message.contains("owner-a"),
-        "{}",
-        errors[0].message
-    );
-    assert!(
-        errors[0].message.contains(&(START_MS + 30_000).to_string()),
-        "{}",
-        errors[0].message
-    );
-    assert_eq!(fx.engine.get(id).unwrap().crashes, 1);
-
-    fx.advance(500);
-    claim_token(&fx, id);
-    fx.advance(30_001);
-    assert_eq!(
-        fx.engine.reap_expired(10).unwrap(),
-        vec![(id, FailOutcome::Dead)]
-    );
-    assert_eq!(fx.engine.status(id).unwrap(), Status::Dead);
-}
-
-#[test]
-fn reaping_is_bounded_and_takes_the_oldest_deadline_first() {
-    let fx = Fixture::new();
-    let ids = fx.engine.enqueue(&[job(0), job(0), job(0)]).unwrap();
-    fx.engine
-        .claim(&["default".to_owned()], 1, "o", 3000)
-        .unwrap();
-    fx.engine
-        .claim(&["default".to_owned()], 1, "o", 1000)
-        .unwrap();
-    fx.engine
-        .claim(&["default".to_owned()], 1, "o", 2000)
-        .unwrap();
-    fx.advance(5000);
-    let first: Vec<i64> = fx
-        .engine
-        .reap_expired(2)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(first, vec![ids[1], ids[2]]);
-    let rest: Vec<i64> = fx
-        .engine
-        .reap_expired(0)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert!(rest.is_empty());
-    let rest: Vec<i64> = fx
-        .engine
-        .reap_expired(10)
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    assert_eq!(rest, vec![ids[0]]);
-}
-
-#[test]
-fn replay_makes_a_new_job_with_the_same_options() {
-    let fx = Fixture::new();
-    let original = NewJob {
-        task_name: "mod.task".into(),
-        payload: b"args".to_vec(),
-        queue: "q".into(),
-        priority: 4,
-        max_retries: 0,
-        max_crashes: 3,
-        backoff_base_ms: 10,
-        backoff_cap_ms: 20,
-        jitter: 0.25,
-        timeout_ms: Some(1234),
-        delay_ms: 0,
-        eta_ms: None,
-        result_ttl_ms: Some(999),
-        labels: Some(r#"{"k": "v"}"#.to_owned()),
-        ..NewJob::new("mod.task", b"args".to_vec())
-    };
-    let id = fx.enqueue_one(original);
-    assert!(matches!(
-        fx.engine.replay(id),
-        Err(EngineError::JobState { job_id, ref status, ref operation }) if job_id == id && status == "pending" && operation == "replay"
-    ));
-    let claimed = fx.engine.claim(&["q".to_owned()], 1, "o", 1000).unwrap();
-    fx.engine
-        .fail(id, claimed[0].token, &report(FailureKind::Error, true))
-        .unwrap();
-    fx.advance(50);
-    let new_id = fx.engine.replay(id).unwrap();
-    assert_ne!(new_id, id);
-    let old = fx.engine.get(id).unwrap();
-    let new = fx.engine.get(new_id).unwrap();
-    assert_eq!(new.status, Status::Pending);
-    assert_eq!(new.replayed_from, Some(id));
-    assert_eq!(new.labels, old.labels);
-    assert_eq!((new.attempt, new.failures, new.crashes), (0, 0, 0));
-    assert_eq!((new.created_ms, new.eta_ms), (START_MS + 50, START_MS + 50));
-    assert_eq!(
-        (&new.task_name, &new.queue, new.priority, &new.payload),
-        (&old.task_name, &old.queue, old.priority, &old.payload)
-    );
-    assert_eq!(
-        (
-            new.max_retries,
-            new.max_crashes,
-            new.backoff_base_ms,
-            new.backoff_cap_ms,
-            new.jitter
-        ),
-        (
-            old.max_retries,
-            old.max_crashes,
-            old.backoff_base_ms,
-            old.backoff_cap_ms,
-            old.jitter
-        )
-    );
-    assert_eq!((new.timeout_ms, new.result_ttl_ms), (Some(1234), Some(999)));
-    assert!(fx.engine.errors(new_id).unwrap().is_empty());
-    assert_eq!(old.status, Status::Dead, "the dead job stays dead");
-}
-
-#[test]
-fn dead_letters_are_most_recent_first_and_paged() {
-    let fx = Fixture::new();
-    let ids = fx.engine.enqueue(&[job(3), job(2), job(1)]).unwrap();
-    for _ in 0..3 {
-        let claimed = fx.claim(1);
-        fx.engine
-            .fail(
-                claimed[0].id,
-                claimed[0].token,
-                &report(FailureKind::Error, false),
-            )
-            .unwrap();
-        fx.advance(10);
+        }
+        assert_eq!(delays.len(), ids.len());
+        assert!(
+            delays.iter().all(|d| (500..=1000).contains(d)),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().any(|d| *d != delays[0]),
+            "jitter varies the delays: {delays:?}"
+        );
     }
-    let page = |limit, offset| -> Vec<i64> {
-        fx.engine
-            .dead_letters(limit, offset)
+
+    fn zero_backoff_retries_are_pending_at_once(fx) {
+        let id = fx.enqueue_one(NewJob {
+            max_retries: 1,
+            backoff_base_ms: 0,
+            backoff_cap_ms: 0,
+            ..job(0)
+        });
+        let token = claim_token(&fx, id);
+        assert_eq!(
+            fx.engine
+                .fail(id, token, &report(FailureKind::Error, true))
+                .unwrap(),
+            FailOutcome::Retry { eta_ms: START_MS }
+        );
+        assert_eq!(fx.engine.status(id).unwrap(), Status::Pending);
+        assert_eq!(claim_token(&fx, id), 2);
+    }
+
+    fn dead_after_max_retries_keeps_the_full_history(fx) {
+        let id = fx.enqueue_one(retrying(2, 0.0));
+        for n in 1..=3 {
+            let token = claim_token(&fx, id);
+            let mut failure = report(FailureKind::Error, true);
+            failure.message = format!("failure {n}");
+            let outcome = fx.engine.fail(id, token, &failure).unwrap();
+            if n < 3 {
+                assert!(matches!(outcome, FailOutcome::Retry { .. }));
+            } else {
+                assert_eq!(outcome, FailOutcome::Dead);
+            }
+            fx.advance(10_000);
+        }
+        let record = fx.engine.get(id).unwrap();
+        assert_eq!(record.status, Status::Dead);
+        assert_eq!((record.attempt, record.failures, record.crashes), (3, 3, 0));
+        assert_eq!(record.finished_ms, Some(START_MS + 20_000));
+        let errors = fx.engine.errors(id).unwrap();
+        assert_eq!(
+            errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            errors
+                .iter()
+                .map(|e| e.message.as_str())
+                .collect::<Vec<_>>(),
+            vec!["failure 1", "failure 2", "failure 3"]
+        );
+        assert_eq!(
+            errors.iter().map(|e| e.failed_ms).collect::<Vec<_>>(),
+            vec![START_MS, START_MS + 10_000, START_MS + 20_000]
+        );
+        let first = &errors[0];
+        assert_eq!(first.job_id, id);
+        assert_eq!(first.kind, "error");
+        assert_eq!(first.exc_type, "builtins.ValueError");
+        assert_eq!(first.worker, "host:1:0");
+        assert!(first.traceback.starts_with("Traceback"));
+        assert_eq!(first.exc_pickle.as_deref(), Some(&b"pickled"[..]));
+        assert_eq!(
+            fx.engine
+                .dead_letters(10, 0)
+                .unwrap()
+                .iter()
+                .map(|r| r.id)
+                .collect::<Vec<_>>(),
+            vec![id]
+        );
+    }
+
+    fn crashes_have_their_own_bound(fx) {
+        let id = fx.enqueue_one(NewJob {
+            max_retries: 1,
+            max_crashes: 2,
+            backoff_base_ms: 100,
+            ..job(0)
+        });
+        let steps = [
+            (FailureKind::Crash, "retry"),
+            (FailureKind::Error, "retry"),
+            (FailureKind::Crash, "retry"),
+            (FailureKind::Crash, "dead"),
+        ];
+        for (kind, expected) in steps {
+            let token = claim_token(&fx, id);
+            assert_eq!(
+                fx.engine
+                    .fail(id, token, &report(kind, true))
+                    .unwrap()
+                    .as_str(),
+                expected,
+                "{kind:?}"
+            );
+            fx.advance(1000);
+        }
+        let record = fx.engine.get(id).unwrap();
+        assert_eq!(
+            (record.failures, record.crashes, record.status),
+            (1, 3, Status::Dead)
+        );
+        let kinds: Vec<String> = fx
+            .engine
+            .errors(id)
             .unwrap()
             .into_iter()
-            .map(|r| r.id)
-            .collect()
-    };
-    assert_eq!(page(10, 0), vec![ids[2], ids[1], ids[0]]);
-    assert_eq!(page(1, 1), vec![ids[1]]);
-    assert!(page(10, 3).is_empty());
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, vec!["crash", "error", "crash", "crash"]);
+    }
+
+    fn crash_backoff_counts_crashes(fx) {
+        let id = fx.enqueue_one(NewJob {
+            max_retries: 5,
+            max_crashes: 5,
+            backoff_base_ms: 100,
+            ..job(0)
+        });
+        let token = claim_token(&fx, id);
+        fx.engine
+            .fail(id, token, &report(FailureKind::Error, true))
+            .unwrap();
+        fx.advance(100);
+        let token = claim_token(&fx, id);
+        // The first crash waits the first backoff step, however many errors came before.
+        assert_eq!(
+            fx.engine
+                .fail(id, token, &report(FailureKind::Crash, true))
+                .unwrap(),
+            FailOutcome::Retry {
+                eta_ms: fx.now() + 100
+            }
+        );
+    }
+
+    fn non_retryable_failures_are_dead_at_once(fx) {
+        let id = fx.enqueue_one(NewJob {
+            max_retries: 10,
+            max_crashes: 10,
+            ..job(0)
+        });
+        let token = claim_token(&fx, id);
+        assert_eq!(
+            fx.engine
+                .fail(id, token, &report(FailureKind::Error, false))
+                .unwrap(),
+            FailOutcome::Dead
+        );
+        assert_eq!(fx.engine.status(id).unwrap(), Status::Dead);
+        assert_eq!(fx.engine.errors(id).unwrap().len(), 1);
+    }
+
+    fn reaping_fails_expired_leases_then_retries_or_kills(fx) {
+        let id = fx.enqueue_one(NewJob {
+            max_crashes: 1,
+            backoff_base_ms: 500,
+            ..job(0)
+        });
+        let token = claim_token(&fx, id);
+        fx.advance(30_000);
+        assert!(
+            fx.engine.reap_expired(10).unwrap().is_empty(),
+            "a lease is still held at its deadline"
+        );
+        fx.advance(1);
+        assert_eq!(
+            fx.engine.reap_expired(10).unwrap(),
+            vec![(
+                id,
+                FailOutcome::Retry {
+                    eta_ms: fx.now() + 500
+                }
+            )]
+        );
+        let errors = fx.engine.errors(id).unwrap();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].kind, "lease_expired");
+        assert_eq!(errors[0].exc_type, "stoker.errors.LeaseExpiredError");
+        assert_eq!(errors[0].worker, "owner-a");
+        assert_eq!(errors[0].attempt, token);
+        assert!(
+            errors[0].message.contains("owner-a"),
+            "{}",
+            errors[0].message
+        );
+        assert!(
+            errors[0].message.contains(&(START_MS + 30_000).to_string()),
+            "{}",
+            errors[0].message
+        );
+        assert_eq!(fx.engine.get(id).unwrap().crashes, 1);
+
+        fx.advance(500);
+        claim_token(&fx, id);
+        fx.advance(30_001);
+        assert_eq!(
+            fx.engine.reap_expired(10).unwrap(),
+            vec![(id, FailOutcome::Dead)]
+        );
+        assert_eq!(fx.engine.status(id).unwrap(), Status::Dead);
+    }
+
+    fn reaping_is_bounded_and_takes_the_oldest_deadline_first(fx) {
+        let ids = fx.engine.enqueue(&[job(0), job(0), job(0)]).unwrap();
+        fx.engine
+            .claim(&["default".to_owned()], 1, "o", 3000)
+            .unwrap();
+        fx.engine
+            .claim(&["default".to_owned()], 1, "o", 1000)
+            .unwrap();
+        fx.engine
+            .claim(&["default".to_owned()], 1, "o", 2000)
+            .unwrap();
+        fx.advance(5000);
+        let first: Vec<i64> = fx
+            .engine
+            .reap_expired(2)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(first, vec![ids[1], ids[2]]);
+        let rest: Vec<i64> = fx
+            .engine
+            .reap_expired(0)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert!(rest.is_empty());
+        let rest: Vec<i64> = fx
+            .engine
+            .reap_expired(10)
+            .unwrap()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(rest, vec![ids[0]]);
+    }
+
+    fn replay_makes_a_new_job_with_the_same_options(fx) {
+        let original = NewJob {
+            task_name: "mod.task".into(),
+            payload: b"args".to_vec(),
+            queue: "q".into(),
+            priority: 4,
+            max_retries: 0,
+            max_crashes: 3,
+            backoff_base_ms: 10,
+            backoff_cap_ms: 20,
+            jitter: 0.25,
+            timeout_ms: Some(1234),
+            delay_ms: 0,
+            eta_ms: None,
+            result_ttl_ms: Some(999),
+            labels: Some(r#"{"k": "v"}"#.to_owned()),
+            ..NewJob::new("mod.task", b"args".to_vec())
+        };
+        let id = fx.enqueue_one(original);
+        assert!(matches!(
+            fx.engine.replay(id),
+            Err(EngineError::JobState { job_id, ref status, ref operation }) if job_id == id && status == "pending" && operation == "replay"
+        ));
+        let claimed = fx.engine.claim(&["q".to_owned()], 1, "o", 1000).unwrap();
+        fx.engine
+            .fail(id, claimed[0].token, &report(FailureKind::Error, true))
+            .unwrap();
+        fx.advance(50);
+        let new_id = fx.engine.replay(id).unwrap();
+        assert_ne!(new_id, id);
+        let old = fx.engine.get(id).unwrap();
+        let new = fx.engine.get(new_id).unwrap();
+        assert_eq!(new.status, Status::Pending);
+        assert_eq!(new.replayed_from, Some(id));
+        assert_eq!(new.labels, old.labels);
+        assert_eq!((new.attempt, new.failures, new.crashes), (0, 0, 0));
+        assert_eq!((new.created_ms, new.eta_ms), (START_MS + 50, START_MS + 50));
+        assert_eq!(
+            (&new.task_name, &new.queue, new.priority, &new.payload),
+            (&old.task_name, &old.queue, old.priority, &old.payload)
+        );
+        assert_eq!(
+            (
+                new.max_retries,
+                new.max_crashes,
+                new.backoff_base_ms,
+                new.backoff_cap_ms,
+                new.jitter
+            ),
+            (
+                old.max_retries,
+                old.max_crashes,
+                old.backoff_base_ms,
+                old.backoff_cap_ms,
+                old.jitter
+            )
+        );
+        assert_eq!((new.timeout_ms, new.result_ttl_ms), (Some(1234), Some(999)));
+        assert!(fx.engine.errors(new_id).unwrap().is_empty());
+        assert_eq!(old.status, Status::Dead, "the dead job stays dead");
+    }
+
+    fn dead_letters_are_most_recent_first_and_paged(fx) {
+        let ids = fx.engine.enqueue(&[job(3), job(2), job(1)]).unwrap();
+        for _ in 0..3 {
+            let claimed = fx.claim(1);
+            fx.engine
+                .fail(
+                    claimed[0].id,
+                    claimed[0].token,
+                    &report(FailureKind::Error, false),
+                )
+                .unwrap();
+            fx.advance(10);
+        }
+        let page = |limit, offset| -> Vec<i64> {
+            fx.engine
+                .dead_letters(limit, offset)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(page(10, 0), vec![ids[2], ids[1], ids[0]]);
+        assert_eq!(page(1, 1), vec![ids[1]]);
+        assert!(page(10, 3).is_empty());
+    }
 }
 
 #[test]

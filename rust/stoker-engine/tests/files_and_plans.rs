@@ -1,6 +1,7 @@
 //! Opening database files (ours, foreign, corrupt, of another schema
 //! version), option validation, and the query plans of the hot statements.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -139,149 +140,149 @@ fn another_schema_version_is_refused() {
     }
 }
 
-#[test]
-fn enqueue_validation_names_the_option_and_value() {
-    let fx = Fixture::new();
-    let cases: Vec<(NewJob, &str)> = vec![
-        (
-            NewJob {
-                task_name: String::new(),
-                ..job(0)
-            },
-            "task_name",
-        ),
-        (
-            NewJob {
-                queue: String::new(),
-                ..job(0)
-            },
-            "queue",
-        ),
-        (
-            NewJob {
-                max_retries: -1,
-                ..job(0)
-            },
-            "max_retries",
-        ),
-        (
-            NewJob {
-                max_crashes: -2,
-                ..job(0)
-            },
-            "max_crashes",
-        ),
-        (
-            NewJob {
-                delay_ms: -3,
-                ..job(0)
-            },
-            "delay_ms",
-        ),
-        (
-            NewJob {
-                timeout_ms: Some(-4),
-                ..job(0)
-            },
-            "timeout_ms",
-        ),
-        (
-            NewJob {
-                timeout_ms: Some(0),
-                ..job(0)
-            },
-            "timeout_ms",
-        ),
-        (
-            NewJob {
-                backoff_base_ms: -5,
-                ..job(0)
-            },
-            "backoff_base_ms",
-        ),
-        (
-            NewJob {
-                backoff_cap_ms: -6,
-                backoff_base_ms: -6,
-                ..job(0)
-            },
-            "backoff_base_ms",
-        ),
-        (
-            NewJob {
-                backoff_base_ms: 10,
-                backoff_cap_ms: 5,
-                ..job(0)
-            },
-            "backoff_cap_ms",
-        ),
-        (
-            NewJob {
-                jitter: 1.5,
-                ..job(0)
-            },
-            "jitter",
-        ),
-        (
-            NewJob {
-                jitter: -0.1,
-                ..job(0)
-            },
-            "jitter",
-        ),
-        (
-            NewJob {
-                jitter: f64::NAN,
-                ..job(0)
-            },
-            "jitter",
-        ),
-        (
-            NewJob {
-                delay_ms: 5,
-                eta_ms: Some(10),
-                ..job(0)
-            },
-            "eta_ms",
-        ),
-        (
-            NewJob {
-                result_ttl_ms: Some(-7),
-                ..job(0)
-            },
-            "result_ttl_ms",
-        ),
-        (
-            NewJob {
-                delay_ms: i64::MAX,
-                ..job(0)
-            },
-            "delay_ms",
-        ),
-    ];
-    for (bad, option) in cases {
-        let expected_value = format!("{:?}", bad);
-        match fx.engine.enqueue(&[job(0), bad]) {
-            Err(EngineError::InvalidOption(message)) => {
-                assert!(
-                    message.contains(option),
-                    "{message:?} should name {option} ({expected_value})"
-                );
+backend_tests! {
+    fn enqueue_validation_names_the_option_and_value(fx) {
+        let cases: Vec<(NewJob, &str)> = vec![
+            (
+                NewJob {
+                    task_name: String::new(),
+                    ..job(0)
+                },
+                "task_name",
+            ),
+            (
+                NewJob {
+                    queue: String::new(),
+                    ..job(0)
+                },
+                "queue",
+            ),
+            (
+                NewJob {
+                    max_retries: -1,
+                    ..job(0)
+                },
+                "max_retries",
+            ),
+            (
+                NewJob {
+                    max_crashes: -2,
+                    ..job(0)
+                },
+                "max_crashes",
+            ),
+            (
+                NewJob {
+                    delay_ms: -3,
+                    ..job(0)
+                },
+                "delay_ms",
+            ),
+            (
+                NewJob {
+                    timeout_ms: Some(-4),
+                    ..job(0)
+                },
+                "timeout_ms",
+            ),
+            (
+                NewJob {
+                    timeout_ms: Some(0),
+                    ..job(0)
+                },
+                "timeout_ms",
+            ),
+            (
+                NewJob {
+                    backoff_base_ms: -5,
+                    ..job(0)
+                },
+                "backoff_base_ms",
+            ),
+            (
+                NewJob {
+                    backoff_cap_ms: -6,
+                    backoff_base_ms: -6,
+                    ..job(0)
+                },
+                "backoff_base_ms",
+            ),
+            (
+                NewJob {
+                    backoff_base_ms: 10,
+                    backoff_cap_ms: 5,
+                    ..job(0)
+                },
+                "backoff_cap_ms",
+            ),
+            (
+                NewJob {
+                    jitter: 1.5,
+                    ..job(0)
+                },
+                "jitter",
+            ),
+            (
+                NewJob {
+                    jitter: -0.1,
+                    ..job(0)
+                },
+                "jitter",
+            ),
+            (
+                NewJob {
+                    jitter: f64::NAN,
+                    ..job(0)
+                },
+                "jitter",
+            ),
+            (
+                NewJob {
+                    delay_ms: 5,
+                    eta_ms: Some(10),
+                    ..job(0)
+                },
+                "eta_ms",
+            ),
+            (
+                NewJob {
+                    result_ttl_ms: Some(-7),
+                    ..job(0)
+                },
+                "result_ttl_ms",
+            ),
+            (
+                NewJob {
+                    delay_ms: i64::MAX,
+                    ..job(0)
+                },
+                "delay_ms",
+            ),
+        ];
+        for (bad, option) in cases {
+            let expected_value = format!("{:?}", bad);
+            match fx.engine.enqueue(&[job(0), bad]) {
+                Err(EngineError::InvalidOption(message)) => {
+                    assert!(
+                        message.contains(option),
+                        "{message:?} should name {option} ({expected_value})"
+                    );
+                }
+                other => panic!("expected an invalid option for {option}, got {other:?}"),
             }
-            other => panic!("expected an invalid option for {option}, got {other:?}"),
         }
-    }
-    assert_eq!(
-        fx.engine.stats().unwrap()[0].1,
-        0,
-        "a batch with a bad job stores nothing"
-    );
-    match fx.engine.enqueue(&[NewJob {
-        max_retries: -1,
-        ..job(0)
-    }]) {
-        Err(EngineError::InvalidOption(message)) => assert!(message.contains("-1"), "{message}"),
-        other => panic!("{other:?}"),
+        assert_eq!(
+            fx.engine.stats().unwrap()[0].1,
+            0,
+            "a batch with a bad job stores nothing"
+        );
+        match fx.engine.enqueue(&[NewJob {
+            max_retries: -1,
+            ..job(0)
+        }]) {
+            Err(EngineError::InvalidOption(message)) => assert!(message.contains("-1"), "{message}"),
+            other => panic!("{other:?}"),
+        }
     }
 }
 

@@ -13,6 +13,9 @@
 //! a mutex, or a pool), so one storage can serve many threads.
 
 pub mod flow_storage;
+pub mod postgres;
+pub mod postgres_flow;
+pub mod postgres_schema;
 pub mod sqlite;
 pub mod sqlite_flow;
 
@@ -163,4 +166,33 @@ pub trait Storage:
     /// Drops the results and error histories of up to `limit` finished jobs
     /// whose retention ended at or before `now_ms`; returns how many jobs.
     fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;
+
+    /// Registers `owner` as a live supervisor until `now_ms + lease_ms`, or
+    /// renews its registration. When a registration expires, the running
+    /// jobs of its owner are reaped as lost (by [`Storage::reap_expired`])
+    /// without waiting for their own leases. SQLite serves the supervisors of
+    /// one host, whose job leases are enough, and keeps no registrations.
+    fn register_supervisor(
+        &self,
+        owner: &str,
+        host: &str,
+        pid: i64,
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<(), EngineError> {
+        let _ = (owner, host, pid, lease_ms, now_ms);
+        Ok(())
+    }
+
+    /// Removes the registration of a supervisor that stops cleanly.
+    fn deregister_supervisor(&self, owner: &str) -> Result<(), EngineError> {
+        let _ = owner;
+        Ok(())
+    }
+
+    /// Where wake-up notifications of this storage can be listened for, if
+    /// it sends any.
+    fn wake_channel(&self) -> Option<postgres::WakeSource> {
+        None
+    }
 }

@@ -1,5 +1,11 @@
-//! Shared fixtures of the engine's integration tests: a temporary directory
-//! and an engine on a manual clock.
+//! Shared fixtures of the engine's integration tests: a temporary directory,
+//! an engine on a manual clock over either backend, and the
+//! [`backend_tests!`] macro that runs one test body on both.
+//!
+//! PostgreSQL tests need a server: `STOKER_PG_URL` names it (`make test`
+//! starts one). Each test works in a fresh schema of that database, dropped
+//! at the end. Without the variable they are skipped, unless
+//! `STOKER_REQUIRE_PG=1`, when they fail.
 
 #![allow(dead_code)]
 
@@ -49,25 +55,147 @@ impl Drop for TempDir {
     }
 }
 
+/// The storage implementations the contract tests run against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The server URL for PostgreSQL tests, or `None` to skip them; panics when
+/// PostgreSQL is required (`STOKER_REQUIRE_PG=1`) and no URL is given.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("STOKER_PG_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("STOKER_REQUIRE_PG").as_deref() == Ok("1") {
+                panic!(
+                    "STOKER_REQUIRE_PG=1 but STOKER_PG_URL is not set: PostgreSQL tests cannot run"
+                );
+            }
+            eprintln!("skipped: set STOKER_PG_URL to run the PostgreSQL tests");
+            None
+        }
+    }
+}
+
+/// A fresh, empty schema in the test database, dropped when this is dropped.
+pub struct PgSchema {
+    pub base_url: String,
+    pub name: String,
+}
+
+impl PgSchema {
+    pub fn new() -> Option<Self> {
+        let base_url = pg_url()?;
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst),
+            fastrand::u32(..)
+        );
+        let mut client = postgres::Client::connect(&base_url, postgres::NoTls)
+            .unwrap_or_else(|error| panic!("cannot connect to STOKER_PG_URL: {error}"));
+        client
+            .batch_execute(&format!("CREATE SCHEMA {name}"))
+            .expect("create schema");
+        Some(Self { base_url, name })
+    }
+
+    /// The URL of the test database with this schema first in the search path.
+    pub fn url(&self) -> String {
+        let separator = if self.base_url.contains('?') {
+            '&'
+        } else {
+            '?'
+        };
+        format!(
+            "{}{separator}options=-c%20search_path%3D{}",
+            self.base_url, self.name
+        )
+    }
+
+    /// A plain connection working in this schema.
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url(), postgres::NoTls).expect("connect")
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if let Ok(mut client) = postgres::Client::connect(&self.base_url, postgres::NoTls) {
+            let _ = client.batch_execute(&format!("DROP SCHEMA {} CASCADE", self.name));
+        }
+    }
+}
+
 /// An engine over a fresh database with a manual clock at [`START_MS`].
 pub struct Fixture {
     pub engine: Engine,
     pub clock: ManualClock,
     pub dir: TempDir,
+    pub backend: Backend,
+    /// The path or URL the engine was opened at.
+    pub target: String,
+    pub schema: Option<PgSchema>,
 }
 
 impl Fixture {
+    /// A SQLite fixture.
     pub fn new() -> Self {
+        Self::sqlite()
+    }
+
+    pub fn sqlite() -> Self {
         let dir = TempDir::new();
+        let target = dir.file("jobs.db").display().to_string();
+        Self::open(Backend::Sqlite, dir, target, None)
+    }
+
+    /// A PostgreSQL fixture in a fresh schema; `None` when skipped.
+    pub fn postgres() -> Option<Self> {
+        let schema = PgSchema::new()?;
+        let target = schema.url();
+        Some(Self::open(
+            Backend::Postgres,
+            TempDir::new(),
+            target,
+            Some(schema),
+        ))
+    }
+
+    /// A fixture of `backend`; `None` when PostgreSQL tests are skipped.
+    pub fn of(backend: Backend) -> Option<Self> {
+        match backend {
+            Backend::Sqlite => Some(Self::sqlite()),
+            Backend::Postgres => Self::postgres(),
+        }
+    }
+
+    fn open(backend: Backend, dir: TempDir, target: String, schema: Option<PgSchema>) -> Self {
         let clock = ManualClock::new(START_MS);
-        let engine =
-            Engine::open_sqlite(dir.file("jobs.db"), BUSY_TIMEOUT, Arc::new(clock.clone()))
-                .expect("open engine")
-                .with_seed(7);
-        Self { engine, clock, dir }
+        let engine = Engine::open(&target, BUSY_TIMEOUT, Some(Arc::new(clock.clone())))
+            .expect("open engine")
+            .with_seed(7);
+        Self {
+            engine,
+            clock,
+            dir,
+            backend,
+            target,
+            schema,
+        }
+    }
+
+    /// Another engine (another connection, as another process would have)
+    /// over the same database, reading `clock`.
+    pub fn other_engine(&self, clock: Arc<dyn stoker_engine::Clock>) -> Engine {
+        Engine::open(&self.target, BUSY_TIMEOUT, Some(clock)).expect("open another engine")
     }
 
     pub fn db_path(&self) -> PathBuf {
+        assert_eq!(self.backend, Backend::Sqlite, "only SQLite has a file");
         self.dir.file("jobs.db")
     }
 
@@ -136,4 +264,36 @@ pub fn report(kind: FailureKind, retryable: bool) -> FailureReport {
         retryable,
         usage: Some(r#"{"cpu_user_s": 0.5}"#.to_owned()),
     }
+}
+
+/// Runs each test body once per backend: `fn name(fx) { ... }` becomes the
+/// tests `on_sqlite::name` and `on_postgres::name`, each with its own fresh
+/// [`Fixture`] bound to `fx`.
+macro_rules! backend_tests {
+    ($(fn $name:ident($fx:ident) $body:block)*) => {
+        mod on_sqlite {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let $fx = crate::common::Fixture::sqlite();
+                    $body
+                }
+            )*
+        }
+        mod on_postgres {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let Some($fx) = crate::common::Fixture::postgres() else {
+                        return;
+                    };
+                    $body
+                }
+            )*
+        }
+    };
 }

@@ -1,0 +1,1166 @@
+//! The PostgreSQL side of flow control and schedules: the same rules as
+//! `sqlite_flow.rs` (see `flow.rs` and `schedule.rs`), with the row locks
+//! that make them hold across concurrent transactions of many hosts:
+//! - claims of a database with limits lock every `flow_limits` row first, so
+//!   the running counts and token buckets they read cannot change under them
+//!   (a global concurrency limit is never exceeded);
+//! - a failure that counts against a breaker locks the breaker's row;
+//! - a dependent job is locked before its unfinished dependencies are
+//!   counted, and an enqueue locks the jobs it depends on, so a dependency
+//!   that completes is never missed by a new or a waiting dependent;
+//! - a schedule's fire is fenced by `UPDATE .. WHERE next_fire_ms = fire`,
+//!   which a concurrent fire waits on and then finds moved.
+
+use std::collections::{BTreeSet, HashMap};
+
+use postgres::Row;
+
+use crate::error::EngineError;
+use crate::flow::{
+    BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
+    TOKEN_SCALE,
+};
+use crate::model::{ClaimedJob, FailureKind, NewJob, Status};
+use crate::schedule::{
+    FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
+    Verdict, FIRE_LOG_KEEP,
+};
+use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
+use crate::storage::postgres::{sql_count, status_of, PgResult, PostgresStorage, Tx};
+use crate::storage::sqlite_flow::LIMITED_SCAN_EXTRA;
+
+/// At most this many jobs are expired by one claim.
+const EXPIRE_BATCH: i64 = 1000;
+
+const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
+     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
+     unique_key, expires_ms, rate_prepaid, labels) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) RETURNING id";
+
+// --- jobs: enqueue -----------------------------------------------------------
+
+/// Inserts one job inside `tx`, applying its flow options; its id, and
+/// whether it was created (false: a live job with its unique key exists).
+pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult<(i64, bool)> {
+    if let Some(key) = &job.unique_key {
+        // Two enqueues of one key racing both find none; the unique index
+        // makes the second insert fail and its transaction run again, when it
+        // finds the first one's job.
+        let existing = tx.query_opt(
+            "SELECT id FROM jobs WHERE unique_key = $1 AND status IN (0, 1, 2, 7)",
+            &[key],
+        )?;
+        if let Some(row) = existing {
+            return Ok((row.try_get(0)?, false));
+        }
+    }
+    let prepaid = if job.fail_when_limited {
+        admit_at_send(tx, &job.task_name, &job.queue, now_ms)?
+    } else {
+        false
+    };
+    let mut failed: Option<(i64, Status)> = None;
+    let mut unfinished = false;
+    let mut deps: Vec<i64> = Vec::with_capacity(job.depends_on.len());
+    if !job.depends_on.is_empty() {
+        let mut seen = BTreeSet::new();
+        for &dep in &job.depends_on {
+            if seen.insert(dep) {
+                deps.push(dep);
+            }
+        }
+        // FOR SHARE waits for a transaction finishing a dependency, and keeps
+        // one from finishing until this job and its edges are committed.
+        let rows = tx.query(
+            "SELECT id, status FROM jobs WHERE id = ANY($1) ORDER BY id FOR SHARE",
+            &[&deps],
+        )?;
+        let mut status_of_dep: HashMap<i64, Status> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            status_of_dep.insert(row.try_get(0)?, status_of(row.try_get(1)?)?);
+        }
+        for &dep in &deps {
+            match status_of_dep.get(&dep) {
+                None => return Err(EngineError::NotFound(dep).into()),
+                Some(Status::Complete) => {}
+                Some(&status @ (Status::Dead | Status::Cancelled | Status::Expired)) => {
+                    failed = failed.or(Some((dep, status)));
+                }
+                Some(_) => unfinished = true,
+            }
+        }
+    }
+    let eta_ms = job.eta_at(now_ms);
+    let status = if failed.is_some() || unfinished {
+        Status::Waiting
+    } else if eta_ms <= now_ms {
+        tx.wake = true;
+        Status::Pending
+    } else {
+        Status::Scheduled
+    };
+    let expires_ms = job.expires_after_ms.map(|ms| now_ms.saturating_add(ms));
+    let row = tx.query_one(
+        INSERT_JOB_SQL,
+        &[
+            &job.task_name,
+            &job.queue,
+            &job.priority,
+            &job.payload,
+            &status.code(),
+            &job.max_retries,
+            &job.max_crashes,
+            &job.backoff_base_ms,
+            &job.backoff_cap_ms,
+            &job.jitter,
+            &job.timeout_ms,
+            &job.result_ttl_ms,
+            &now_ms,
+            &eta_ms,
+            &job.unique_key,
+            &expires_ms,
+            &i64::from(prepaid),
+            &job.labels,
+        ],
+    )?;
+    let id: i64 = row.try_get(0)?;
+    for (position, dep) in deps.iter().enumerate() {
+        tx.execute(
+            "INSERT INTO job_deps (job_id, dep_id, position) VALUES ($1, $2, $3)",
+            &[&id, dep, &sql_count(position)],
+        )?;
+    }
+    if let Some((dep, dep_status)) = failed {
+        if fail_waiting(tx, id, dep, dep_status, now_ms)? {
+            on_finished(tx, id, Status::Dead, now_ms)?;
+        }
+    }
+    Ok((id, true))
+}
+
+// --- jobs: finishing ---------------------------------------------------------
+
+/// Ends a waiting job dead because `dep` ended with `dep_status`; false if it
+/// was not waiting.
+fn fail_waiting(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    dep: i64,
+    dep_status: Status,
+    now_ms: i64,
+) -> PgResult<bool> {
+    let changed = tx.execute(
+        "UPDATE jobs SET status = 4, finished_ms = $2 WHERE id = $1 AND status = 7",
+        &[&job_id, &now_ms],
+    )?;
+    if changed == 0 {
+        return Ok(false);
+    }
+    tx.execute(
+        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
+         SELECT id, attempt, 'dependency', $2, $3, '', NULL, $4, '' FROM jobs WHERE id = $1",
+        &[
+            &job_id,
+            &DEPENDENCY_FAILED_EXC_TYPE,
+            &format!("job {job_id} depends on job {dep}, which ended {dep_status}"),
+            &now_ms,
+        ],
+    )?;
+    Ok(true)
+}
+
+/// Called inside every transition that finishes a job: sets the retention
+/// deadline of a job that finished without a result, and resolves the jobs
+/// that depend on it, transitively.
+pub(crate) fn on_finished(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    status: Status,
+    now_ms: i64,
+) -> PgResult<()> {
+    let mut work = vec![(job_id, status)];
+    while let Some((id, status)) = work.pop() {
+        if status != Status::Complete {
+            tx.execute(
+                "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
+                 WHERE id = $1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
+                &[&id],
+            )?;
+        }
+        let dependents: Vec<i64> = tx
+            .query(
+                "SELECT job_id FROM job_deps WHERE dep_id = $1 ORDER BY job_id",
+                &[&id],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        for dependent in dependents {
+            // Locking the dependent first makes two dependencies that finish
+            // at once take turns, so the second one counts the first as done.
+            tx.query_opt("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&dependent])?;
+            if status == Status::Complete {
+                let unfinished: i64 = tx
+                    .query_one(
+                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
+                         WHERE d.job_id = $1 AND j.status != 3",
+                        &[&dependent],
+                    )?
+                    .try_get(0)?;
+                if unfinished == 0 {
+                    let released = tx.query_opt(
+                        "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN 0 ELSE 1 END \
+                         WHERE id = $1 AND status = 7 RETURNING status",
+                        &[&dependent, &now_ms],
+                    )?;
+                    if let Some(row) = released {
+                        if row.try_get::<_, i64>(0)? == Status::Pending.code() {
+                            tx.wake = true;
+                        }
+                    }
+                }
+            } else if fail_waiting(tx, dependent, id, status, now_ms)? {
+                work.push((dependent, Status::Dead));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Called when attempts completed: a half-open breaker of their tasks closes,
+/// and their dependents are resolved.
+pub(crate) fn on_completed_many(tx: &mut Tx<'_>, job_ids: &[i64], now_ms: i64) -> PgResult<()> {
+    if job_ids.is_empty() {
+        return Ok(());
+    }
+    let row = tx.query_one(
+        "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_state = 2), \
+         EXISTS (SELECT 1 FROM job_deps WHERE dep_id = ANY($1))",
+        &[&job_ids],
+    )?;
+    let any_half_open: bool = row.try_get(0)?;
+    let any_dependents: bool = row.try_get(1)?;
+    if !any_half_open && !any_dependents {
+        return Ok(());
+    }
+    for &job_id in job_ids {
+        if any_half_open {
+            let key = task_key_of(tx, job_id)?;
+            let closed = tx.execute(
+                "UPDATE flow_limits SET breaker_state = 0, open_until_ms = NULL \
+                 WHERE key = $1 AND breaker_state = 2",
+                &[&key],
+            )?;
+            if closed > 0 {
+                tx.execute("DELETE FROM flow_failures WHERE key = $1", &[&key])?;
+            }
+        }
+        if any_dependents {
+            on_finished(tx, job_id, Status::Complete, now_ms)?;
+        }
+    }
+    Ok(())
+}
+
+/// Called when an attempt failed (before the retry policy is applied): counts
+/// the failure against its task's breaker, which may open.
+pub(crate) fn on_attempt_failed(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    kind: FailureKind,
+    now_ms: i64,
+) -> PgResult<()> {
+    if kind == FailureKind::LeaseExpired {
+        return Ok(());
+    }
+    let any_breaker: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",
+            &[],
+        )?
+        .try_get(0)?;
+    if !any_breaker {
+        return Ok(());
+    }
+    let key = task_key_of(tx, job_id)?;
+    let breaker = tx.query_opt(
+        "SELECT breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state \
+         FROM flow_limits WHERE key = $1 AND breaker_failures IS NOT NULL FOR UPDATE",
+        &[&key],
+    )?;
+    let Some(breaker) = breaker else {
+        return Ok(());
+    };
+    let threshold: i64 = breaker.try_get(0)?;
+    let window_ms: i64 = breaker.try_get(1)?;
+    let cooldown_ms: i64 = breaker.try_get(2)?;
+    let state: i64 = breaker.try_get(3)?;
+    tx.execute(
+        "INSERT INTO flow_failures (key, at_ms) VALUES ($1, $2)",
+        &[&key, &now_ms],
+    )?;
+    tx.execute(
+        "DELETE FROM flow_failures WHERE key = $1 AND at_ms <= $2",
+        &[&key, &now_ms.saturating_sub(window_ms)],
+    )?;
+    let open = match BreakerState::from_code(state) {
+        BreakerState::Open => false,
+        BreakerState::HalfOpen => true,
+        BreakerState::Closed => {
+            let recent: i64 = tx
+                .query_one("SELECT count(*) FROM flow_failures WHERE key = $1", &[&key])?
+                .try_get(0)?;
+            recent >= threshold
+        }
+    };
+    if open {
+        let until = now_ms.saturating_add(cooldown_ms);
+        tx.execute(
+            "UPDATE flow_limits SET breaker_state = 1, open_until_ms = $2, \
+             wake_ms = least(coalesce(wake_ms, $2), $2) WHERE key = $1",
+            &[&key, &until],
+        )?;
+    }
+    Ok(())
+}
+
+fn task_key_of(tx: &mut Tx<'_>, job_id: i64) -> PgResult<String> {
+    let row = tx
+        .query_opt("SELECT task_name FROM jobs WHERE id = $1", &[&job_id])?
+        .ok_or(EngineError::NotFound(job_id))?;
+    let task: String = row.try_get(0)?;
+    Ok(format!("task:{task}"))
+}
+
+/// Expires up to `limit` due jobs inside `tx`; their ids.
+fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
+    let expired: Vec<i64> = tx
+        .query(
+            "UPDATE jobs SET status = 6, finished_ms = $1 WHERE id IN \
+             (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) AND expires_ms <= $1 \
+             ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+            &[&now_ms, &limit],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for &id in &expired {
+        on_finished(tx, id, Status::Expired, now_ms)?;
+    }
+    Ok(expired)
+}
+
+/// Expires the due jobs a claim must not pick.
+pub(crate) fn expire_due_in(tx: &mut Tx<'_>, now_ms: i64) -> PgResult<()> {
+    expire_in(tx, EXPIRE_BATCH, now_ms).map(|_| ())
+}
+
+/// Drops the results and error histories of up to `limit` finished jobs
+/// whose retention ended; how many jobs.
+pub(crate) fn purge_retention_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<usize> {
+    let due: Vec<i64> = tx
+        .query(
+            "SELECT id FROM jobs WHERE result_expires_ms IS NOT NULL AND result_expires_ms <= $1 \
+             ORDER BY result_expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now_ms, &limit],
+        )?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    tx.execute("DELETE FROM errors WHERE job_id = ANY($1)", &[&due])?;
+    tx.execute(
+        "UPDATE jobs SET result = NULL, result_expires_ms = NULL WHERE id = ANY($1)",
+        &[&due],
+    )?;
+    Ok(due.len())
+}
+
+/// The earliest time a limit or an expiry wants a claim.
+pub(crate) fn next_flow_wakeup(tx: &mut Tx<'_>) -> PgResult<Option<i64>> {
+    let row = tx.query_one(
+        "SELECT (SELECT min(wake_ms) FROM flow_limits), \
+         (SELECT expires_ms FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) \
+          ORDER BY expires_ms LIMIT 1)",
+        &[],
+    )?;
+    let hint: Option<i64> = row.try_get(0)?;
+    let expiry: Option<i64> = row.try_get(1)?;
+    Ok([hint, expiry].into_iter().flatten().min())
+}
+
+// --- limits: the claim-time gate ---------------------------------------------
+
+#[derive(Debug)]
+struct LimitRow {
+    rate: Option<RateLimit>,
+    tokens: i64,
+    concurrency: Option<i64>,
+    breaker: Option<BreakerConfig>,
+    state: BreakerState,
+    open_until_ms: Option<i64>,
+    wake_ms: Option<i64>,
+    probe_taken: bool,
+    dirty: bool,
+}
+
+impl LimitRow {
+    fn from_row(row: &Row, now_ms: i64) -> PgResult<(String, LimitRow)> {
+        let key: String = row.try_get(0)?;
+        let rate = match (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
+            (Some(count), Some(per_ms), Some(burst)) => Some(RateLimit {
+                count,
+                per_ms,
+                burst,
+            }),
+            _ => None,
+        };
+        let breaker = match (row.try_get(7)?, row.try_get(8)?, row.try_get(9)?) {
+            (Some(failures), Some(window_ms), Some(cooldown_ms)) => Some(BreakerConfig {
+                failures,
+                window_ms,
+                cooldown_ms,
+            }),
+            _ => None,
+        };
+        let stored_tokens: i64 = row.try_get(4)?;
+        let refilled_ms: i64 = row.try_get(5)?;
+        let tokens = rate.map_or(stored_tokens, |rate| {
+            rate.refill(stored_tokens, now_ms - refilled_ms)
+        });
+        let mut limit = LimitRow {
+            rate,
+            tokens,
+            concurrency: row.try_get(6)?,
+            breaker,
+            state: BreakerState::from_code(row.try_get(10)?),
+            open_until_ms: row.try_get(11)?,
+            wake_ms: row.try_get(12)?,
+            probe_taken: false,
+            dirty: false,
+        };
+        if limit.state == BreakerState::Open
+            && !matches!(limit.open_until_ms, Some(t) if t > now_ms)
+        {
+            limit.state = BreakerState::HalfOpen;
+            limit.open_until_ms = None;
+            limit.dirty = true;
+        }
+        if limit.wake_ms.is_some_and(|t| t <= now_ms) {
+            limit.wake_ms = None;
+            limit.dirty = true;
+        }
+        Ok((key, limit))
+    }
+
+    fn hint(&mut self, at_ms: i64) {
+        if !matches!(self.wake_ms, Some(t) if t <= at_ms) {
+            self.wake_ms = Some(at_ms);
+            self.dirty = true;
+        }
+    }
+}
+
+const LIMIT_COLUMNS: &str = "key, rate_count, rate_per_ms, burst, tokens, refilled_ms, concurrency, \
+     breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state, open_until_ms, wake_ms";
+
+/// Every limit row, locked for the rest of the transaction when `lock`.
+fn load_limits(tx: &mut Tx<'_>, now_ms: i64, lock: bool) -> PgResult<HashMap<String, LimitRow>> {
+    let sql = if lock {
+        format!("SELECT {LIMIT_COLUMNS} FROM flow_limits ORDER BY key FOR UPDATE")
+    } else {
+        format!("SELECT {LIMIT_COLUMNS} FROM flow_limits")
+    };
+    tx.query(&sql, &[])?
+        .iter()
+        .map(|row| LimitRow::from_row(row, now_ms))
+        .collect()
+}
+
+/// Whether any limit is configured; claims without limits need no lock.
+pub(crate) fn any_limits(tx: &mut Tx<'_>) -> PgResult<bool> {
+    Ok(tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM flow_limits)", &[])?
+        .try_get(0)?)
+}
+
+/// Decides, inside one claim, which picked jobs their limits let run.
+struct Gate {
+    limits: HashMap<String, LimitRow>,
+    running: HashMap<String, i64>,
+    now_ms: i64,
+}
+
+impl Gate {
+    fn running_of(&mut self, tx: &mut Tx<'_>, task: &str) -> PgResult<i64> {
+        if let Some(&count) = self.running.get(task) {
+            return Ok(count);
+        }
+        let count: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
+                &[&task],
+            )?
+            .try_get(0)?;
+        self.running.insert(task.to_owned(), count);
+        Ok(count)
+    }
+
+    fn admit(&mut self, tx: &mut Tx<'_>, task: &str, queue: &str, prepaid: bool) -> PgResult<bool> {
+        let task_key = format!("task:{task}");
+        let queue_key = format!("queue:{queue}");
+        let now_ms = self.now_ms;
+        let mut probe = false;
+        if self.limits.contains_key(&task_key) {
+            let running = self.running_of(tx, task)?;
+            let Some(limit) = self.limits.get_mut(&task_key) else {
+                return Ok(false);
+            };
+            if limit.breaker.is_some() {
+                match limit.state {
+                    BreakerState::Open => {
+                        if let Some(until) = limit.open_until_ms {
+                            limit.hint(until);
+                        }
+                        return Ok(false);
+                    }
+                    BreakerState::HalfOpen => {
+                        if running > 0 || limit.probe_taken {
+                            return Ok(false);
+                        }
+                        probe = true;
+                    }
+                    BreakerState::Closed => {}
+                }
+            }
+            if limit.concurrency.is_some_and(|k| running >= k) {
+                return Ok(false);
+            }
+        }
+        if !prepaid {
+            for key in [&task_key, &queue_key] {
+                if let Some(limit) = self.limits.get_mut(key) {
+                    if let Some(rate) = limit.rate {
+                        if limit.tokens < TOKEN_SCALE {
+                            let wait = rate.ms_until_token(limit.tokens);
+                            limit.hint(now_ms.saturating_add(wait));
+                            return Ok(false);
+                        }
+                    }
+                }
+            }
+            for key in [&task_key, &queue_key] {
+                if let Some(limit) = self.limits.get_mut(key) {
+                    if limit.rate.is_some() {
+                        limit.tokens -= TOKEN_SCALE;
+                        limit.dirty = true;
+                    }
+                }
+            }
+        }
+        if let Some(limit) = self.limits.get_mut(&task_key) {
+            if probe {
+                limit.probe_taken = true;
+                limit.dirty = true;
+            }
+        }
+        *self.running.entry(task.to_owned()).or_insert(0) += 1;
+        Ok(true)
+    }
+}
+
+fn store_limits(tx: &mut Tx<'_>, limits: &HashMap<String, LimitRow>, now_ms: i64) -> PgResult<()> {
+    for (key, limit) in limits.iter().filter(|(_, limit)| limit.dirty) {
+        tx.execute(
+            "UPDATE flow_limits SET tokens = $2, refilled_ms = $3, breaker_state = $4, \
+             open_until_ms = $5, wake_ms = $6 WHERE key = $1",
+            &[
+                key,
+                &limit.tokens,
+                &now_ms,
+                &limit.state.code(),
+                &limit.open_until_ms,
+                &limit.wake_ms,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The claim of a database with limits: the limit rows are locked, so claims
+/// that consult them take turns; candidates are locked with SKIP LOCKED, read
+/// up to [`LIMITED_SCAN_EXTRA`] beyond the limit so that held-back jobs do not
+/// hide others, passed through the gate, and the admitted ones leased in one
+/// statement.
+pub(crate) fn claim_limited(
+    tx: &mut Tx<'_>,
+    queues: &[String],
+    limit: usize,
+    owner: &str,
+    lease_deadline_ms: i64,
+    now_ms: i64,
+) -> PgResult<Vec<ClaimedJob>> {
+    let mut gate = Gate {
+        limits: load_limits(tx, now_ms, true)?,
+        running: HashMap::new(),
+        now_ms,
+    };
+    let scan = limit.saturating_add(LIMITED_SCAN_EXTRA);
+    let mut picked: Vec<(i64, i64, String, String, bool)> = Vec::new();
+    for queue in queues {
+        let rows = tx.query(
+            "SELECT priority, id, task_name, queue, rate_prepaid FROM jobs WHERE status = 0 AND queue = $1 \
+             ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[queue, &sql_count(scan)],
+        )?;
+        for row in &rows {
+            picked.push((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get::<_, i64>(4)? != 0,
+            ));
+        }
+    }
+    picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    picked.truncate(scan);
+    let mut admitted: Vec<i64> = Vec::with_capacity(limit.min(picked.len()));
+    for (_, id, task, queue, prepaid) in &picked {
+        if admitted.len() >= limit {
+            break;
+        }
+        if gate.admit(tx, task, queue, *prepaid)? {
+            admitted.push(*id);
+        }
+    }
+    store_limits(tx, &gate.limits, now_ms)?;
+    if admitted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = tx.query(
+        "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = $2, lease_owner = $3, \
+         lease_deadline_ms = $4, cancel_requested = 0, progress = NULL WHERE id = ANY($1) AND status = 0 \
+         RETURNING id, priority, attempt, task_name, queue, payload, timeout_ms, labels",
+        &[&admitted, &now_ms, &owner, &lease_deadline_ms],
+    )?;
+    let mut claimed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let attempt: i64 = row.try_get(2)?;
+        claimed.push((
+            row.try_get::<_, i64>(1)?,
+            ClaimedJob {
+                id: row.try_get(0)?,
+                token: attempt,
+                attempt,
+                task_name: row.try_get(3)?,
+                queue: row.try_get(4)?,
+                payload: row.try_get(5)?,
+                timeout_ms: row.try_get(6)?,
+                lease_deadline_ms,
+                labels: row.try_get(7)?,
+            },
+        ));
+    }
+    claimed.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.id.cmp(&b.1.id)));
+    Ok(claimed.into_iter().map(|(_, job)| job).collect())
+}
+
+/// For an enqueue that fails rather than waits: refuses it if the task's
+/// breaker is open or a bucket is empty, else takes the tokens now. Whether
+/// tokens were taken (the claim then takes none).
+fn admit_at_send(tx: &mut Tx<'_>, task: &str, queue: &str, now_ms: i64) -> PgResult<bool> {
+    let mut limits = load_limits(tx, now_ms, true)?;
+    let task_key = format!("task:{task}");
+    let queue_key = format!("queue:{queue}");
+    if let Some(limit) = limits.get(&task_key) {
+        if limit.breaker.is_some() && limit.state == BreakerState::Open {
+            return Err(EngineError::BreakerOpen {
+                task_name: task.to_owned(),
+                open_until_ms: limit.open_until_ms.unwrap_or(now_ms),
+            }
+            .into());
+        }
+    }
+    let mut prepaid = false;
+    for key in [&task_key, &queue_key] {
+        if let Some(limit) = limits.get(key) {
+            if let Some(rate) = limit.rate {
+                if limit.tokens < TOKEN_SCALE {
+                    return Err(EngineError::RateLimited {
+                        key: key.clone(),
+                        retry_after_ms: rate.ms_until_token(limit.tokens),
+                    }
+                    .into());
+                }
+                prepaid = true;
+            }
+        }
+    }
+    for key in [&task_key, &queue_key] {
+        if let Some(limit) = limits.get_mut(key) {
+            if limit.rate.is_some() {
+                limit.tokens -= TOKEN_SCALE;
+                limit.dirty = true;
+            }
+        }
+    }
+    store_limits(tx, &limits, now_ms)?;
+    Ok(prepaid)
+}
+
+// --- FlowStorage --------------------------------------------------------------
+
+impl FlowStorage for PostgresStorage {
+    fn set_limits(&self, key: &str, limits: &Limits, now_ms: i64) -> Result<(), EngineError> {
+        self.write(|tx| {
+            if limits.is_empty() {
+                tx.execute("DELETE FROM flow_limits WHERE key = $1", &[&key])?;
+                tx.execute("DELETE FROM flow_failures WHERE key = $1", &[&key])?;
+                return Ok(());
+            }
+            let current = load_limits(tx, now_ms, true)?.remove(key);
+            let tokens = match (&limits.rate, &current) {
+                (Some(rate), Some(row)) if row.rate.is_some() => {
+                    row.tokens.min(rate.burst * TOKEN_SCALE)
+                }
+                (Some(rate), _) => rate.burst * TOKEN_SCALE,
+                (None, _) => 0,
+            };
+            let (state, open_until) = match (&limits.breaker, &current) {
+                (Some(_), Some(row)) => (row.state, row.open_until_ms),
+                _ => (BreakerState::Closed, None),
+            };
+            let wake = current.as_ref().and_then(|row| row.wake_ms);
+            tx.execute(
+                &format!(
+                    "INSERT INTO flow_limits ({LIMIT_COLUMNS}) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                     ON CONFLICT (key) DO UPDATE SET rate_count = EXCLUDED.rate_count, \
+                     rate_per_ms = EXCLUDED.rate_per_ms, burst = EXCLUDED.burst, tokens = EXCLUDED.tokens, \
+                     refilled_ms = EXCLUDED.refilled_ms, concurrency = EXCLUDED.concurrency, \
+                     breaker_failures = EXCLUDED.breaker_failures, breaker_window_ms = EXCLUDED.breaker_window_ms, \
+                     breaker_cooldown_ms = EXCLUDED.breaker_cooldown_ms, breaker_state = EXCLUDED.breaker_state, \
+                     open_until_ms = EXCLUDED.open_until_ms, wake_ms = EXCLUDED.wake_ms"
+                ),
+                &[
+                    &key,
+                    &limits.rate.map(|r| r.count),
+                    &limits.rate.map(|r| r.per_ms),
+                    &limits.rate.map(|r| r.burst),
+                    &tokens,
+                    &now_ms,
+                    &limits.concurrency,
+                    &limits.breaker.map(|b| b.failures),
+                    &limits.breaker.map(|b| b.window_ms),
+                    &limits.breaker.map(|b| b.cooldown_ms),
+                    &state.code(),
+                    &open_until,
+                    &wake,
+                ],
+            )?;
+            if limits.breaker.is_none() {
+                tx.execute("DELETE FROM flow_failures WHERE key = $1", &[&key])?;
+            }
+            // Jobs held back by the old limits may run under the new ones.
+            tx.wake = true;
+            Ok(())
+        })
+    }
+
+    fn limits(&self, now_ms: i64) -> Result<Vec<LimitState>, EngineError> {
+        self.read(|tx| {
+            let rows = load_limits(tx, now_ms, false)?;
+            let mut states = Vec::with_capacity(rows.len());
+            for (key, row) in rows {
+                let running: i64 = match key.strip_prefix("task:") {
+                    Some(task) => tx
+                        .query_one(
+                            "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
+                            &[&task],
+                        )?
+                        .try_get(0)?,
+                    None => 0,
+                };
+                let recent_failures: i64 = match &row.breaker {
+                    Some(breaker) => tx
+                        .query_one(
+                            "SELECT count(*) FROM flow_failures WHERE key = $1 AND at_ms > $2",
+                            &[&key, &(now_ms - breaker.window_ms)],
+                        )?
+                        .try_get(0)?,
+                    None => 0,
+                };
+                states.push(LimitState {
+                    limits: Limits {
+                        rate: row.rate,
+                        concurrency: row.concurrency,
+                        breaker: row.breaker,
+                    },
+                    tokens: row.rate.map(|_| row.tokens / TOKEN_SCALE),
+                    running,
+                    breaker_state: row.state,
+                    recent_failures,
+                    open_until_ms: row.open_until_ms,
+                    key,
+                });
+            }
+            states.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(states)
+        })
+    }
+
+    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| expire_in(tx, sql_count(limit), now_ms))
+    }
+
+    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError> {
+        self.read(|tx| {
+            tx.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job_id])?
+                .ok_or(EngineError::NotFound(job_id))?;
+            let rows = tx.query(
+                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
+                 WHERE d.job_id = $1 ORDER BY d.position",
+                &[&job_id],
+            )?;
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, status_of(row.try_get(1)?)?)))
+                .collect()
+        })
+    }
+}
+
+// --- ScheduleStorage ----------------------------------------------------------
+
+const SCHEDULE_COLUMNS: &str = "id, name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+     paused, next_fire_ms, last_fire_ms, enqueued, created_ms, task_name, queue, priority, payload, \
+     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
+     expires_after_ms, unique_key";
+
+fn schedule_from_row(row: &Row) -> PgResult<ScheduleRecord> {
+    let kind: String = row.try_get(2)?;
+    let spec = match kind.as_str() {
+        "cron" => ScheduleSpec::Cron {
+            expr: row.try_get(3)?,
+            timezone: row.try_get(4)?,
+        },
+        "interval" => ScheduleSpec::Interval {
+            every_ms: row.try_get(5)?,
+            start_ms: row.try_get(6)?,
+        },
+        _ => ScheduleSpec::Once {
+            at_ms: row.try_get(6)?,
+        },
+    };
+    let missed: String = row.try_get(7)?;
+    let mut job = NewJob::new(
+        row.try_get::<_, String>(15)?,
+        row.try_get::<_, Vec<u8>>(18)?,
+    );
+    job.queue = row.try_get(16)?;
+    job.priority = row.try_get(17)?;
+    job.max_retries = row.try_get(19)?;
+    job.max_crashes = row.try_get(20)?;
+    job.backoff_base_ms = row.try_get(21)?;
+    job.backoff_cap_ms = row.try_get(22)?;
+    job.jitter = row.try_get(23)?;
+    job.timeout_ms = row.try_get(24)?;
+    job.result_ttl_ms = row.try_get(25)?;
+    job.expires_after_ms = row.try_get(26)?;
+    job.unique_key = row.try_get(27)?;
+    let labels: String = row.try_get(9)?;
+    // The schedule's labels are the labels of every job it fires.
+    job.labels = (!labels.is_empty() && labels != "{}").then(|| labels.clone());
+    Ok(ScheduleRecord {
+        id: row.try_get(0)?,
+        name: row.try_get(1)?,
+        spec,
+        job,
+        missed: if missed == "catch_up" {
+            MissedFires::CatchUp
+        } else {
+            MissedFires::Skip
+        },
+        source: row.try_get(8)?,
+        labels,
+        paused: row.try_get::<_, i64>(10)? != 0,
+        next_fire_ms: row.try_get(11)?,
+        last_fire_ms: row.try_get(12)?,
+        enqueued: row.try_get(13)?,
+        created_ms: row.try_get(14)?,
+    })
+}
+
+fn spec_columns(spec: &ScheduleSpec) -> (Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
+    match spec {
+        ScheduleSpec::Cron { expr, timezone } => (Some(expr), Some(timezone), None, None),
+        ScheduleSpec::Interval { every_ms, start_ms } => (None, None, Some(*every_ms), *start_ms),
+        ScheduleSpec::Once { at_ms } => (None, None, None, Some(*at_ms)),
+    }
+}
+
+fn get_schedule_in(tx: &mut Tx<'_>, id: i64) -> PgResult<Option<ScheduleRecord>> {
+    tx.query_opt(
+        &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(schedule_from_row)
+    .transpose()
+}
+
+impl ScheduleStorage for PostgresStorage {
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError> {
+        self.write(|tx| {
+            let existing = match &schedule.name {
+                Some(name) => {
+                    let id = tx.query_opt(
+                        "SELECT id FROM schedules WHERE name = $1 FOR UPDATE",
+                        &[name],
+                    )?;
+                    match id {
+                        Some(row) => get_schedule_in(tx, row.try_get(0)?)?,
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let next_fire = match &existing {
+                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
+                _ => first_fire_ms,
+            };
+            let (cron, timezone, every_ms, at_ms) = spec_columns(&schedule.spec);
+            let job = &schedule.job;
+            let kind = schedule.spec.kind();
+            let missed = schedule.missed.as_str();
+            let id_or_created = match &existing {
+                Some(old) => old.id,
+                None => now_ms,
+            };
+            let values: [&(dyn postgres::types::ToSql + Sync); 24] = [
+                &schedule.name,
+                &kind,
+                &cron,
+                &timezone,
+                &every_ms,
+                &at_ms,
+                &missed,
+                &schedule.source,
+                &schedule.labels,
+                &next_fire,
+                &id_or_created,
+                &job.task_name,
+                &job.queue,
+                &job.priority,
+                &job.payload,
+                &job.max_retries,
+                &job.max_crashes,
+                &job.backoff_base_ms,
+                &job.backoff_cap_ms,
+                &job.jitter,
+                &job.timeout_ms,
+                &job.result_ttl_ms,
+                &job.expires_after_ms,
+                &job.unique_key,
+            ];
+            if let Some(old) = &existing {
+                // The same values as the insert below, with the id in place of created_ms ($11).
+                tx.execute(
+                    "UPDATE schedules SET name = $1, kind = $2, cron = $3, timezone = $4, every_ms = $5, \
+                     at_ms = $6, missed = $7, source = $8, labels = $9, next_fire_ms = $10, task_name = $12, \
+                     queue = $13, priority = $14, payload = $15, max_retries = $16, max_crashes = $17, \
+                     backoff_base_ms = $18, backoff_cap_ms = $19, jitter = $20, timeout_ms = $21, \
+                     result_ttl_ms = $22, expires_after_ms = $23, unique_key = $24 WHERE id = $11",
+                    &values,
+                )?;
+                return Ok(old.id);
+            }
+            let row = tx.query_one(
+                "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+                 next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                 $20, $21, $22, $23, $24) RETURNING id",
+                &values,
+            )?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"),
+                &[],
+            )?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+        })
+    }
+
+    fn get_schedule(&self, id: i64) -> Result<ScheduleRecord, EngineError> {
+        self.read(|tx| Ok(get_schedule_in(tx, id)?.ok_or(EngineError::ScheduleNotFound(id))?))
+    }
+
+    fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), EngineError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE schedules SET paused = $2 WHERE id = $1",
+                &[&id, &i64::from(paused)],
+            )?;
+            if changed == 0 {
+                return Err(EngineError::ScheduleNotFound(id).into());
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_schedule(&self, id: i64) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM schedule_fires WHERE schedule_id = $1", &[&id])?;
+            let deleted = tx.execute("DELETE FROM schedules WHERE id = $1", &[&id])?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn due_schedules(&self, limit: usize, now_ms: i64) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_fire_ms IS NOT NULL \
+                     AND next_fire_ms <= $1 ORDER BY next_fire_ms LIMIT $2"
+                ),
+                &[&now_ms, &sql_count(limit)],
+            )?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        id: i64,
+        fire_ms: i64,
+        verdict: &Verdict,
+        planner: Planner<'_>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<FireOutcome, EngineError> {
+        self.write(|tx| {
+            let Some(schedule) = get_schedule_in(tx, id)? else {
+                return Ok(FireOutcome::Lost);
+            };
+            if schedule.paused || schedule.next_fire_ms != Some(fire_ms) {
+                return Ok(FireOutcome::Lost);
+            }
+            let plan = planner(&schedule.spec, fire_ms)?;
+            // The fence: only the writer that still sees this fire time moves
+            // it. A concurrent fire waits for this row and then finds it moved.
+            let claimed = tx.execute(
+                "UPDATE schedules SET next_fire_ms = $3, last_fire_ms = $2 \
+                 WHERE id = $1 AND next_fire_ms = $2 AND paused = 0",
+                &[&id, &fire_ms, &plan.next_fire_ms],
+            )?;
+            if claimed == 0 {
+                return Ok(FireOutcome::Lost);
+            }
+            let (outcome, message) = match verdict {
+                Verdict::Veto(message) => (FireOutcome::Vetoed, message.clone()),
+                Verdict::Error(message) => (FireOutcome::Error, message.clone()),
+                Verdict::Fire if plan.later_due > 0 && schedule.missed == MissedFires::Skip => (
+                    FireOutcome::Missed,
+                    format!(
+                        "{} fire(s) were missed while no supervisor ran; skipped",
+                        plan.later_due + 1
+                    ),
+                ),
+                Verdict::Fire => {
+                    let job = NewJob {
+                        eta_ms: None,
+                        delay_ms: 0,
+                        depends_on: Vec::new(),
+                        fail_when_limited: false,
+                        ..schedule.job.clone()
+                    };
+                    let (job_id, created) = insert_job(tx, &job, now_ms)?;
+                    if created {
+                        tx.execute(
+                            "UPDATE schedules SET enqueued = enqueued + 1 WHERE id = $1",
+                            &[&id],
+                        )?;
+                    }
+                    (FireOutcome::Enqueued { job_id, created }, String::new())
+                }
+            };
+            let later_due = plan.later_due;
+            tx.execute(
+                "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[
+                    &id,
+                    &fire_ms,
+                    &now_ms,
+                    &outcome.as_str(),
+                    &outcome.job_id(),
+                    &later_due,
+                    &owner,
+                    &message,
+                ],
+            )?;
+            tx.execute(
+                "DELETE FROM schedule_fires WHERE schedule_id = $1 AND id <= \
+                 (SELECT id FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                &[&id, &FIRE_LOG_KEEP],
+            )?;
+            Ok(outcome)
+        })
+    }
+
+    fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                "SELECT id, schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message \
+                 FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT $2",
+                &[&id, &sql_count(limit)],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(FireRecord {
+                    id: row.try_get(0)?,
+                    schedule_id: row.try_get(1)?,
+                    fire_ms: row.try_get(2)?,
+                    at_ms: row.try_get(3)?,
+                    outcome: row.try_get(4)?,
+                    job_id: row.try_get(5)?,
+                    missed: row.try_get(6)?,
+                    owner: row.try_get(7)?,
+                    message: row.try_get(8)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn next_fire_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_one(
+                    "SELECT min(next_fire_ms) FROM schedules WHERE paused = 0 AND next_fire_ms IS NOT NULL",
+                    &[],
+                )?
+                .try_get(0)?)
+        })
+    }
+}
