@@ -8,11 +8,16 @@ database with ``Queue.include``.
 
 from __future__ import annotations
 
+import glob
 import os
+import secrets
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -103,3 +108,77 @@ def written(path: Path) -> Callable[[], str]:
             return ""
 
     return check
+
+
+# --- PostgreSQL -------------------------------------------------------------------
+#
+# Tests that need PostgreSQL read the server's URL from STOKER_PG_URL (`make
+# test` starts a throwaway server) and work in a fresh schema each. Without
+# the variable they are skipped, unless STOKER_REQUIRE_PG=1, when they fail.
+
+
+def pg_url() -> str | None:
+    """The test server's URL; skips (or fails, when required) without one."""
+    url = os.environ.get("STOKER_PG_URL")
+    if url:
+        return url
+    if os.environ.get("STOKER_REQUIRE_PG") == "1":
+        pytest.fail("STOKER_REQUIRE_PG=1 but STOKER_PG_URL is not set: PostgreSQL tests cannot run")
+    pytest.skip("set STOKER_PG_URL to run the PostgreSQL tests")
+    return None
+
+
+def psql_binary() -> str:
+    found = shutil.which("psql") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))), None)
+    if found is None:
+        pytest.fail("psql is needed for the PostgreSQL tests (apt-get install postgresql-client)")
+    return found
+
+
+def psql(url: str, sql: str) -> str:
+    """Run ``sql`` with psql against ``url``; its unaligned output."""
+    done = subprocess.run(
+        [psql_binary(), url, "-v", "ON_ERROR_STOP=1", "-tAc", sql],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise AssertionError(f"psql failed ({sql!r}): {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def with_schema(url: str, schema: str) -> str:
+    """``url`` with ``schema`` first in the search path of its connections."""
+    separator = "&" if "?" in url else "?"
+    return f"{url}{separator}options=-c%20search_path%3D{schema}"
+
+
+@contextmanager
+def pg_schema() -> Iterator[str]:
+    """A fresh empty schema in the test database, as a URL; dropped afterwards."""
+    base = pg_url()
+    assert base is not None
+    name = f"py_{os.getpid()}_{secrets.token_hex(4)}"
+    psql(base, f"CREATE SCHEMA {name}")
+    try:
+        yield with_schema(base, name)
+    finally:
+        psql(base, f"DROP SCHEMA {name} CASCADE")
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """The URL of a fresh schema in the PostgreSQL test database."""
+    with pg_schema() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh database on each backend: a SQLite file path, then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "jobs.db")
+        return
+    with pg_schema() as url:
+        yield url

@@ -41,8 +41,9 @@ def db(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def core(db: str) -> Engine:
-    return Engine(db, clock_ms=T0)
+def core(database: str) -> Engine:
+    """An engine on a manual clock over each backend in turn (see ``database``)."""
+    return Engine(database, clock_ms=T0)
 
 
 def job(priority: int = 0, **options: object) -> NewJob:
@@ -147,9 +148,9 @@ def test_new_job_rejects_wrong_options_naming_them(options: dict[str, object], o
     assert isinstance(caught.value, ValueError)
 
 
-def test_engine_path_clock_and_repr(core: Engine, db: str) -> None:
-    assert core.path == db
-    assert db in repr(core)
+def test_engine_path_clock_and_repr(core: Engine, database: str) -> None:
+    assert core.path == database
+    assert database in repr(core)
     assert core.now_ms() == T0
     core.advance_clock(250)
     assert core.now_ms() == T0 + 250
@@ -525,9 +526,9 @@ def test_dead_letters_and_replay(core: Engine) -> None:
     assert (caught.value.job_id, caught.value.status, caught.value.operation) == (new_id, "pending", "replay")
 
 
-def test_next_wakeup_data_version_and_purge(core: Engine, db: str) -> None:
+def test_next_wakeup_data_version_and_purge(core: Engine, database: str) -> None:
     assert core.next_wakeup_ms() is None
-    other = Engine(db, clock_ms=T0)
+    other = Engine(database, clock_ms=T0)
     version = core.data_version()
     assert core.data_version() == version
     [job_id] = other.enqueue([job(result_ttl_ms=100)])

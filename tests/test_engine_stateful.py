@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from conftest import pg_schema
 from stoker._core import Engine, NewJob
 
 T0 = 1_700_000_000_000
@@ -53,12 +54,15 @@ class EngineMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="stoker-stateful-")
-        self.engine = Engine(str(Path(self.dir) / "jobs.db"), clock_ms=T0)
+        self.engine = self.open_engine()
         self.now = T0
         self.jobs: dict[int, ModelJob] = {}
         self.stale_count = 0
         self.seen_attempts: dict[int, int] = {}
         self.seen_terminal: dict[int, str] = {}
+
+    def open_engine(self) -> Engine:
+        return Engine(str(Path(self.dir) / "jobs.db"), clock_ms=T0)
 
     def teardown(self) -> None:
         del self.engine
@@ -395,3 +399,26 @@ EngineMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestEngineStateful = EngineMachine.TestCase
+
+
+class PostgresEngineMachine(EngineMachine):
+    """The same model and rules over the PostgreSQL storage, in a fresh schema."""
+
+    def open_engine(self) -> Engine:
+        self._schema = pg_schema()
+        return Engine(self._schema.__enter__(), clock_ms=T0)
+
+    def teardown(self) -> None:
+        super().teardown()
+        self._schema.__exit__(None, None, None)
+
+
+# Each example opens a new schema (a few hundred milliseconds of DDL), so the
+# PostgreSQL run takes fewer examples than the SQLite one.
+PostgresEngineMachine.TestCase.settings = settings(
+    max_examples=15,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestEngineStatefulPostgres = PostgresEngineMachine.TestCase

@@ -14,6 +14,7 @@ from typing import final
 
 __version__: str
 SCHEMA_VERSION: int
+PG_SCHEMA_VERSION: int
 """The schema version this engine writes and reads."""
 
 @final
@@ -324,18 +325,45 @@ class LimitState:
 
 @final
 class Engine:
-    """Durable job state over one SQLite database file (WAL mode)."""
+    """Durable job state over one SQLite database file (WAL mode) or one
+    PostgreSQL database."""
 
     def __init__(self, path: str, *, clock_ms: int | None = None, busy_timeout_ms: int = 5000) -> None:
         """Open (and create if missing) the database at ``path``.
 
-        With ``clock_ms`` the engine uses a manual clock starting at that time,
-        moved only by ``advance_clock``; tests use it. A file that is not a stoker
-        database raises ``NotAStokerDatabaseError``; another schema version,
-        ``SchemaVersionError``.
+        ``path`` is a SQLite file, or a PostgreSQL URL (``postgresql://`` or
+        ``postgres://``) whose database (or first ``search_path`` schema) is
+        empty or stoker's. With ``clock_ms`` the engine uses a manual clock
+        starting at that time, moved only by ``advance_clock``; tests use it.
+        Without it, a PostgreSQL engine follows the server's clock. A database
+        that is not stoker's raises ``NotAStokerDatabaseError``; another schema
+        version, ``SchemaVersionError``; a malformed URL,
+        ``InvalidOptionError``; an unreachable server, ``StorageError``.
         """
     @property
-    def path(self) -> str: ...
+    def path(self) -> str:
+        """The file path, or the URL with its password masked."""
+    @property
+    def backend(self) -> str:
+        """``"postgresql"`` or ``"sqlite"``."""
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the database's backend."""
+    def wake_fd(self) -> int | None:
+        """A descriptor that becomes readable when jobs may have become runnable
+        or a cancel was requested (PostgreSQL notifications); ``None`` for
+        SQLite. The listener starts on the first call."""
+    def drain_wakeups(self) -> int:
+        """Empty the wake-up descriptor; how many wake-ups it held."""
+    def register_supervisor(self, owner: str, host: str, pid: int, lease_ms: int) -> None:
+        """Register (or renew) ``owner`` as a live supervisor for ``lease_ms``.
+
+        Once the registration expires, ``reap_expired`` fails the owner's
+        running jobs as lost without waiting for their own leases. SQLite keeps
+        no registrations (this does nothing).
+        """
+    def deregister_supervisor(self, owner: str) -> None:
+        """Remove the registration of a supervisor that stops cleanly."""
     def now_ms(self) -> int:
         """The engine clock."""
     def advance_clock(self, ms: int) -> None:

@@ -72,6 +72,17 @@ WORKER_PROCESS_PREFIX = "stoker-worker"
 LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
 
 
+def is_database_url(path: str) -> bool:
+    """Whether ``path`` names a PostgreSQL database rather than a SQLite file."""
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def local_key(path: str) -> str:
+    """The key under which the supervisors of one database meet in a process:
+    the resolved file path, or the URL as given."""
+    return path if is_database_url(path) else os.path.realpath(path)
+
+
 def notify_local_supervisors(path: str) -> None:
     """Wake the supervisors of this process that serve the database at ``path``."""
     for supervisor in LOCAL_SUPERVISORS.get(path, ()):
@@ -84,10 +95,12 @@ def in_worker_process() -> bool:
 
 
 class Queue(FlowQueueMixin, ScheduleQueueMixin):
-    """Jobs, their tasks, and the pool that runs them, over one database file.
+    """Jobs, their tasks, and the pool that runs them, over one database.
 
     ``Queue("jobs.db")`` opens (or creates) the SQLite database; a file that is
     not a stoker database is refused here, with an error naming it.
+    ``Queue("postgresql://user@host/db")`` uses a PostgreSQL database instead,
+    shared by the supervisors of many hosts.
     """
 
     def __init__(
@@ -98,7 +111,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         middlewares: Iterable[Middleware] = (),
     ) -> None:
         self.path = os.fspath(path)
-        self._real_path = os.path.realpath(self.path)
+        self._real_path = local_key(self.path)
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._secret = signing.as_secret(secret)
         self._middlewares: list[Middleware] = []

@@ -84,7 +84,7 @@ from .errors import (
 )
 from .events import handler_name
 from .job import notify_outcomes
-from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX
+from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
 from .remote_errors import CapturedError, qualified_name
 from .task import REGISTRY, TaskOptions
 from .worker import worker_main
@@ -107,6 +107,22 @@ HEARTBEAT_FRACTION = 1 / 3
 #: one counter; lower values pick up work sent from other processes sooner at
 #: the cost of more wake-ups.
 CHANGE_POLL_INTERVAL = 0.01
+#: The same check on PostgreSQL, where notifications wake the supervisor and
+#: the check is only the backstop for a lost notification or a listener that
+#: is reconnecting: a job can wait this long at worst. Each check is a round
+#: trip to the server, from every supervisor.
+REMOTE_CHANGE_POLL_INTERVAL = 1.0
+#: On PostgreSQL, each supervisor registers itself for this long and renews
+#: the registration every REGISTRATION_RENEW_INTERVAL; when a supervisor
+#: stops renewing (killed, stopped, cut off), the others reap its running
+#: jobs as lost once the registration ends, well before their job leases do.
+#: Shorter recovers sooner; longer tolerates longer stalls (a stopped VM, a
+#: long pause of the network) before jobs run twice. Judged by the database's
+#: clock, so host clocks do not matter.
+REGISTRATION_LEASE = 5.0
+#: How often the registration is renewed and expired ones are reaped: the
+#: jobs of a lost supervisor run again within REGISTRATION_LEASE plus this.
+REGISTRATION_RENEW_INTERVAL = 1.0
 #: Time running jobs get to finish after SIGTERM before they are killed and re-queued.
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: After SIGKILL, how long to wait for the kernel to reap the process before
@@ -264,6 +280,10 @@ class Supervisor:
         self._data_version = -1
         self._next_heartbeat = 0.0
         self._next_poll = 0.0
+        self._remote = is_database_url(queue.path)
+        self._change_poll_interval = REMOTE_CHANGE_POLL_INTERVAL if self._remote else CHANGE_POLL_INTERVAL
+        self._next_registration = 0.0
+        self._engine_wake_fd: int | None = None
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
         self._next_fire = 0.0
@@ -315,10 +335,13 @@ class Supervisor:
     def run(self) -> None:
         """Supervise until stopped (or, with ``until_idle``, until no job is left)."""
         restore = self._install_signal_handlers()
-        local = LOCAL_SUPERVISORS.setdefault(os.path.realpath(self.queue.path), weakref.WeakSet())
+        local = LOCAL_SUPERVISORS.setdefault(local_key(self.queue.path), weakref.WeakSet())
         local.add(self)
         try:
             self._start_guardian()
+            if self._remote:
+                self._engine_wake_fd = self.engine.wake_fd()
+                self._renew_registration(time.monotonic())
             self.engine.reap_expired()
             flow.push_limits(self.engine, list(self.queue.tasks.values()))
             self._top_up_workers(time.monotonic())
@@ -327,6 +350,8 @@ class Supervisor:
             local.discard(self)
             try:
                 self._shutdown_workers()
+                if self._remote:
+                    self._deregister()
             finally:
                 # Even if the shutdown failed half-way, the guardian kills what is left.
                 self._stop_guardian()
@@ -375,6 +400,8 @@ class Supervisor:
         else:
             if now >= self._next_heartbeat:
                 self._heartbeat(now)
+            if self._remote and now >= self._next_registration:
+                self._renew_registration(now)
             if now >= self._next_poll:
                 self._poll_changes(now)
             if now >= self._next_fire:
@@ -441,6 +468,8 @@ class Supervisor:
         # every process sentinel and the wake-up pipe.
         with selectors.PollSelector() as selector:
             selector.register(self._wake_r, selectors.EVENT_READ)
+            if self._engine_wake_fd is not None:
+                selector.register(self._engine_wake_fd, selectors.EVENT_READ)
             for w in self._workers:
                 events = 0 if w.channel.eof else selectors.EVENT_READ
                 if w.channel.output_pending:
@@ -456,6 +485,9 @@ class Supervisor:
         if self._wake_r in readable:
             self._drain_wake_pipe()
             self._next_poll = 0.0  # Look at the database on the next turn.
+        if self._engine_wake_fd is not None and self._engine_wake_fd in readable:
+            self.engine.drain_wakeups()
+            self._next_poll = 0.0
         for w in list(self._workers):
             if w.channel.fd in writable:
                 self._flush_output(w)
@@ -479,6 +511,8 @@ class Supervisor:
         else:
             candidates.append(self._next_heartbeat)
             candidates.append(self._next_poll)
+            if self._remote:
+                candidates.append(self._next_registration)
             candidates.append(self._next_fire)
             if self._next_wakeup is not None:
                 candidates.append(self._next_wakeup)
@@ -567,8 +601,24 @@ class Supervisor:
 
     # --- changes, heartbeats, cancellation -----------------------------------------------
 
+    def _renew_registration(self, now: float) -> None:
+        """Renew this supervisor's registration and reap the jobs of lost ones."""
+        self.engine.register_supervisor(
+            self.owner, socket.gethostname(), os.getpid(), round(REGISTRATION_LEASE * 1000)
+        )
+        self._next_registration = now + REGISTRATION_RENEW_INTERVAL
+        if self.engine.reap_expired():
+            self._want_claim = True
+
+    def _deregister(self) -> None:
+        try:
+            self.engine.deregister_supervisor(self.owner)
+        except StorageError as error:
+            # The registration then expires on its own, with nothing left to reap.
+            log.warning("could not remove this supervisor's registration: %s", error)
+
     def _poll_changes(self, now: float) -> None:
-        self._next_poll = now + CHANGE_POLL_INTERVAL
+        self._next_poll = now + self._change_poll_interval
         version = self.engine.data_version()
         if version == self._data_version:
             return

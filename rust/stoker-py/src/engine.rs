@@ -1,7 +1,8 @@
 //! The `Engine` class of `stoker._core`.
 //!
 //! Every method that touches storage runs inside `Python::detach`, so other
-//! Python threads keep running while SQLite waits for its lock or the disk.
+//! Python threads keep running while SQLite waits for its lock or the disk,
+//! or PostgreSQL answers over the network.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -12,19 +13,22 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
+use stoker_engine::storage::postgres::mask_password;
 use stoker_engine::{
-    Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule, SystemClock,
+    is_postgres_url, Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule,
 };
 
 use crate::errors::OrRaise;
 use crate::flow::{self, LimitState, Schedule, ScheduleFire};
 use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 
-/// Durable job state over one SQLite database file (WAL mode).
+/// Durable job state over one SQLite database file (WAL mode) or one
+/// PostgreSQL database.
 #[pyclass(frozen, module = "stoker._core")]
 pub struct Engine {
     engine: Arc<stoker_engine::Engine>,
     path: String,
+    postgres: bool,
 }
 
 /// A count argument (a limit or an offset) as a `usize`; negative values are
@@ -52,18 +56,83 @@ impl Engine {
                 ))
             })
             .or_raise(py)?;
-        let clock: Arc<dyn Clock> = match clock_ms {
-            Some(start_ms) => Arc::new(ManualClock::new(start_ms)),
-            None => Arc::new(SystemClock),
+        let clock: Option<Arc<dyn Clock>> = match clock_ms {
+            Some(start_ms) => Some(Arc::new(ManualClock::new(start_ms))),
+            None => None,
         };
-        let shown = path.to_string_lossy().into_owned();
+        let target = path.to_string_lossy().into_owned();
+        let postgres = is_postgres_url(&target);
         let engine = py
-            .detach(|| stoker_engine::Engine::open_sqlite(&path, busy_timeout, clock))
+            .detach(|| stoker_engine::Engine::open(&target, busy_timeout, clock))
             .or_raise(py)?;
+        let shown = if postgres {
+            mask_password(&target)
+        } else {
+            target
+        };
         Ok(Self {
             engine: Arc::new(engine),
             path: shown,
+            postgres,
         })
+    }
+
+    /// ``"postgresql"`` or ``"sqlite"``.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        if self.postgres {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// The schema version of the database's backend.
+    #[getter]
+    fn schema_version(&self) -> i64 {
+        if self.postgres {
+            stoker_engine::PG_SCHEMA_VERSION
+        } else {
+            stoker_engine::SCHEMA_VERSION
+        }
+    }
+
+    /// A descriptor that becomes readable when jobs may have become runnable
+    /// or a cancel was requested (PostgreSQL notifications); ``None`` for
+    /// SQLite. The listener starts on the first call.
+    fn wake_fd(&self, py: Python<'_>) -> PyResult<Option<i32>> {
+        let engine = &self.engine;
+        py.detach(|| engine.wake_fd()).or_raise(py)
+    }
+
+    /// Empty the wake-up descriptor; how many wake-ups it held.
+    fn drain_wakeups(&self) -> usize {
+        self.engine.drain_wakeups()
+    }
+
+    /// Register (or renew) ``owner`` as a live supervisor for ``lease_ms``.
+    ///
+    /// Once the registration expires, ``reap_expired`` fails the owner's
+    /// running jobs as lost without waiting for their own leases. SQLite keeps
+    /// no registrations (this does nothing).
+    fn register_supervisor(
+        &self,
+        py: Python<'_>,
+        owner: &str,
+        host: &str,
+        pid: i64,
+        lease_ms: i64,
+    ) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.register_supervisor(owner, host, pid, lease_ms))
+            .or_raise(py)
+    }
+
+    /// Remove the registration of a supervisor that stops cleanly.
+    fn deregister_supervisor(&self, py: Python<'_>, owner: &str) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.deregister_supervisor(owner))
+            .or_raise(py)
     }
 
     #[getter]

@@ -16,6 +16,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SCHEMA_VERSION", stoker_engine::SCHEMA_VERSION)?;
+    m.add("PG_SCHEMA_VERSION", stoker_engine::PG_SCHEMA_VERSION)?;
     m.add_class::<types::NewJob>()?;
     m.add_class::<types::ClaimedJob>()?;
     m.add_class::<types::JobRecord>()?;
