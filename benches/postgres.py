@@ -164,7 +164,8 @@ def wakeup_latencies(db: str, samples: int) -> list[float]:
             # over it.
             time.sleep(0.05 + (time.monotonic_ns() % 200) / 1000)
             job = queue.get_task("noop").delay()
-            wait_until(lambda: engine.status(job.id) == "complete", "a job")
+            job_id = job.id
+            wait_until(lambda: engine.status(job_id) == "complete", "a job")  # noqa: B023 - used at once
             record = engine.get(job.id)
             assert record.started_ms is not None
             latencies.append(float(record.started_ms - record.created_ms))
@@ -179,7 +180,9 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default=os.environ.get("STOKER_PG_URL"), help="PostgreSQL server URL")
     parser.add_argument("--jobs", type=int, default=5000, help="no-op jobs for the end-to-end figure")
     parser.add_argument("--sleep-jobs", type=int, default=1600, help="10 ms jobs for the scaling figure")

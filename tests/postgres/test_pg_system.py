@@ -121,12 +121,12 @@ def test_a_stopped_supervisors_late_outcomes_are_refused_and_recorded(
     markers.mkdir()
     job = pg_queue.get_task("rel.fenced").delay(str(ledger), str(markers), str(release))
     stopped = start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "1")
-    wait_until(lambda: (markers / "attempt-1").exists(), what="the first attempt to start")
+    wait_until((markers / "attempt-1").exists, what="the first attempt to start")
     os.kill(stopped.pid, signal.SIGSTOP)
     start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "1")
     # The stopped supervisor's registration expires and the other one runs
     # the job again, under a new token.
-    wait_until(lambda: (markers / "attempt-2").exists(), what="the second attempt to start")
+    wait_until((markers / "attempt-2").exists, what="the second attempt to start")
     release.write_text("go")
     wait_until(lambda: pg_queue._engine.status(job.id) == "complete", what="the job to complete")
     os.kill(stopped.pid, signal.SIGCONT)
@@ -192,8 +192,12 @@ def test_a_server_restart_loses_nothing(
     for _ in range(2):
         start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "2")
     wait_until(lambda: finished(pg_queue) >= 50, what="some jobs to finish before the restart")
-    subprocess.run([str(ROOT / "scripts" / "pg-server"), "restart", server_dir], check=True, timeout=HANG_GUARD)
-    wait_until(lambda: finished_or_none(pg_queue) >= len(jobs), timeout=HANG_GUARD * 2, what="every job finished")
+    subprocess.run(
+        [str(ROOT / "scripts" / "pg-server"), "restart", server_dir], check=True, timeout=HANG_GUARD
+    )
+    wait_until(
+        lambda: finished_or_none(pg_queue) >= len(jobs), timeout=HANG_GUARD * 2, what="every job finished"
+    )
     check_audit(pg_queue, [job.id for job in jobs], ledger)
     for command in pg_supervisors:
         assert command.process.poll() is None, command.output()

@@ -32,7 +32,11 @@ const LEASE_MS: i64 = 600_000;
 
 fn schema_url(base: &str, schema: &str, durable: bool) -> String {
     let separator = if base.contains('?') { '&' } else { '?' };
-    let commit = if durable { "" } else { "%20-c%20synchronous_commit%3Doff" };
+    let commit = if durable {
+        ""
+    } else {
+        "%20-c%20synchronous_commit%3Doff"
+    };
     format!("{base}{separator}options=-c%20search_path%3D{schema}{commit}")
 }
 
