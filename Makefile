@@ -2,7 +2,7 @@
 #   make demo   - set everything up and run the demo pipeline
 #   make test   - set everything up and run the whole test suite (cargo test + pytest)
 #   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, stubtest
-#   make bench  - the benchmarks in benches/
+#   make bench  - the benchmarks in benches/ (bench-postgres: the PostgreSQL ones alone)
 #   make stress - the reliability tests (tests/reliability) at their full sizes
 #   make soak   - loop the reliability mix for SOAK_HOURS hours, checking resources stay flat
 
@@ -15,7 +15,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Python trees that are linted (benches/ may not exist in a stripped checkout).
 PY_TREES := $(wildcard python tests benches examples)
 
-.PHONY: demo test test-rust test-python lint build bench stress soak clean
+.PHONY: demo test test-rust test-python lint build bench bench-postgres stress soak clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -72,9 +72,20 @@ SOAK_HOURS ?= 1
 soak: build
 	$(PY) benches/soak.py --hours $(SOAK_HOURS)
 
+# The PostgreSQL benchmarks run against a throwaway server with durable
+# settings (fsync on), started and stopped here like the tests' one.
 bench: build
 	$(PY) -m pip install -q flexiq
 	$(PY) benches/run.py
+	$(MAKE) --no-print-directory bench-postgres
+
+bench-postgres: build
+	@set -e; \
+	pgdir=$$(mktemp -d /tmp/stoker-pg-bench.XXXXXX); \
+	trap 'scripts/pg-server stop "'$$pgdir'"; rm -rf "'$$pgdir'"' EXIT; \
+	url=$$(STOKER_PG_DURABLE=1 scripts/pg-server start "$$pgdir"); \
+	STOKER_PG_URL=$$url cargo bench -p stoker-engine --bench pg_claim; \
+	STOKER_PG_URL=$$url $(PY) benches/postgres.py
 
 clean:
 	rm -rf $(VENV) target

@@ -141,8 +141,11 @@ impl Engine {
     }
 
     /// The engine clock.
-    fn now_ms(&self) -> i64 {
-        self.engine.now_ms()
+    fn now_ms(&self, py: Python<'_>) -> i64 {
+        // A PostgreSQL engine's clock re-measures its offset to the server now
+        // and then, which is a round trip.
+        let engine = &self.engine;
+        py.detach(|| engine.now_ms())
     }
 
     /// Move the manual clock forward; ``InvalidOptionError`` on the system clock.
