@@ -94,6 +94,7 @@ def test_info_shows_counts_path_and_schema_version(queue: stoker.Queue, cli: Run
     document = run_json(cli, "info")
     assert document["path"] == queue.path
     assert document["schema_version"] == stoker.SCHEMA_VERSION
+    assert document["backend"] == "sqlite"
     assert document["counts"] == queue.stats()
     assert document["total"] == 3
     assert run_json(cli, "stats") == document

@@ -5,7 +5,7 @@ the module is imported (so that the arguments and results of its tasks can be
 unpickled) and the :class:`~stoker.Queue` it holds gives the database::
 
     stoker worker  APP [-p N]             run worker processes until SIGTERM/SIGINT
-    stoker info    APP                    counts by status, database path, schema version (alias: stats)
+    stoker info    APP                    counts by status, database, backend, schema version (alias: stats)
     stoker jobs    APP [--status S] [--task T] [--queue Q] [--limit N] [--offset N]
     stoker show    APP JOB_ID             one job: options, times, labels, arguments, progress,
                                           resource usage, result, error history
@@ -48,7 +48,6 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import serialization
-from ._core import SCHEMA_VERSION
 from ._core import __version__ as stoker_version
 from .errors import ResultTimeoutError, StokerError
 from .job import FINISHED, AttemptError
@@ -298,9 +297,12 @@ def _worker(args: argparse.Namespace) -> int:
 def _info(args: argparse.Namespace) -> int:
     queue, _ = load_queue(args.app)
     counts = queue.stats()
+    engine = _engine(queue)
     document = {
-        "path": queue.path,
-        "schema_version": SCHEMA_VERSION,
+        # The engine's path: a URL's password is masked there.
+        "path": engine.path,
+        "backend": engine.backend,
+        "schema_version": engine.schema_version,
         "stoker_version": stoker_version,
         "counts": counts,
         "total": sum(counts.values()),
@@ -308,8 +310,8 @@ def _info(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
         return EXIT_OK
-    print(f"database        {queue.path}")
-    print(f"schema version  {SCHEMA_VERSION} (stoker {stoker_version})")
+    print(f"database        {engine.path}")
+    print(f"schema version  {engine.schema_version} ({engine.backend}, stoker {stoker_version})")
     for status in STATUSES:
         print(f"{status:>15}  {counts.get(status, 0)}")
     print(f"{'total':>15}  {document['total']}")

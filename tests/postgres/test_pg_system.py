@@ -10,9 +10,11 @@ once across supervisors.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +237,27 @@ def test_a_schedule_fires_each_slot_once_across_three_supervisors(
     enqueued = [f for f in records if f.outcome == "enqueued"]
     assert len({f.job_id for f in enqueued}) == len(enqueued)
     assert pg_queue._engine.get_schedule(schedule.id).enqueued == len(enqueued)
+
+
+def test_results_errors_and_the_cli_work_on_postgresql(
+    pg_queue: stoker.Queue, tmp_path: Path, pg_supervisors: list[SupervisorProcess]
+) -> None:
+    start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "1")
+    assert pg_queue.get_task("add").delay(1, 2).result(timeout=HANG_GUARD) == 3
+    failing = pg_queue.get_task("quota").delay("ann", 3)
+    with pytest.raises(tasks_app.QuotaError) as caught:
+        failing.result(timeout=HANG_GUARD)
+    assert caught.value.limit == 3
+    env = dict(os.environ, STOKER_TEST_DB=pg_queue.path, PYTHONPATH=str(TESTS))
+    done = subprocess.run(
+        [sys.executable, "-m", "stoker", "info", "apps.tasks:queue", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=HANG_GUARD,
+    )
+    document = json.loads(done.stdout)
+    assert (document["backend"], document["schema_version"]) == ("postgresql", stoker._core.PG_SCHEMA_VERSION)
+    assert document["counts"]["complete"] == 1
+    assert document["counts"]["dead"] == 1
