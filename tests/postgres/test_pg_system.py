@@ -99,20 +99,34 @@ def test_four_supervisors_drain_jobs_exactly_once(
 def test_a_killed_supervisors_jobs_run_elsewhere_after_its_registration_expires(
     pg_queue: stoker.Queue, tmp_path: Path, pg_supervisors: list[SupervisorProcess]
 ) -> None:
-    ledger = tmp_path / "ledger"
-    # Jobs that take a while, so the first supervisor is surely running some
-    # when it is killed; the job lease (30 s by default) is far longer than the
-    # registration, so only the registration can explain a fast recovery.
-    jobs = pg_queue.get_task("rel.work").map([(str(ledger), 0.5)] * 30)
+    ledger, release = tmp_path / "ledger", tmp_path / "release"
+    # Jobs that wait for the release file, so they are surely still running
+    # when their supervisor is killed. Their job leases (30 s by default) are
+    # far longer than a registration, so only the expired registration can
+    # have them reaped before they run again.
+    markers = [tmp_path / f"markers-{n}" for n in range(2)]
+    jobs = []
+    for directory in markers:
+        directory.mkdir()
+        jobs.append(pg_queue.get_task("rel.fenced").delay(str(ledger), str(directory), str(release)))
     victim = start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "2")
-    held = wait_until(lambda: running_of(pg_queue, victim.pid), what="the first supervisor to run jobs")
+    wait_until(
+        lambda: all((directory / "attempt-1").exists() for directory in markers),
+        what="the first supervisor to run both jobs",
+    )
+    assert sorted(running_of(pg_queue, victim.pid)) == sorted(job.id for job in jobs)
     victim.kill()
     start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "2")
+    wait_until(
+        lambda: all((directory / "attempt-2").exists() for directory in markers),
+        what="the jobs to run again on the other supervisor",
+    )
+    release.write_text("go")
     wait_until(lambda: finished(pg_queue) >= len(jobs), what="every job finished")
     check_audit(pg_queue, [job.id for job in jobs], ledger)
-    for job_id in held:
-        errors = pg_queue._engine.errors(job_id)
-        assert [e.kind for e in errors] == ["lease_expired"], errors
+    for job in jobs:
+        errors = pg_queue._engine.errors(job.id)
+        assert [(e.attempt, e.kind) for e in errors] == [(1, "lease_expired")], errors
         assert "stopped renewing its registration" in errors[0].message, errors[0].message
 
 
