@@ -16,7 +16,7 @@ use crate::model::{
 };
 use crate::storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::Storage;
+use crate::storage::{ClaimRequest, Storage};
 use crate::wake::WakeListener;
 
 /// Durable job state and scheduling; see the crate documentation.
@@ -126,15 +126,21 @@ impl Engine {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedJob>, EngineError> {
-        check_owner(owner)?;
-        check_lease(lease_ms)?;
-        if let Some(queue) = queues.iter().find(|queue| queue.is_empty()) {
-            return Err(EngineError::invalid(format!(
-                "queues must not contain an empty name, got {queue:?}"
-            )));
-        }
+        check_claim(queues, owner, lease_ms)?;
         self.storage
             .claim(queues, limit, owner, lease_ms, self.now_ms())
+    }
+
+    /// Completes `completions` and claims as [`Engine::claim`] does, in one
+    /// transaction; whether each completion was applied, and the claimed jobs.
+    pub fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        claim: &ClaimRequest<'_>,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
+        check_claim(claim.queues, claim.owner, claim.lease_ms)?;
+        self.storage
+            .complete_and_claim(completions, claim, self.now_ms())
     }
 
     /// Extends the leases `owner` still holds; the ids with a cancel request.
@@ -203,6 +209,11 @@ impl Engine {
         self.storage.requeue(job_id, token, self.now_ms())
     }
 
+    /// Undoes the claim of a job never started; false if stale (recorded).
+    pub fn release(&self, job_id: i64, token: i64) -> Result<bool, EngineError> {
+        self.storage.release(job_id, token, self.now_ms())
+    }
+
     /// Fails up to `limit` running jobs whose lease expired.
     pub fn reap_expired(&self, limit: usize) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
         let mut rng = self.jitter_source();
@@ -263,6 +274,12 @@ impl Engine {
     /// Changes whenever another connection commits.
     pub fn data_version(&self) -> Result<i64, EngineError> {
         self.storage.data_version()
+    }
+
+    /// Truncates the write-ahead log if no reader uses it within `wait`;
+    /// whether it did (see [`Storage::compact_log`]).
+    pub fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {
+        self.storage.compact_log(wait)
     }
 
     /// Drops the results and error histories of up to `limit` finished jobs
@@ -362,6 +379,17 @@ impl Engine {
             .and_then(Option::as_ref)
             .is_some_and(WakeListener::is_connected)
     }
+}
+
+fn check_claim(queues: &[String], owner: &str, lease_ms: i64) -> Result<(), EngineError> {
+    check_owner(owner)?;
+    check_lease(lease_ms)?;
+    if let Some(queue) = queues.iter().find(|queue| queue.is_empty()) {
+        return Err(EngineError::invalid(format!(
+            "queues must not contain an empty name, got {queue:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_owner(owner: &str) -> Result<(), EngineError> {

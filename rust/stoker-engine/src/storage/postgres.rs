@@ -44,7 +44,7 @@ use crate::retry::backoff_ms;
 use crate::storage::postgres_flow;
 use crate::storage::postgres_schema;
 use crate::storage::sqlite::LEASE_EXPIRED_EXC_TYPE;
-use crate::storage::{Jitter, Storage};
+use crate::storage::{ClaimRequest, Jitter, Storage};
 
 /// How many times a transaction that lost a race (serialization failure,
 /// deadlock, unique-key conflict) is run again before the error is returned
@@ -804,6 +804,134 @@ fn in_claim_order(mut claimed: Vec<(i64, ClaimedJob)>) -> Vec<ClaimedJob> {
     claimed.into_iter().map(|(_, job)| job).collect()
 }
 
+/// Puts a running attempt back to pending; a job whose cancel was requested
+/// ends cancelled rather than going back, so the request is never lost.
+const REQUEUE_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
+     WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
+
+/// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the
+/// attempt is taken back, so the job reads as if it had never been claimed.
+/// The token was never handed to a worker, so no outcome can carry it.
+const RELEASE_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+     started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
+     attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
+     WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
+
+fn put_back(
+    tx: &mut Tx<'_>,
+    sql: &str,
+    outcome: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> PgResult<bool> {
+    let changed = tx.query_opt(sql, &[&job_id, &token, &now_ms])?;
+    let code: Option<i64> = changed.as_ref().map(|row| row.try_get(0)).transpose()?;
+    match code {
+        None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
+        Some(code) if code == Status::Cancelled.code() => {
+            postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+        }
+        Some(_) => tx.wake = true,
+    }
+    Ok(code.is_some())
+}
+
+/// The body of [`Storage::claim`], inside the caller's transaction.
+fn claim_in(
+    tx: &mut Tx<'_>,
+    queues: &[String],
+    limit: usize,
+    owner: &str,
+    lease_ms: i64,
+    now_ms: i64,
+) -> PgResult<Vec<ClaimedJob>> {
+    if limit == 0 || queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut unique: Vec<String> = queues.to_vec();
+    unique.sort();
+    unique.dedup();
+    let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+    tx.execute(PROMOTE_DUE_SQL, &[&now_ms, &PROMOTE_BATCH])?;
+    // Expired jobs never run; limits decide which picked jobs are taken.
+    postgres_flow::expire_due_in(tx, now_ms)?;
+    if postgres_flow::any_limits(tx)? {
+        return postgres_flow::claim_limited(tx, &unique, limit, owner, lease_deadline_ms, now_ms);
+    }
+    let rows = if unique.len() == 1 {
+        tx.query(
+            CLAIM_ONE_QUEUE_SQL,
+            &[
+                &unique[0],
+                &sql_count(limit),
+                &now_ms,
+                &owner,
+                &lease_deadline_ms,
+            ],
+        )?
+    } else {
+        tx.query(
+            CLAIM_QUEUES_SQL,
+            &[
+                &unique,
+                &sql_count(limit),
+                &now_ms,
+                &owner,
+                &lease_deadline_ms,
+            ],
+        )?
+    };
+    let claimed = rows
+        .iter()
+        .map(|row| claimed_from_row(row, lease_deadline_ms))
+        .collect::<PgResult<Vec<_>>>()?;
+    Ok(in_claim_order(claimed))
+}
+
+/// The body of [`Storage::complete_many`], inside the caller's transaction:
+/// one statement for the batch, then the stale ones recorded.
+fn complete_in(tx: &mut Tx<'_>, completions: &[Completion], now_ms: i64) -> PgResult<Vec<bool>> {
+    if completions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = completions.iter().map(|c| c.job_id).collect();
+    let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
+    let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
+    let usages: Vec<Option<&str>> = completions.iter().map(|c| c.usage.as_deref()).collect();
+    let rows = tx.query(COMPLETE_SQL, &[&ids, &tokens, &results, &usages, &now_ms])?;
+    let mut done: HashMap<i64, bool> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        done.insert(row.try_get(0)?, false);
+    }
+    let mut applied = Vec::with_capacity(completions.len());
+    let mut finished = Vec::with_capacity(rows.len());
+    for completion in completions {
+        // A job named twice in one batch is completed once; the second
+        // report is as stale as it would be in a later call.
+        let fresh = match done.get_mut(&completion.job_id) {
+            Some(used) if !*used => {
+                *used = true;
+                true
+            }
+            _ => false,
+        };
+        if fresh {
+            finished.push(completion.job_id);
+        } else {
+            refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
+        }
+        applied.push(fresh);
+    }
+    postgres_flow::on_completed_many(tx, &finished, now_ms)?;
+    Ok(applied)
+}
+
 impl Storage for PostgresStorage {
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError> {
         self.write(|tx| {
@@ -826,52 +954,26 @@ impl Storage for PostgresStorage {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        let mut unique: Vec<String> = queues.to_vec();
-        unique.sort();
-        unique.dedup();
-        let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+        self.write(|tx| claim_in(tx, queues, limit, owner, lease_ms, now_ms))
+    }
+
+    fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        claim: &ClaimRequest<'_>,
+        now_ms: i64,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
-            tx.execute(PROMOTE_DUE_SQL, &[&now_ms, &PROMOTE_BATCH])?;
-            // Expired jobs never run; limits decide which picked jobs are taken.
-            postgres_flow::expire_due_in(tx, now_ms)?;
-            if postgres_flow::any_limits(tx)? {
-                return postgres_flow::claim_limited(
-                    tx,
-                    &unique,
-                    limit,
-                    owner,
-                    lease_deadline_ms,
-                    now_ms,
-                );
-            }
-            let rows = if unique.len() == 1 {
-                tx.query(
-                    CLAIM_ONE_QUEUE_SQL,
-                    &[
-                        &unique[0],
-                        &sql_count(limit),
-                        &now_ms,
-                        &owner,
-                        &lease_deadline_ms,
-                    ],
-                )?
-            } else {
-                tx.query(
-                    CLAIM_QUEUES_SQL,
-                    &[
-                        &unique,
-                        &sql_count(limit),
-                        &now_ms,
-                        &owner,
-                        &lease_deadline_ms,
-                    ],
-                )?
-            };
-            let claimed = rows
-                .iter()
-                .map(|row| claimed_from_row(row, lease_deadline_ms))
-                .collect::<PgResult<Vec<_>>>()?;
-            Ok(in_claim_order(claimed))
+            let applied = complete_in(tx, completions, now_ms)?;
+            let claimed = claim_in(
+                tx,
+                claim.queues,
+                claim.limit,
+                claim.owner,
+                claim.lease_ms,
+                now_ms,
+            )?;
+            Ok((applied, claimed))
         })
     }
 
@@ -914,38 +1016,7 @@ impl Storage for PostgresStorage {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<i64> = completions.iter().map(|c| c.job_id).collect();
-        let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
-        let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
-        let usages: Vec<Option<&str>> = completions.iter().map(|c| c.usage.as_deref()).collect();
-        self.write(|tx| {
-            let rows = tx.query(COMPLETE_SQL, &[&ids, &tokens, &results, &usages, &now_ms])?;
-            let mut done: HashMap<i64, bool> = HashMap::with_capacity(rows.len());
-            for row in &rows {
-                done.insert(row.try_get(0)?, false);
-            }
-            let mut applied = Vec::with_capacity(completions.len());
-            let mut finished = Vec::with_capacity(rows.len());
-            for completion in completions {
-                // A job named twice in one batch is completed once; the second
-                // report is as stale as it would be in a later call.
-                let fresh = match done.get_mut(&completion.job_id) {
-                    Some(used) if !*used => {
-                        *used = true;
-                        true
-                    }
-                    _ => false,
-                };
-                if fresh {
-                    finished.push(completion.job_id);
-                } else {
-                    refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
-                }
-                applied.push(fresh);
-            }
-            postgres_flow::on_completed_many(tx, &finished, now_ms)?;
-            Ok(applied)
-        })
+        self.write(|tx| complete_in(tx, completions, now_ms))
     }
 
     fn fail(
@@ -1020,26 +1091,11 @@ impl Storage for PostgresStorage {
     }
 
     fn requeue(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
-        self.write(|tx| {
-            // A job whose cancel was requested ends cancelled rather than going
-            // back to pending, so the request is never lost.
-            let changed = tx.query_opt(
-                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-                 finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
-                 eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
-                 WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status",
-                &[&job_id, &token, &now_ms],
-            )?;
-            let code: Option<i64> = changed.as_ref().map(|row| row.try_get(0)).transpose()?;
-            match code {
-                None => refuse_stale(tx, job_id, token, "requeue", now_ms)?,
-                Some(code) if code == Status::Cancelled.code() => {
-                    postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-                }
-                Some(_) => tx.wake = true,
-            }
-            Ok(code.is_some())
-        })
+        self.write(|tx| put_back(tx, REQUEUE_SQL, "requeue", job_id, token, now_ms))
+    }
+
+    fn release(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
+        self.write(|tx| put_back(tx, RELEASE_SQL, "release", job_id, token, now_ms))
     }
 
     fn reap_expired(
