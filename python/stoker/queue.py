@@ -35,6 +35,7 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
+from .serialization import dumps_calls
 from .task import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
@@ -264,6 +265,8 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def _send_many(
         self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
     ) -> list[Job]:
+        if len(calls) > 1 and self._uniform(calls):
+            return self._send_uniform(calls)
         new_jobs = []
         for task, options, call, args, kwargs in calls:
             message = SendMessage(task.name, args, kwargs, dict(call.labels or {}))
@@ -296,6 +299,40 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
                         "middleware %s.post_send raised for job %s", handler_name(middleware), job.id
                     )
         return jobs
+
+    def _uniform(
+        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
+    ) -> bool:
+        """Whether the calls differ only in their arguments, with nothing to do per call.
+
+        Such a batch (``map``) is stored as copies of one job that differ
+        only in their payload: no middleware, labels, uniqueness,
+        dependencies or send-time limit check asks for per-call work.
+        """
+        task, options, call, _, _ = calls[0]
+        if self._middlewares or self._test_results is not None:
+            return False
+        if call.labels or call.unique_key or call.depends_on or options.unique:
+            return False
+        if options.when_limited == "fail":
+            return False
+        return all(c[0] is task and c[1] is options and c[2] is call and not c[4] for c in calls)
+
+    def _send_uniform(
+        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Job]:
+        task, options, call, _, _ = calls[0]
+        template = task._new_job(call, (), {}, options, None)
+        payloads = dumps_calls(task.name, task.func, [(args, {}) for _, _, _, args, _ in calls])
+        if self._secret is not None:
+            payloads = [self._seal(payload) for payload in payloads]
+        ids = self._engine.enqueue_payloads(template, payloads)
+        self._wake_supervisors()
+        return [Job(self, job_id) for job_id in ids]
+
+    def _served_here(self) -> bool:
+        """Whether a supervisor of this process serves this database (it wakes waiters)."""
+        return bool(LOCAL_SUPERVISORS.get(self._real_path))
 
     def _wake_supervisors(self) -> None:
         """Tell the supervisors of this database that there is something to act on.

@@ -1087,7 +1087,12 @@ class Supervisor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_conn, os.getpid(), self.task_modules),
+            args=(
+                child_conn,
+                os.getpid(),
+                self.task_modules,
+                self.queue._secret if "stoker.executor" in self.task_modules else None,
+            ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,
         )
