@@ -29,6 +29,10 @@ import threading
 
 #: The directory of FIFOs, beside the database file (like ``-wal`` and ``-shm``).
 WAKE_DIR_SUFFIX = "-wake"
+#: The byte a wake-up carries: jobs were sent (the supervisor claims), or
+#: something else changed (it looks for cancel requests and schedules).
+NEW_WORK = b"w"
+CHANGED = b"c"
 
 
 def wake_dir(database_path: str) -> str:
@@ -51,13 +55,15 @@ class WakeListener:
         self.fd = os.open(making, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         os.rename(making, self.path)
 
-    def drain(self) -> None:
-        """Read every pending wake-up byte."""
+    def drain(self) -> bytes:
+        """Read and return every pending wake-up byte."""
+        received = b""
         try:
-            while os.read(self.fd, 4096):
-                pass
+            while chunk := os.read(self.fd, 4096):
+                received += chunk
         except BlockingIOError:
             pass
+        return received
 
     def close(self) -> None:
         try:
@@ -83,8 +89,11 @@ class WakeSender:
         self._listed_version: int | None = None
         self._fds: dict[str, int] = {}
 
-    def notify(self, *, skip_own_process: bool = False) -> None:
-        """Wake the listening supervisors (those of this process too, unless ``skip_own_process``)."""
+    def notify(self, what: bytes = CHANGED, *, skip_own_process: bool = False) -> None:
+        """Wake the listening supervisors with ``what`` (NEW_WORK or CHANGED).
+
+        Those of this process too, unless ``skip_own_process``.
+        """
         with self._lock:
             try:
                 version = os.stat(self.directory).st_mtime_ns
@@ -99,7 +108,7 @@ class WakeSender:
                 if skip_own_process and name.startswith(own):
                     continue
                 try:
-                    os.write(fd, b"\0")
+                    os.write(fd, what)
                 except BlockingIOError:
                     pass  # Its buffer is full of earlier wake-ups: it is awake already.
                 except OSError:

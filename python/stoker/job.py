@@ -265,7 +265,7 @@ class Job:
         outcome = self._engine.cancel(self.id)
         if outcome == "requested" and self._store is None:
             # The supervisor running it kills it now rather than at its next poll.
-            self.queue._wake_supervisors()
+            self.queue._wake_supervisors(new_work=False)
         return outcome
 
     def wait(self, timeout: float | None = None) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
 from ._core import Engine
-from ._wakeup import WakeSender
+from ._wakeup import CHANGED, NEW_WORK, WakeSender
 from .errors import (
     InvalidOptionError,
     SendError,
@@ -74,10 +74,10 @@ WORKER_PROCESS_PREFIX = "stoker-worker"
 LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
 
 
-def notify_local_supervisors(path: str) -> None:
+def notify_local_supervisors(path: str, *, new_work: bool = False) -> None:
     """Wake the supervisors of this process that serve the database at ``path``."""
     for supervisor in LOCAL_SUPERVISORS.get(path, ()):
-        supervisor.notify()
+        supervisor.notify(new_work=new_work)
 
 
 def in_worker_process() -> bool:
@@ -334,20 +334,22 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         """Whether a supervisor of this process serves this database (it wakes waiters)."""
         return bool(LOCAL_SUPERVISORS.get(self._real_path))
 
-    def _wake_supervisors(self) -> None:
+    def _wake_supervisors(self, *, new_work: bool = True) -> None:
         """Tell the supervisors of this database that there is something to act on.
 
+        ``new_work``: jobs were sent (they claim); otherwise something else
+        changed (a cancel request, a schedule: they look at the database).
         Supervisors of this process are woken through their pipe, the others
         through their FIFOs; both cost a write or two, so every send does it.
         """
         local = LOCAL_SUPERVISORS.get(self._real_path)
         if local:
-            notify_local_supervisors(self._real_path)
+            notify_local_supervisors(self._real_path, new_work=new_work)
         if self._test_results is not None or self.path == ":memory:":
             return
         if self._wake_sender is None:
             self._wake_sender = WakeSender(self.path)
-        self._wake_sender.notify(skip_own_process=bool(local))
+        self._wake_sender.notify(NEW_WORK if new_work else CHANGED, skip_own_process=bool(local))
 
     # --- signing ---------------------------------------------------------------------
 
