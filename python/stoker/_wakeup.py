@@ -26,6 +26,7 @@ import errno
 import os
 import secrets
 import threading
+import time
 
 #: The directory of FIFOs, beside the database file (like ``-wal`` and ``-shm``).
 WAKE_DIR_SUFFIX = "-wake"
@@ -33,6 +34,10 @@ WAKE_DIR_SUFFIX = "-wake"
 #: something else changed (it looks for cancel requests and schedules).
 NEW_WORK = b"w"
 CHANGED = b"c"
+#: A sender looks at the directory (one ``stat``) at most this often to see
+#: supervisors come and go. A supervisor that just started may miss wake-ups
+#: for this long; its change poll (every 50 ms) covers them.
+RELIST_INTERVAL = 0.05
 
 
 def wake_dir(database_path: str) -> str:
@@ -87,6 +92,7 @@ class WakeSender:
         self.directory = wake_dir(database_path)
         self._lock = threading.Lock()
         self._listed_version: int | None = None
+        self._next_look = 0.0
         self._fds: dict[str, int] = {}
 
     def notify(self, what: bytes = CHANGED, *, skip_own_process: bool = False) -> None:
@@ -95,14 +101,17 @@ class WakeSender:
         Those of this process too, unless ``skip_own_process``.
         """
         with self._lock:
-            try:
-                version = os.stat(self.directory).st_mtime_ns
-            except OSError:
-                self._close_all()
-                return  # No supervisor has ever listened on this database.
-            if version != self._listed_version:
-                self._relist()
-                self._listed_version = version
+            now = time.monotonic()
+            if now >= self._next_look:
+                self._next_look = now + RELIST_INTERVAL
+                try:
+                    version = os.stat(self.directory).st_mtime_ns
+                except OSError:
+                    self._close_all()
+                    return  # No supervisor has ever listened on this database.
+                if version != self._listed_version:
+                    self._relist()
+                    self._listed_version = version
             own = f"{os.getpid()}-"
             for name, fd in list(self._fds.items()):
                 if skip_own_process and name.startswith(own):
