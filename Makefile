@@ -61,6 +61,7 @@ soak: build
 bench: build
 	$(PY) -m pip install -q flexiq
 	$(PY) benches/run.py
+	$(PY) benches/wait_cost.py
 
 clean:
 	rm -rf $(VENV) target
