@@ -77,6 +77,7 @@ soak: build
 bench: build
 	$(PY) -m pip install -q flexiq
 	$(PY) benches/run.py
+	$(PY) benches/wait_cost.py
 	$(MAKE) --no-print-directory bench-postgres
 
 bench-postgres: build

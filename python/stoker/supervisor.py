@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from . import _wakeup as wakeup
 from . import flow, schedule, serialization
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
@@ -128,6 +129,12 @@ REGISTRATION_LEASE = 5.0
 #: How often the registration is renewed and expired ones are reaped: the
 #: jobs of a lost supervisor run again within REGISTRATION_LEASE plus this.
 REGISTRATION_RENEW_INTERVAL = 1.0
+#: What a wake-up byte (on the pipe from this process, or a FIFO from another)
+#: says: jobs were sent (claim), or something else changed (look at the
+#: database: cancel requests, schedules). Defined in ``_wakeup``.
+WAKE_NEW_WORK = wakeup.NEW_WORK
+WAKE_CHANGED = wakeup.CHANGED
+WAKE_STOP = b"s"
 #: Jobs claimed ahead for each worker process, beyond the ones running (the
 #: ``prefetch`` option). A worker that finishes gets its next job from memory
 #: at once, while the finished job and the next claim are stored together in
@@ -347,12 +354,20 @@ class Supervisor:
         """Process ids of the live worker processes (spares included)."""
         return [w.pid for w in self._workers if not w.exited]
 
-    def notify(self) -> None:
-        """Wake the loop to look for new jobs now (thread-safe; used by sends in this process)."""
-        if self._wake_w < 0:
+    def notify(self, *, new_work: bool = False) -> None:
+        """Wake the loop (thread-safe; used by this process's sends, cancels, schedules).
+
+        A send (``new_work``) wakes it only when it believes nothing is
+        runnable; otherwise it claims at its next turn anyway, and waking it
+        would only take the GIL from the sender. It clears that belief before
+        each claim, so a send committed after the claim began always wakes it.
+        Any other change makes it look at the database (cancel requests,
+        schedules) on its next turn.
+        """
+        if self._wake_w < 0 or (new_work and self._want_claim):
             return
         try:
-            os.write(self._wake_w, b"n")
+            os.write(self._wake_w, WAKE_NEW_WORK if new_work else WAKE_CHANGED)
         except (BlockingIOError, OSError):
             pass
 
@@ -362,7 +377,7 @@ class Supervisor:
         if self._wake_w < 0:
             return
         try:
-            os.write(self._wake_w, b"s")
+            os.write(self._wake_w, WAKE_STOP)
         except (BlockingIOError, OSError):
             pass
 
@@ -532,11 +547,9 @@ class Supervisor:
             if events & ~select.POLLIN:
                 writable.add(fd)
         if self._wake_r in readable:
-            self._drain_wake_pipe()
-            self._next_poll = 0.0  # Look at the database on the next turn.
+            self._on_wake_up(self._drain_wake_pipe())
         if self._listener is not None and self._listener.fd in readable:
-            self._listener.drain()
-            self._next_poll = 0.0
+            self._on_wake_up(self._listener.drain())
         if self._engine_wake_fd is not None and self._engine_wake_fd in readable:
             self.engine.drain_wakeups()
             self._next_poll = 0.0
@@ -582,12 +595,21 @@ class Supervisor:
                     candidates.append(self._next_memory_poll)
         return min(candidates)
 
-    def _drain_wake_pipe(self) -> None:
+    def _drain_wake_pipe(self) -> bytes:
+        received = b""
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while chunk := os.read(self._wake_r, 4096):
+                received += chunk
         except BlockingIOError:
             pass
+        return received
+
+    def _on_wake_up(self, received: bytes) -> None:
+        """New work means claim; anything else, look at the database on the next turn."""
+        if WAKE_NEW_WORK in received:
+            self._want_claim = True
+        if received.replace(WAKE_NEW_WORK, b""):
+            self._next_poll = 0.0
 
     # --- claiming -------------------------------------------------------------------
 
@@ -614,6 +636,10 @@ class Supervisor:
             self._flush_completions()
             return
         batch, self._completions = self._completions, []
+        # Cleared before the claim, so that a send committed after the claim's
+        # snapshot sees it and wakes this loop (see notify); set again below
+        # if the claim came back full.
+        self._want_claim = False
         try:
             if batch:
                 applied, claimed = self.engine.complete_and_claim(
@@ -624,12 +650,14 @@ class Supervisor:
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._want_claim = True
             raise
         self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
-            self._want_claim = False
             self._schedule_wakeup()
+        else:
+            self._want_claim = True
         self._claimed_ahead.extend(claimed)
         self._dispatch_claimed_ahead(now)
 
@@ -1138,7 +1166,12 @@ class Supervisor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_conn, os.getpid(), self.task_modules),
+            args=(
+                child_conn,
+                os.getpid(),
+                self.task_modules,
+                self.queue._secret if "stoker.executor" in self.task_modules else None,
+            ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,
         )

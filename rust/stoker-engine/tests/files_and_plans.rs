@@ -332,6 +332,22 @@ fn hot_statements_use_indexes_without_scans_or_sorts() {
 }
 
 #[test]
+fn hot_statements_are_not_compiled_again_for_new_values() {
+    let dir = TempDir::new();
+    let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
+    let flow = stoker_engine::storage::sqlite_flow::HOT_STATEMENTS;
+    for (name, sql) in HOT_STATEMENTS.iter().chain(flow) {
+        // Each run binds a new time, as successive claims do.
+        let runs: Vec<i64> = (1..=5).map(|i| 1_700_000_000_000 + i * 1_000).collect();
+        assert_eq!(
+            storage.recompilations(sql, &runs).unwrap(),
+            0,
+            "{name} is compiled again when its parameters change"
+        );
+    }
+}
+
+#[test]
 fn compact_log_truncates_the_wal_unless_a_reader_holds_it() {
     let dir = TempDir::new();
     let path = dir.file("wal.db");
