@@ -59,7 +59,7 @@ soak: build
 	$(PY) benches/soak.py --hours $(SOAK_HOURS)
 
 bench: build
-	$(PY) -m pip install -q flexiq
+	$(PY) -m pip install -q flexiq huey loky pebble matplotlib
 	$(PY) benches/run.py
 
 clean:
