@@ -681,20 +681,29 @@ def _fill(system: str, total: int, keep: int, budget: float) -> tuple[list[Any],
     sent = 0
     while sent < total:
         count = min(FILL_CHUNK, total - sent)
-        if len(kept) < keep or system != "stoker-cli":
+        chunk_start = time.perf_counter()
+        if system != "stoker-cli":
             handles = send_chunk([(i,) for i in range(sent, sent + count)])
             kept.extend(handles[: max(0, keep - len(kept))])
+        elif len(kept) < keep:
+            count = min(count, keep - len(kept))
+            kept.extend(send_chunk([(i,) for i in range(sent, sent + count)]))
         else:
             _enqueue_copies(kept[0], count)
         sent += count
-        elapsed = time.perf_counter() - t0
-        projected = elapsed * total / sent
+        now = time.perf_counter()
+        if system == "stoker-cli" and len(kept) < keep:
+            continue
+        # The rest is projected at the pace of the last chunk, sent the way
+        # the rest will be.
+        pace = count / (now - chunk_start)
+        projected = now - t0 + (total - sent) / pace
         if sent < total and projected > budget:
             why = (
                 f"filling {total:,} jobs would take about {projected:,.0f} s "
-                f"at {sent / elapsed:,.0f} sends/s, past the budget of {budget:g} s"
+                f"at {pace:,.0f} sends/s, past the budget of {budget:g} s"
             )
-            return kept, elapsed, why
+            return kept, now - t0, why
     return kept, time.perf_counter() - t0, None
 
 
