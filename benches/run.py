@@ -113,29 +113,34 @@ class Scenario:
         return self.trial or self.name
 
 
-def scale_scenario(name: str, backlog: int, label: str) -> Scenario:
+SCALE_DESCRIPTION = (
+    "The queue is filled with {label} pending no-op jobs plus the ones the measurement "
+    "consumes, with no worker running; then the pool starts. *Drain* is the rate at "
+    "which its results come in, from the first job's result to the last one of a window "
+    "of the first 2,000 jobs (5,000 in the full mode), or of as many as arrive within "
+    "5 s (60 s in the full mode); results are awaited in the order sent. *Engine claims* "
+    "(stoker only) is the rate of `Engine.claim` alone, one job per claim as a supervisor "
+    "with one idle slot claims, over 1,000 claims timed before the pool starts. "
+    "*Supervisor peak RSS* is the high-water mark of the resident memory (VmHWM) of the "
+    "process that claims or hands out the jobs: `stoker worker`, flexiq's worker process, "
+    "huey's consumer. *Fill* is how fast the backlog was sent: stoker's timed jobs with "
+    "`map`, the rest straight to its engine (`Engine.enqueue` of copies of the first "
+    "job, in batches of 10,000); flexiq with `map` in batches of 10,000; huey one call "
+    "at a time (it has no batch send). A peer's fill that would take longer than 30 s (300 s in "
+    "the full mode), projected at its average pace after 2 s, is given up, and the peer "
+    "is skipped at that size; stoker's is never given up. "
+    "ProcessPoolExecutor, pebble and loky hold their backlog in the caller's memory, "
+    "not in a database, and are not run here."
+)
+SCALE_AGAIN = "As in the section above, with {label} pending jobs."
+
+
+def scale_scenario(name: str, backlog: int, label: str, first: bool, plot: str = "") -> Scenario:
+    """One backlog size; the first one's section describes them all."""
     return Scenario(
         name=name,
         title=f"Scale: a pool started on {label} pending jobs",
-        description=(
-            f"The queue is filled with {label} pending no-op jobs plus the ones the measurement "
-            "consumes, with no worker running; then the pool starts. *Drain* is the rate at "
-            "which its results come in, from the first job's result to the last one of a window "
-            "of the first 2,000 jobs (5,000 in the full mode), or of as many as arrive within "
-            "5 s (60 s in the full mode); results are awaited in the order sent. *Engine claims* "
-            "(stoker only) is the rate of `Engine.claim` alone, one job per claim as a supervisor "
-            "with one idle slot claims, over 1,000 claims timed before the pool starts. "
-            "*Supervisor peak RSS* is the high-water mark of the resident memory (VmHWM) of the "
-            "process that claims or hands out the jobs: `stoker worker`, flexiq's worker process, "
-            "huey's consumer. *Fill* is how fast the backlog was sent: stoker's timed jobs with "
-            "`map`, the rest straight to its engine (`Engine.enqueue` of copies of the first "
-            "job, in batches of 10,000); flexiq with `map` in batches of 10,000; huey one call "
-            "at a time (it has no batch send). A peer's fill that would take longer than 30 s (300 s in "
-            "the full mode), projected at its average pace after 2 s, is given up, and the peer "
-            "is skipped at that size; stoker's is never given up. "
-            "ProcessPoolExecutor, pebble and loky hold their backlog in the caller's memory, "
-            "not in a database, and are not run here."
-        ),
+        description=SCALE_DESCRIPTION.format(label=label) if first else SCALE_AGAIN.format(label=label),
         systems=BACKLOG_SYSTEMS,
         metrics=[
             Metric("drain_per_s", "drain (jobs/s)", "rate", higher_is_better=True),
@@ -150,7 +155,7 @@ def scale_scenario(name: str, backlog: int, label: str) -> Scenario:
         trial_timeout=150.0,
         seconds_per_n=0.0004,
         trial="scale",
-        plot="bench-scale.png",
+        plot=plot,
     )
 
 
@@ -292,9 +297,9 @@ SCENARIOS = [
         ratio_rows=["stoker"],
         trial_timeout=90.0,
     ),
-    scale_scenario("scale-1k", 1_000, "1,000"),
-    scale_scenario("scale-100k", 100_000, "100,000"),
-    scale_scenario("scale-1m", 1_000_000, "1,000,000"),
+    scale_scenario("scale-1k", 1_000, "1,000", first=True),
+    scale_scenario("scale-100k", 100_000, "100,000", first=False),
+    scale_scenario("scale-1m", 1_000_000, "1,000,000", first=False, plot="bench-scale.png"),
     Scenario(
         name="payload",
         title="Large payloads: 1 MiB and 10 MiB of bytes there and back",
@@ -550,18 +555,22 @@ def scenario_tables(scenario: Scenario, results: dict[str, list[dict[str, Any]]]
     rows = [s for s in scenario.ratio_rows if results.get(s)]
     bases = [b for b in scenario.baselines if results.get(b)]
     ratio_metrics = [m for m in scenario.metrics if m.kind != "fraction" and m.compared]
-    if rows and bases and ratio_metrics:
+    ratio_lines = []
+    for system in rows:
+        for base in bases:
+            cells = [
+                ratio(m, median_of(results[system], m.key), median_of(results[base], m.key))
+                for m in ratio_metrics
+            ]
+            # A baseline that measured nothing (skipped, say) has no row.
+            if not all(c == "n/a" for c in cells):
+                ratio_lines.append(f"| {NAMES[system]} | {NAMES[base]} | " + " | ".join(cells) + " |")
+    if ratio_lines:
         lines.append("Ratios of medians, as *times better than* the baseline (> 1: stoker is better):")
         lines.append("")
         lines.append("| | baseline | " + " | ".join(m.label for m in ratio_metrics) + " |")
         lines.append("|---|---|" + "---:|" * len(ratio_metrics))
-        for system in rows:
-            for base in bases:
-                cells = [
-                    ratio(m, median_of(results[system], m.key), median_of(results[base], m.key))
-                    for m in ratio_metrics
-                ]
-                lines.append(f"| {NAMES[system]} | {NAMES[base]} | " + " | ".join(cells) + " |")
+        lines += ratio_lines
         lines.append("")
 
     if scenario.info_keys:
@@ -580,17 +589,18 @@ def scenario_tables(scenario: Scenario, results: dict[str, list[dict[str, Any]]]
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
 
-    skipped = Counter(
-        (t["system"], t["info"]["skipped"])
-        for trials in results.values()
-        for t in trials
-        if t["info"].get("skipped")
-    )
+    skipped: dict[tuple[str, str], list[str]] = {}
+    for trials in results.values():
+        for t in trials:
+            if t["info"].get("skipped"):
+                key = (t["system"], t["info"]["skipped"])
+                skipped.setdefault(key, []).append(t["info"].get("projection", ""))
     if skipped:
         lines.append("Skipped (with the number of trials):")
         lines.append("")
-        for (system, why), k in sorted(skipped.items()):
-            lines.append(f"- {NAMES[system]}: {md_escape(why)} ({TIMES}{k})")
+        for (system, why), projections in sorted(skipped.items()):
+            detail = f"; projected: {', '.join(projections)}" if any(projections) else ""
+            lines.append(f"- {NAMES[system]}: {md_escape(why)}{detail} ({TIMES}{len(projections)})")
         lines.append("")
 
     if scenario.plot:
@@ -909,9 +919,10 @@ def write_plots(results: Results, scenarios: list[Scenario], directory: Path) ->
         axes[1].legend()
         axes[1].grid(which="both", alpha=0.3)
         fig.tight_layout()
-        fig.savefig(directory / scale[0].plot, dpi=100)
+        plot = next((s.plot for s in scale if s.plot), "bench-scale.png")
+        fig.savefig(directory / plot, dpi=100)
         plt.close(fig)
-        written.append(scale[0].plot)
+        written.append(plot)
     return written
 
 

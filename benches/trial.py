@@ -649,7 +649,9 @@ def peak_rss_bytes(pid: int) -> float | None:
     return None
 
 
-def _fill(system: str, total: int, keep: int, budget: float) -> tuple[list[Any], float, str | None]:
+def _fill(
+    system: str, total: int, keep: int, budget: float
+) -> tuple[list[Any], float, tuple[str, str] | None]:
     """Send ``total`` no-op jobs with nothing consuming them; the first ``keep`` handles.
 
     The first ``keep`` jobs are the ones timed later; they go through each
@@ -658,7 +660,8 @@ def _fill(system: str, total: int, keep: int, budget: float) -> tuple[list[Any],
     except stoker's, which goes straight to its engine (copies of the first
     job, ``Engine.enqueue`` in batches, about 3 times as fast as ``map``), so
     that a million jobs fit in the quick mode. Returns the handles, the seconds
-    the fill took, and why it gave up if it would take longer than ``budget``.
+    the fill took, and, if it gave up (a peer only) because it would take
+    longer than ``budget``, why and the projection.
     """
     if system == "stoker-cli":
         import bench_tasks_stoker as stoker_tasks
@@ -701,11 +704,8 @@ def _fill(system: str, total: int, keep: int, budget: float) -> tuple[list[Any],
         pace = sent / (now - t0)
         projected = (now - t0) * total / sent
         if sent < total and projected > budget:
-            why = (
-                f"filling {total:,} jobs would take about {projected:,.0f} s "
-                f"at {pace:,.0f} sends/s, past the budget of {budget:g} s"
-            )
-            return kept, now - t0, why
+            why = f"filling {total:,} jobs would take longer than the budget of {budget:g} s"
+            return kept, now - t0, (why, f"{projected:,.0f} s at {pace:,.0f} sends/s")
     return kept, time.perf_counter() - t0, None
 
 
@@ -753,7 +753,7 @@ def run_scale(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     info: Info = {"n": str(backlog)}
     handles, fill_s, skipped = _fill(system, total, claims + window, SCALE_FILL_BUDGET[args.quick])
     if skipped:
-        info["skipped"] = skipped
+        info["skipped"], info["projection"] = skipped
         return metrics, info
     metrics["fill_per_s"] = total / fill_s
     if claims:
