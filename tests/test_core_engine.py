@@ -677,6 +677,42 @@ def test_labels_progress_and_usage_round_trip(core: Engine) -> None:
         core.complete_many([(other, claimed.token)])  # type: ignore[list-item]
 
 
+def test_complete_and_claim_completes_first_then_claims(core: Engine) -> None:
+    # With a concurrency limit of 1, the claim can only take the second job
+    # because the completion before it in the same transaction freed the slot.
+    core.set_limits("task", "tasks.work", concurrency=1)
+    first, second, third = enqueue(core, job(), job(), job())
+    running = claim_one(core)
+    assert running.id == first
+    applied, claimed = core.complete_and_claim(
+        [(first, running.token, b"r", '{"wall_s": 0}'), (third, 99, None)], ["default"], 5, "sup-a", LEASE
+    )
+    assert applied == [True, False]
+    assert [c.id for c in claimed] == [second]
+    assert core.statuses([first, second, third]) == ["complete", "running", "pending"]
+    assert core.get(first).result == b"r"
+    assert [s.job_id for s in core.stale_outcomes(10)] == [third]
+    # Nothing to complete and nothing runnable: both lists come back empty.
+    assert core.complete_and_claim([], ["other"], 1, "sup-a", LEASE) == ([], [])
+
+
+def test_release_takes_a_claim_back(core: Engine) -> None:
+    (job_id,) = enqueue(core, job())
+    claimed = claim_one(core)
+    assert core.release(job_id, claimed.token) is True
+    record = core.get(job_id)
+    assert (record.status, record.attempt, record.lease_owner) == ("pending", 0, None)
+    assert core.release(job_id, claimed.token) is False
+    assert core.stale_outcomes(1)[0].outcome == "release"
+
+
+def test_complete_and_claim_checks_its_claim_arguments(core: Engine) -> None:
+    with pytest.raises(InvalidOptionError, match="limit"):
+        core.complete_and_claim([], ["default"], -1, "sup-a", LEASE)
+    with pytest.raises(InvalidOptionError, match="empty name"):
+        core.complete_and_claim([], [""], 1, "sup-a", LEASE)
+
+
 def test_failure_usage_is_kept_in_the_error_history(core: Engine) -> None:
     (job_id,) = enqueue(core, job())
     claimed = claim_one(core)

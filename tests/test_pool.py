@@ -316,3 +316,50 @@ def test_a_pool_left_running_stops_at_interpreter_exit(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     for pid in map(int, done.stdout.split()):
         wait_until(lambda pid=pid: _gone(pid), what=f"worker {pid} to be gone")
+
+
+def _start_blocker(queue: stoker.Queue, tmp_path: Path) -> tuple[stoker.Job, Path]:
+    marker, release = tmp_path / "started", tmp_path / "release"
+    job = queue.get_task("wait_for_file").delay(str(marker), str(release))
+    wait_until(written(marker), what="the blocking job to start")
+    return job, release
+
+
+def test_a_job_claimed_ahead_is_cancelled_without_running(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path
+) -> None:
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1):
+        blocker, release = _start_blocker(queue, tmp_path)
+        ahead = queue.get_task("record").delay(str(ledger), "ahead")
+        # The only worker is busy, yet the job is claimed (leased) ahead of it.
+        wait_until(lambda: ahead.status == "running", what="the job to be claimed ahead")
+        assert ahead.cancel() == "requested"
+        wait_until(lambda: ahead.status == "cancelled", what="the job claimed ahead to be cancelled")
+        release.touch()
+        assert blocker.result(timeout=HANG_GUARD) == "released"
+    assert read_ledger(ledger) == []
+    assert ahead.errors == []
+
+
+def test_stopping_puts_the_jobs_claimed_ahead_back_without_a_failure(
+    queue: stoker.Queue, tmp_path: Path
+) -> None:
+    handle = queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1)
+    blocker, release = _start_blocker(queue, tmp_path)
+    ahead = queue.get_task("add").delay(1, 2)
+    wait_until(lambda: ahead.status == "running", what="the job to be claimed ahead")
+    handle.stop(HANG_GUARD)
+    # Both go back to pending: the running one was killed by the drain, the
+    # one claimed ahead never started; neither counts a failed attempt.
+    assert (blocker.status, ahead.status) == ("pending", "pending")
+    assert ahead.errors == [] and blocker.errors == []
+    release.touch()
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=0):
+        assert ahead.result(timeout=HANG_GUARD) == 3
+        assert blocker.result(timeout=HANG_GUARD) == "released"
+
+
+@pytest.mark.parametrize("prefetch", [-1, 1.5, True, "1"])
+def test_prefetch_must_be_a_count(queue: stoker.Queue, prefetch: object) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match="prefetch"):
+        stoker.Supervisor(queue, prefetch=prefetch)  # type: ignore[arg-type]

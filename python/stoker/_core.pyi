@@ -217,7 +217,7 @@ class StaleOutcome:
     def owner(self) -> str: ...
     @property
     def outcome(self) -> str:
-        """What was refused: complete, fail, cancel, requeue, heartbeat, progress."""
+        """What was refused: complete, fail, cancel, requeue, release, heartbeat, progress."""
     @property
     def at_ms(self) -> int: ...
 
@@ -365,6 +365,18 @@ class Engine:
         outcomes: list[tuple[int, int, bytes | None]] | list[tuple[int, int, bytes | None, str | None]],
     ) -> list[bool]:
         """``complete`` for many jobs in one transaction: ``(job_id, token, result[, usage])``."""
+    def complete_and_claim(
+        self,
+        outcomes: list[tuple[int, int, bytes | None]] | list[tuple[int, int, bytes | None, str | None]],
+        queues: list[str],
+        limit: int,
+        owner: str,
+        lease_ms: int,
+    ) -> tuple[list[bool], list[ClaimedJob]]:
+        """``complete_many`` then ``claim``, in one transaction (one commit instead of two).
+
+        Returns whether each completion was applied, and the claimed jobs.
+        """
     def fail(
         self,
         job_id: int,
@@ -398,6 +410,13 @@ class Engine:
         """``(job_id, token)`` of the running jobs of ``owner`` with a cancel request."""
     def finish_cancelled(self, job_id: int, token: int) -> bool:
         """A running job whose worker was stopped for its cancel request ends cancelled."""
+    def release(self, job_id: int, token: int) -> bool:
+        """Undo the claim of a job that was claimed but never started.
+
+        It is pending again with its attempt taken back, as if never claimed
+        (cancelled instead if its cancel was requested); False if the token is
+        stale (recorded).
+        """
     def requeue(self, job_id: int, token: int) -> bool:
         """Put a running job back to pending without counting a failed attempt.
 
@@ -428,6 +447,12 @@ class Engine:
         """The earliest eta, lease deadline, expiry, or time a limit lets a held-back job run."""
     def data_version(self) -> int:
         """Changes whenever another connection commits to the database."""
+    def compact_log(self, wait_ms: int) -> bool:
+        """Truncate the write-ahead log once no reader uses it, waiting at most ``wait_ms``.
+
+        Returns whether it was truncated (False if readers stayed, or for a
+        store without such a log).
+        """
     def set_progress(self, job_id: int, token: int, progress: str) -> bool:
         """Store the progress (JSON text) of a running attempt; False if stale (recorded)."""
     def list_jobs(

@@ -291,6 +291,7 @@ def _worker(args: argparse.Namespace) -> int:
         until_idle=args.until_idle,
         imports=[module_name],
         start_method=args.start_method,
+        prefetch=args.prefetch,
     )
     return EXIT_OK
 
@@ -858,6 +859,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--until-idle", action="store_true", help="exit once no job is pending, scheduled or running"
     )
     worker.add_argument("--start-method", choices=["spawn", "forkserver"], default=None)
+    worker.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        help="jobs claimed ahead per worker process, 0 for none (default 1)",
+    )
     worker.set_defaults(run=_worker)
 
     command("schedules", _schedules, "schedules with their next fire time")

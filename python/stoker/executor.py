@@ -209,7 +209,9 @@ class Executor(concurrent.futures.Executor):
             queue, timeout=timeout, max_retries=max_retries, max_crashes=max_crashes
         )
         self._processes = processes
-        self._supervisor_options = supervisor_options
+        # No job is claimed ahead of a free worker: a call that has not started
+        # stays pending, so Future.cancel() can always cancel it at once.
+        self._supervisor_options = {"prefetch": 0, **supervisor_options}
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._futures: dict[int, JobFuture] = {}

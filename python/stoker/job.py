@@ -36,10 +36,14 @@ FINISHED = frozenset({"complete", "dead", "cancelled", "expired"})
 #: Waiting for a result. A supervisor running in the caller's process wakes its
 #: waiters as soon as it has stored outcomes (``OUTCOMES``). A result stored by
 #: another process is noticed through SQLite's change counter, one cheap read
-#: that touches no table: every RESULT_POLL_FAST seconds for the first
-#: RESULT_FAST_PERIOD seconds of a wait, so a quick job's result arrives within
-#: about a millisecond, then every RESULT_POLL_SLOW seconds, so a long wait
-#: costs next to nothing. The job's status is read only when the counter moved.
+#: that touches no table (a few microseconds): every RESULT_POLL_FIRST seconds
+#: for the first RESULT_FIRST_PERIOD seconds of a wait, so a quick job's result
+#: is in hand a fraction of a millisecond after it was stored; then every
+#: RESULT_POLL_FAST seconds up to RESULT_FAST_PERIOD; then every
+#: RESULT_POLL_SLOW seconds, so a long wait costs next to nothing. The job's
+#: status is read only when the counter moved.
+RESULT_POLL_FIRST = 0.0002
+RESULT_FIRST_PERIOD = 0.1
 RESULT_POLL_FAST = 0.001
 RESULT_FAST_PERIOD = 5.0
 RESULT_POLL_SLOW = 0.05
@@ -68,7 +72,13 @@ class _Waiter:
     def pause(self) -> float:
         """Seconds to wait before looking again; ResultTimeoutError once past the deadline."""
         now = time.monotonic()
-        pause = RESULT_POLL_FAST if now - self.started < RESULT_FAST_PERIOD else RESULT_POLL_SLOW
+        elapsed = now - self.started
+        if elapsed < RESULT_FIRST_PERIOD:
+            pause = RESULT_POLL_FIRST
+        elif elapsed < RESULT_FAST_PERIOD:
+            pause = RESULT_POLL_FAST
+        else:
+            pause = RESULT_POLL_SLOW
         if self.deadline is None:
             return pause
         left = self.deadline - now
@@ -242,7 +252,11 @@ class Job:
         its worker killed by its supervisor ("requested"); a finished one is left
         as it is, and its status is returned.
         """
-        return self._engine.cancel(self.id)
+        outcome = self._engine.cancel(self.id)
+        if outcome == "requested" and self._store is None:
+            # The supervisor running it kills it now rather than at its next poll.
+            self.queue._wake_supervisors()
+        return outcome
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes; return its final status."""

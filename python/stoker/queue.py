@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
 from ._core import Engine
+from ._wakeup import WakeSender
 from .errors import (
     InvalidOptionError,
     SendError,
@@ -67,8 +68,8 @@ WORKER_PROCESS_PREFIX = "stoker-worker"
 
 
 #: Supervisors running in this process, by the real path of their database. A
-#: send wakes them at once; supervisors in other processes see the change at
-#: their next change poll.
+#: send wakes them at once through their pipe; supervisors in other processes
+#: are woken through their FIFOs (``_wakeup.py``).
 LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
 
 
@@ -110,6 +111,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         self._plugin_handlers: list[Callable[..., Any]] = []
         self._test_results: list[Outcome] | None = None
         self._engine_instance: Engine | None = None
+        self._wake_sender: WakeSender | None = None
         if not in_worker_process():
             self._engine_instance = Engine(self.path)
 
@@ -283,8 +285,8 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
             for job in jobs:
                 self._test_results.append(run_eagerly(self, job))
-        elif LOCAL_SUPERVISORS:
-            notify_local_supervisors(self._real_path)
+        else:
+            self._wake_supervisors()
         for job in jobs:
             for middleware in self._middlewares:
                 try:
@@ -294,6 +296,21 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
                         "middleware %s.post_send raised for job %s", handler_name(middleware), job.id
                     )
         return jobs
+
+    def _wake_supervisors(self) -> None:
+        """Tell the supervisors of this database that there is something to act on.
+
+        Supervisors of this process are woken through their pipe, the others
+        through their FIFOs; both cost a write or two, so every send does it.
+        """
+        local = LOCAL_SUPERVISORS.get(self._real_path)
+        if local:
+            notify_local_supervisors(self._real_path)
+        if self._test_results is not None or self.path == ":memory:":
+            return
+        if self._wake_sender is None:
+            self._wake_sender = WakeSender(self.path)
+        self._wake_sender.notify(skip_own_process=bool(local))
 
     # --- signing ---------------------------------------------------------------------
 
@@ -454,7 +471,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def replay(self, job_id: int) -> Job:
         """Send a dead job again as a new job, with the same task, arguments and options."""
-        return Job(self, self._engine.replay(job_id))
+        job = Job(self, self._engine.replay(job_id))
+        self._wake_supervisors()
+        return job
 
     # --- workers --------------------------------------------------------------
 

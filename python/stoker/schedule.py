@@ -130,6 +130,7 @@ class Schedule:
     def resume(self) -> None:
         """Fire again; fires missed while paused follow the schedule's missed policy."""
         self.queue._engine.pause_schedule(self.id, False)
+        self.queue._wake_supervisors()
 
     def delete(self) -> bool:
         """Delete the schedule and its fire records; False if it was already gone."""
@@ -174,6 +175,8 @@ def create(
         source=source_name,
         labels=labels_text,
     )
+    # A supervisor sleeping until its next fire looks at the new schedule now.
+    queue._wake_supervisors()
     return Schedule(queue, schedule_id)
 
 

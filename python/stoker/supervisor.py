@@ -48,12 +48,14 @@ error (its jobs run again when their leases expire).
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
+import math
 import multiprocessing
 import os
 import secrets
-import selectors
+import select
 import signal
 import socket
 import subprocess
@@ -73,6 +75,7 @@ import psutil
 from . import flow, schedule, serialization
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
+from ._wakeup import WakeListener
 from .errors import (
     InvalidOptionError,
     MemoryLimitExceededError,
@@ -103,10 +106,33 @@ DEFAULT_LEASE = 30.0
 #: heartbeats in a row still do not lose them.
 HEARTBEAT_FRACTION = 1 / 3
 #: How often the supervisor checks whether another process changed the database
-#: (a job sent, a cancel request) while it is otherwise idle. The check reads
-#: one counter; lower values pick up work sent from other processes sooner at
-#: the cost of more wake-ups.
-CHANGE_POLL_INTERVAL = 0.01
+#: (a job sent, a cancel request) while it is otherwise idle. Senders wake
+#: supervisors at once (through a pipe in the same process, a FIFO from
+#: another one: ``_wakeup.py``), so this poll is only the backstop for a
+#: change made without a wake-up (a raw engine, a lost FIFO): lower values
+#: bound that delay tighter, at the cost of more idle wake-ups.
+CHANGE_POLL_INTERVAL = 0.05
+#: Jobs claimed ahead for each worker process, beyond the ones running (the
+#: ``prefetch`` option). A worker that finishes gets its next job from memory
+#: at once, while the finished job and the next claim are stored together in
+#: one commit: without it, every worker waits for a commit between two jobs. A
+#: job claimed ahead is leased and heartbeated like a running one, so until it
+#: starts it shows as ``running`` and ``cancel()`` answers ``requested`` (it
+#: then ends cancelled without running); if the supervisor dies, it runs again
+#: after its lease with that attempt counted as lost. More of them would hold
+#: more jobs away from other supervisors and delay a higher-priority job sent
+#: meanwhile.
+DEFAULT_PREFETCH = 1
+#: The write-ahead log (``jobs.db-wal``) only shrinks when, at one moment, no
+#: reader uses it; with many processes reading (supervisors, result waiters)
+#: that moment may never come and the log grows without bound. Past
+#: WAL_COMPACT_BYTES the supervisor truncates it, waiting at most
+#: WAL_COMPACT_WAIT_MS for readers (new writers wait meanwhile: a longer wait
+#: succeeds more often and stalls sends longer); it looks every
+#: WAL_CHECK_INTERVAL seconds, a stat() call.
+WAL_COMPACT_BYTES = 64 * 2**20
+WAL_COMPACT_WAIT_MS = 20
+WAL_CHECK_INTERVAL = 1.0
 #: Time running jobs get to finish after SIGTERM before they are killed and re-queued.
 DEFAULT_DRAIN_TIMEOUT = 30.0
 #: After SIGKILL, how long to wait for the kernel to reap the process before
@@ -205,6 +231,7 @@ class Supervisor:
         install_signal_handlers: bool | None = None,
         max_tasks_per_worker: int | None = None,
         max_worker_memory_mb: float | None = None,
+        prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
         if not isinstance(processes, int) or processes < 1:
             raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
@@ -214,6 +241,8 @@ class Supervisor:
             raise InvalidOptionError(
                 f"max_tasks_per_worker must be an int >= 1, got {max_tasks_per_worker!r}"
             )
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+            raise InvalidOptionError(f"prefetch must be an int >= 0, got {prefetch!r}")
         if max_worker_memory_mb is not None and (
             not isinstance(max_worker_memory_mb, (int, float)) or max_worker_memory_mb <= 0
         ):
@@ -244,6 +273,7 @@ class Supervisor:
         self.install_signal_handlers = install_signal_handlers
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory_mb = max_worker_memory_mb
+        self.prefetch = prefetch
         modules = {t.func.__module__ for t in queue.tasks.values()} | set(imports or ())
         self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -256,6 +286,7 @@ class Supervisor:
         self._guardian: subprocess.Popen[bytes] | None = None
         self._workers: list[_Worker] = []
         self._wake_r, self._wake_w = os.pipe()
+        self._listener: WakeListener | None = None
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._stop_requests = 0
@@ -266,7 +297,10 @@ class Supervisor:
         self._next_poll = 0.0
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
+        self._claimed_ahead: deque[ClaimedJob] = deque()
+        """Jobs claimed (leased to this supervisor) that no worker has started yet."""
         self._next_fire = 0.0
+        self._next_wal_check = 0.0
         self._reports: deque[tuple[str, Callable[[], None]]] = deque()
         """Outcomes (failures, cancellations, re-queues) to store, in order; kept while storage fails."""
         self.storage_failure_limit = STORAGE_FAILURE_LIMIT
@@ -319,6 +353,8 @@ class Supervisor:
         local.add(self)
         try:
             self._start_guardian()
+            if self.queue.path != ":memory:":
+                self._listener = WakeListener(self.queue.path)
             self.engine.reap_expired()
             flow.push_limits(self.engine, list(self.queue.tasks.values()))
             self._top_up_workers(time.monotonic())
@@ -330,6 +366,9 @@ class Supervisor:
             finally:
                 # Even if the shutdown failed half-way, the guardian kills what is left.
                 self._stop_guardian()
+                if self._listener is not None:
+                    self._listener.close()
+                    self._listener = None
                 for signum, handler in restore:
                     signal.signal(signum, handler)
                 # Mark the pipe closed before closing it, so that a late notify() from
@@ -359,10 +398,11 @@ class Supervisor:
                 return False  # Storage failed a moment ago: only deadlines until the retry.
             self._storage_retry_at = None
         self._flush_reports()
-        self._flush_completions()
         if not self._stop_requests:
             self._top_up_workers(now)
         if self._stop_requests:
+            self._flush_completions()
+            self._release_claimed_ahead()
             if self._drain_deadline is None:
                 self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
             if self._stop_requests > 1:
@@ -379,6 +419,8 @@ class Supervisor:
                 self._poll_changes(now)
             if now >= self._next_fire:
                 self._fire_schedules(now)
+            if now >= self._next_wal_check:
+                self._compact_wal(now)
             if self._next_wakeup is not None and now >= self._next_wakeup:
                 # An eta came (claim it), a lease ran out (reap it), a limit
                 # refilled (claim) or a job expired.
@@ -438,24 +480,33 @@ class Supervisor:
         readable: set[int] = set()
         writable: set[int] = set()
         # One poll over every worker pipe (reads, and writes still pending),
-        # every process sentinel and the wake-up pipe.
-        with selectors.PollSelector() as selector:
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            for w in self._workers:
-                events = 0 if w.channel.eof else selectors.EVENT_READ
-                if w.channel.output_pending:
-                    events |= selectors.EVENT_WRITE
-                if events:
-                    selector.register(w.channel.fd, events)
-                selector.register(w.process.sentinel, selectors.EVENT_READ)
-            for key, events in selector.select(max(0.0, timeout)):
-                if events & selectors.EVENT_READ:
-                    readable.add(key.fd)
-                if events & selectors.EVENT_WRITE:
-                    writable.add(key.fd)
+        # every process sentinel and the wake-up pipe. A raw poll object is
+        # built each time: it is a few C calls, where a selector's bookkeeping
+        # costs more than the rest of a turn.
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        if self._listener is not None:
+            poller.register(self._listener.fd, select.POLLIN)
+        for w in self._workers:
+            events = 0 if w.channel.eof else select.POLLIN
+            if w.channel.output_pending:
+                events |= select.POLLOUT
+            if events:
+                poller.register(w.channel.fd, events)
+            poller.register(w.process.sentinel, select.POLLIN)
+        for fd, events in poller.poll(math.ceil(max(0.0, timeout) * 1000)):
+            # Hang-ups and errors count as both, as the selectors module does:
+            # the read or the write that follows reports what happened.
+            if events & ~select.POLLOUT:
+                readable.add(fd)
+            if events & ~select.POLLIN:
+                writable.add(fd)
         if self._wake_r in readable:
             self._drain_wake_pipe()
             self._next_poll = 0.0  # Look at the database on the next turn.
+        if self._listener is not None and self._listener.fd in readable:
+            self._listener.drain()
+            self._next_poll = 0.0
         for w in list(self._workers):
             if w.channel.fd in writable:
                 self._flush_output(w)
@@ -466,10 +517,8 @@ class Supervisor:
         for w in list(self._workers):
             if w.process.sentinel in readable and w in self._workers:
                 self._on_exit(w)
-        try:
-            self._flush_completions()
-        except StorageError as error:
-            self._on_storage_error(error, time.monotonic())
+        # The completions just read are stored by the next turn, in the same
+        # transaction as the claim of the next jobs.
 
     def _next_deadline(self, now: float) -> float:
         candidates = [now + 3600.0]
@@ -518,20 +567,51 @@ class Supervisor:
         ]
 
     def _claim_and_dispatch(self, now: float) -> None:
-        if not self._want_claim:
-            return
-        free_slots = self.processes - len(self._busy_workers())
-        idle = self._idle_workers()
-        limit = min(free_slots, len(idle))
+        """Start jobs on idle workers; store completions and claim more in one transaction."""
+        self._dispatch_claimed_ahead(now)
+        limit = 0
+        if self._want_claim:
+            idle = len(self._idle_workers())
+            free_slots = self.processes - len(self._busy_workers())
+            # A job for every idle worker, plus the ones claimed ahead.
+            limit = min(free_slots, idle) + self.processes * self.prefetch - len(self._claimed_ahead)
         if limit <= 0:
+            self._flush_completions()
             return
-        claimed = self.engine.claim(self.queues, limit, self.owner, self._lease_ms())
+        batch, self._completions = self._completions, []
+        try:
+            if batch:
+                applied, claimed = self.engine.complete_and_claim(
+                    batch, self.queues, limit, self.owner, self._lease_ms()
+                )
+            else:
+                applied, claimed = [], self.engine.claim(self.queues, limit, self.owner, self._lease_ms())
+        except StorageError:
+            # Kept for the next try; if this supervisor stops first, the jobs run again.
+            self._completions = batch + self._completions
+            raise
+        self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
             self._want_claim = False
             self._schedule_wakeup()
-        for job, worker in zip(claimed, idle, strict=False):
-            self._dispatch(job, worker, now)
+        self._claimed_ahead.extend(claimed)
+        self._dispatch_claimed_ahead(now)
+
+    def _dispatch_claimed_ahead(self, now: float) -> None:
+        free_slots = self.processes - len(self._busy_workers())
+        if free_slots <= 0 or not self._claimed_ahead:
+            return
+        for worker in self._idle_workers()[:free_slots]:
+            if not self._claimed_ahead:
+                break
+            self._dispatch(self._claimed_ahead.popleft(), worker, now)
+
+    def _release_claimed_ahead(self) -> None:
+        """Put the jobs claimed ahead back to pending (stopping), as if never claimed."""
+        while self._claimed_ahead:
+            job = self._claimed_ahead.popleft()
+            self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float) -> None:
         deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
@@ -560,7 +640,12 @@ class Supervisor:
     def _nothing_left(self) -> bool:
         # The last claim came back short (no runnable job in our queues), and the
         # engine knows of no future eta and no running job of any supervisor.
-        return not self._want_claim and not self._busy_workers() and self._next_wakeup is None
+        return (
+            not self._want_claim
+            and not self._busy_workers()
+            and not self._claimed_ahead
+            and self._next_wakeup is None
+        )
 
     def _lease_ms(self) -> int:
         return max(1, round(self.lease * 1000))
@@ -574,7 +659,7 @@ class Supervisor:
             return
         self._want_claim = True
         self._next_fire = min(self._next_fire, now)  # A schedule may have been added.
-        if self._busy_workers():
+        if self._busy_workers() or self._claimed_ahead:
             for job_id, token in self.engine.cancel_requests(self.owner):
                 self._cancel(job_id, token)
         # Only now: if reading the cancel requests failed, the next poll reads them again.
@@ -582,19 +667,30 @@ class Supervisor:
 
     def _heartbeat(self, now: float) -> None:
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
+        leases += [(job.id, job.token) for job in self._claimed_ahead]
         if leases:
             # A failed heartbeat is retried with the next storage retry, not a third of a lease later.
             cancels = self.engine.heartbeat(self.owner, leases, self._lease_ms())
         self._next_heartbeat = now + self.lease * HEARTBEAT_FRACTION
         if leases:
+            tokens = dict(leases)
             for job_id in cancels:
-                for w in self._busy_workers():
-                    if w.running and w.running.job.id == job_id:
-                        self._cancel(job_id, w.running.job.token)
+                self._cancel(job_id, tokens[job_id])
         if self.engine.reap_expired():
             self._want_claim = True
         self.engine.expire_due(HOUSEKEEPING_BATCH)
         self.engine.purge_expired_results(HOUSEKEEPING_BATCH)
+
+    def _compact_wal(self, now: float) -> None:
+        self._next_wal_check = now + WAL_CHECK_INTERVAL
+        if self.queue.path == ":memory:":
+            return
+        try:
+            size = os.stat(self.queue.path + "-wal").st_size
+        except OSError:
+            return
+        if size > WAL_COMPACT_BYTES and not self.engine.compact_log(WAL_COMPACT_WAIT_MS):
+            log.debug("the write-ahead log (%d bytes) is in use; truncating it later", size)
 
     def _fire_schedules(self, now: float) -> None:
         """Fire the due schedules, then sleep until the next fire (or a change)."""
@@ -607,6 +703,12 @@ class Supervisor:
             self._next_fire = min(self._next_fire, time.monotonic() + delay)
 
     def _cancel(self, job_id: int, token: int) -> None:
+        for job in self._claimed_ahead:
+            if job.id == job_id and job.token == token:
+                # Not started yet: it ends cancelled without a worker being killed.
+                self._claimed_ahead.remove(job)
+                self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
+                return
         for w in self._busy_workers():
             running = w.running
             if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
@@ -708,9 +810,14 @@ class Supervisor:
         """The attempt's usage with the worker that ran it, as ``owner/pid``."""
         if usage is None:
             return None
-        values = json.loads(usage)
-        values["worker"] = f"{self.owner}/{w.pid}"
-        return json.dumps(values)
+        # Spliced into the worker's JSON object instead of parsed and dumped
+        # again: this runs once per job.
+        head = usage.rstrip()
+        if not head.endswith("}") or head.rstrip("} \n").endswith("{"):
+            values = json.loads(usage)
+            values["worker"] = f"{self.owner}/{w.pid}"
+            return json.dumps(values)
+        return f'{head[:-1]}, "worker": {json.dumps(f"{self.owner}/{w.pid}")}}}'
 
     def _requeue_on_request(self, job_id: int, token: int, pid: int) -> None:
         record = self.engine.get(job_id)
@@ -764,6 +871,11 @@ class Supervisor:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
             raise
+        self._after_completions(batch, applied)
+
+    def _after_completions(
+        self, batch: list[tuple[int, int, bytes | None, str | None]], applied: list[bool]
+    ) -> None:
         for (job_id, token, _, _), ok in zip(batch, applied, strict=True):
             if ok:
                 self._post_save(job_id, "complete")
@@ -880,6 +992,10 @@ class Supervisor:
             self._post_save(job_id, "cancelled")
         else:
             log.warning("job %s was cancelled but its token %s was stale", job_id, token)
+
+    def _release(self, job_id: int, token: int) -> None:
+        if not self.engine.release(job_id, token):
+            log.warning("job %s could not be released: its token %s was stale", job_id, token)
 
     def _requeue(self, job_id: int, token: int) -> None:
         if not self.engine.requeue(job_id, token):
@@ -1005,6 +1121,7 @@ class Supervisor:
             w.channel.close()
         self._workers.clear()
         self._storage_retry_at = None
+        self._release_claimed_ahead()
         try:
             self._flush_reports()
             self._flush_completions()

@@ -21,7 +21,10 @@ def test_cancelled_pending_jobs_never_start(rqueue: stoker.Queue, tmp_path: Path
     ledger, release = tmp_path / "ledger", tmp_path / "release"
     count = scale(100, 1000)
     rng = random.Random(SEED)
-    with rqueue.start_worker(processes=2, drain_timeout=0.0) as handle:
+    # prefetch=0: with both slots held, no job is claimed ahead, so every job
+    # sent now stays pending until the release (a job claimed ahead answers
+    # cancel() with "requested": tests/test_pool.py).
+    with rqueue.start_worker(processes=2, drain_timeout=0.0, prefetch=0) as handle:
         # Both slots are held, so every job sent now stays pending until the release.
         holds = [
             rqueue.get_task("rel.hold").delay(str(ledger), str(tmp_path / f"hold-{i}"), str(release))

@@ -26,8 +26,10 @@ SEED = int(os.environ.get("STOKER_SEED", "19"))
 FAULTY = {
     "claim",
     "complete_many",
+    "complete_and_claim",
     "fail",
     "requeue",
+    "release",
     "finish_cancelled",
     "heartbeat",
     "reap_expired",

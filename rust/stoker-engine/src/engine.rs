@@ -15,7 +15,7 @@ use crate::model::{
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::storage::sqlite::SqliteStorage;
-use crate::storage::Storage;
+use crate::storage::{ClaimRequest, Storage};
 
 /// Durable job state and scheduling; see the crate documentation.
 #[derive(Debug)]
@@ -90,15 +90,21 @@ impl Engine {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<ClaimedJob>, EngineError> {
-        check_owner(owner)?;
-        check_lease(lease_ms)?;
-        if let Some(queue) = queues.iter().find(|queue| queue.is_empty()) {
-            return Err(EngineError::invalid(format!(
-                "queues must not contain an empty name, got {queue:?}"
-            )));
-        }
+        check_claim(queues, owner, lease_ms)?;
         self.storage
             .claim(queues, limit, owner, lease_ms, self.now_ms())
+    }
+
+    /// Completes `completions` and claims as [`Engine::claim`] does, in one
+    /// transaction; whether each completion was applied, and the claimed jobs.
+    pub fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        claim: &ClaimRequest<'_>,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
+        check_claim(claim.queues, claim.owner, claim.lease_ms)?;
+        self.storage
+            .complete_and_claim(completions, claim, self.now_ms())
     }
 
     /// Extends the leases `owner` still holds; the ids with a cancel request.
@@ -167,6 +173,11 @@ impl Engine {
         self.storage.requeue(job_id, token, self.now_ms())
     }
 
+    /// Undoes the claim of a job never started; false if stale (recorded).
+    pub fn release(&self, job_id: i64, token: i64) -> Result<bool, EngineError> {
+        self.storage.release(job_id, token, self.now_ms())
+    }
+
     /// Fails up to `limit` running jobs whose lease expired.
     pub fn reap_expired(&self, limit: usize) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
         let mut rng = self.jitter_source();
@@ -229,6 +240,12 @@ impl Engine {
         self.storage.data_version()
     }
 
+    /// Truncates the write-ahead log if no reader uses it within `wait`;
+    /// whether it did (see [`Storage::compact_log`]).
+    pub fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {
+        self.storage.compact_log(wait)
+    }
+
     /// Drops the results and error histories of up to `limit` finished jobs
     /// past their retention (`result_ttl_ms` after they finished); how many.
     pub fn purge_expired_results(&self, limit: usize) -> Result<usize, EngineError> {
@@ -270,6 +287,17 @@ impl Engine {
         let before = older_than_ms.map(|age| self.now_ms().saturating_sub(age));
         self.storage.purge_jobs(statuses, before, limit)
     }
+}
+
+fn check_claim(queues: &[String], owner: &str, lease_ms: i64) -> Result<(), EngineError> {
+    check_owner(owner)?;
+    check_lease(lease_ms)?;
+    if let Some(queue) = queues.iter().find(|queue| queue.is_empty()) {
+        return Err(EngineError::invalid(format!(
+            "queues must not contain an empty name, got {queue:?}"
+        )));
+    }
+    Ok(())
 }
 
 fn check_owner(owner: &str) -> Result<(), EngineError> {

@@ -31,7 +31,7 @@ pub use schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, ScheduleRecord, ScheduleSpec, Verdict,
 };
 pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
-pub use storage::Storage;
+pub use storage::{ClaimRequest, Storage};
 
 /// Shorthand for results whose error is an [`EngineError`].
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

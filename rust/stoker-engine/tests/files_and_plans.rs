@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::{job, Fixture, TempDir, BUSY_TIMEOUT};
 use rusqlite::Connection;
@@ -326,5 +327,54 @@ fn hot_statements_use_indexes_without_scans_or_sorts() {
     assert!(
         promote.contains("jobs_scheduled"),
         "promotion reads the scheduled index: {promote}"
+    );
+}
+
+#[test]
+fn hot_statements_are_not_compiled_again_for_new_values() {
+    let dir = TempDir::new();
+    let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
+    let flow = stoker_engine::storage::sqlite_flow::HOT_STATEMENTS;
+    for (name, sql) in HOT_STATEMENTS.iter().chain(flow) {
+        // Each run binds a new time, as successive claims do.
+        let runs: Vec<i64> = (1..=5).map(|i| 1_700_000_000_000 + i * 1_000).collect();
+        assert_eq!(
+            storage.recompilations(sql, &runs).unwrap(),
+            0,
+            "{name} is compiled again when its parameters change"
+        );
+    }
+}
+
+#[test]
+fn compact_log_truncates_the_wal_unless_a_reader_holds_it() {
+    let dir = TempDir::new();
+    let path = dir.file("wal.db");
+    let engine = open(&path).unwrap();
+    let wal = dir.file("wal.db-wal");
+    let jobs: Vec<NewJob> = (0..200)
+        .map(|_| NewJob::new("t", vec![7u8; 4096]))
+        .collect();
+    engine.enqueue(&jobs).unwrap();
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+
+    // A reader in the middle of a transaction keeps the log in use.
+    let mut reader = Connection::open(&path).unwrap();
+    let snapshot = reader.transaction().unwrap();
+    let _: i64 = snapshot
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    engine.enqueue(&[job(0)]).unwrap();
+    assert!(!engine.compact_log(Duration::from_millis(5)).unwrap());
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    drop(snapshot);
+
+    assert!(engine.compact_log(Duration::from_millis(5)).unwrap());
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    // Writers go on as before, with the busy timeout they had.
+    engine.enqueue(&[job(0)]).unwrap();
+    assert_eq!(
+        engine.stats().unwrap().iter().map(|(_, n)| n).sum::<i64>(),
+        202
     );
 }

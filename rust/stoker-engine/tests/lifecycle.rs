@@ -4,7 +4,9 @@
 mod common;
 
 use common::{job, Fixture, START_MS};
-use stoker_engine::{CancelOutcome, EngineError, FailOutcome, FailureKind, NewJob, Status};
+use stoker_engine::{
+    CancelOutcome, ClaimRequest, Completion, EngineError, FailOutcome, FailureKind, NewJob, Status,
+};
 
 #[test]
 fn claims_follow_priority_then_age() {
@@ -597,4 +599,89 @@ fn a_cancel_request_is_never_lost_to_a_retry_or_a_requeue() {
     assert_eq!(fx.engine.get(requeued).unwrap().status, Status::Cancelled);
     fx.advance(60_000);
     assert!(fx.claim_ids(10).is_empty(), "neither job runs again");
+}
+
+#[test]
+fn complete_and_claim_stores_outcomes_before_claiming() {
+    let fx = Fixture::new();
+    let ids = fx
+        .engine
+        .enqueue(&(0..3).map(|_| job(0)).collect::<Vec<_>>())
+        .unwrap();
+    let first = fx
+        .engine
+        .claim(&["default".to_owned()], 1, "sup-1", 10_000)
+        .unwrap()
+        .remove(0);
+    let completions = [
+        Completion {
+            job_id: first.id,
+            token: first.token,
+            result: Some(b"done".to_vec()),
+            usage: None,
+        },
+        Completion {
+            job_id: ids[2],
+            token: 7,
+            result: None,
+            usage: None,
+        },
+    ];
+    let queues = ["default".to_owned()];
+    let request = ClaimRequest {
+        queues: &queues,
+        limit: 5,
+        owner: "sup-1",
+        lease_ms: 10_000,
+    };
+    let (applied, claimed) = fx
+        .engine
+        .complete_and_claim(&completions, &request)
+        .unwrap();
+    assert_eq!(applied, vec![true, false], "the stale one is refused");
+    let claimed_ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(claimed_ids, ids[1..].to_vec());
+    assert_eq!(fx.engine.status(first.id).unwrap(), Status::Complete);
+    assert_eq!(fx.engine.stale_outcomes(10).unwrap().len(), 1);
+    let bad = ClaimRequest {
+        owner: "",
+        ..request
+    };
+    assert!(matches!(
+        fx.engine.complete_and_claim(&[], &bad),
+        Err(EngineError::InvalidOption(_))
+    ));
+}
+
+#[test]
+fn release_undoes_a_claim_as_if_it_never_happened() {
+    let fx = Fixture::new();
+    let ids = fx.engine.enqueue(&[job(0), job(0)]).unwrap();
+    let claimed = fx
+        .engine
+        .claim(&["default".to_owned()], 2, "sup-1", 10_000)
+        .unwrap();
+    assert!(fx.engine.release(ids[0], claimed[0].token).unwrap());
+    let record = fx.engine.get(ids[0]).unwrap();
+    assert_eq!(
+        (record.status, record.attempt, record.lease_owner),
+        (Status::Pending, 0, None)
+    );
+    assert!(record.started_ms.is_none());
+    // The token is no longer current: a second release is refused and recorded.
+    assert!(!fx.engine.release(ids[0], claimed[0].token).unwrap());
+    assert_eq!(fx.engine.stale_outcomes(10).unwrap()[0].outcome, "release");
+    // A cancel requested while it was claimed still wins.
+    assert_eq!(fx.engine.cancel(ids[1]).unwrap(), CancelOutcome::Requested);
+    assert!(fx.engine.release(ids[1], claimed[1].token).unwrap());
+    assert_eq!(fx.engine.status(ids[1]).unwrap(), Status::Cancelled);
+    // The released job is claimed again with the same attempt number.
+    let again = fx
+        .engine
+        .claim(&["default".to_owned()], 2, "sup-2", 10_000)
+        .unwrap();
+    assert_eq!(
+        again.iter().map(|c| (c.id, c.attempt)).collect::<Vec<_>>(),
+        vec![(ids[0], 1)]
+    );
 }

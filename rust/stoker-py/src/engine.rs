@@ -13,7 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
 use stoker_engine::{
-    Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule, SystemClock,
+    ClaimRequest, Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule,
+    SystemClock,
 };
 
 use crate::errors::OrRaise;
@@ -25,6 +26,30 @@ use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 pub struct Engine {
     engine: Arc<stoker_engine::Engine>,
     path: String,
+}
+
+/// Completions from ``(job_id, token, result[, usage])`` tuples.
+fn completions_from(outcomes: &[Bound<'_, PyTuple>]) -> PyResult<Vec<Completion>> {
+    let mut completions: Vec<Completion> = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let usage: Option<String> = match outcome.len() {
+            3 => None,
+            4 => outcome.get_item(3)?.extract()?,
+            n => {
+                return Err(PyTypeError::new_err(format!(
+                    "completions are (job_id, token, result[, usage]) tuples, got one of length {n}"
+                )))
+            }
+        };
+        let result: Option<Bound<'_, PyBytes>> = outcome.get_item(2)?.extract()?;
+        completions.push(Completion {
+            job_id: outcome.get_item(0)?.extract()?,
+            token: outcome.get_item(1)?.extract()?,
+            result: result.map(|bytes| bytes.as_bytes().to_vec()),
+            usage,
+        });
+    }
+    Ok(completions)
 }
 
 /// A count argument (a limit or an offset) as a `usize`; negative values are
@@ -150,29 +175,41 @@ impl Engine {
         py: Python<'_>,
         outcomes: Vec<Bound<'_, PyTuple>>,
     ) -> PyResult<Vec<bool>> {
-        let mut completions: Vec<Completion> = Vec::with_capacity(outcomes.len());
-        for outcome in outcomes {
-            // (job_id, token, result) or (job_id, token, result, usage).
-            let usage: Option<String> = match outcome.len() {
-                3 => None,
-                4 => outcome.get_item(3)?.extract()?,
-                n => {
-                    return Err(PyTypeError::new_err(format!(
-                        "complete_many takes (job_id, token, result[, usage]) tuples, got one of length {n}"
-                    )))
-                }
-            };
-            let result: Option<Bound<'_, PyBytes>> = outcome.get_item(2)?.extract()?;
-            completions.push(Completion {
-                job_id: outcome.get_item(0)?.extract()?,
-                token: outcome.get_item(1)?.extract()?,
-                result: result.map(|bytes| bytes.as_bytes().to_vec()),
-                usage,
-            });
-        }
+        let completions = completions_from(&outcomes)?;
         let engine = &self.engine;
         py.detach(|| engine.complete_many(&completions))
             .or_raise(py)
+    }
+
+    /// ``complete_many`` and then ``claim``, in one transaction.
+    fn complete_and_claim(
+        &self,
+        py: Python<'_>,
+        outcomes: Vec<Bound<'_, PyTuple>>,
+        queues: Vec<String>,
+        limit: i64,
+        owner: &str,
+        lease_ms: i64,
+    ) -> PyResult<(Vec<bool>, Vec<ClaimedJob>)> {
+        let completions = completions_from(&outcomes)?;
+        let limit = count("limit", limit).or_raise(py)?;
+        let request = ClaimRequest {
+            queues: &queues,
+            limit,
+            owner,
+            lease_ms,
+        };
+        let engine = &self.engine;
+        let (applied, claimed) = py
+            .detach(|| engine.complete_and_claim(&completions, &request))
+            .or_raise(py)?;
+        Ok((
+            applied,
+            claimed
+                .into_iter()
+                .map(|inner| ClaimedJob { inner })
+                .collect(),
+        ))
     }
 
     /// Record a failed attempt and apply the retry policy.
@@ -244,6 +281,12 @@ impl Engine {
     fn requeue(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
         let engine = &self.engine;
         py.detach(|| engine.requeue(job_id, token)).or_raise(py)
+    }
+
+    /// Undo the claim of a job that was never started: pending again, attempt taken back.
+    fn release(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
+        let engine = &self.engine;
+        py.detach(|| engine.release(job_id, token)).or_raise(py)
     }
 
     /// Fail the running jobs whose lease has expired (kind lease_expired).
@@ -339,6 +382,16 @@ impl Engine {
     fn data_version(&self, py: Python<'_>) -> PyResult<i64> {
         let engine = &self.engine;
         py.detach(|| engine.data_version()).or_raise(py)
+    }
+
+    /// Truncate the write-ahead log, waiting at most ``wait_ms`` for readers.
+    fn compact_log(&self, py: Python<'_>, wait_ms: i64) -> PyResult<bool> {
+        let wait = u64::try_from(wait_ms)
+            .map(Duration::from_millis)
+            .map_err(|_| EngineError::invalid(format!("wait_ms must be >= 0, got {wait_ms}")))
+            .or_raise(py)?;
+        let engine = &self.engine;
+        py.detach(|| engine.compact_log(wait)).or_raise(py)
     }
 
     /// Drop the results and error histories of finished jobs past their retention.

@@ -25,6 +25,16 @@ use crate::model::{
 /// A source of uniform random draws in `[0, 1)` for retry jitter.
 pub type Jitter<'a> = &'a mut dyn FnMut() -> f64;
 
+/// What a supervisor asks of a claim: up to `limit` runnable jobs of
+/// `queues`, leased to `owner` for `lease_ms`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    pub queues: &'a [String],
+    pub limit: usize,
+    pub owner: &'a str,
+    pub lease_ms: i64,
+}
+
 /// Durable job state. See the module documentation for the contract every
 /// implementation keeps. Flow control and schedules are the supertraits'
 /// operations ([`flow_storage`]).
@@ -66,6 +76,26 @@ pub trait Storage:
         now_ms: i64,
     ) -> Result<Vec<bool>, EngineError>;
 
+    /// [`Storage::complete_many`] then [`Storage::claim`], as one transaction
+    /// where the implementation can: a supervisor that stores finished jobs
+    /// and takes the next ones pays for one commit instead of two.
+    fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        claim: &ClaimRequest<'_>,
+        now_ms: i64,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
+        let applied = self.complete_many(completions, now_ms)?;
+        let claimed = self.claim(
+            claim.queues,
+            claim.limit,
+            claim.owner,
+            claim.lease_ms,
+            now_ms,
+        )?;
+        Ok((applied, claimed))
+    }
+
     /// Records a failed attempt and applies the retry policy, drawing jitter
     /// from `jitter`.
     fn fail(
@@ -90,6 +120,15 @@ pub trait Storage:
     /// Puts a running attempt back to pending without counting a failure;
     /// false (and recorded) if stale.
     fn requeue(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError>;
+
+    /// Undoes the claim of a job that its supervisor never started (it was
+    /// claimed ahead): back to pending with the attempt taken back, so it
+    /// reads as never claimed; false (and recorded) if stale. The claimed
+    /// token was never handed to a worker, so no outcome can carry it.
+    /// Stores that cannot take the attempt back requeue instead.
+    fn release(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
+        self.requeue(job_id, token, now_ms)
+    }
 
     /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
     /// is before `now_ms`.
@@ -129,6 +168,15 @@ pub trait Storage:
 
     /// A number that changes whenever another connection commits.
     fn data_version(&self) -> Result<i64, EngineError>;
+
+    /// Shrinks the write-ahead log back to nothing once every reader has
+    /// moved past it, waiting at most `wait` for them; whether it did. A log
+    /// that readers never leave all at once is otherwise only ever appended
+    /// to. Stores without such a log do nothing and return false.
+    fn compact_log(&self, wait: std::time::Duration) -> Result<bool, EngineError> {
+        let _ = wait;
+        Ok(false)
+    }
 
     /// Stores the progress (JSON text) a running attempt reported; false (and
     /// recorded) if the token is stale.

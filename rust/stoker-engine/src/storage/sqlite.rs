@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
@@ -28,7 +29,7 @@ use crate::model::{
 };
 use crate::retry::backoff_ms;
 use crate::storage::sqlite_flow;
-use crate::storage::{Jitter, Storage};
+use crate::storage::{ClaimRequest, Jitter, Storage};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
@@ -160,6 +161,24 @@ pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, s
      lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL \
      WHERE id = ?1 AND status = 0 RETURNING attempt, task_name, queue, payload, timeout_ms, labels";
 
+/// Puts a running attempt back to pending (the attempt stays counted). A job
+/// whose cancel was requested ends cancelled rather than going back to
+/// pending, so the request is never lost.
+const REQUEUE_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
+
+/// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the attempt
+/// is taken back, so the job reads as if it had never been claimed.
+const RELEASE_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+     started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
+     attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
+
 /// Completes one attempt if its token is current.
 pub const COMPLETE_SQL: &str =
     "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, usage = ?5, \
@@ -227,6 +246,7 @@ pub struct SqliteStorage {
     /// single writer anyway, and the mutex makes the engine safe to share.
     conn: Mutex<Connection>,
     path: String,
+    busy_timeout: Duration,
 }
 
 impl SqliteStorage {
@@ -259,9 +279,15 @@ impl SqliteStorage {
         })?;
         conn.busy_timeout(busy_timeout)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+        // Plans must not depend on the values bound to a statement: without
+        // this, SQLite compiles a statement again whenever a bound value (the
+        // current time, on every claim) could let it pick another plan, and
+        // that compilation cost more than the rest of a claim.
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         let mut storage = Self {
             conn: Mutex::new(conn),
             path: shown,
+            busy_timeout,
         };
         storage.initialize()?;
         Ok(storage)
@@ -288,6 +314,24 @@ impl SqliteStorage {
             plan.push(row.get::<_, String>(3)?);
         }
         Ok(plan)
+    }
+
+    /// How many times SQLite compiled `sql` again while running it once per
+    /// value of `runs`, every parameter bound to that value, inside a
+    /// transaction that is rolled back. A statement compiled again on every
+    /// run pays for its compilation on every call.
+    pub fn recompilations(&self, sql: &str, runs: &[i64]) -> Result<i32, EngineError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let mut stmt = tx.prepare(sql)?;
+        for &value in runs {
+            for index in 1..=stmt.parameter_count() {
+                stmt.raw_bind_parameter(index, value)?;
+            }
+            let mut rows = stmt.raw_query();
+            while rows.next()?.is_some() {}
+        }
+        Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
     }
 
     /// Checks what the file is, creates the schema in an empty one, and sets
@@ -360,6 +404,137 @@ impl SqliteStorage {
         tx.commit()?;
         Ok(value)
     }
+}
+
+/// The body of [`Storage::claim`], inside the caller's transaction.
+fn claim_in(
+    tx: &Transaction<'_>,
+    queues: &[String],
+    limit: usize,
+    owner: &str,
+    lease_ms: i64,
+    now_ms: i64,
+) -> Result<Vec<ClaimedJob>, EngineError> {
+    if limit == 0 || queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The promoting update builds a temporary table each time it runs, which
+    // costs more than the rest of a claim: it runs only when the earliest eta
+    // (one index probe) has come.
+    if first_due(tx, NEXT_ETA_SQL, now_ms)? {
+        tx.prepare_cached(PROMOTE_DUE_SQL)?
+            .execute(params![now_ms, PROMOTE_BATCH])?;
+    }
+    // Expired jobs never run; limits decide which picked jobs are taken.
+    sqlite_flow::expire_due_in(tx, now_ms)?;
+    let mut gate = sqlite_flow::Gate::load(tx, now_ms)?;
+    let scan = gate.scan_limit(limit);
+    // Each queue is read through its own slice of the partial index and
+    // the slices are merged here: one ordered index range per queue is
+    // cheap, while an IN over queues would need a sort.
+    let mut picked: Vec<(i64, i64)> = Vec::new();
+    {
+        let mut pick = tx.prepare_cached(PICK_PENDING_SQL)?;
+        let unique: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
+        for queue in unique {
+            let rows = pick.query_map(params![queue, sql_limit(scan)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            for row in rows {
+                picked.push(row?);
+            }
+        }
+    }
+    picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    picked.truncate(scan);
+    let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+    let mut take = tx.prepare_cached(TAKE_SQL)?;
+    let mut claimed = Vec::with_capacity(limit.min(picked.len()));
+    for (_, id) in picked {
+        if claimed.len() >= limit {
+            break;
+        }
+        if !gate.admit(tx, id)? {
+            continue;
+        }
+        let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+            let attempt: i64 = row.get(0)?;
+            Ok(ClaimedJob {
+                id,
+                token: attempt,
+                attempt,
+                task_name: row.get(1)?,
+                queue: row.get(2)?,
+                payload: row.get(3)?,
+                timeout_ms: row.get(4)?,
+                lease_deadline_ms,
+                labels: row.get(5)?,
+            })
+        })?;
+        claimed.push(job);
+    }
+    gate.store(tx)?;
+    Ok(claimed)
+}
+
+/// Whether the first value `sql` (a time, from one index probe) is at or
+/// before `now_ms`.
+pub(crate) fn first_due(tx: &Transaction<'_>, sql: &str, now_ms: i64) -> Result<bool, EngineError> {
+    let first: Option<i64> = tx
+        .prepare_cached(sql)?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(first.is_some_and(|at_ms| at_ms <= now_ms))
+}
+
+/// Puts a running attempt back with `sql` (requeue or release); false, and
+/// recorded as a stale `outcome`, if the token is not current.
+fn put_back(
+    tx: &Transaction<'_>,
+    sql: &str,
+    outcome: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> Result<bool, EngineError> {
+    let changed = tx
+        .prepare_cached(sql)?
+        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+        .optional()?;
+    match changed {
+        None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
+        Some(code) if code == Status::Cancelled.code() => {
+            sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+        }
+        Some(_) => {}
+    }
+    Ok(changed.is_some())
+}
+
+/// The body of [`Storage::complete_many`], inside the caller's transaction.
+fn complete_in(
+    tx: &Transaction<'_>,
+    completions: &[Completion],
+    now_ms: i64,
+) -> Result<Vec<bool>, EngineError> {
+    let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
+    let mut applied = Vec::with_capacity(completions.len());
+    for completion in completions {
+        let changed = complete.execute(params![
+            completion.job_id,
+            completion.token,
+            completion.result,
+            now_ms,
+            completion.usage,
+        ])?;
+        if changed == 0 {
+            refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
+        } else {
+            sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
+        }
+        applied.push(changed > 0);
+    }
+    Ok(applied)
 }
 
 /// Reads the identity of the file without writing to it.
@@ -644,60 +819,7 @@ impl Storage for SqliteStorage {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|tx| {
-            tx.prepare_cached(PROMOTE_DUE_SQL)?
-                .execute(params![now_ms, PROMOTE_BATCH])?;
-            // Expired jobs never run; limits decide which picked jobs are taken.
-            sqlite_flow::expire_due_in(tx, now_ms)?;
-            let mut gate = sqlite_flow::Gate::load(tx, now_ms)?;
-            let scan = gate.scan_limit(limit);
-            // Each queue is read through its own slice of the partial index and
-            // the slices are merged here: one ordered index range per queue is
-            // cheap, while an IN over queues would need a sort.
-            let mut picked: Vec<(i64, i64)> = Vec::new();
-            {
-                let mut pick = tx.prepare_cached(PICK_PENDING_SQL)?;
-                let unique: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
-                for queue in unique {
-                    let rows = pick.query_map(params![queue, sql_limit(scan)], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })?;
-                    for row in rows {
-                        picked.push(row?);
-                    }
-                }
-            }
-            picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-            picked.truncate(scan);
-            let lease_deadline_ms = now_ms.saturating_add(lease_ms);
-            let mut take = tx.prepare_cached(TAKE_SQL)?;
-            let mut claimed = Vec::with_capacity(limit.min(picked.len()));
-            for (_, id) in picked {
-                if claimed.len() >= limit {
-                    break;
-                }
-                if !gate.admit(tx, id)? {
-                    continue;
-                }
-                let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
-                    let attempt: i64 = row.get(0)?;
-                    Ok(ClaimedJob {
-                        id,
-                        token: attempt,
-                        attempt,
-                        task_name: row.get(1)?,
-                        queue: row.get(2)?,
-                        payload: row.get(3)?,
-                        timeout_ms: row.get(4)?,
-                        lease_deadline_ms,
-                        labels: row.get(5)?,
-                    })
-                })?;
-                claimed.push(job);
-            }
-            gate.store(tx)?;
-            Ok(claimed)
-        })
+        self.write(|tx| claim_in(tx, queues, limit, owner, lease_ms, now_ms))
     }
 
     fn heartbeat(
@@ -732,25 +854,26 @@ impl Storage for SqliteStorage {
         completions: &[Completion],
         now_ms: i64,
     ) -> Result<Vec<bool>, EngineError> {
+        self.write(|tx| complete_in(tx, completions, now_ms))
+    }
+
+    fn complete_and_claim(
+        &self,
+        completions: &[Completion],
+        claim: &ClaimRequest<'_>,
+        now_ms: i64,
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
-            let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
-            let mut applied = Vec::with_capacity(completions.len());
-            for completion in completions {
-                let changed = complete.execute(params![
-                    completion.job_id,
-                    completion.token,
-                    completion.result,
-                    now_ms,
-                    completion.usage,
-                ])?;
-                if changed == 0 {
-                    refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
-                } else {
-                    sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
-                }
-                applied.push(changed > 0);
-            }
-            Ok(applied)
+            let applied = complete_in(tx, completions, now_ms)?;
+            let claimed = claim_in(
+                tx,
+                claim.queues,
+                claim.limit,
+                claim.owner,
+                claim.lease_ms,
+                now_ms,
+            )?;
+            Ok((applied, claimed))
         })
     }
 
@@ -817,27 +940,11 @@ impl Storage for SqliteStorage {
     }
 
     fn requeue(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
-        self.write(|tx| {
-            let changed = tx
-                .prepare_cached(
-                    // A job whose cancel was requested ends cancelled rather than
-                    // going back to pending, so the request is never lost.
-                    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-                     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-                     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
-                     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status",
-                )?
-                .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
-                .optional()?;
-            match changed {
-                None => refuse_stale(tx, job_id, token, "requeue", now_ms)?,
-                Some(code) if code == Status::Cancelled.code() => {
-                    sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-                }
-                Some(_) => {}
-            }
-            Ok(changed.is_some())
-        })
+        self.write(|tx| put_back(tx, REQUEUE_SQL, "requeue", job_id, token, now_ms))
+    }
+
+    fn release(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
+        self.write(|tx| put_back(tx, RELEASE_SQL, "release", job_id, token, now_ms))
     }
 
     fn reap_expired(
@@ -1023,6 +1130,23 @@ impl Storage for SqliteStorage {
     fn data_version(&self) -> Result<i64, EngineError> {
         let conn = self.lock();
         Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    }
+
+    fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {
+        let conn = self.lock();
+        // A truncating checkpoint waits for readers still using the log and
+        // holds new writers back meanwhile, so it gets a short wait of its
+        // own instead of the writers' busy timeout.
+        conn.busy_timeout(wait)?;
+        let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            row.get::<_, i64>(0)
+        });
+        conn.busy_timeout(self.busy_timeout)?;
+        match outcome {
+            Ok(busy) => Ok(busy == 0),
+            Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
     }
 
     fn set_progress(

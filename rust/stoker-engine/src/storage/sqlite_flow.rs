@@ -453,6 +453,10 @@ fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> Result<Vec<i64>, 
 
 /// Expires the due jobs a claim must not pick.
 pub fn expire_due_in(tx: &Transaction<'_>, now_ms: i64) -> Result<(), EngineError> {
+    // As with promotion, the update runs only when the earliest expiry came.
+    if !super::sqlite::first_due(tx, NEXT_EXPIRY_SQL, now_ms)? {
+        return Ok(());
+    }
     expire_in(tx, EXPIRE_BATCH, now_ms).map(|_| ())
 }
 
