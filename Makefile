@@ -61,6 +61,7 @@ soak: build
 bench: build
 	$(PY) -m pip install -q flexiq huey loky pebble matplotlib
 	$(PY) benches/run.py
+	$(PY) benches/wait_cost.py
 
 clean:
 	rm -rf $(VENV) target

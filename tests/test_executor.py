@@ -16,6 +16,8 @@ import pytest
 import stoker
 from apps import executor_funcs as funcs
 from conftest import HANG_GUARD, wait_until
+from stoker import signing
+from stoker._core import Engine
 from stoker.executor import CALL_TASK_NAME, Executor, JobFuture, call
 from stoker.task import REGISTRY
 
@@ -272,3 +274,14 @@ def test_a_pipeline_written_for_any_executor(make_executor: MakeExecutor) -> Non
     with concurrent.futures.ThreadPoolExecutor(2) as threads:
         expected = pipeline(threads)
     assert pipeline(make_executor(processes=2)) == expected
+
+
+def test_an_executor_on_a_signed_queue_runs_its_calls(tmp_path: Path) -> None:
+    queue = stoker.Queue(tmp_path / "signed.db", secret="s3cret")
+    with Executor(queue=queue, processes=1) as executor:
+        assert executor.submit(funcs.square, 7).result(timeout=HANG_GUARD) == 49
+        assert list(executor.map(funcs.square, [1, 2, 3], timeout=HANG_GUARD)) == [1, 4, 9]
+    # What was stored, arguments and results, was sealed with the secret.
+    record = Engine(str(tmp_path / "signed.db")).get(1)
+    assert record.payload.startswith(signing.MAGIC)
+    assert record.result is not None and record.result.startswith(signing.MAGIC)

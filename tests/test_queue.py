@@ -10,6 +10,8 @@ import pytest
 
 import stoker
 from apps import tasks as app
+from stoker import serialization, signing
+from stoker._core import Engine
 
 
 def test_calling_a_task_runs_it_in_process(queue: stoker.Queue) -> None:
@@ -173,3 +175,44 @@ def test_errors_pickle_round_trip() -> None:
         assert type(copy) is type(error)
         assert str(copy) == str(error)
         assert copy.__dict__ == error.__dict__
+
+
+def test_map_of_plain_calls_on_a_signed_queue_seals_each_payload(tmp_path: Path) -> None:
+    queue = stoker.Queue(tmp_path / "signed.db", secret="k")
+    queue.include(app.queue)
+    jobs = queue.get_task("add").map([(i, 1) for i in range(50)])
+    assert [j.id for j in jobs] == sorted(j.id for j in jobs)
+    engine = Engine(str(tmp_path / "signed.db"))
+    for i, job in enumerate(jobs):
+        payload = engine.get(job.id).payload
+        assert payload.startswith(signing.MAGIC)
+        assert serialization.loads(queue._unseal(payload, job_id=job.id, what="payload")) == ((i, 1), {})
+
+
+def test_map_with_a_middleware_still_calls_it_per_job(queue: stoker.Queue) -> None:
+    seen: list[tuple[str, tuple[object, ...]]] = []
+
+    class Recorder(stoker.Middleware):
+        def pre_send(self, message: stoker.SendMessage) -> None:
+            seen.append((message.task_name, message.args))
+
+    queue.add_middleware(Recorder())
+    queue.get_task("add").map([(1, 2), (3, 4)])
+    assert seen == [(app.add.name, (1, 2)), (app.add.name, (3, 4))]
+
+
+def test_values_the_standard_pickler_cannot_take_travel_by_value() -> None:
+    class Point:  # A local class: only cloudpickle can take it.
+        def __init__(self, x: int) -> None:
+            self.x = x
+
+    class FromMain:
+        pass
+
+    FromMain.__module__ = "__main__"  # As if defined in a script: a worker has no such module.
+    scale = 3
+    point, from_main, closure = serialization.loads(
+        serialization.dumps((Point(2), FromMain(), lambda v: v * scale))
+    )
+    assert (point.x, type(from_main).__name__, closure(2)) == (2, "FromMain", 6)
+    assert serialization.loads(serialization.dumps({"plain": [1, 2.5, "x"]})) == {"plain": [1, 2.5, "x"]}

@@ -342,6 +342,8 @@ class Engine:
         """Move the manual clock forward; ``InvalidOptionError`` on the system clock."""
     def enqueue(self, jobs: list[NewJob]) -> list[int]:
         """Store the jobs in one transaction and return their ids, in order."""
+    def enqueue_payloads(self, template: NewJob, payloads: list[bytes]) -> list[int]:
+        """Enqueue, in one transaction, one job per payload: a copy of ``template`` with that payload."""
     def claim(self, queues: list[str], limit: int, owner: str, lease_ms: int) -> list[ClaimedJob]:
         """Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.
 

@@ -26,9 +26,18 @@ import errno
 import os
 import secrets
 import threading
+import time
 
 #: The directory of FIFOs, beside the database file (like ``-wal`` and ``-shm``).
 WAKE_DIR_SUFFIX = "-wake"
+#: The byte a wake-up carries: jobs were sent (the supervisor claims), or
+#: something else changed (it looks for cancel requests and schedules).
+NEW_WORK = b"w"
+CHANGED = b"c"
+#: A sender looks at the directory (one ``stat``) at most this often to see
+#: supervisors come and go. A supervisor that just started may miss wake-ups
+#: for this long; its change poll (every 50 ms) covers them.
+RELIST_INTERVAL = 0.05
 
 
 def wake_dir(database_path: str) -> str:
@@ -51,13 +60,15 @@ class WakeListener:
         self.fd = os.open(making, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
         os.rename(making, self.path)
 
-    def drain(self) -> None:
-        """Read every pending wake-up byte."""
+    def drain(self) -> bytes:
+        """Read and return every pending wake-up byte."""
+        received = b""
         try:
-            while os.read(self.fd, 4096):
-                pass
+            while chunk := os.read(self.fd, 4096):
+                received += chunk
         except BlockingIOError:
             pass
+        return received
 
     def close(self) -> None:
         try:
@@ -81,25 +92,32 @@ class WakeSender:
         self.directory = wake_dir(database_path)
         self._lock = threading.Lock()
         self._listed_version: int | None = None
+        self._next_look = 0.0
         self._fds: dict[str, int] = {}
 
-    def notify(self, *, skip_own_process: bool = False) -> None:
-        """Wake the listening supervisors (those of this process too, unless ``skip_own_process``)."""
+    def notify(self, what: bytes = CHANGED, *, skip_own_process: bool = False) -> None:
+        """Wake the listening supervisors with ``what`` (NEW_WORK or CHANGED).
+
+        Those of this process too, unless ``skip_own_process``.
+        """
         with self._lock:
-            try:
-                version = os.stat(self.directory).st_mtime_ns
-            except OSError:
-                self._close_all()
-                return  # No supervisor has ever listened on this database.
-            if version != self._listed_version:
-                self._relist()
-                self._listed_version = version
+            now = time.monotonic()
+            if now >= self._next_look:
+                self._next_look = now + RELIST_INTERVAL
+                try:
+                    version = os.stat(self.directory).st_mtime_ns
+                except OSError:
+                    self._close_all()
+                    return  # No supervisor has ever listened on this database.
+                if version != self._listed_version:
+                    self._relist()
+                    self._listed_version = version
             own = f"{os.getpid()}-"
             for name, fd in list(self._fds.items()):
                 if skip_own_process and name.startswith(own):
                     continue
                 try:
-                    os.write(fd, b"\0")
+                    os.write(fd, what)
                 except BlockingIOError:
                     pass  # Its buffer is full of earlier wake-ups: it is awake already.
                 except OSError:

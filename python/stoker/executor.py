@@ -101,16 +101,20 @@ def register_call_task(
 # the task on its own queue (register_call_task), which is also what makes the
 # queue's supervisors import this module. A queue of the application that
 # registered it first (in a module the worker imported before) keeps it.
-def register_in_worker() -> None:
+def register_in_worker(secret: bytes | None = None) -> None:
     """Register the call task in a worker process, unless a queue already did.
 
     The worker calls this after importing its queue's modules: this module
     may have been imported earlier (the fork server preloads stoker) in a
     process that was not a worker yet, so its import-time registration cannot
-    be relied on.
+    be relied on. ``secret`` is the supervisor's queue's signing secret: the
+    calls of an Executor on a signed queue are sealed with it.
     """
-    if CALL_TASK_NAME not in REGISTRY:
-        register_call_task(Queue())
+    task = REGISTRY.get(CALL_TASK_NAME)
+    if task is None:
+        register_call_task(Queue(secret=secret))
+    elif secret is not None and task.queue._secret is None:
+        task.queue._secret = secret
 
 
 if in_worker_process():

@@ -47,6 +47,11 @@ RESULT_FIRST_PERIOD = 0.1
 RESULT_POLL_FAST = 0.001
 RESULT_FAST_PERIOD = 5.0
 RESULT_POLL_SLOW = 0.05
+#: A synchronous wait on a database that a supervisor of this process serves is
+#: woken by that supervisor after each commit (``OUTCOMES``), so it polls only
+#: as a backstop (an outcome stored by a supervisor of another process): a
+#: fast poll there would take the GIL from the supervisor thread for nothing.
+RESULT_POLL_NOTIFIED = 0.005
 
 #: Notified by supervisors in this process after they store outcomes.
 OUTCOMES = threading.Condition()
@@ -61,8 +66,11 @@ def notify_outcomes() -> None:
 class _Waiter:
     """Paces one wait: when to look again, and whether anything changed."""
 
-    def __init__(self, engines: list[Engine], timeout: float | None, job_id: int) -> None:
+    def __init__(
+        self, engines: list[Engine], timeout: float | None, job_id: int, *, notified: bool = False
+    ) -> None:
         self.engines = engines
+        self.notified = notified
         self.started = time.monotonic()
         self.deadline = None if timeout is None else self.started + timeout
         self.timeout = timeout
@@ -73,7 +81,9 @@ class _Waiter:
         """Seconds to wait before looking again; ResultTimeoutError once past the deadline."""
         now = time.monotonic()
         elapsed = now - self.started
-        if elapsed < RESULT_FIRST_PERIOD:
+        if self.notified:
+            pause = RESULT_POLL_NOTIFIED
+        elif elapsed < RESULT_FIRST_PERIOD:
             pause = RESULT_POLL_FIRST
         elif elapsed < RESULT_FAST_PERIOD:
             pause = RESULT_POLL_FAST
@@ -255,13 +265,14 @@ class Job:
         outcome = self._engine.cancel(self.id)
         if outcome == "requested" and self._store is None:
             # The supervisor running it kills it now rather than at its next poll.
-            self.queue._wake_supervisors()
+            self.queue._wake_supervisors(new_work=False)
         return outcome
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes; return its final status."""
         engine = self._engine
-        waiter = _Waiter([engine], timeout, self.id)
+        notified = self._store is None and self.queue._served_here()
+        waiter = _Waiter([engine], timeout, self.id, notified=notified)
         status = engine.status(self.id)
         while status not in FINISHED:
             pause = waiter.pause()
@@ -404,7 +415,8 @@ def gather(
     One status read per queue per poll, whatever the number of jobs. With
     ``return_exceptions=True`` errors are returned in place of results.
     """
-    waiter = _gather_waiter(jobs, timeout)
+    notified = all(job._store is None and job.queue._served_here() for job in jobs)
+    waiter = _gather_waiter(jobs, timeout, notified=notified)
     while not _all_finished(jobs):
         pause = _gather_pause(waiter, jobs)
         while True:
@@ -428,11 +440,11 @@ async def gather_async(
     return _collect(jobs, return_exceptions)
 
 
-def _gather_waiter(jobs: Sequence[Job], timeout: float | None) -> _Waiter:
+def _gather_waiter(jobs: Sequence[Job], timeout: float | None, *, notified: bool = False) -> _Waiter:
     engines: dict[int, Engine] = {}
     for job in jobs:
         engines.setdefault(id(job._engine), job._engine)
-    return _Waiter(list(engines.values()), timeout, jobs[0].id if jobs else 0)
+    return _Waiter(list(engines.values()), timeout, jobs[0].id if jobs else 0, notified=notified)
 
 
 def _gather_pause(waiter: _Waiter, jobs: Sequence[Job]) -> float:

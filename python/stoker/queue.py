@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
 from ._core import Engine
-from ._wakeup import WakeSender
+from ._wakeup import CHANGED, NEW_WORK, WakeSender
 from .errors import (
     InvalidOptionError,
     SendError,
@@ -35,6 +35,7 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
+from .serialization import dumps_calls
 from .task import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
@@ -73,10 +74,10 @@ WORKER_PROCESS_PREFIX = "stoker-worker"
 LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
 
 
-def notify_local_supervisors(path: str) -> None:
+def notify_local_supervisors(path: str, *, new_work: bool = False) -> None:
     """Wake the supervisors of this process that serve the database at ``path``."""
     for supervisor in LOCAL_SUPERVISORS.get(path, ()):
-        supervisor.notify()
+        supervisor.notify(new_work=new_work)
 
 
 def in_worker_process() -> bool:
@@ -264,6 +265,8 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def _send_many(
         self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
     ) -> list[Job]:
+        if len(calls) > 1 and self._uniform(calls):
+            return self._send_uniform(calls)
         new_jobs = []
         for task, options, call, args, kwargs in calls:
             message = SendMessage(task.name, args, kwargs, dict(call.labels or {}))
@@ -297,20 +300,56 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
                     )
         return jobs
 
-    def _wake_supervisors(self) -> None:
+    def _uniform(
+        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
+    ) -> bool:
+        """Whether the calls differ only in their arguments, with nothing to do per call.
+
+        Such a batch (``map``) is stored as copies of one job that differ
+        only in their payload: no middleware, labels, uniqueness,
+        dependencies or send-time limit check asks for per-call work.
+        """
+        task, options, call, _, _ = calls[0]
+        if self._middlewares or self._test_results is not None:
+            return False
+        if call.labels or call.unique_key or call.depends_on or options.unique:
+            return False
+        if options.when_limited == "fail":
+            return False
+        return all(c[0] is task and c[1] is options and c[2] is call and not c[4] for c in calls)
+
+    def _send_uniform(
+        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
+    ) -> list[Job]:
+        task, options, call, _, _ = calls[0]
+        template = task._new_job(call, (), {}, options, None)
+        payloads = dumps_calls(task.name, task.func, [(args, {}) for _, _, _, args, _ in calls])
+        if self._secret is not None:
+            payloads = [self._seal(payload) for payload in payloads]
+        ids = self._engine.enqueue_payloads(template, payloads)
+        self._wake_supervisors()
+        return [Job(self, job_id) for job_id in ids]
+
+    def _served_here(self) -> bool:
+        """Whether a supervisor of this process serves this database (it wakes waiters)."""
+        return bool(LOCAL_SUPERVISORS.get(self._real_path))
+
+    def _wake_supervisors(self, *, new_work: bool = True) -> None:
         """Tell the supervisors of this database that there is something to act on.
 
+        ``new_work``: jobs were sent (they claim); otherwise something else
+        changed (a cancel request, a schedule: they look at the database).
         Supervisors of this process are woken through their pipe, the others
         through their FIFOs; both cost a write or two, so every send does it.
         """
         local = LOCAL_SUPERVISORS.get(self._real_path)
         if local:
-            notify_local_supervisors(self._real_path)
+            notify_local_supervisors(self._real_path, new_work=new_work)
         if self._test_results is not None or self.path == ":memory:":
             return
         if self._wake_sender is None:
             self._wake_sender = WakeSender(self.path)
-        self._wake_sender.notify(skip_own_process=bool(local))
+        self._wake_sender.notify(NEW_WORK if new_work else CHANGED, skip_own_process=bool(local))
 
     # --- signing ---------------------------------------------------------------------
 

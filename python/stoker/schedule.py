@@ -130,7 +130,7 @@ class Schedule:
     def resume(self) -> None:
         """Fire again; fires missed while paused follow the schedule's missed policy."""
         self.queue._engine.pause_schedule(self.id, False)
-        self.queue._wake_supervisors()
+        self.queue._wake_supervisors(new_work=False)
 
     def delete(self) -> bool:
         """Delete the schedule and its fire records; False if it was already gone."""
@@ -176,7 +176,7 @@ def create(
         labels=labels_text,
     )
     # A supervisor sleeping until its next fire looks at the new schedule now.
-    queue._wake_supervisors()
+    queue._wake_supervisors(new_work=False)
     return Schedule(queue, schedule_id)
 
 

@@ -72,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
+from . import _wakeup as wakeup
 from . import flow, schedule, serialization
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
@@ -112,6 +113,12 @@ HEARTBEAT_FRACTION = 1 / 3
 #: change made without a wake-up (a raw engine, a lost FIFO): lower values
 #: bound that delay tighter, at the cost of more idle wake-ups.
 CHANGE_POLL_INTERVAL = 0.05
+#: What a wake-up byte (on the pipe from this process, or a FIFO from another)
+#: says: jobs were sent (claim), or something else changed (look at the
+#: database: cancel requests, schedules). Defined in ``_wakeup``.
+WAKE_NEW_WORK = wakeup.NEW_WORK
+WAKE_CHANGED = wakeup.CHANGED
+WAKE_STOP = b"s"
 #: Jobs claimed ahead for each worker process, beyond the ones running (the
 #: ``prefetch`` option). A worker that finishes gets its next job from memory
 #: at once, while the finished job and the next claim are stored together in
@@ -327,12 +334,20 @@ class Supervisor:
         """Process ids of the live worker processes (spares included)."""
         return [w.pid for w in self._workers if not w.exited]
 
-    def notify(self) -> None:
-        """Wake the loop to look for new jobs now (thread-safe; used by sends in this process)."""
-        if self._wake_w < 0:
+    def notify(self, *, new_work: bool = False) -> None:
+        """Wake the loop (thread-safe; used by this process's sends, cancels, schedules).
+
+        A send (``new_work``) wakes it only when it believes nothing is
+        runnable; otherwise it claims at its next turn anyway, and waking it
+        would only take the GIL from the sender. It clears that belief before
+        each claim, so a send committed after the claim began always wakes it.
+        Any other change makes it look at the database (cancel requests,
+        schedules) on its next turn.
+        """
+        if self._wake_w < 0 or (new_work and self._want_claim):
             return
         try:
-            os.write(self._wake_w, b"n")
+            os.write(self._wake_w, WAKE_NEW_WORK if new_work else WAKE_CHANGED)
         except (BlockingIOError, OSError):
             pass
 
@@ -342,7 +357,7 @@ class Supervisor:
         if self._wake_w < 0:
             return
         try:
-            os.write(self._wake_w, b"s")
+            os.write(self._wake_w, WAKE_STOP)
         except (BlockingIOError, OSError):
             pass
 
@@ -502,11 +517,9 @@ class Supervisor:
             if events & ~select.POLLIN:
                 writable.add(fd)
         if self._wake_r in readable:
-            self._drain_wake_pipe()
-            self._next_poll = 0.0  # Look at the database on the next turn.
+            self._on_wake_up(self._drain_wake_pipe())
         if self._listener is not None and self._listener.fd in readable:
-            self._listener.drain()
-            self._next_poll = 0.0
+            self._on_wake_up(self._listener.drain())
         for w in list(self._workers):
             if w.channel.fd in writable:
                 self._flush_output(w)
@@ -547,12 +560,21 @@ class Supervisor:
                     candidates.append(self._next_memory_poll)
         return min(candidates)
 
-    def _drain_wake_pipe(self) -> None:
+    def _drain_wake_pipe(self) -> bytes:
+        received = b""
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while chunk := os.read(self._wake_r, 4096):
+                received += chunk
         except BlockingIOError:
             pass
+        return received
+
+    def _on_wake_up(self, received: bytes) -> None:
+        """New work means claim; anything else, look at the database on the next turn."""
+        if WAKE_NEW_WORK in received:
+            self._want_claim = True
+        if received.replace(WAKE_NEW_WORK, b""):
+            self._next_poll = 0.0
 
     # --- claiming -------------------------------------------------------------------
 
@@ -579,6 +601,10 @@ class Supervisor:
             self._flush_completions()
             return
         batch, self._completions = self._completions, []
+        # Cleared before the claim, so that a send committed after the claim's
+        # snapshot sees it and wakes this loop (see notify); set again below
+        # if the claim came back full.
+        self._want_claim = False
         try:
             if batch:
                 applied, claimed = self.engine.complete_and_claim(
@@ -589,12 +615,14 @@ class Supervisor:
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._want_claim = True
             raise
         self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
-            self._want_claim = False
             self._schedule_wakeup()
+        else:
+            self._want_claim = True
         self._claimed_ahead.extend(claimed)
         self._dispatch_claimed_ahead(now)
 
@@ -1087,7 +1115,12 @@ class Supervisor:
         parent_conn, child_conn = self._context.Pipe(duplex=True)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_conn, os.getpid(), self.task_modules),
+            args=(
+                child_conn,
+                os.getpid(),
+                self.task_modules,
+                self.queue._secret if "stoker.executor" in self.task_modules else None,
+            ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,
         )

@@ -290,9 +290,8 @@ class Task(Schedulable, Generic[P, R]):
 
     def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
         """Send many calls (each a tuple of positional arguments) in one transaction."""
-        return self.queue._send_many(
-            [(self, self.options_, CallOptions(), tuple(args), {}) for args in calls]
-        )
+        call = CallOptions()
+        return self.queue._send_many([(self, self.options_, call, tuple(args), {}) for args in calls])
 
     def _new_job(
         self,

@@ -25,49 +25,54 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _memory_kib() -> tuple[int, int]:
-    """This process's peak RSS (the kernel's high-water mark) and current RSS, in KiB."""
-    if sys.platform.startswith("linux"):
-        peak = current = -1
-        try:
-            with open(_STATUS) as handle:
-                for line in handle:
-                    if line.startswith("VmHWM:"):
-                        peak = int(line.split()[1])
-                    elif line.startswith("VmRSS:"):
-                        current = int(line.split()[1])
-                        break  # VmRSS comes after VmHWM.
-        except (OSError, ValueError, IndexError):
-            pass
-        if peak >= 0 and current >= 0:
-            return peak, current
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    peak = peak // 1024 if sys.platform == "darwin" else peak
-    return peak, peak
+def _high_water_mark_kib() -> int | None:
+    """The kernel's high-water mark of this process's RSS (VmHWM), which a reset lowers."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(_STATUS) as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
-#: The last reading of this process's memory, ``(peak, current)`` in KiB. When
-#: the peak equals the current RSS, the high-water mark needs no reset before
-#: the next attempt: its peak can only be what that attempt reaches. Resetting
-#: it (a write to /proc/self/clear_refs, which walks the page tables) is the
-#: most expensive part of metering a short task, so it is done only when an
-#: earlier attempt left the mark above the current RSS.
-_last_reading: tuple[int, int] | None = None
+def _max_rss_kib(usage: resource.struct_rusage) -> int:
+    return usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+
+
+class _Mark:
+    """What the metering of earlier attempts in this process knows of the RSS mark.
+
+    Reading or resetting the mark through /proc costs about 0.1 ms here, more
+    than the rest of a short task's metering, so both are done only after an
+    attempt that raised the mark: ``getrusage`` (already read for the CPU
+    times) tells that cheaply. An attempt that did not raise it reports the
+    mark as it stands, an upper bound of its own peak; one that raised it
+    reports its exact peak.
+    """
+
+    reset_before_next = True
+    last_peak_kib = 0
 
 
 class UsageMeter:
     """Started before an attempt, read after it: what the attempt cost.
 
     CPU time counts this process and the children it waited for. Peak RSS is
-    the attempt's own where the kernel lets the high-water mark be reset
-    (Linux), otherwise the process's lifetime peak.
+    the high-water mark since it was last reset: exact for an attempt that
+    raised it, an upper bound otherwise. The mark is reset (Linux) before the
+    attempt that follows one that raised it, so a small task after a large
+    one reports its own peak.
     """
 
     def __init__(self) -> None:
-        if _last_reading is None or _last_reading[0] > _last_reading[1]:
-            self._peak_is_per_attempt = _reset_peak_rss()
-        else:
-            self._peak_is_per_attempt = sys.platform.startswith("linux")
+        self._was_reset = False
+        if _Mark.reset_before_next:
+            self._was_reset = _reset_peak_rss()
+            _Mark.reset_before_next = False
         self._wall = time.monotonic()
         self._self = resource.getrusage(resource.RUSAGE_SELF)
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -77,13 +82,21 @@ class UsageMeter:
         now_children = resource.getrusage(resource.RUSAGE_CHILDREN)
         user = (now_self.ru_utime - self._self.ru_utime) + (now_children.ru_utime - self._children.ru_utime)
         system = (now_self.ru_stime - self._self.ru_stime) + (now_children.ru_stime - self._children.ru_stime)
-        global _last_reading
-        _last_reading = _memory_kib()
+        peak = _max_rss_kib(now_self)
+        if peak > _max_rss_kib(self._self):
+            _Mark.reset_before_next = True  # It rose: the next attempt starts from a fresh mark.
+        elif self._was_reset:
+            # The lifetime maximum did not move, but the mark was reset at the
+            # start: what it says now is this attempt's own peak.
+            peak = _high_water_mark_kib() or peak
+        else:
+            peak = _Mark.last_peak_kib or peak
+        _Mark.last_peak_kib = peak
         return {
             "wall_s": round(time.monotonic() - self._wall, 6),
             "cpu_user_s": round(user, 6),
             "cpu_system_s": round(system, 6),
-            "peak_rss_kib": _last_reading[0],
+            "peak_rss_kib": peak,
             "worker_pid": os.getpid(),
         }
 

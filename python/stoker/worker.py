@@ -96,8 +96,15 @@ def loaded_queues() -> list[Queue]:
     return queues
 
 
-def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) -> None:
-    """Entry point of a worker process."""
+def worker_main(
+    conn: Connection, supervisor_pid: int, task_modules: list[str], executor_secret: bytes | None = None
+) -> None:
+    """Entry point of a worker process.
+
+    ``executor_secret`` is the signing secret of the supervisor's queue when
+    it runs an Executor's calls (their task is registered here, not by a
+    module of the application that would carry the secret).
+    """
     os.setpgrp()
     _die_with_parent()
     if not _supervisor_alive(supervisor_pid):
@@ -112,7 +119,7 @@ def worker_main(conn: Connection, supervisor_pid: int, task_modules: list[str]) 
         if "stoker.executor" in task_modules:
             from .executor import register_in_worker
 
-            register_in_worker()
+            register_in_worker(executor_secret)
         for queue in loaded_queues():
             queue.run_event("worker_startup")
     except BaseException as exc:

@@ -113,6 +113,25 @@ impl Engine {
         py.detach(|| engine.enqueue(&jobs)).or_raise(py)
     }
 
+    /// Enqueue one job per payload, each a copy of ``template`` with that payload.
+    fn enqueue_payloads(
+        &self,
+        py: Python<'_>,
+        template: &Bound<'_, NewJob>,
+        payloads: Vec<Bound<'_, PyBytes>>,
+    ) -> PyResult<Vec<i64>> {
+        let template = &template.get().inner;
+        let jobs: Vec<_> = payloads
+            .iter()
+            .map(|payload| stoker_engine::NewJob {
+                payload: payload.as_bytes().to_vec(),
+                ..template.clone()
+            })
+            .collect();
+        let engine = &self.engine;
+        py.detach(|| engine.enqueue(&jobs)).or_raise(py)
+    }
+
     /// Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.
     fn claim(
         &self,
