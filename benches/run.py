@@ -230,9 +230,11 @@ SCENARIOS = [
             "result, p50, p99 and max. stoker runs its pool on a thread of the caller "
             "(a result wakes the waiter through the supervisor) or in a separate "
             "`stoker worker` process (the waiter notices the result through the database's "
-            "change counter, checked every millisecond for the first 5 s of a wait). "
+            "change counter, checked every 0.2 ms for the first 0.1 s of a wait; a send wakes "
+            "that process's supervisor through a FIFO). "
             "*Stored to received* (stoker only) is the time from the job's outcome being "
-            "stored to the result in the caller's hands: the cost of waiting."
+            "stored (its `finished_ms`, a whole millisecond) to the result in the caller's hands; "
+            "`benches/wait_cost.py` measures the same to the microsecond (docs/wait-cost.md)."
         ),
         systems=EVERY_SYSTEM,
         metrics=[
@@ -934,7 +936,9 @@ HOW_RUN = [
         "stoker",
         "`queue.start_worker(processes=2)`: the supervisor on a thread of the caller, 2 workers "
         "started from a forkserver; `stoker worker -p 2` is the same supervisor in its own process. "
-        "`result()` polls from 0.5 ms doubling up to 50 ms.",
+        "`result()` is woken by the supervisor when it runs in the caller's process; otherwise it "
+        "polls SQLite's change counter every 0.2 ms for 0.1 s, then every 1 ms, then every 50 ms. "
+        "One job per worker is claimed ahead (`prefetch=1`, the default).",
     ),
     ("ProcessPoolExecutor", "`ProcessPoolExecutor(max_workers=2)`, workers forked (the default on Linux)."),
     (
