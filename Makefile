@@ -75,7 +75,7 @@ soak: build
 # The PostgreSQL benchmarks run against a throwaway server with durable
 # settings (fsync on), started and stopped here like the tests' one.
 bench: build
-	$(PY) -m pip install -q flexiq
+	$(PY) -m pip install -q flexiq huey loky pebble matplotlib
 	$(PY) benches/run.py
 	$(PY) benches/wait_cost.py
 	$(MAKE) --no-print-directory bench-postgres

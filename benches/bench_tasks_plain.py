@@ -30,3 +30,23 @@ def crash_after_mark(path: str) -> None:
     """Record the time just before the process dies without cleanup."""
     _mark(path)
     os._exit(1)
+
+
+def spin(iterations: int) -> float:
+    """Pure Python work for ``iterations`` rounds; return the seconds it took in here.
+
+    The caller sums these to know how much of the pool's time went into the
+    tasks themselves rather than into moving them around.
+    """
+    start = time.perf_counter()
+    total = 0
+    for i in range(iterations):
+        total += i * i % 7
+    # Python does not skip a loop whose result is unused, so total needs no reader.
+    del total
+    return time.perf_counter() - start
+
+
+def echo(data: bytes) -> bytes:
+    """Send the argument back: a payload that crosses the system twice."""
+    return data

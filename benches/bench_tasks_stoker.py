@@ -31,3 +31,13 @@ def sleeper(path: str) -> None:
 @queue.task(max_retries=0, max_crashes=0)
 def crasher(path: str) -> None:
     plain.crash_after_mark(path)
+
+
+@queue.task(max_retries=0)
+def spin(iterations: int) -> float:
+    return plain.spin(iterations)
+
+
+@queue.task(max_retries=0)
+def echo(data: bytes) -> bytes:
+    return plain.echo(data)

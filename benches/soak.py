@@ -3,12 +3,15 @@
 Two supervisor processes share the database: a steady one that runs for the
 whole soak, and one that is SIGKILLed every few cycles and started again. Each
 cycle sends a batch of counted jobs (some cancelled, some with 1 MB payloads)
-and SIGKILLs a few worker processes of both while they run. After each cycle it
-samples the steady supervisor's memory (RSS), open file descriptors and
-threads, the zombies below it, and the size of the database's WAL. At the end it audits
-every job against the execution ledger (nothing lost, duplicates only for
-killed attempts) and compares the last quarter of the samples with the second
-(the first quarter is warm-up): a resource that keeps growing fails the run.
+and SIGKILLs a few worker processes of both while they run. Once the cycle's
+jobs are finished it audits each of them against that cycle's execution ledger
+(nothing lost, duplicates only for killed attempts) and then purges them, as
+a deployment with a retention policy would: kept, 1 MB payloads fill any disk
+in a few hours. After each cycle it samples the steady supervisor's memory
+(RSS), open file descriptors and threads, the zombies below it, and the sizes
+of the database file and its WAL. At the end it compares the last quarter of
+the samples with the second (the first quarter is warm-up): a resource that
+keeps growing fails the run.
 
     python benches/soak.py --hours 2          # or: make soak SOAK_HOURS=2
 """
@@ -34,11 +37,11 @@ import psutil  # noqa: E402
 
 import stoker  # noqa: E402
 from apps import reliability as rel  # noqa: E402
-from reliability.harness import SupervisorProcess, audit, signal_quietly  # noqa: E402
+from reliability.harness import Audit, SupervisorProcess, audit, signal_quietly  # noqa: E402
 
 #: A resource may grow by this factor (plus SLACK) between the second and the last quarter.
 GROWTH = 1.25
-SLACK = {"rss_mb": 8.0, "fds": 4, "threads": 2, "zombies": 1, "wal_mb": 4.1}
+SLACK = {"rss_mb": 8.0, "fds": 4, "threads": 2, "zombies": 1, "wal_mb": 4.1, "db_mb": 16.0}
 
 
 def sample(command: SupervisorProcess, db: Path) -> dict[str, float]:
@@ -56,6 +59,7 @@ def sample(command: SupervisorProcess, db: Path) -> dict[str, float]:
         "threads": process.num_threads(),
         "zombies": zombies,
         "wal_mb": (wal.stat().st_size if wal.exists() else 0) / 2**20,
+        "db_mb": db.stat().st_size / 2**20,
     }
 
 
@@ -84,7 +88,7 @@ def main() -> int:
 
     rng = random.Random(args.seed)
     workdir = Path(tempfile.mkdtemp(prefix="stoker-soak-"))
-    db, ledger = workdir / "jobs.db", workdir / "ledger"
+    db = workdir / "jobs.db"
     queue = stoker.Queue(db)
     queue.include(rel.queue)
     work = queue.get_task("rel.work")
@@ -98,13 +102,13 @@ def main() -> int:
     command = start()
     deadline = time.monotonic() + args.hours * 3600
     samples: list[dict[str, float]] = []
-    job_ids: list[int] = []
+    total = Audit()
     cycles = worker_kills = supervisor_kills = cancels = 0
     while time.monotonic() < deadline:
         cycles += 1
         payload = b"s" * (1024 * 1024) if cycles % 5 == 0 else None
+        ledger = workdir / f"ledger-{cycles}"
         jobs = work.map([(str(ledger), 0.003, payload)] * args.batch)
-        job_ids += [j.id for j in jobs]
         for job in rng.sample(jobs, args.batch // 20):
             cancels += job.cancel() in ("cancelled", "requested")
         for _ in range(3):
@@ -118,20 +122,25 @@ def main() -> int:
             command = start()
         for job in jobs:
             job.wait(timeout=600)
+        checked = audit(queue._engine, [j.id for j in jobs], ledger, allow_cancelled=True)
+        total.add(checked)
+        ledger.unlink(missing_ok=True)
+        while queue._engine.purge_jobs(["complete", "dead", "cancelled"], limit=10_000):
+            pass
         samples.append(sample(steady, db))
         if cycles % 10 == 0:
-            print(json.dumps({"cycle": cycles, "jobs": len(job_ids), **samples[-1]}), flush=True)
+            print(json.dumps({"cycle": cycles, "jobs": total.jobs, **samples[-1]}), flush=True)
     for supervisor in (command, steady):
         supervisor.process.send_signal(signal.SIGTERM)
         supervisor.process.wait(120)
         supervisor.close()
 
-    result = audit(queue._engine, job_ids, ledger, allow_cancelled=True)
+    result = total
     grown = flat(samples)
     report = {
         "hours": args.hours,
         "cycles": cycles,
-        "jobs": len(job_ids),
+        "jobs": result.jobs,
         "worker_kills": worker_kills,
         "supervisor_kills": supervisor_kills,
         "cancels": cancels,

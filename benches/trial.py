@@ -42,6 +42,15 @@ RESULT_CAP = 30.0
 STARTUP_CAP = 60.0
 #: The hard timeout under test (seconds).
 TASK_TIMEOUT = 1.0
+#: How long the caller waits for a crashed task's error in quick mode: a
+#: system that never reports the crash would otherwise cost the full cap.
+QUICK_CRASH_CAP = 5.0
+#: Systems without a per-task hard timeout: the caller's own wait stands in.
+NO_HARD_TIMEOUT = {"ppe", "loky"}
+#: The pure Python work of one CPU-bound task (seconds).
+CPU_TASK_SECONDS = 0.020
+#: Payload sizes of the large-payload scenario, by label.
+PAYLOAD_SIZES = {"1mb": 2**20, "10mb": 10 * 2**20}
 
 Metrics = dict[str, float | None]
 Info = dict[str, str]
@@ -143,6 +152,15 @@ def kill_descendants() -> None:
 
 
 # --- systems ---------------------------------------------------------------------
+
+#: The plain functions behind the task names, for the executors that take functions.
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "noop": plain.noop,
+    "sleeper": plain.sleep_after_mark,
+    "crasher": plain.crash_after_mark,
+    "spin": plain.spin,
+    "echo": plain.echo,
+}
 #
 # Each system is a context manager yielding a Client: how to send the tasks of
 # the scenarios and how to wait for a result, with the workers already started
@@ -160,19 +178,71 @@ class Client:
         send_many: Callable[[str, list[tuple[Any, ...]]], list[Any]] | None = None,
     ) -> None:
         self.send = send
-        """send(task, args) -> handle; task is noop, sleeper or crasher."""
+        """send(task, args) -> handle; task is one of FUNCTIONS' names."""
         self.get = get
         """get(handle, timeout) -> value, or raises."""
         self.gave_up = gave_up
         """Whether an exception from get() means the caller's own wait ran out."""
         self.send_many = send_many
-        """send_many(task, calls) -> handles, in one transaction (stoker's map)."""
+        """send_many(task, calls) -> handles, in one transaction (stoker's and flexiq's map)."""
 
 
 def _warm_up(client: Client) -> None:
     value = client.get(client.send("noop", (1,)), STARTUP_CAP)
     if value != 1:
         raise RuntimeError(f"warm-up job returned {value!r}")
+
+
+STOKER_WORKER_COMMAND = [
+    sys.executable,
+    *("-m", "stoker", "worker", "bench_tasks_stoker:queue"),
+    *("-p", str(PROCESSES), "--drain-timeout", "2"),
+]
+# flexiq's prefork children are started as "python -m flexiq.prefork", found on
+# PATH: run.py puts this interpreter's directory first.
+FLEXIQ_WORKER_COMMAND = [
+    sys.executable,
+    "-c",
+    "import bench_tasks_flexiq as m; m.queue.run_worker(pool='prefork', app='bench_tasks_flexiq:queue')",
+]
+# huey's consumer polls the queue, from its initial delay growing by the backoff
+# factor up to its maximum delay while the queue is empty (0.1 s growing to 10 s
+# by default). 1 ms with no growth is as fast as it goes without busy-waiting.
+HUEY_CONSUMER_COMMAND = [
+    sys.executable,
+    *("-m", "huey.bin.huey_consumer", "bench_tasks_huey.huey"),
+    *("--workers", str(PROCESSES), "--worker-type", "process"),
+    *("--delay", "0.001", "--max-delay", "0.001", "--backoff", "1"),
+]
+
+
+def poll_until(ready: Callable[[], bool], timeout: float) -> None:
+    """Wait for ``ready()``, pausing as stoker does (0.5 ms doubling up to 50 ms).
+
+    Raises TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    pause = 0.0005
+    while not ready():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"no result within {timeout:g} s")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def flexiq_get(job: Any, timeout: float) -> Any:
+    """A flexiq result, polled as often as stoker's ``result()`` polls (0.5 ms up to 50 ms),
+    not at flexiq's default (50 ms up to 500 ms), so that polling is not what differs."""
+    return job.result(timeout=timeout, poll_interval=0.0005, max_poll_interval=0.05)
+
+
+def huey_get(result: Any, timeout: float) -> Any:
+    """A huey result. huey's own blocking wait starts at 50 ms; its storage is
+    polled here as often as stoker's ``result()`` polls, so that polling is not
+    what differs."""
+    import bench_tasks_huey as tasks
+
+    poll_until(lambda: tasks.huey.storage.has_data_for_key(result.id), timeout)
+    return result.get()
 
 
 @contextlib.contextmanager
@@ -203,8 +273,7 @@ def stoker_system(in_process: bool) -> Iterator[Client]:
         finally:
             pool.stop(timeout=10)
     else:
-        command = [sys.executable, "-m", "stoker", "worker", "bench_tasks_stoker:queue"]
-        proc = start_background([*command, "-p", str(PROCESSES), "--drain-timeout", "2"], "worker.log")
+        proc = start_background(STOKER_WORKER_COMMAND, "worker.log")
         try:
             _warm_up(client)
             yield client
@@ -219,17 +288,13 @@ def flexiq_system() -> Iterator[Client]:
     def send(name: str, args: tuple[Any, ...]) -> Any:
         return getattr(tasks, name).delay(*args)
 
-    def get(job: Any, timeout: float) -> Any:
-        # Poll as often as stoker's result() does (from 0.5 ms up to 50 ms), not
-        # flexiq's default (50 ms up to 500 ms), so that polling is not what differs.
-        return job.result(timeout=timeout, poll_interval=0.0005, max_poll_interval=0.05)
+    def send_many(name: str, calls: list[tuple[Any, ...]]) -> list[Any]:
+        return list(getattr(tasks, name).map(calls))
 
-    client = Client(send=send, get=get, gave_up=lambda exc: type(exc) is TimeoutError)
-    # Its prefork children are started as "python -m flexiq.prefork", found on
-    # PATH: run.py puts this interpreter's directory first.
-    app = "bench_tasks_flexiq:queue"
-    code = f"import bench_tasks_flexiq as m; m.queue.run_worker(pool='prefork', app={app!r})"
-    proc = start_background([sys.executable, "-c", code], "worker.log")
+    client = Client(
+        send=send, get=flexiq_get, gave_up=lambda exc: type(exc) is TimeoutError, send_many=send_many
+    )
+    proc = start_background(FLEXIQ_WORKER_COMMAND, "worker.log")
     try:
         _warm_up(client)
         yield client
@@ -241,10 +306,9 @@ def flexiq_system() -> Iterator[Client]:
 def ppe_system() -> Iterator[Client]:
     from concurrent.futures import ProcessPoolExecutor
 
-    functions = {"noop": plain.noop, "sleeper": plain.sleep_after_mark, "crasher": plain.crash_after_mark}
     executor = ProcessPoolExecutor(max_workers=PROCESSES)
     client = Client(
-        send=lambda name, args: executor.submit(functions[name], *args),
+        send=lambda name, args: executor.submit(FUNCTIONS[name], *args),
         get=lambda future, timeout: future.result(timeout=timeout),
         gave_up=lambda exc: isinstance(exc, TimeoutError),
     )
@@ -262,12 +326,11 @@ def ppe_system() -> Iterator[Client]:
 def pebble_system() -> Iterator[Client]:
     import pebble
 
-    functions = {"noop": plain.noop, "sleeper": plain.sleep_after_mark, "crasher": plain.crash_after_mark}
     pool = pebble.ProcessPool(max_workers=PROCESSES)
 
     def send(name: str, args: tuple[Any, ...]) -> Any:
         timeout = TASK_TIMEOUT if name == "sleeper" else None
-        return pool.schedule(functions[name], args=args, timeout=timeout)
+        return pool.schedule(FUNCTIONS[name], args=args, timeout=timeout)
 
     def gave_up(exc: BaseException) -> bool:
         # pebble's own timeout error is TimeoutError("Task timeout", 1); the
@@ -290,9 +353,50 @@ def pebble_system() -> Iterator[Client]:
             pool.join(timeout=5)
 
 
+@contextlib.contextmanager
+def loky_system() -> Iterator[Client]:
+    import loky
+
+    def executor() -> Any:
+        # loky's reusable executor replaces itself after a worker died, when
+        # asked for again: what its documentation tells callers to do.
+        return loky.get_reusable_executor(max_workers=PROCESSES)
+
+    client = Client(
+        send=lambda name, args: executor().submit(FUNCTIONS[name], *args),
+        get=lambda future, timeout: future.result(timeout=timeout),
+        gave_up=lambda exc: isinstance(exc, TimeoutError),
+    )
+    try:
+        for future in [executor().submit(plain.noop, 1) for _ in range(4 * PROCESSES)]:
+            future.result(STARTUP_CAP)
+        yield client
+    finally:
+        kill_descendants()
+
+
+@contextlib.contextmanager
+def huey_system() -> Iterator[Client]:
+    import bench_tasks_huey as tasks
+
+    def send(name: str, args: tuple[Any, ...]) -> Any:
+        return getattr(tasks, name)(*args)
+
+    client = Client(send=send, get=huey_get, gave_up=lambda exc: type(exc) is TimeoutError)
+    proc = start_background(HUEY_CONSUMER_COMMAND, "worker.log")
+    try:
+        _warm_up(client)
+        yield client
+    finally:
+        stop_group(proc, grace=5)
+
+
 SYSTEMS: dict[str, Callable[[], contextlib.AbstractContextManager[Client]]] = {
     "ppe": ppe_system,
     "pebble": pebble_system,
+    "loky": loky_system,
+    "huey": huey_system,
+    "flexiq-map": flexiq_system,
     "stoker": lambda: stoker_system(in_process=True),
     "stoker-map": lambda: stoker_system(in_process=True),
     "stoker-cli": lambda: stoker_system(in_process=False),
@@ -309,7 +413,7 @@ def run_noop(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     calls = [(i,) for i in range(n)]
     with SYSTEMS[system]() as client:
         t0 = time.perf_counter()
-        if system == "stoker-map":
+        if system.endswith("-map"):
             assert client.send_many is not None
             handles = client.send_many("noop", calls)
         else:
@@ -350,7 +454,7 @@ def run_timeout(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
         sent = time.time()
         handle = client.send("sleeper", (mark_path,))
         try:
-            client.get(handle, TASK_TIMEOUT if system == "ppe" else RESULT_CAP)
+            client.get(handle, TASK_TIMEOUT if system in NO_HARD_TIMEOUT else RESULT_CAP)
             seen = time.time()
             outcome: BaseException | None = None
         except BaseException as exc:
@@ -361,23 +465,30 @@ def run_timeout(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
         gone_at_error = process_gone(pid) if pid is not None else None
         if outcome is None:
             info["caller saw"] = "a result (no timeout)"
-        elif system == "ppe":
+        elif system in NO_HARD_TIMEOUT:
             info["caller saw"] = f"{describe(outcome)} from its own wait (no hard timeout: the task runs on)"
         elif client.gave_up(outcome):
             info["caller saw"] = f"no error within {RESULT_CAP:g} s; gave up on {describe(outcome)}"
         else:
             info["caller saw"] = describe(outcome, pid=pid)
         deadline = (mark["t"] if mark else sent) + TASK_TIMEOUT
-        # ProcessPoolExecutor has no hard timeout: its caller's own wait ends at
-        # the send + 1 s by construction, which measures nothing about the pool.
-        measured = outcome is not None and not client.gave_up(outcome) and system != "ppe"
+        # ProcessPoolExecutor and loky have no hard timeout: the caller's own wait
+        # ends at the send + 1 s by construction, which measures nothing about the pool.
+        measured = outcome is not None and not client.gave_up(outcome) and system not in NO_HARD_TIMEOUT
         metrics["since_deadline_s"] = seen - deadline if measured else None
         metrics["since_send_deadline_s"] = seen - (sent + TASK_TIMEOUT) if measured else None
-        metrics["worker_gone"] = None if gone_at_error is None else float(gone_at_error)
+        # huey's timeout is meant to leave the worker process alive: whether it is
+        # gone says nothing about huey.
+        measures_kill = gone_at_error is not None and system != "huey"
+        metrics["worker_gone"] = float(gone_at_error) if measures_kill else None
         next_s, next_info = _next_task(client, seen)
         metrics["next_after_error_s"] = next_s
         info["next task"] = next_info
-        if pid is not None and not gone_at_error:
+        if system == "huey":
+            # huey's timeout raises inside the task (SIGALRM): by design the
+            # worker process lives on and takes the next task.
+            info["worker after error"] = "the task was interrupted; its worker lives on"
+        elif pid is not None and not gone_at_error:
             later = seconds_until_gone(pid, 3.0)
             info["worker after error"] = (
                 "still running 3 s later" if later is None else f"gone {later:.2f} s after the error"
@@ -394,10 +505,11 @@ def run_crash(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     mark_path = os.path.abspath("crasher.json")
     metrics: Metrics = {}
     info: Info = {}
+    cap = QUICK_CRASH_CAP if args.quick else RESULT_CAP
     with SYSTEMS[system]() as client:
         handle = client.send("crasher", (mark_path,))
         try:
-            value = client.get(handle, RESULT_CAP)
+            value = client.get(handle, cap)
             seen = time.time()
             outcome: BaseException | None = None
         except BaseException as exc:
@@ -407,7 +519,7 @@ def run_crash(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
         if outcome is None:
             info["caller saw"] = f"a result: {value!r}"
         elif client.gave_up(outcome):
-            info["caller saw"] = f"no error within {RESULT_CAP:g} s; gave up on {describe(outcome)}"
+            info["caller saw"] = f"no error within {cap:g} s; gave up on {describe(outcome)}"
         else:
             info["caller saw"] = describe(outcome, pid=mark["pid"] if mark else None)
         got_error = outcome is not None and not client.gave_up(outcome)
@@ -450,11 +562,244 @@ def run_latency(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
     return metrics, {"n": str(n)}
 
 
+def _calibrate_spin(seconds: float) -> int:
+    """How many rounds of ``plain.spin`` take about ``seconds`` in this process."""
+    iterations = 10_000
+    while True:
+        elapsed = plain.spin(iterations)
+        if elapsed >= 0.05:
+            return max(1, round(iterations * seconds / elapsed))
+        iterations *= 2
+
+
+def run_cpu(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
+    """N tasks of about 20 ms of pure Python each; how much of the pool's time they get."""
+    n = args.n
+    iterations = _calibrate_spin(CPU_TASK_SECONDS)
+    with SYSTEMS[system]() as client:
+        t0 = time.perf_counter()
+        if system.endswith("-map"):
+            assert client.send_many is not None
+            handles = client.send_many("spin", [(iterations,)] * n)
+        else:
+            handles = [client.send("spin", (iterations,)) for _ in range(n)]
+        task_seconds = sum(client.get(handle, RESULT_CAP) for handle in handles)
+        wall = time.perf_counter() - t0
+    capacity = PROCESSES * wall
+    metrics: Metrics = {
+        "efficiency": task_seconds / capacity,
+        "overhead_per_task_s": (capacity - task_seconds) / n,
+        "task_s": task_seconds / n,
+        "wall_s": wall,
+    }
+    return metrics, {"n": str(n)}
+
+
+def run_payload(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
+    """1 MB and 10 MB of bytes as the argument and back as the result, one job at a time."""
+    metrics: Metrics = {}
+    with SYSTEMS[system]() as client:
+        for label, size in PAYLOAD_SIZES.items():
+            # Random bytes, so that no layer can shrink them by compressing.
+            data = os.urandom(size)
+            rounds = args.n if size <= 2**20 else max(3, args.n // 4)
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                echoed = client.get(client.send("echo", (data,)), RESULT_CAP)
+                times.append(time.perf_counter() - t0)
+                if echoed != data:
+                    raise RuntimeError(f"the {label} payload came back changed")
+            times.sort()
+            median = times[len(times) // 2]
+            metrics[f"rt_{label}_s"] = median
+            # The payload crosses twice: as the argument and as the result.
+            metrics[f"mb_per_s_{label}"] = 2 * size / 2**20 / median
+    return metrics, {"n": str(args.n)}
+
+
+# --- scale: a backlog of pending jobs ------------------------------------------------
+
+#: Engine claims timed one at a time in the scale scenario.
+SCALE_CLAIMS = 1000
+#: Jobs whose drain through the pool is timed in the scale scenario.
+SCALE_WINDOW = {True: 2000, False: 5000}
+#: The timed drain stops early once it has taken this long (seconds).
+SCALE_DRAIN_BUDGET = {True: 5.0, False: 60.0}
+#: Filling the backlog gives up when it would take longer than this (seconds).
+SCALE_FILL_BUDGET = {True: 30.0, False: 300.0}
+#: Seconds of filling before a peer's pace is trusted to project the whole fill.
+FILL_SETTLE = 2.0
+#: Jobs sent per call while filling the backlog.
+FILL_CHUNK = 10_000
+
+SCALE_WORKERS = {
+    "stoker-cli": STOKER_WORKER_COMMAND,
+    "flexiq-map": FLEXIQ_WORKER_COMMAND,
+    "huey": HUEY_CONSUMER_COMMAND,
+}
+
+
+def peak_rss_bytes(pid: int) -> float | None:
+    """The kernel's high-water mark of the process's resident memory (VmHWM), if readable."""
+    with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024
+    return None
+
+
+def _fill(
+    system: str, total: int, keep: int, budget: float
+) -> tuple[list[Any], float, tuple[str, str] | None]:
+    """Send ``total`` no-op jobs with nothing consuming them; the first ``keep`` handles.
+
+    The first ``keep`` jobs are the ones timed later; they go through each
+    system's public send: stoker's and flexiq's ``map``, huey's call one at a
+    time (it has no batch send). The backlog behind them is sent the same way,
+    except stoker's, which goes straight to its engine (copies of the first
+    job, ``Engine.enqueue`` in batches, about 3 times as fast as ``map``), so
+    that a million jobs fit in the quick mode. Returns the handles, the seconds
+    the fill took, and, if it gave up (a peer only) because it would take
+    longer than ``budget``, why and the projection.
+    """
+    if system == "stoker-cli":
+        import bench_tasks_stoker as stoker_tasks
+
+        def send_chunk(calls: list[tuple[Any, ...]]) -> list[Any]:
+            return list(stoker_tasks.noop.map(calls))
+
+    elif system == "flexiq-map":
+        import bench_tasks_flexiq as flexiq_tasks
+
+        def send_chunk(calls: list[tuple[Any, ...]]) -> list[Any]:
+            return list(flexiq_tasks.noop.map(calls))
+
+    else:
+        import bench_tasks_huey as huey_tasks
+
+        def send_chunk(calls: list[tuple[Any, ...]]) -> list[Any]:
+            return [huey_tasks.noop(*call) for call in calls]
+
+    kept: list[Any] = []
+    t0 = time.perf_counter()
+    sent = 0
+    while sent < total:
+        count = min(FILL_CHUNK, total - sent)
+        if system != "stoker-cli":
+            handles = send_chunk([(i,) for i in range(sent, sent + count)])
+            kept.extend(handles[: max(0, keep - len(kept))])
+        elif len(kept) < keep:
+            count = min(count, keep - len(kept))
+            kept.extend(send_chunk([(i,) for i in range(sent, sent + count)]))
+        else:
+            _enqueue_copies(kept[0], count)
+        sent += count
+        now = time.perf_counter()
+        # stoker is what is measured: its fill is bounded only by the trial's
+        # timeout. A peer's is projected at its average pace so far, once that
+        # has settled (2 s in).
+        if system == "stoker-cli" or now - t0 < FILL_SETTLE:
+            continue
+        pace = sent / (now - t0)
+        projected = (now - t0) * total / sent
+        if sent < total and projected > budget:
+            why = f"filling {total:,} jobs would take longer than the budget of {budget:g} s"
+            return kept, now - t0, (why, f"{projected:,.0f} s at {pace:,.0f} sends/s")
+    return kept, time.perf_counter() - t0, None
+
+
+def _enqueue_copies(job: Any, count: int) -> None:
+    """Enqueue ``count`` copies of a stoker job (same task, payload and options) in one transaction."""
+    from stoker._core import Engine, NewJob
+
+    engine = Engine(os.environ["BENCH_DB"])
+    record = engine.get(job.id)
+    copy = NewJob(
+        record.task_name,
+        record.payload,
+        queue=record.queue,
+        max_retries=record.max_retries,
+        max_crashes=record.max_crashes,
+    )
+    engine.enqueue([copy] * count)
+
+
+def _claim_rate(count: int) -> tuple[float, list[tuple[int, int]]]:
+    """Claims per second of stoker's engine alone, one job per claim; the claimed (id, token)s."""
+    from stoker._core import Engine
+
+    engine = Engine(os.environ["BENCH_DB"])
+    claimed: list[tuple[int, int]] = []
+    t0 = time.perf_counter()
+    for _ in range(count):
+        for job in engine.claim(["default"], 1, "bench-claim", 600_000):
+            claimed.append((job.id, job.token))
+    elapsed = time.perf_counter() - t0
+    # Finish them outside the timing, so the pool starts on a backlog of pending jobs.
+    for job_id, token in claimed:
+        engine.complete(job_id, token, None)
+    return len(claimed) / elapsed, claimed
+
+
+def run_scale(system: str, args: argparse.Namespace) -> tuple[Metrics, Info]:
+    """A pool started on a backlog of N pending jobs: how fast it drains the first ones."""
+    backlog = args.n
+    window = SCALE_WINDOW[args.quick]
+    claims = SCALE_CLAIMS if system == "stoker-cli" else 0
+    # More than N are sent, so that N are still pending while the last timed job runs.
+    total = backlog + claims + window
+    metrics: Metrics = {}
+    info: Info = {"n": str(backlog)}
+    handles, fill_s, skipped = _fill(system, total, claims + window, SCALE_FILL_BUDGET[args.quick])
+    if skipped:
+        info["skipped"], info["projection"] = skipped
+        return metrics, info
+    metrics["fill_per_s"] = total / fill_s
+    if claims:
+        metrics["claim_per_s"], _ = _claim_rate(claims)
+        handles = handles[claims:]
+    proc = start_background(SCALE_WORKERS[system], "worker.log")
+    try:
+        wait = _result_waiter(system)
+        # Results are awaited in the order the jobs were sent, which is the
+        # order every system here runs them in, each wait starting once the
+        # previous result is in; huey hands a result over only once.
+        wait(handles[0], STARTUP_CAP)
+        t_first = time.perf_counter()
+        budget = SCALE_DRAIN_BUDGET[args.quick]
+        received = 1
+        for handle in handles[1:]:
+            wait(handle, RESULT_CAP)
+            received += 1
+            if time.perf_counter() - t_first > budget:
+                break
+        t_last = time.perf_counter()
+        metrics["drain_per_s"] = (received - 1) / (t_last - t_first)
+        metrics["supervisor_peak_rss_bytes"] = peak_rss_bytes(proc.pid)
+    finally:
+        stop_group(proc, grace=5)
+    info["drained"] = str(received)
+    return metrics, info
+
+
+def _result_waiter(system: str) -> Callable[[Any, float], Any]:
+    """How to wait for one result of a job sent by ``_fill``, without starting any workers."""
+    if system == "stoker-cli":
+        return lambda job, timeout: job.result(timeout=timeout)
+    if system == "flexiq-map":
+        return flexiq_get
+    return huey_get
+
+
 SCENARIOS: dict[str, Callable[[str, argparse.Namespace], tuple[Metrics, Info]]] = {
     "latency": run_latency,
     "noop": run_noop,
     "timeout": run_timeout,
     "crash": run_crash,
+    "cpu": run_cpu,
+    "payload": run_payload,
+    "scale": run_scale,
 }
 
 
@@ -462,7 +807,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument("system", choices=sorted(SYSTEMS))
-    parser.add_argument("--n", type=int, default=1000, help="number of tasks (noop)")
+    parser.add_argument("--n", type=int, default=1000, help="number of tasks, or of pending jobs (scale)")
+    parser.add_argument("--quick", action="store_true", help="the smaller sizes of the quick mode")
     args = parser.parse_args()
     result: dict[str, Any] = {"scenario": args.scenario, "system": args.system, "error": None}
     try:

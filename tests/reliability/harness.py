@@ -62,6 +62,12 @@ class Audit:
     lost_attempts: int = 0
     problems: list[str] = field(default_factory=list)
 
+    def add(self, other: Audit) -> None:
+        """Count ``other`` in this audit too (a soak audits one batch at a time)."""
+        for name in ("jobs", "complete", "dead", "cancelled", "executions", "duplicates", "lost_attempts"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.problems.extend(other.problems)
+
     def summary(self) -> str:
         return (
             f"{self.jobs} jobs: {self.complete} complete, {self.dead} dead, {self.cancelled} cancelled; "
