@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import resource
+import json
+import subprocess
 import sys
 
-import psutil
 import pytest
 
 from stoker import usage
@@ -13,26 +13,36 @@ from stoker import usage
 MIB = 1024
 
 
+#: Run in a fresh interpreter: the test process carries the history of every
+#: test before this one (threads, a heap that may hold the freed block), which
+#: the marks measured here must not depend on. A child still inherits its
+#: parent's lifetime maximum, so the block is sized to rise above it.
+_LARGE_THEN_SMALL = """
+import json, resource, psutil
+from stoker import usage
+MIB = 1024
+usage._Mark.reset_before_next = True
+large = usage.UsageMeter()
+headroom_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - psutil.Process().memory_info().rss // 1024
+block = bytearray((max(0, headroom_kib) + 64 * MIB) * 1024)
+block[::4096] = b"x" * len(block[::4096])  # Touch every page so it is resident.
+del block
+large_peak = large.read()["peak_rss_kib"]
+small = usage.UsageMeter()  # The mark rose: it is reset before this attempt.
+small_peak = small.read()["peak_rss_kib"]
+again = usage.UsageMeter()  # Nothing rose: no reset, the mark as it stands.
+print(json.dumps([large_peak, small_peak, again.read()["peak_rss_kib"]]))
+"""
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the RSS mark is reset through /proc")
 def test_a_small_attempt_after_a_large_one_reports_its_own_peak() -> None:
-    usage._Mark.reset_before_next = True
-    large = usage.UsageMeter()
-    # The block must raise the process's lifetime maximum, which earlier tests
-    # in this process may have left well above what it holds now.
-    headroom_kib = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - psutil.Process().memory_info().rss // 1024
+    done = subprocess.run(
+        [sys.executable, "-c", _LARGE_THEN_SMALL], capture_output=True, text=True, check=True, timeout=120
     )
-    block = bytearray((max(0, headroom_kib) + 64 * MIB) * 1024)
-    block[::4096] = b"x" * len(block[::4096])  # Touch every page so it is resident.
-    del block
-    large_peak = large.read()["peak_rss_kib"]
-
-    small = usage.UsageMeter()  # The mark rose: it is reset before this attempt.
-    small_peak = small.read()["peak_rss_kib"]
+    large_peak, small_peak, again_peak = json.loads(done.stdout)
     assert small_peak < large_peak - 32 * MIB
-
-    again = usage.UsageMeter()  # Nothing rose: no reset, the mark as it stands.
-    assert again.read()["peak_rss_kib"] == small_peak
+    assert again_peak == small_peak
 
 
 def test_cpu_time_of_the_attempt_is_counted() -> None:
