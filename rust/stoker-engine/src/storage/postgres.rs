@@ -118,9 +118,10 @@ pub const HEARTBEAT_SQL: &str = "UPDATE jobs j SET lease_deadline_ms = $4 \
      WHERE j.id = l.id AND j.attempt = l.token AND j.status = 2 AND j.lease_owner = $3 \
      RETURNING j.id, j.cancel_requested";
 
-/// The running jobs whose own lease ran out, oldest deadline first.
+/// The running jobs whose own lease ran out, oldest deadline first, then
+/// lowest id (the order SQLite's index gives).
 pub const EXPIRED_SQL: &str = "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = 2 AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms LIMIT $2 FOR UPDATE SKIP LOCKED";
+     WHERE status = 2 AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED";
 
 /// The running jobs of supervisors whose registration lease ran out.
 pub const ORPHANED_SQL: &str = "SELECT j.id, j.attempt, j.lease_owner, s.lease_until_ms \
