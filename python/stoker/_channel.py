@@ -11,15 +11,18 @@ buffers and goes on at the next wake-up.
 
 Frames are those of ``multiprocessing.connection``: a 4-byte big-endian signed
 length, or ``-1`` and an 8-byte unsigned length for frames of 2 GiB or more,
-then the pickled message.
+then the pickled message. Messages hold only plain values (ids, bytes,
+strings, captured errors), so the standard pickler reads and writes them: it
+is what ``Connection`` uses at the worker's end too, without the cost of
+building a ``ForkingPickler`` for every message.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 #: Most bytes read from one worker per wake-up, so that a worker sending a huge
@@ -57,7 +60,7 @@ class Channel:
 
         Raises ``BrokenPipeError`` (an ``OSError``) if the worker's end is closed.
         """
-        data = bytes(ForkingPickler.dumps(message))
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         size = len(data)
         header = _SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size)
         self._out += header
@@ -112,7 +115,7 @@ class Channel:
                 frame = bytes(body)
             del self._in[:end]
             try:
-                messages.append(ForkingPickler.loads(frame))
+                messages.append(pickle.loads(frame))
             except Exception as error:
                 raise ProtocolError(f"a message could not be unpickled: {error!r}") from error
 

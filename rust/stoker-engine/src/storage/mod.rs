@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod postgres_flow;
 pub mod postgres_schema;
 pub mod sqlite;
+pub mod sqlite_checkpoint;
 pub mod sqlite_flow;
 
 use crate::error::EngineError;

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use rusqlite::config::DbConfig;
@@ -28,6 +28,7 @@ use crate::model::{
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::retry::backoff_ms;
+use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
 use crate::storage::{ClaimRequest, Jitter, Storage};
 
@@ -247,6 +248,10 @@ pub struct SqliteStorage {
     conn: Mutex<Connection>,
     path: String,
     busy_timeout: Duration,
+    /// Runs the WAL checkpoints that SQLite would otherwise run inside a
+    /// commit. Declared after `conn`, so the connection (whose hook refers to
+    /// it) is closed first.
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteStorage {
@@ -274,7 +279,7 @@ impl SqliteStorage {
                 }
             }
         }
-        let conn = Connection::open(path).map_err(|error| {
+        let mut conn = Connection::open(path).map_err(|error| {
             EngineError::Storage(format!("cannot open the database {shown:?}: {error}"))
         })?;
         conn.busy_timeout(busy_timeout)?;
@@ -284,10 +289,15 @@ impl SqliteStorage {
         // current time, on every claim) could let it pick another plan, and
         // that compilation cost more than the rest of a claim.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // The checkpoint thread opens its own connection, so it needs a path that
+        // still names the file if the process changes directory.
+        let absolute = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let checkpointer = Checkpointer::install(&mut conn, absolute)?;
         let mut storage = Self {
             conn: Mutex::new(conn),
             path: shown,
             busy_timeout,
+            checkpointer,
         };
         storage.initialize()?;
         Ok(storage)
@@ -296,6 +306,11 @@ impl SqliteStorage {
     /// The path the database was opened at.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The background WAL checkpoint of this storage's connection.
+    pub fn checkpointer(&self) -> &Checkpointer {
+        &self.checkpointer
     }
 
     /// The query plan SQLite chooses for `sql` on this database, one line per
