@@ -80,8 +80,9 @@ class Channel:
         """The messages that arrived completely since the last call (maybe none)."""
         budget = READ_BUDGET
         while budget > 0 and not self.eof:
+            asked = min(READ_CHUNK, budget)
             try:
-                chunk = os.read(self.fd, min(READ_CHUNK, budget))
+                chunk = os.read(self.fd, asked)
             except BlockingIOError:
                 break
             except (ConnectionResetError, OSError):
@@ -92,6 +93,12 @@ class Channel:
                 break
             self._in += chunk
             budget -= len(chunk)
+            if len(chunk) < asked:
+                # The pipe held less than was asked for, so it is empty now: a
+                # second read would only fail, and a system call costs more
+                # than the rest of a small message's handling. Whatever comes
+                # next makes the pipe readable again for the next poll.
+                break
         return self._parse()
 
     def _parse(self) -> list[Any]:

@@ -424,3 +424,35 @@ fn commits_leave_checkpoints_to_the_background_thread() {
         i64::try_from(2 * pages + 1).unwrap()
     );
 }
+
+#[test]
+fn a_writer_retries_a_held_lock_for_its_busy_timeout_then_fails_busy() {
+    use std::time::Instant;
+    use stoker_engine::Storage;
+
+    let dir = TempDir::new();
+    let path = dir.file("busy.db");
+    let timeout = Duration::from_millis(40);
+    let storage = SqliteStorage::open(&path, timeout).unwrap();
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let started = Instant::now();
+    let error = storage.enqueue(&[job(0)], 0).unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(error, EngineError::Busy(_)), "{error:?}");
+    // It gave up only once its whole busy timeout was spent.
+    assert!(waited >= timeout, "gave up after {waited:?}");
+
+    // The lock released while a writer waits: that writer goes on.
+    let release = std::thread::spawn(move || {
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let storage = SqliteStorage::open(&path, Duration::from_secs(30)).unwrap();
+    storage.enqueue(&[job(0)], 0).unwrap();
+    release.join().unwrap();
+    assert_eq!(
+        storage.stats().unwrap().iter().map(|(_, n)| n).sum::<i64>(),
+        1
+    );
+}
