@@ -404,7 +404,10 @@ class Job:
         its ``__cause__``. A task with ``store_result=False`` raises
         :class:`~stoker.errors.NoResultError` once complete.
         """
-        self.wait(timeout)
+        # A job already finished (results collected after a batch was sent)
+        # costs one status read, without setting up a wait.
+        if self._engine.status(self.id) not in FINISHED:
+            self.wait(timeout)
         return self._finished_result(original)
 
     def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
