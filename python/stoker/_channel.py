@@ -28,7 +28,12 @@ from typing import Any
 #: Most bytes read from one worker per wake-up, so that a worker sending a huge
 #: result does not hold up the loop's deadlines for long.
 READ_BUDGET = 64 * 1024 * 1024
-#: Bytes asked for by one read.
+#: Bytes asked for by the first read of a wake-up. ``os.read`` allocates what
+#: it asks for before reading; up to this size the allocation comes from the
+#: heap, where a larger one maps and unmaps memory (three system calls, and
+#: page faults) for every message, however small.
+READ_FIRST_CHUNK = 64 * 1024
+#: Bytes asked for by each further read, once a message proved large.
 READ_CHUNK = 4 * 1024 * 1024
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -80,7 +85,7 @@ class Channel:
         """The messages that arrived completely since the last call (maybe none)."""
         budget = READ_BUDGET
         while budget > 0 and not self.eof:
-            asked = min(READ_CHUNK, budget)
+            asked = min(READ_CHUNK if budget < READ_BUDGET else READ_FIRST_CHUNK, budget)
             try:
                 chunk = os.read(self.fd, asked)
             except BlockingIOError:
