@@ -31,13 +31,18 @@ use crate::model::{
 use crate::retry::backoff_ms;
 use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
-use crate::storage::{ClaimRequest, Jitter, Storage};
+use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
 
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 3 keeps large payloads and results in tables of their own.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The oldest schema version that opening migrates in place rather than
+/// refuses.
+pub const MIGRATABLE_SINCE: i64 = 2;
 
 /// The exception type recorded for an attempt whose lease expired.
 pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
@@ -150,11 +155,43 @@ CREATE TABLE stale_outcomes (
 ) STRICT;
 ";
 
-/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them.
-const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
+/// The tables of payloads and results too large for the job's row (see
+/// [`INLINE_BLOB_MAX_BYTES`]): one row per job, keyed by the job's id, written
+/// when the job is enqueued or completed and deleted with the job or its
+/// result. Part of the schema since version 3.
+const BLOB_TABLES: &str = "
+CREATE TABLE job_payloads (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+    data BLOB NOT NULL
+) STRICT;
+CREATE TABLE job_results (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+    data BLOB NOT NULL
+) STRICT;
+";
+
+/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them,
+/// from `jobs`. An empty payload or result in the row stands for one stored
+/// aside, read from its table; `length` of a blob does not read its content.
+const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
+     CASE WHEN length(payload) = 0 THEN \
+     coalesce((SELECT data FROM job_payloads WHERE job_id = jobs.id), payload) ELSE payload END, \
+     attempt, failures, crashes, \
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     result, result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
+     CASE WHEN length(result) = 0 THEN \
+     coalesce((SELECT data FROM job_results WHERE job_id = jobs.id), result) ELSE result END, \
+     result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
+
+/// The payload stored aside for a job.
+const PAYLOAD_ASIDE_SQL: &str = "SELECT data FROM job_payloads WHERE job_id = ?1";
+
+/// Stores a payload aside.
+pub(crate) const INSERT_PAYLOAD_SQL: &str =
+    "INSERT INTO job_payloads (job_id, data) VALUES (?1, ?2)";
+
+/// Stores a result aside.
+const INSERT_RESULT_SQL: &str = "INSERT INTO job_results (job_id, data) VALUES (?1, ?2)";
 
 pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
      max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
@@ -249,6 +286,8 @@ impl From<rusqlite::Error> for EngineError {
 enum Identity {
     /// A stoker database of this schema version.
     Ours,
+    /// A stoker database of an older schema version this engine migrates.
+    Older(i64),
     /// An empty database, to be initialised.
     Empty,
 }
@@ -394,16 +433,21 @@ impl SqliteStorage {
             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{CACHE_SIZE_KIB}; \
              PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
         ))?;
-        if let Identity::Empty = identity {
+        if !matches!(identity, Identity::Ours) {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Another process may have created the schema while this one waited
-            // for the write lock, so look again under the lock.
-            if let Identity::Empty = identify(&tx, &path)? {
-                tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(sqlite_flow::SCHEMA)?;
-                tx.execute_batch(&format!(
-                    "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-                ))?;
+            // Another process may have created or migrated the schema while
+            // this one waited for the write lock, so look again under the lock.
+            match identify(&tx, &path)? {
+                Identity::Ours => {}
+                Identity::Empty => {
+                    tx.execute_batch(SCHEMA)?;
+                    tx.execute_batch(sqlite_flow::SCHEMA)?;
+                    tx.execute_batch(BLOB_TABLES)?;
+                    tx.execute_batch(&format!(
+                        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+                    ))?;
+                }
+                Identity::Older(version) => migrate(&tx, version)?,
             }
             tx.commit()?;
         }
@@ -519,7 +563,7 @@ fn claim_in(
         if !gate.admit(tx, id)? {
             continue;
         }
-        let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+        let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
             let attempt: i64 = row.get(0)?;
             Ok(ClaimedJob {
                 id,
@@ -533,10 +577,24 @@ fn claim_in(
                 labels: row.get(5)?,
             })
         })?;
+        if job.payload.is_empty() {
+            if let Some(payload) = payload_aside(tx, id)? {
+                job.payload = payload;
+            }
+        }
         claimed.push(job);
     }
     gate.store(tx)?;
     Ok(claimed)
+}
+
+/// The payload stored aside for a job whose row holds an empty one, if any
+/// (an empty payload of its own has no side row).
+fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> Result<Option<Vec<u8>>, EngineError> {
+    Ok(tx
+        .prepare_cached(PAYLOAD_ASIDE_SQL)?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?)
 }
 
 /// Whether the first value `sql` (a time, from one index probe) is at or
@@ -582,21 +640,58 @@ fn complete_in(
     let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
     let mut applied = Vec::with_capacity(completions.len());
     for completion in completions {
+        // A large result goes to its own table, so the row keeps an empty one.
+        let aside = completion
+            .result
+            .as_deref()
+            .filter(|result| stored_aside(result.len()));
+        let in_row: Option<&[u8]> = match aside {
+            Some(_) => Some(&[]),
+            None => completion.result.as_deref(),
+        };
         let changed = complete.execute(params![
             completion.job_id,
             completion.token,
-            completion.result,
+            in_row,
             now_ms,
             completion.usage,
         ])?;
         if changed == 0 {
             refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
         } else {
+            if let Some(result) = aside {
+                tx.prepare_cached(INSERT_RESULT_SQL)?
+                    .execute(params![completion.job_id, result])?;
+            }
             sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
         }
         applied.push(changed > 0);
     }
     Ok(applied)
+}
+
+/// Brings a database of schema `version` to [`SCHEMA_VERSION`] inside `tx`
+/// (a `BEGIN IMMEDIATE` transaction): either all of it happens or none.
+fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
+    if version == 2 {
+        // Version 3 adds the tables of large payloads and results. The large
+        // payloads of jobs that have not finished move there, because their
+        // rows will still be rewritten by status changes; finished jobs keep
+        // theirs in the row (readers take both), so that migrating a file
+        // with many large results does not copy all of them.
+        tx.execute_batch(BLOB_TABLES)?;
+        tx.execute(
+            "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
+             WHERE status IN (0, 1, 2, 7) AND length(payload) > ?1",
+            [sql_limit(INLINE_BLOB_MAX_BYTES)],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET payload = x'' WHERE id IN (SELECT job_id FROM job_payloads)",
+            [],
+        )?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    Ok(())
 }
 
 /// Reads the identity of the file without writing to it.
@@ -625,6 +720,9 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
     if application_id == APPLICATION_ID {
         if user_version == SCHEMA_VERSION {
             return Ok(Identity::Ours);
+        }
+        if (MIGRATABLE_SINCE..SCHEMA_VERSION).contains(&user_version) {
+            return Ok(Identity::Older(user_version));
         }
         return Err(EngineError::SchemaVersion {
             path: path.to_owned(),
@@ -1153,7 +1251,14 @@ impl Storage for SqliteStorage {
                  backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, ?2, ?2, id, labels FROM jobs WHERE id = ?1",
             )?
             .execute(params![job_id, now_ms])?;
-            Ok(tx.last_insert_rowid())
+            let replayed = tx.last_insert_rowid();
+            // The new job gets its own copy of a payload stored aside, so that
+            // either job can be purged without the other.
+            tx.prepare_cached(
+                "INSERT INTO job_payloads (job_id, data) SELECT ?2, data FROM job_payloads WHERE job_id = ?1",
+            )?
+            .execute(params![job_id, replayed])?;
+            Ok(replayed)
         })
     }
 
@@ -1295,6 +1400,14 @@ impl Storage for SqliteStorage {
                 [],
             )?;
             tx.execute("DELETE FROM errors WHERE job_id IN (SELECT id FROM temp.purged)", [])?;
+            tx.execute(
+                "DELETE FROM job_payloads WHERE job_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM job_results WHERE job_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
             let removed = tx.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM temp.purged)", [])?;
             tx.execute("DELETE FROM temp.purged", [])?;
             Ok(removed)
