@@ -1400,6 +1400,14 @@ impl Storage for SqliteStorage {
                 [],
             )?;
             tx.execute("DELETE FROM errors WHERE job_id IN (SELECT id FROM temp.purged)", [])?;
+            // Dependency links of a finished job are history only (they were
+            // resolved when it finished), and they would keep it by their
+            // foreign keys.
+            tx.execute(
+                "DELETE FROM job_deps WHERE job_id IN (SELECT id FROM temp.purged) \
+                 OR dep_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
             tx.execute(
                 "DELETE FROM job_payloads WHERE job_id IN (SELECT id FROM temp.purged)",
                 [],
