@@ -892,6 +892,10 @@ class Supervisor:
         self._want_claim = True
         if self._should_recycle(w):
             self._retire(w)
+        elif not self._stop_requests:
+            # The worker waits for its next job from now on: hand it the one
+            # claimed ahead at once, before the rest of this wake-up's work.
+            self._dispatch_claimed_ahead(time.monotonic())
         return True
 
     def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
