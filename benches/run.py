@@ -994,11 +994,11 @@ def report(
         command_line(argv),
         "```",
         "",
-        "The quick mode (`--quick`: 3 repetitions, smaller N) took about 12 minutes on the machine "
-        "below while other builds shared it. The full mode (`make bench`: 5 repetitions, the N "
-        "given in each section's text, prints the tables; add `--write` to rewrite this file) "
-        "takes, from the quick mode's timings, about 1.5 to 2 hours, most of it flexiq's 20,000 "
-        "no-ops and flexiq and huey filling and draining their backlogs of a million jobs.",
+        "Two modes: the quick mode (`--quick`: 3 repetitions, smaller N) takes 6 to 12 minutes; "
+        "the full mode (`make bench`, without `--quick`: the N given in each section's text, 5 "
+        "repetitions unless `--reps` says otherwise) takes most of its time in flexiq's and huey's "
+        "20,000 no-ops and 1,000 one-at-a-time latencies. Where the time of a stoker job goes, "
+        "and what was changed for it, is in [performance.md](performance.md).",
         "",
         f"Run on {today}, {args.reps} repetitions, {elapsed:.0f} s in all"
         + (" (quick mode)." if args.quick else " (full mode)."),
