@@ -35,7 +35,7 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
-from .serialization import dumps_call, dumps_calls
+from .serialization import dumps_call, dumps_calls, dumps_positional_calls
 from .task import (
     DEFAULT_CALL,
     DEFAULT_MAX_CRASHES,
@@ -306,7 +306,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         template = self._plain_template(task)
         if template is None:
             return self._send_many([(task, task.options_, DEFAULT_CALL, tuple(args), {}) for args in calls])
-        payloads = dumps_calls(task.name, task.func, [(tuple(args), {}) for args in calls])
+        payloads = dumps_positional_calls(task.name, task.func, calls)
         if self._secret is not None:
             payloads = [self._seal(payload) for payload in payloads]
         ids = self._engine.enqueue_payloads(template, payloads)
