@@ -11,21 +11,29 @@ buffers and goes on at the next wake-up.
 
 Frames are those of ``multiprocessing.connection``: a 4-byte big-endian signed
 length, or ``-1`` and an 8-byte unsigned length for frames of 2 GiB or more,
-then the pickled message.
+then the pickled message. Messages hold only plain values (ids, bytes,
+strings, captured errors), so the standard pickler reads and writes them: it
+is what ``Connection`` uses at the worker's end too, without the cost of
+building a ``ForkingPickler`` for every message.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import struct
 from multiprocessing.connection import Connection
-from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 #: Most bytes read from one worker per wake-up, so that a worker sending a huge
 #: result does not hold up the loop's deadlines for long.
 READ_BUDGET = 64 * 1024 * 1024
-#: Bytes asked for by one read.
+#: Bytes asked for by the first read of a wake-up. ``os.read`` allocates what
+#: it asks for before reading; up to this size the allocation comes from the
+#: heap, where a larger one maps and unmaps memory (three system calls, and
+#: page faults) for every message, however small.
+READ_FIRST_CHUNK = 64 * 1024
+#: Bytes asked for by each further read, once a message proved large.
 READ_CHUNK = 4 * 1024 * 1024
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
@@ -57,7 +65,7 @@ class Channel:
 
         Raises ``BrokenPipeError`` (an ``OSError``) if the worker's end is closed.
         """
-        data = bytes(ForkingPickler.dumps(message))
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         size = len(data)
         header = _SHORT.pack(size) if size <= 0x7FFFFFFF else _SHORT.pack(-1) + _LONG.pack(size)
         self._out += header
@@ -77,8 +85,9 @@ class Channel:
         """The messages that arrived completely since the last call (maybe none)."""
         budget = READ_BUDGET
         while budget > 0 and not self.eof:
+            asked = min(READ_CHUNK if budget < READ_BUDGET else READ_FIRST_CHUNK, budget)
             try:
-                chunk = os.read(self.fd, min(READ_CHUNK, budget))
+                chunk = os.read(self.fd, asked)
             except BlockingIOError:
                 break
             except (ConnectionResetError, OSError):
@@ -89,6 +98,12 @@ class Channel:
                 break
             self._in += chunk
             budget -= len(chunk)
+            if len(chunk) < asked:
+                # The pipe held less than was asked for, so it is empty now: a
+                # second read would only fail, and a system call costs more
+                # than the rest of a small message's handling. Whatever comes
+                # next makes the pipe readable again for the next poll.
+                break
         return self._parse()
 
     def _parse(self) -> list[Any]:
@@ -112,7 +127,7 @@ class Channel:
                 frame = bytes(body)
             del self._in[:end]
             try:
-                messages.append(ForkingPickler.loads(frame))
+                messages.append(pickle.loads(frame))
             except Exception as error:
                 raise ProtocolError(f"a message could not be unpickled: {error!r}") from error
 

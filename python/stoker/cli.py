@@ -37,6 +37,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import json
 import logging
@@ -281,6 +282,10 @@ def _compact(value: Any) -> str:
 def _worker(args: argparse.Namespace) -> int:
     queue, module_name = load_queue(args.app)
     queues = [q for q in args.queues.split(",") if q] if args.queues else None
+    # This process only supervises: what the application's module loaded stays
+    # until it exits, so full collections need not traverse it (the supervisor
+    # allocates a few objects per job, which keeps triggering collections).
+    gc.freeze()
     queue.run_worker(
         processes=args.processes,
         queues=queues,

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 FINISHED = frozenset({"complete", "dead", "cancelled", "expired"})
 
 #: Waiting for a result. A supervisor running in the caller's process wakes its
-#: waiters as soon as it has stored outcomes (``OUTCOMES``). A result stored by
+#: waiters as soon as it has stored outcomes (:func:`notify_outcomes`). A result stored by
 #: another process is noticed through SQLite's change counter, one cheap read
 #: that touches no table (a few microseconds): every RESULT_POLL_FIRST seconds
 #: for the first RESULT_FIRST_PERIOD seconds of a wait, so a quick job's result
@@ -48,19 +48,60 @@ RESULT_POLL_FAST = 0.001
 RESULT_FAST_PERIOD = 5.0
 RESULT_POLL_SLOW = 0.05
 #: A synchronous wait on a database that a supervisor of this process serves is
-#: woken by that supervisor after each commit (``OUTCOMES``), so it polls only
-#: as a backstop (an outcome stored by a supervisor of another process): a
-#: fast poll there would take the GIL from the supervisor thread for nothing.
+#: woken by that supervisor as soon as it has stored the job's outcome
+#: (:func:`notify_outcomes`), so it polls only as a backstop (an outcome stored
+#: by a supervisor of another process): a fast poll there would take the GIL
+#: from the supervisor thread for nothing.
 RESULT_POLL_NOTIFIED = 0.005
 
-#: Notified by supervisors in this process after they store outcomes.
-OUTCOMES = threading.Condition()
+
+class _Watchers:
+    """Which threads of this process wait for which jobs.
+
+    A supervisor in this process wakes exactly the waiters of the jobs whose
+    outcomes it stored, so a waiter sleeps until its own job is done rather
+    than waking at every commit. Jobs are keyed by id alone: a waiter of job 5
+    of another database may be woken too, and then simply looks again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._events: dict[int, set[threading.Event]] = {}
+
+    def watch(self, job_ids: Iterable[int]) -> threading.Event:
+        event = threading.Event()
+        with self._lock:
+            for job_id in job_ids:
+                self._events.setdefault(job_id, set()).add(event)
+        return event
+
+    def unwatch(self, job_ids: Iterable[int], event: threading.Event) -> None:
+        with self._lock:
+            for job_id in job_ids:
+                events = self._events.get(job_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self._events[job_id]
+
+    def notify(self, job_ids: Iterable[int] | None) -> None:
+        with self._lock:
+            if not self._events:
+                return
+            if job_ids is None:
+                woken = {event for events in self._events.values() for event in events}
+            else:
+                woken = {event for job_id in job_ids for event in self._events.get(job_id, ())}
+        for event in woken:
+            event.set()
 
 
-def notify_outcomes() -> None:
-    """Wake the waiters of this process: some job may have finished."""
-    with OUTCOMES:
-        OUTCOMES.notify_all()
+_WATCHERS = _Watchers()
+
+
+def notify_outcomes(job_ids: Iterable[int] | None = None) -> None:
+    """Wake the waiters of this process whose jobs may have finished (all of them for ``None``)."""
+    _WATCHERS.notify(job_ids)
 
 
 class _Waiter:
@@ -273,13 +314,20 @@ class Job:
         engine = self._engine
         notified = self._store is None and self.queue._served_here()
         waiter = _Waiter([engine], timeout, self.id, notified=notified)
-        status = engine.status(self.id)
-        while status not in FINISHED:
-            pause = waiter.pause()
-            with OUTCOMES:
-                OUTCOMES.wait(pause)
-            if waiter.changed():
-                status = engine.status(self.id)
+        # Watched before the first look, so an outcome stored right after it
+        # still wakes this wait.
+        woken = _WATCHERS.watch((self.id,))
+        try:
+            status = engine.status(self.id)
+            while status not in FINISHED:
+                pause = waiter.pause()
+                if woken.wait(pause):
+                    woken.clear()
+                    status = engine.status(self.id)
+                elif waiter.changed():
+                    status = engine.status(self.id)
+        finally:
+            _WATCHERS.unwatch((self.id,), woken)
         return status
 
     async def wait_async(self, timeout: float | None = None) -> str:
@@ -356,7 +404,10 @@ class Job:
         its ``__cause__``. A task with ``store_result=False`` raises
         :class:`~stoker.errors.NoResultError` once complete.
         """
-        self.wait(timeout)
+        # A job already finished (results collected after a batch was sent)
+        # costs one status read, without setting up a wait.
+        if self._engine.status(self.id) not in FINISHED:
+            self.wait(timeout)
         return self._finished_result(original)
 
     def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
@@ -417,14 +468,20 @@ def gather(
     """
     notified = all(job._store is None and job.queue._served_here() for job in jobs)
     waiter = _gather_waiter(jobs, timeout, notified=notified)
-    while not _all_finished(jobs):
-        pause = _gather_pause(waiter, jobs)
-        while True:
-            with OUTCOMES:
-                OUTCOMES.wait(pause)
-            if waiter.changed():
-                break
+    job_ids = [job.id for job in jobs]
+    woken = _WATCHERS.watch(job_ids)
+    try:
+        while not _all_finished(jobs):
             pause = _gather_pause(waiter, jobs)
+            while True:
+                if woken.wait(pause):
+                    woken.clear()
+                    break
+                if waiter.changed():
+                    break
+                pause = _gather_pause(waiter, jobs)
+    finally:
+        _WATCHERS.unwatch(job_ids, woken)
     return _collect(jobs, return_exceptions)
 
 

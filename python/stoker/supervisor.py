@@ -229,11 +229,15 @@ class _Worker:
     tasks_done: int = 0
     retiring: bool = False
     """Told to stop after its last task (recycling); it takes no more jobs."""
+    pid: int = field(init=False)
+    usage_suffix: str = field(init=False, default="")
+    """``, "worker": "owner/pid"}``: what ends the usage JSON of its attempts."""
 
-    @property
-    def pid(self) -> int:
+    def __post_init__(self) -> None:
+        # Read once: the process's pid never changes, and it is asked for on
+        # every message.
         assert self.process.pid is not None
-        return self.process.pid
+        self.pid = self.process.pid
 
 
 class Supervisor:
@@ -324,6 +328,8 @@ class Supervisor:
         self._engine_wake_fd: int | None = None
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
+        self._stored_outcomes: list[int] = []
+        """Jobs whose outcomes were stored since the loop last woke their waiters."""
         self._claimed_ahead: deque[ClaimedJob] = deque()
         """Jobs claimed (leased to this supervisor) that no worker has started yet."""
         self._next_fire = 0.0
@@ -516,9 +522,12 @@ class Supervisor:
             self._reports.popleft()
 
     def _wait(self, now: float) -> None:
-        # Whatever the last turn stored (completions, failures, kills), waiters
-        # in this process look now instead of at their next poll.
-        notify_outcomes()
+        # The waiters in this process of the jobs whose outcomes the last turn
+        # stored (completions, failures, kills) look now instead of at their
+        # next poll; no other waiter wakes.
+        if self._stored_outcomes:
+            notify_outcomes(self._stored_outcomes)
+            self._stored_outcomes = []
         timeout = self._next_deadline(now) - now
         readable: set[int] = set()
         writable: set[int] = set()
@@ -883,6 +892,10 @@ class Supervisor:
         self._want_claim = True
         if self._should_recycle(w):
             self._retire(w)
+        elif not self._stop_requests:
+            # The worker waits for its next job from now on: hand it the one
+            # claimed ahead at once, before the rest of this wake-up's work.
+            self._dispatch_claimed_ahead(time.monotonic())
         return True
 
     def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
@@ -896,7 +909,9 @@ class Supervisor:
             values = json.loads(usage)
             values["worker"] = f"{self.owner}/{w.pid}"
             return json.dumps(values)
-        return f'{head[:-1]}, "worker": {json.dumps(f"{self.owner}/{w.pid}")}}}'
+        if not w.usage_suffix:
+            w.usage_suffix = f', "worker": {json.dumps(f"{self.owner}/{w.pid}")}}}'
+        return head[:-1] + w.usage_suffix
 
     def _requeue_on_request(self, job_id: int, token: int, pid: int) -> None:
         record = self.engine.get(job_id)
@@ -934,6 +949,7 @@ class Supervisor:
             self._start_worker()
 
     def _post_save(self, job_id: int, status: str) -> None:
+        self._stored_outcomes.append(job_id)
         for middleware in self.queue.middlewares:
             try:
                 middleware.post_save(job_id, status)

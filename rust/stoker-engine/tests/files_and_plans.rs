@@ -379,3 +379,80 @@ fn compact_log_truncates_the_wal_unless_a_reader_holds_it() {
         202
     );
 }
+
+#[test]
+fn commits_leave_checkpoints_to_the_background_thread() {
+    use stoker_engine::storage::sqlite_checkpoint::CHECKPOINT_PAGES;
+    use stoker_engine::Storage;
+
+    let dir = TempDir::new();
+    let storage = SqliteStorage::open(dir.file("checkpoint.db"), BUSY_TIMEOUT).unwrap();
+    let checkpointer = storage.checkpointer();
+    // Each job fills a page of its own, so the log grows by at least a page
+    // per job.
+    let page_jobs =
+        |n: usize| -> Vec<NewJob> { (0..n).map(|_| NewJob::new("t", vec![7u8; 4096])).collect() };
+
+    // With checkpoints held back, the log grows well past the size at which
+    // SQLite's automatic checkpoint would have copied and reset it inside a
+    // commit: no commit checkpoints by itself.
+    checkpointer.set_paused(true);
+    let pages = usize::try_from(CHECKPOINT_PAGES).unwrap();
+    for _ in 0..4 {
+        storage.enqueue(&page_jobs(pages / 2), 0).unwrap();
+    }
+    let grown = checkpointer.last_wal_pages();
+    assert!(
+        grown >= 2 * i64::from(CHECKPOINT_PAGES),
+        "the log holds {grown} pages"
+    );
+    assert_eq!(checkpointer.runs(), 0);
+
+    // Released, the thread checkpoints the whole log, and the next commit
+    // starts it again from its beginning.
+    checkpointer.set_paused(false);
+    let runs = checkpointer.wait_for_run_after(0, Duration::from_secs(30));
+    assert!(runs >= 1, "no checkpoint ran");
+    storage.enqueue(&page_jobs(1), 0).unwrap();
+    let restarted = checkpointer.last_wal_pages();
+    assert!(
+        restarted < i64::from(CHECKPOINT_PAGES) / 10,
+        "the log still holds {restarted} pages after a checkpoint"
+    );
+    assert_eq!(
+        storage.stats().unwrap().iter().map(|(_, n)| n).sum::<i64>(),
+        i64::try_from(2 * pages + 1).unwrap()
+    );
+}
+
+#[test]
+fn a_writer_retries_a_held_lock_for_its_busy_timeout_then_fails_busy() {
+    use std::time::Instant;
+    use stoker_engine::Storage;
+
+    let dir = TempDir::new();
+    let path = dir.file("busy.db");
+    let timeout = Duration::from_millis(40);
+    let storage = SqliteStorage::open(&path, timeout).unwrap();
+    let holder = Connection::open(&path).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+
+    let started = Instant::now();
+    let error = storage.enqueue(&[job(0)], 0).unwrap_err();
+    let waited = started.elapsed();
+    assert!(matches!(error, EngineError::Busy(_)), "{error:?}");
+    // It gave up only once its whole busy timeout was spent.
+    assert!(waited >= timeout, "gave up after {waited:?}");
+
+    // The lock released while a writer waits: that writer goes on.
+    let release = std::thread::spawn(move || {
+        holder.execute_batch("COMMIT").unwrap();
+    });
+    let storage = SqliteStorage::open(&path, Duration::from_secs(30)).unwrap();
+    storage.enqueue(&[job(0)], 0).unwrap();
+    release.join().unwrap();
+    assert_eq!(
+        storage.stats().unwrap().iter().map(|(_, n)| n).sum::<i64>(),
+        1
+    );
+}

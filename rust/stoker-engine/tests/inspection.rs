@@ -143,4 +143,30 @@ backend_tests! {
         assert_eq!(fx.engine.get(replay).unwrap().replayed_from, None);
         assert_eq!(fx.engine.get(pending).unwrap().status, Status::Pending);
     }
+
+    fn purge_removes_finished_jobs_linked_by_dependencies(fx) {
+        let dep = fx.enqueue_one(job(0));
+        let dependent = fx.enqueue_one(NewJob {
+            depends_on: vec![dep],
+            ..job(0)
+        });
+        let first = fx.claim(1);
+        assert!(fx.complete(first[0].id, first[0].token));
+        let second = fx.claim(1);
+        assert_eq!(second[0].id, dependent);
+        assert!(fx.complete(second[0].id, second[0].token));
+        // Both ends of the dependency are finished, so both may go; the link
+        // must not keep either of them (nor fail the purge).
+        assert_eq!(
+            fx.engine
+                .purge_jobs(&[Status::Complete], None, 10)
+                .unwrap(),
+            2
+        );
+        assert!(matches!(fx.engine.get(dep), Err(EngineError::NotFound(_))));
+        assert!(matches!(
+            fx.engine.get(dependent),
+            Err(EngineError::NotFound(_))
+        ));
+    }
 }

@@ -143,6 +143,76 @@ fn opening_twice_keeps_the_schema_and_its_jobs() {
 }
 
 #[test]
+fn a_version_1_schema_is_migrated_in_place_and_keeps_its_jobs() {
+    let Some(schema) = PgSchema::new() else {
+        return;
+    };
+    // Version 2 is version 1 with the two tables of large values added, so
+    // a version-1 schema is the current one without them, marked version 1,
+    // with its values in the job rows.
+    drop(Engine::open(&schema.url(), Duration::ZERO, None).unwrap());
+    let mut client = schema.client();
+    client
+        .batch_execute(
+            "DROP TABLE job_payloads; DROP TABLE job_results; \
+             UPDATE stoker_meta SET value = '1' WHERE key = 'schema_version'",
+        )
+        .unwrap();
+    let large_pending: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let large_done: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 241) as u8).collect();
+    let mut insert = |status: i64, payload: &[u8], result: Option<&[u8]>| -> i64 {
+        client
+            .query_one(
+                "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, max_crashes, \
+                 backoff_base_ms, backoff_cap_ms, jitter, created_ms, eta_ms, result, finished_ms) \
+                 VALUES ('t', 'default', 0, $1, $2, 0, 1, 1000, 300000, 0.0, 1, 1, $3, \
+                 CASE WHEN $2 = 3::bigint THEN 5 END) RETURNING id",
+                &[&payload, &status, &result],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let pending = insert(0, &large_pending, None);
+    let done = insert(3, &large_done, Some(&large_done));
+
+    let engine = Engine::open(
+        &schema.url(),
+        Duration::ZERO,
+        Some(Arc::new(ManualClock::new(10))),
+    )
+    .unwrap();
+    let mut client = schema.client();
+    let version: String = client
+        .query_one(
+            "SELECT value FROM stoker_meta WHERE key = 'schema_version'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(version, PG_SCHEMA_VERSION.to_string());
+    let moved: Vec<i64> = client
+        .query("SELECT job_id FROM job_payloads ORDER BY job_id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        moved,
+        vec![pending],
+        "the large payload of the unfinished job moved aside; a finished job keeps its own"
+    );
+    let finished = engine.get(done).unwrap();
+    assert!(finished.payload == large_done);
+    assert!(finished.result.as_deref() == Some(&large_done[..]));
+    let claimed = engine
+        .claim(&["default".to_owned()], 1, "owner-a", 30_000)
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, pending);
+    assert!(claimed[0].payload == large_pending);
+}
+
+#[test]
 fn the_claim_reads_only_the_partial_index_of_runnable_jobs() {
     let Some(fx) = pg_fixture() else {
         return;

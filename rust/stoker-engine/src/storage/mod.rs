@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod postgres_flow;
 pub mod postgres_schema;
 pub mod sqlite;
+pub mod sqlite_checkpoint;
 pub mod sqlite_flow;
 
 use crate::error::EngineError;
@@ -27,6 +28,31 @@ use crate::model::{
 
 /// A source of uniform random draws in `[0, 1)` for retry jitter.
 pub type Jitter<'a> = &'a mut dyn FnMut() -> f64;
+
+/// Payloads and results up to this many bytes are kept in the job's own row;
+/// larger ones are stored aside, in `job_payloads` and `job_results`, one row
+/// per job, written once and never rewritten by the job's status changes.
+///
+/// The row of a job is written again by every change of its status (claim,
+/// lease renewal, completion, retry), and a database rewrites a value stored
+/// in the row with it: SQLite copies the whole record, overflow pages
+/// included, into its log. A large value in the row therefore costs its size
+/// in writes on every change. A value stored aside costs one more row at
+/// enqueue or completion and one more lookup when it is read. At 2 KiB a job
+/// row with an inline payload still fits in one 4 KiB SQLite page, so small
+/// jobs, the common case, write no overflow pages and pay no lookup;
+/// PostgreSQL moves values above about 2 KiB out of its row (TOAST) anyway.
+///
+/// A value stored aside leaves an empty value in the row (an empty payload,
+/// or an empty result for a result), which readers take as "look in the side
+/// table"; a job whose value really is empty has no side row.
+pub const INLINE_BLOB_MAX_BYTES: usize = 2048;
+
+/// Whether a payload or result of `len` bytes is stored aside rather than in
+/// the job's row (see [`INLINE_BLOB_MAX_BYTES`]).
+pub fn stored_aside(len: usize) -> bool {
+    len > INLINE_BLOB_MAX_BYTES
+}
 
 /// What a supervisor asks of a claim: up to `limit` runnable jobs of
 /// `queues`, leased to `owner` for `lease_ms`.

@@ -44,7 +44,7 @@ use crate::retry::backoff_ms;
 use crate::storage::postgres_flow;
 use crate::storage::postgres_schema;
 use crate::storage::sqlite::LEASE_EXPIRED_EXC_TYPE;
-use crate::storage::{ClaimRequest, Jitter, Storage};
+use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage};
 
 /// How many times a transaction that lost a race (serialization failure,
 /// deadlock, unique-key conflict) is run again before the error is returned
@@ -75,11 +75,19 @@ const CHANNEL_PREFIX: &str = "stoker_wake_";
 /// rarely is enough; a refresh costs one round trip.
 const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
-/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them.
-pub(crate) const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
+/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them,
+/// from `jobs`. An empty payload or result in the row stands for one stored
+/// aside (see [`crate::storage::INLINE_BLOB_MAX_BYTES`]), read from its
+/// table; `octet_length` does not fetch a value stored out of line.
+pub(crate) const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
+     CASE WHEN octet_length(payload) = 0 THEN \
+     coalesce((SELECT data FROM job_payloads WHERE job_id = jobs.id), payload) ELSE payload END, \
+     attempt, failures, crashes, \
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     result, result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
+     CASE WHEN octet_length(result) = 0 THEN \
+     coalesce((SELECT data FROM job_results WHERE job_id = jobs.id), result) ELSE result END, \
+     result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first;
 /// rows another claimer is promoting are skipped, not waited for.
@@ -863,7 +871,10 @@ fn claim_in(
     // Expired jobs never run; limits decide which picked jobs are taken.
     postgres_flow::expire_due_in(tx, now_ms)?;
     if postgres_flow::any_limits(tx)? {
-        return postgres_flow::claim_limited(tx, &unique, limit, owner, lease_deadline_ms, now_ms);
+        let mut claimed =
+            postgres_flow::claim_limited(tx, &unique, limit, owner, lease_deadline_ms, now_ms)?;
+        fill_payloads_aside(tx, &mut claimed)?;
+        return Ok(claimed);
     }
     let rows = if unique.len() == 1 {
         tx.query(
@@ -892,7 +903,37 @@ fn claim_in(
         .iter()
         .map(|row| claimed_from_row(row, lease_deadline_ms))
         .collect::<PgResult<Vec<_>>>()?;
-    Ok(in_claim_order(claimed))
+    let mut claimed = in_claim_order(claimed);
+    fill_payloads_aside(tx, &mut claimed)?;
+    Ok(claimed)
+}
+
+/// Reads the payloads stored aside of the claimed jobs whose rows hold empty
+/// ones (in one statement, and only when there are any; an empty payload of
+/// its own has no side row).
+fn fill_payloads_aside(tx: &mut Tx<'_>, claimed: &mut [ClaimedJob]) -> PgResult<()> {
+    let empty: Vec<i64> = claimed
+        .iter()
+        .filter(|job| job.payload.is_empty())
+        .map(|job| job.id)
+        .collect();
+    if empty.is_empty() {
+        return Ok(());
+    }
+    let rows = tx.query(
+        "SELECT job_id, data FROM job_payloads WHERE job_id = ANY($1)",
+        &[&empty],
+    )?;
+    let mut found: HashMap<i64, Vec<u8>> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        found.insert(row.try_get(0)?, row.try_get(1)?);
+    }
+    for job in claimed.iter_mut() {
+        if let Some(payload) = found.remove(&job.id) {
+            job.payload = payload;
+        }
+    }
+    Ok(())
 }
 
 /// The body of [`Storage::complete_many`], inside the caller's transaction:
@@ -903,7 +944,14 @@ fn complete_in(tx: &mut Tx<'_>, completions: &[Completion], now_ms: i64) -> PgRe
     }
     let ids: Vec<i64> = completions.iter().map(|c| c.job_id).collect();
     let tokens: Vec<i64> = completions.iter().map(|c| c.token).collect();
-    let results: Vec<Option<&[u8]>> = completions.iter().map(|c| c.result.as_deref()).collect();
+    // A large result goes to its own table, so the row keeps an empty one.
+    let results: Vec<Option<&[u8]>> = completions
+        .iter()
+        .map(|c| match c.result.as_deref() {
+            Some(result) if stored_aside(result.len()) => Some(&[][..]),
+            other => other,
+        })
+        .collect();
     let usages: Vec<Option<&str>> = completions.iter().map(|c| c.usage.as_deref()).collect();
     let rows = tx.query(COMPLETE_SQL, &[&ids, &tokens, &results, &usages, &now_ms])?;
     let mut done: HashMap<i64, bool> = HashMap::with_capacity(rows.len());
@@ -924,6 +972,16 @@ fn complete_in(tx: &mut Tx<'_>, completions: &[Completion], now_ms: i64) -> PgRe
         };
         if fresh {
             finished.push(completion.job_id);
+            if let Some(result) = completion
+                .result
+                .as_deref()
+                .filter(|result| stored_aside(result.len()))
+            {
+                tx.execute(
+                    "INSERT INTO job_results (job_id, data) VALUES ($1, $2)",
+                    &[&completion.job_id, &result],
+                )?;
+            }
         } else {
             refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
         }
@@ -1280,8 +1338,15 @@ impl Storage for PostgresStorage {
                  RETURNING id",
                 &[&job_id, &now_ms],
             )?;
+            let replayed: i64 = row.try_get(0)?;
+            // The new job gets its own copy of a payload stored aside, so that
+            // either job can be purged without the other.
+            tx.execute(
+                "INSERT INTO job_payloads (job_id, data) SELECT $2, data FROM job_payloads WHERE job_id = $1",
+                &[&job_id, &replayed],
+            )?;
             tx.wake = true;
-            Ok(row.try_get(0)?)
+            Ok(replayed)
         })
     }
 
@@ -1421,6 +1486,8 @@ impl Storage for PostgresStorage {
                 &[&ids],
             )?;
             tx.execute("DELETE FROM errors WHERE job_id = ANY($1)", &[&ids])?;
+            tx.execute("DELETE FROM job_payloads WHERE job_id = ANY($1)", &[&ids])?;
+            tx.execute("DELETE FROM job_results WHERE job_id = ANY($1)", &[&ids])?;
             tx.execute(
                 "DELETE FROM job_deps WHERE job_id = ANY($1) OR dep_id = ANY($1)",
                 &[&ids],

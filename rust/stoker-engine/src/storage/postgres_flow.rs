@@ -28,6 +28,7 @@ use crate::schedule::{
 use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
 use crate::storage::postgres::{sql_count, status_of, PgResult, PostgresStorage, Tx};
 use crate::storage::sqlite_flow::LIMITED_SCAN_EXTRA;
+use crate::storage::stored_aside;
 
 /// At most this many jobs are expired by one claim.
 const EXPIRE_BATCH: i64 = 1000;
@@ -100,13 +101,16 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         Status::Scheduled
     };
     let expires_ms = job.expires_after_ms.map(|ms| now_ms.saturating_add(ms));
+    // A large payload goes to its own table, so the row keeps an empty one.
+    let aside = stored_aside(job.payload.len());
+    let in_row: &[u8] = if aside { &[] } else { &job.payload };
     let row = tx.query_one(
         INSERT_JOB_SQL,
         &[
             &job.task_name,
             &job.queue,
             &job.priority,
-            &job.payload,
+            &in_row,
             &status.code(),
             &job.max_retries,
             &job.max_crashes,
@@ -124,6 +128,12 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         ],
     )?;
     let id: i64 = row.try_get(0)?;
+    if aside {
+        tx.execute(
+            "INSERT INTO job_payloads (job_id, data) VALUES ($1, $2)",
+            &[&id, &job.payload],
+        )?;
+    }
     for (position, dep) in deps.iter().enumerate() {
         tx.execute(
             "INSERT INTO job_deps (job_id, dep_id, position) VALUES ($1, $2, $3)",
@@ -371,6 +381,7 @@ pub(crate) fn purge_retention_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> Pg
         return Ok(0);
     }
     tx.execute("DELETE FROM errors WHERE job_id = ANY($1)", &[&due])?;
+    tx.execute("DELETE FROM job_results WHERE job_id = ANY($1)", &[&due])?;
     tx.execute(
         "UPDATE jobs SET result = NULL, result_expires_ms = NULL WHERE id = ANY($1)",
         &[&due],

@@ -12,14 +12,35 @@
 //! for SQLite, so that partial indexes match the queries' WHERE clauses.
 
 use crate::error::EngineError;
-use crate::storage::postgres::{describe, PgError, PgResult, Shared, Tx};
+use crate::storage::postgres::{describe, sql_count, PgError, PgResult, Shared, Tx};
+use crate::storage::INLINE_BLOB_MAX_BYTES;
 
 /// The name this engine writes into `stoker_meta` under `application`.
 pub const PG_APPLICATION: &str = "stoker";
 
 /// The version of the PostgreSQL schema this engine writes and reads. A new
-/// version comes with a migration from the previous one.
-pub const PG_SCHEMA_VERSION: i64 = 1;
+/// version comes with a migration from the previous one. Version 2 keeps
+/// large payloads and results in tables of their own.
+pub const PG_SCHEMA_VERSION: i64 = 2;
+
+/// The oldest schema version that opening migrates in place rather than
+/// refuses.
+pub const PG_MIGRATABLE_SINCE: i64 = 1;
+
+/// The tables of payloads and results too large for the job's row (see
+/// [`INLINE_BLOB_MAX_BYTES`]): one row per job, keyed by the job's id, written
+/// when the job is enqueued or completed and deleted with the job or its
+/// result. Part of the schema since version 2.
+const BLOB_TABLES: &str = "
+CREATE TABLE job_payloads (
+    job_id BIGINT PRIMARY KEY REFERENCES jobs (id),
+    data BYTEA NOT NULL
+);
+CREATE TABLE job_results (
+    job_id BIGINT PRIMARY KEY REFERENCES jobs (id),
+    data BYTEA NOT NULL
+);
+";
 
 /// The advisory lock key under which schemas are created: "STKR".
 const SCHEMA_LOCK_KEY: i64 = 0x5354_4B52;
@@ -230,8 +251,10 @@ pub(crate) fn initialize(shared: &Shared) -> Result<String, EngineError> {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK_KEY])?;
         match identify(tx, &shown, &schema)? {
             Identity::Ours => {}
+            Identity::Older(version) => migrate(tx, version)?,
             Identity::Empty => {
                 tx.batch(SCHEMA)?;
+                tx.batch(BLOB_TABLES)?;
                 tx.execute(
                     "INSERT INTO stoker_meta (key, value) VALUES ('application', $1), ('schema_version', $2)",
                     &[&PG_APPLICATION, &PG_SCHEMA_VERSION.to_string()],
@@ -244,7 +267,36 @@ pub(crate) fn initialize(shared: &Shared) -> Result<String, EngineError> {
 
 enum Identity {
     Ours,
+    /// Stoker's, of an older schema version this engine migrates.
+    Older(i64),
     Empty,
+}
+
+/// Brings a schema of `version` to [`PG_SCHEMA_VERSION`] inside `tx`, which
+/// holds the schema's advisory lock: either all of it happens or none.
+fn migrate(tx: &mut Tx<'_>, version: i64) -> PgResult<()> {
+    if version == 1 {
+        // Version 2 adds the tables of large payloads and results. The large
+        // payloads of jobs that have not finished move there; finished jobs
+        // keep theirs in the row (readers take both), so that migrating a
+        // database with many large results does not copy all of them.
+        tx.batch(BLOB_TABLES)?;
+        let threshold = sql_count(INLINE_BLOB_MAX_BYTES);
+        tx.execute(
+            "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
+             WHERE status IN (0, 1, 2, 7) AND octet_length(payload) > $1::bigint",
+            &[&threshold],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET payload = ''::bytea WHERE id IN (SELECT job_id FROM job_payloads)",
+            &[],
+        )?;
+    }
+    tx.execute(
+        "UPDATE stoker_meta SET value = $1 WHERE key = 'schema_version'",
+        &[&PG_SCHEMA_VERSION.to_string()],
+    )?;
+    Ok(())
 }
 
 fn identify(tx: &mut Tx<'_>, shown: &str, schema: &str) -> PgResult<Identity> {
@@ -316,6 +368,9 @@ fn identify(tx: &mut Tx<'_>, shown: &str, schema: &str) -> PgResult<Identity> {
                 "its stoker_meta table has no valid schema_version ({version:?})"
             ))
         })?;
+    if (PG_MIGRATABLE_SINCE..PG_SCHEMA_VERSION).contains(&found) {
+        return Ok(Identity::Older(found));
+    }
     if found != PG_SCHEMA_VERSION {
         return Err(PgError::Engine(EngineError::SchemaVersion {
             path: where_,

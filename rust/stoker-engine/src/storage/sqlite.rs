@@ -14,8 +14,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{
@@ -28,14 +29,20 @@ use crate::model::{
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use crate::retry::backoff_ms;
+use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
-use crate::storage::{ClaimRequest, Jitter, Storage};
+use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
 
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 2;
+/// Version 3 keeps large payloads and results in tables of their own.
+pub const SCHEMA_VERSION: i64 = 3;
+
+/// The oldest schema version that opening migrates in place rather than
+/// refuses.
+pub const MIGRATABLE_SINCE: i64 = 2;
 
 /// The exception type recorded for an attempt whose lease expired.
 pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
@@ -56,6 +63,18 @@ const STATEMENT_CACHE_CAPACITY: usize = 64;
 /// memory even in a database of millions of jobs; the cost is up to this much
 /// memory per open engine. SQLite's default is 2 MiB.
 const CACHE_SIZE_KIB: i64 = 16 * 1024;
+
+/// A writer that finds the database locked sleeps this long before its first
+/// retry, then twice as long each time up to [`BUSY_MAX_PAUSE`], until its
+/// busy timeout is spent. A transaction of the hot path holds the lock for
+/// 50 to 200 µs, so the first retries come that soon; SQLite's own handler
+/// sleeps 1 ms at once, then 2, 5, 10 ms, which made a send that met a
+/// supervisor's commit wait ten times longer than the commit took. Shorter
+/// pauses mean more wake-ups of a waiting writer while a long transaction
+/// (a batch of thousands of jobs) holds the lock.
+pub const BUSY_FIRST_PAUSE: Duration = Duration::from_micros(25);
+/// The longest sleep between two retries of a locked database.
+pub const BUSY_MAX_PAUSE: Duration = Duration::from_millis(2);
 
 /// The size the WAL file is truncated to when SQLite resets it after a
 /// checkpoint (`PRAGMA journal_size_limit`). Without it, the file keeps the
@@ -136,11 +155,43 @@ CREATE TABLE stale_outcomes (
 ) STRICT;
 ";
 
-/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them.
-const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, payload, attempt, failures, crashes, \
+/// The tables of payloads and results too large for the job's row (see
+/// [`INLINE_BLOB_MAX_BYTES`]): one row per job, keyed by the job's id, written
+/// when the job is enqueued or completed and deleted with the job or its
+/// result. Part of the schema since version 3.
+const BLOB_TABLES: &str = "
+CREATE TABLE job_payloads (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+    data BLOB NOT NULL
+) STRICT;
+CREATE TABLE job_results (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+    data BLOB NOT NULL
+) STRICT;
+";
+
+/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them,
+/// from `jobs`. An empty payload or result in the row stands for one stored
+/// aside, read from its table; `length` of a blob does not read its content.
+const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
+     CASE WHEN length(payload) = 0 THEN \
+     coalesce((SELECT data FROM job_payloads WHERE job_id = jobs.id), payload) ELSE payload END, \
+     attempt, failures, crashes, \
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     result, result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
+     CASE WHEN length(result) = 0 THEN \
+     coalesce((SELECT data FROM job_results WHERE job_id = jobs.id), result) ELSE result END, \
+     result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
+
+/// The payload stored aside for a job.
+const PAYLOAD_ASIDE_SQL: &str = "SELECT data FROM job_payloads WHERE job_id = ?1";
+
+/// Stores a payload aside.
+pub(crate) const INSERT_PAYLOAD_SQL: &str =
+    "INSERT INTO job_payloads (job_id, data) VALUES (?1, ?2)";
+
+/// Stores a result aside.
+const INSERT_RESULT_SQL: &str = "INSERT INTO job_results (job_id, data) VALUES (?1, ?2)";
 
 pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
      max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
@@ -235,6 +286,8 @@ impl From<rusqlite::Error> for EngineError {
 enum Identity {
     /// A stoker database of this schema version.
     Ours,
+    /// A stoker database of an older schema version this engine migrates.
+    Older(i64),
     /// An empty database, to be initialised.
     Empty,
 }
@@ -247,6 +300,13 @@ pub struct SqliteStorage {
     conn: Mutex<Connection>,
     path: String,
     busy_timeout: Duration,
+    /// How long, in microseconds, the connection's busy handler retries a
+    /// locked database: `busy_timeout`, except while `compact_log` waits.
+    busy_limit: Arc<AtomicU64>,
+    /// Runs the WAL checkpoints that SQLite would otherwise run inside a
+    /// commit. Declared after `conn`, so the connection (whose hook refers to
+    /// it) is closed first.
+    checkpointer: Arc<Checkpointer>,
 }
 
 impl SqliteStorage {
@@ -274,20 +334,27 @@ impl SqliteStorage {
                 }
             }
         }
-        let conn = Connection::open(path).map_err(|error| {
+        let mut conn = Connection::open(path).map_err(|error| {
             EngineError::Storage(format!("cannot open the database {shown:?}: {error}"))
         })?;
-        conn.busy_timeout(busy_timeout)?;
+        let busy_limit = Arc::new(AtomicU64::new(duration_micros(busy_timeout)));
+        conn.busy_handler(Some(busy_waiter(Arc::clone(&busy_limit))))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         // Plans must not depend on the values bound to a statement: without
         // this, SQLite compiles a statement again whenever a bound value (the
         // current time, on every claim) could let it pick another plan, and
         // that compilation cost more than the rest of a claim.
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        // The checkpoint thread opens its own connection, so it needs a path that
+        // still names the file if the process changes directory.
+        let absolute = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let checkpointer = Checkpointer::install(&mut conn, absolute)?;
         let mut storage = Self {
             conn: Mutex::new(conn),
             path: shown,
             busy_timeout,
+            busy_limit,
+            checkpointer,
         };
         storage.initialize()?;
         Ok(storage)
@@ -296,6 +363,11 @@ impl SqliteStorage {
     /// The path the database was opened at.
     pub fn path(&self) -> &str {
         &self.path
+    }
+
+    /// The background WAL checkpoint of this storage's connection.
+    pub fn checkpointer(&self) -> &Checkpointer {
+        &self.checkpointer
     }
 
     /// The query plan SQLite chooses for `sql` on this database, one line per
@@ -361,16 +433,21 @@ impl SqliteStorage {
             "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -{CACHE_SIZE_KIB}; \
              PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES};"
         ))?;
-        if let Identity::Empty = identity {
+        if !matches!(identity, Identity::Ours) {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Another process may have created the schema while this one waited
-            // for the write lock, so look again under the lock.
-            if let Identity::Empty = identify(&tx, &path)? {
-                tx.execute_batch(SCHEMA)?;
-                tx.execute_batch(sqlite_flow::SCHEMA)?;
-                tx.execute_batch(&format!(
-                    "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-                ))?;
+            // Another process may have created or migrated the schema while
+            // this one waited for the write lock, so look again under the lock.
+            match identify(&tx, &path)? {
+                Identity::Ours => {}
+                Identity::Empty => {
+                    tx.execute_batch(SCHEMA)?;
+                    tx.execute_batch(sqlite_flow::SCHEMA)?;
+                    tx.execute_batch(BLOB_TABLES)?;
+                    tx.execute_batch(&format!(
+                        "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
+                    ))?;
+                }
+                Identity::Older(version) => migrate(&tx, version)?,
             }
             tx.commit()?;
         }
@@ -403,6 +480,35 @@ impl SqliteStorage {
         let value = f(&tx)?;
         tx.commit()?;
         Ok(value)
+    }
+}
+
+fn duration_micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The busy handler of a connection: retries a locked database with pauses
+/// from [`BUSY_FIRST_PAUSE`] doubling up to [`BUSY_MAX_PAUSE`], for at most the
+/// microseconds in `limit` from the first attempt.
+fn busy_waiter(limit: Arc<AtomicU64>) -> impl FnMut(i32) -> bool + Send + 'static {
+    let mut first_attempt = Instant::now();
+    move |retries: i32| {
+        // SQLite counts the retries of one wait from 0.
+        if retries == 0 {
+            first_attempt = Instant::now();
+        }
+        let limit = Duration::from_micros(limit.load(Ordering::Relaxed));
+        let waited = first_attempt.elapsed();
+        if waited >= limit {
+            return false;
+        }
+        let doublings = u32::try_from(retries.clamp(0, 16)).unwrap_or(16);
+        let pause = BUSY_FIRST_PAUSE
+            .saturating_mul(1 << doublings)
+            .min(BUSY_MAX_PAUSE)
+            .min(limit - waited);
+        std::thread::sleep(pause);
+        true
     }
 }
 
@@ -457,7 +563,7 @@ fn claim_in(
         if !gate.admit(tx, id)? {
             continue;
         }
-        let job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+        let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
             let attempt: i64 = row.get(0)?;
             Ok(ClaimedJob {
                 id,
@@ -471,10 +577,24 @@ fn claim_in(
                 labels: row.get(5)?,
             })
         })?;
+        if job.payload.is_empty() {
+            if let Some(payload) = payload_aside(tx, id)? {
+                job.payload = payload;
+            }
+        }
         claimed.push(job);
     }
     gate.store(tx)?;
     Ok(claimed)
+}
+
+/// The payload stored aside for a job whose row holds an empty one, if any
+/// (an empty payload of its own has no side row).
+fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> Result<Option<Vec<u8>>, EngineError> {
+    Ok(tx
+        .prepare_cached(PAYLOAD_ASIDE_SQL)?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?)
 }
 
 /// Whether the first value `sql` (a time, from one index probe) is at or
@@ -520,21 +640,58 @@ fn complete_in(
     let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
     let mut applied = Vec::with_capacity(completions.len());
     for completion in completions {
+        // A large result goes to its own table, so the row keeps an empty one.
+        let aside = completion
+            .result
+            .as_deref()
+            .filter(|result| stored_aside(result.len()));
+        let in_row: Option<&[u8]> = match aside {
+            Some(_) => Some(&[]),
+            None => completion.result.as_deref(),
+        };
         let changed = complete.execute(params![
             completion.job_id,
             completion.token,
-            completion.result,
+            in_row,
             now_ms,
             completion.usage,
         ])?;
         if changed == 0 {
             refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
         } else {
+            if let Some(result) = aside {
+                tx.prepare_cached(INSERT_RESULT_SQL)?
+                    .execute(params![completion.job_id, result])?;
+            }
             sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
         }
         applied.push(changed > 0);
     }
     Ok(applied)
+}
+
+/// Brings a database of schema `version` to [`SCHEMA_VERSION`] inside `tx`
+/// (a `BEGIN IMMEDIATE` transaction): either all of it happens or none.
+fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
+    if version == 2 {
+        // Version 3 adds the tables of large payloads and results. The large
+        // payloads of jobs that have not finished move there, because their
+        // rows will still be rewritten by status changes; finished jobs keep
+        // theirs in the row (readers take both), so that migrating a file
+        // with many large results does not copy all of them.
+        tx.execute_batch(BLOB_TABLES)?;
+        tx.execute(
+            "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
+             WHERE status IN (0, 1, 2, 7) AND length(payload) > ?1",
+            [sql_limit(INLINE_BLOB_MAX_BYTES)],
+        )?;
+        tx.execute(
+            "UPDATE jobs SET payload = x'' WHERE id IN (SELECT job_id FROM job_payloads)",
+            [],
+        )?;
+    }
+    tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+    Ok(())
 }
 
 /// Reads the identity of the file without writing to it.
@@ -563,6 +720,9 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
     if application_id == APPLICATION_ID {
         if user_version == SCHEMA_VERSION {
             return Ok(Identity::Ours);
+        }
+        if (MIGRATABLE_SINCE..SCHEMA_VERSION).contains(&user_version) {
+            return Ok(Identity::Older(user_version));
         }
         return Err(EngineError::SchemaVersion {
             path: path.to_owned(),
@@ -811,6 +971,10 @@ const COPY_CHUNK_ROWS: [usize; 3] = [64, 8, 1];
 /// large payload costs far more than the per-statement work a multi-row
 /// statement saves, so only small rows gain from it.
 const COPY_PAYLOAD_MAX_BYTES: usize = 1024;
+
+// A multi-row statement keeps each payload in its job's row, so it must only
+// take payloads that are not stored aside.
+const _: () = assert!(COPY_PAYLOAD_MAX_BYTES <= INLINE_BLOB_MAX_BYTES);
 
 /// The multi-row INSERT of `rows` copies: the template's values are the
 /// parameters ?1 to ?15, shared by every row, and the payloads follow, one
@@ -1239,7 +1403,14 @@ impl Storage for SqliteStorage {
                  backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, ?2, ?2, id, labels FROM jobs WHERE id = ?1",
             )?
             .execute(params![job_id, now_ms])?;
-            Ok(tx.last_insert_rowid())
+            let replayed = tx.last_insert_rowid();
+            // The new job gets its own copy of a payload stored aside, so that
+            // either job can be purged without the other.
+            tx.prepare_cached(
+                "INSERT INTO job_payloads (job_id, data) SELECT ?2, data FROM job_payloads WHERE job_id = ?1",
+            )?
+            .execute(params![job_id, replayed])?;
+            Ok(replayed)
         })
     }
 
@@ -1285,11 +1456,13 @@ impl Storage for SqliteStorage {
         // A truncating checkpoint waits for readers still using the log and
         // holds new writers back meanwhile, so it gets a short wait of its
         // own instead of the writers' busy timeout.
-        conn.busy_timeout(wait)?;
+        self.busy_limit
+            .store(duration_micros(wait), Ordering::Relaxed);
         let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
             row.get::<_, i64>(0)
         });
-        conn.busy_timeout(self.busy_timeout)?;
+        self.busy_limit
+            .store(duration_micros(self.busy_timeout), Ordering::Relaxed);
         match outcome {
             Ok(busy) => Ok(busy == 0),
             Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(false),
@@ -1379,6 +1552,22 @@ impl Storage for SqliteStorage {
                 [],
             )?;
             tx.execute("DELETE FROM errors WHERE job_id IN (SELECT id FROM temp.purged)", [])?;
+            // Dependency links of a finished job are history only (they were
+            // resolved when it finished), and they would keep it by their
+            // foreign keys.
+            tx.execute(
+                "DELETE FROM job_deps WHERE job_id IN (SELECT id FROM temp.purged) \
+                 OR dep_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM job_payloads WHERE job_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
+            tx.execute(
+                "DELETE FROM job_results WHERE job_id IN (SELECT id FROM temp.purged)",
+                [],
+            )?;
             let removed = tx.execute("DELETE FROM jobs WHERE id IN (SELECT id FROM temp.purged)", [])?;
             tx.execute("DELETE FROM temp.purged", [])?;
             Ok(removed)

@@ -27,7 +27,10 @@ use crate::schedule::{
     Verdict, FIRE_LOG_KEEP,
 };
 use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
-use crate::storage::sqlite::{sql_limit, status_from_code, SqliteStorage, INSERT_JOB_SQL};
+use crate::storage::sqlite::{
+    sql_limit, status_from_code, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
+};
+use crate::storage::stored_aside;
 
 /// The flow-control and schedule part of the schema, run right after the job
 /// schema of `sqlite.rs` when a database is created. The flow columns of
@@ -236,11 +239,14 @@ pub fn insert_job(
     } else {
         Status::Scheduled
     };
+    // A large payload goes to its own table, so the row keeps an empty one.
+    let aside = stored_aside(job.payload.len());
+    let in_row: &[u8] = if aside { &[] } else { &job.payload };
     tx.prepare_cached(INSERT_JOB_SQL)?.execute(params![
         job.task_name,
         job.queue,
         job.priority,
-        job.payload,
+        in_row,
         status.code(),
         job.max_retries,
         job.max_crashes,
@@ -257,6 +263,10 @@ pub fn insert_job(
         job.labels,
     ])?;
     let id = tx.last_insert_rowid();
+    if aside {
+        tx.prepare_cached(INSERT_PAYLOAD_SQL)?
+            .execute(params![id, job.payload])?;
+    }
     if !deps.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT INTO job_deps (job_id, dep_id, position) VALUES (?1, ?2, ?3)",
@@ -473,10 +483,12 @@ pub fn purge_retention_in(
         rows.collect::<Result<_, _>>()?
     };
     let mut errors = tx.prepare_cached("DELETE FROM errors WHERE job_id = ?1")?;
+    let mut results = tx.prepare_cached("DELETE FROM job_results WHERE job_id = ?1")?;
     let mut clear =
         tx.prepare_cached("UPDATE jobs SET result = NULL, result_expires_ms = NULL WHERE id = ?1")?;
     for &id in &due {
         errors.execute([id])?;
+        results.execute([id])?;
         clear.execute([id])?;
     }
     Ok(due.len())
