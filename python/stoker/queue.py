@@ -35,8 +35,9 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
-from .serialization import dumps_calls
+from .serialization import dumps_call, dumps_calls, dumps_positional_calls
 from .task import (
+    DEFAULT_CALL,
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF,
@@ -51,7 +52,7 @@ from .task import (
 )
 
 if TYPE_CHECKING:
-    from ._core import JobRecord
+    from ._core import JobRecord, NewJob
     from .supervisor import Supervisor, SupervisorThread
 
 log = logging.getLogger("stoker.queue")
@@ -274,6 +275,43 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         kwargs: dict[str, Any],
     ) -> Job:
         return self._send_many([(task, options, call, args, kwargs)])[0]
+
+    def _plain_template(self, task: Task[Any, Any]) -> NewJob | None:
+        """The task's template for plain sends, when nothing here asks for per-call work.
+
+        Middlewares see and may change each call, and test mode runs each
+        job, so with either a plain send takes the general path.
+        """
+        if self._middlewares or self._test_results is not None:
+            return None
+        return task._plain_template()
+
+    def _send_plain(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
+        """``task.delay(*args, **kwargs)``: one job, committed before this returns.
+
+        A plain send stores the task's template with this call's payload,
+        which is the job the general path (``_send_many``) would build, without
+        building it again for every call.
+        """
+        template = self._plain_template(task)
+        if template is None:
+            return self._send_many([(task, task.options_, DEFAULT_CALL, args, kwargs)])[0]
+        payload = self._seal(dumps_call(task.name, task.func, args, kwargs))
+        job = Job(self, self._engine.enqueue_payloads(template, [payload])[0])
+        self._wake_supervisors()
+        return job
+
+    def _send_plain_many(self, task: Task[Any, Any], calls: Iterable[tuple[Any, ...]]) -> list[Job]:
+        """``task.map(calls)``: one job per call, all committed in one transaction."""
+        template = self._plain_template(task)
+        if template is None:
+            return self._send_many([(task, task.options_, DEFAULT_CALL, tuple(args), {}) for args in calls])
+        payloads = dumps_positional_calls(task.name, task.func, calls)
+        if self._secret is not None:
+            payloads = [self._seal(payload) for payload in payloads]
+        ids = self._engine.enqueue_payloads(template, payloads)
+        self._wake_supervisors()
+        return [Job(self, job_id) for job_id in ids]
 
     def _send_many(
         self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]

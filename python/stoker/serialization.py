@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import io
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import cloudpickle
@@ -60,6 +60,31 @@ def dumps_calls(
         if b"__main__" in data:
             data = dumps_call(task_name, func, args, kwargs)
         payloads.append(data)
+    return payloads
+
+
+def dumps_positional_calls(
+    task_name: str, func: Callable[..., Any], calls: Iterable[Iterable[Any]]
+) -> list[bytes]:
+    """:func:`dumps_calls` for calls of positional arguments only (``map``), in one loop.
+
+    Every payload is ``(args, {})``, exactly as :func:`dumps_call` makes it:
+    one empty dict serves every call, since each ``pickle.dumps`` starts from
+    an empty memo and so writes the same bytes for it as for a fresh one.
+    """
+    no_kwargs: dict[str, Any] = {}
+    dump = pickle.dumps
+    payloads: list[bytes] = []
+    append = payloads.append
+    for call in calls:
+        args = tuple(call)
+        try:
+            data = dump((args, no_kwargs), PICKLE_PROTOCOL)
+        except Exception:
+            data = b"__main__"  # Not picklable by the standard pickler: take the full path.
+        if b"__main__" in data:
+            data = dumps_call(task_name, func, args, {})
+        append(data)
     return payloads
 
 

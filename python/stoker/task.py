@@ -183,6 +183,11 @@ class CallOptions:
     depends_on: tuple[Job, ...] = ()
 
 
+#: The call options of a plain send (``delay``, ``map``): nothing overridden.
+#: Frozen and empty, so every plain send shares it.
+DEFAULT_CALL = CallOptions()
+
+
 class Task(Schedulable, Generic[P, R]):
     """A function registered with a :class:`~stoker.Queue`.
 
@@ -200,6 +205,8 @@ class Task(Schedulable, Generic[P, R]):
         self.__qualname__ = getattr(func, "__qualname__", options.name)
         self.__module__ = func.__module__
         self.context_parameter = _context_parameter(func)
+        # The options the plain template was made from, and the template.
+        self._plain: tuple[TaskOptions, NewJob | None] | None = None
 
     @property
     def name(self) -> str:
@@ -213,7 +220,7 @@ class Task(Schedulable, Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """Send one call to the worker pool and return its :class:`~stoker.Job`."""
-        return self.queue._send_call(self, self.options_, CallOptions(), args, kwargs)
+        return self.queue._send_plain(self, args, kwargs)
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job:
         """``delay`` for async code: the database write runs off the event loop."""
@@ -290,8 +297,23 @@ class Task(Schedulable, Generic[P, R]):
 
     def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
         """Send many calls (each a tuple of positional arguments) in one transaction."""
-        call = CallOptions()
-        return self.queue._send_many([(self, self.options_, call, tuple(args), {}) for args in calls])
+        return self.queue._send_plain_many(self, calls)
+
+    def _plain_template(self) -> NewJob | None:
+        """The job a plain send of this task stores, but for its payload.
+
+        None when such a send has work to do per call (a uniqueness key from
+        the arguments, a rate-limit check at send). The template is made once
+        per options object: every plain send would build the same one.
+        """
+        cached = self._plain
+        if cached is None or cached[0] is not self.options_:
+            options = self.options_
+            template = None
+            if not options.unique and options.when_limited != "fail":
+                template = self._new_job(DEFAULT_CALL, (), {}, options, None)
+            cached = self._plain = (options, template)
+        return cached[1]
 
     def _new_job(
         self,

@@ -118,6 +118,18 @@ impl Engine {
         self.storage.enqueue(jobs, self.now_ms())
     }
 
+    /// Stores one copy of `template` per payload, each with that payload, in
+    /// one transaction (a batch send); their ids, in order.
+    pub fn enqueue_copies(
+        &self,
+        template: &NewJob,
+        payloads: &[&[u8]],
+    ) -> Result<Vec<i64>, EngineError> {
+        template.validate()?;
+        self.storage
+            .enqueue_copies(template, payloads, self.now_ms())
+    }
+
     /// Leases up to `limit` runnable jobs of `queues` to `owner` for `lease_ms`.
     pub fn claim(
         &self,

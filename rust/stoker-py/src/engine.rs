@@ -193,15 +193,12 @@ impl Engine {
         payloads: Vec<Bound<'_, PyBytes>>,
     ) -> PyResult<Vec<i64>> {
         let template = &template.get().inner;
-        let jobs: Vec<_> = payloads
-            .iter()
-            .map(|payload| stoker_engine::NewJob {
-                payload: payload.as_bytes().to_vec(),
-                ..template.clone()
-            })
-            .collect();
+        // Bytes objects are immutable and these references keep them alive,
+        // so their contents can be read without the GIL and need no copy.
+        let payloads: Vec<&[u8]> = payloads.iter().map(|payload| payload.as_bytes()).collect();
         let engine = &self.engine;
-        py.detach(|| engine.enqueue(&jobs)).or_raise(py)
+        py.detach(|| engine.enqueue_copies(template, &payloads))
+            .or_raise(py)
     }
 
     /// Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.

@@ -74,6 +74,26 @@ pub trait Storage:
     /// whose eta has come is pending, otherwise scheduled.
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError>;
 
+    /// Stores one copy of `template` per payload, each with that payload, in
+    /// one transaction, as [`Storage::enqueue`] would store those jobs; their
+    /// ids, in order. A backend may write such a batch faster than jobs that
+    /// differ in more than their payload.
+    fn enqueue_copies(
+        &self,
+        template: &NewJob,
+        payloads: &[&[u8]],
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError> {
+        let jobs: Vec<NewJob> = payloads
+            .iter()
+            .map(|payload| NewJob {
+                payload: payload.to_vec(),
+                ..template.clone()
+            })
+            .collect();
+        self.enqueue(&jobs, now_ms)
+    }
+
     /// Promotes the scheduled jobs that fell due, then leases up to `limit`
     /// pending jobs of `queues` to `owner` until `now_ms + lease_ms`, highest
     /// priority first, then lowest id.

@@ -15,7 +15,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use rusqlite::config::DbConfig;
@@ -957,6 +957,149 @@ fn fail_in(
     }
 }
 
+/// The row counts of the multi-row INSERT statements of [`insert_copies`],
+/// largest first; a batch is cut into as many of the largest as fit, then of
+/// the next. One statement opens a cursor on the table and on each of its
+/// indexes and reads and writes the AUTOINCREMENT counter once, whatever its
+/// row count, which costs more than writing one small row. Larger chunks save
+/// more of that per row but make longer statements, each prepared once per
+/// connection and kept in its statement cache (one entry per size).
+const COPY_CHUNK_ROWS: [usize; 3] = [64, 8, 1];
+
+/// Copies with a payload larger than this are stored one at a time by
+/// [`sqlite_flow::insert_job`], the path every other job takes. Writing a
+/// large payload costs far more than the per-statement work a multi-row
+/// statement saves, so only small rows gain from it.
+const COPY_PAYLOAD_MAX_BYTES: usize = 1024;
+
+// A multi-row statement keeps each payload in its job's row, so it must only
+// take payloads that are not stored aside.
+const _: () = assert!(COPY_PAYLOAD_MAX_BYTES <= INLINE_BLOB_MAX_BYTES);
+
+/// The multi-row INSERT of `rows` copies: the template's values are the
+/// parameters ?1 to ?15, shared by every row, and the payloads follow, one
+/// per row.
+fn copies_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        COPY_CHUNK_ROWS
+            .iter()
+            .map(|&count| {
+                let values: Vec<String> = (0..count)
+                    .map(|row| {
+                        format!(
+                            "(?1, ?2, ?3, ?{}, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, ?14, 0, ?15)",
+                            COPY_SHARED_PARAMS + 1 + row
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
+                     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, \
+                     eta_ms, unique_key, expires_ms, rate_prepaid, labels) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let index = COPY_CHUNK_ROWS
+        .iter()
+        .position(|&count| count == rows)
+        .expect("a row count of COPY_CHUNK_ROWS");
+    &all[index]
+}
+
+/// The parameters of [`copies_sql`] that every row shares.
+const COPY_SHARED_PARAMS: usize = 15;
+
+/// Stores one copy of `template` per payload inside `tx`, as
+/// [`sqlite_flow::insert_job`] would store each; their ids, in order.
+///
+/// Copies of a template with no per-job work (a uniqueness key, dependencies,
+/// a rate-limit check at send) differ only in their payload, so runs of small
+/// ones are written by multi-row statements; any other copy goes through
+/// `insert_job`.
+fn insert_copies(
+    tx: &Transaction<'_>,
+    template: &NewJob,
+    payloads: &[&[u8]],
+    now_ms: i64,
+) -> Result<Vec<i64>, EngineError> {
+    let plain = template.unique_key.is_none()
+        && template.depends_on.is_empty()
+        && !template.fail_when_limited;
+    let eta_ms = template.eta_at(now_ms);
+    let status = if eta_ms <= now_ms {
+        Status::Pending
+    } else {
+        Status::Scheduled
+    };
+    let expires_ms = template
+        .expires_after_ms
+        .map(|ms| now_ms.saturating_add(ms));
+    let mut ids = Vec::with_capacity(payloads.len());
+    let mut rest = payloads;
+    while let Some(first) = rest.first() {
+        let small = if plain {
+            rest.iter()
+                .take_while(|payload| payload.len() <= COPY_PAYLOAD_MAX_BYTES)
+                .count()
+        } else {
+            0
+        };
+        if small == 0 {
+            let job = NewJob {
+                payload: first.to_vec(),
+                ..template.clone()
+            };
+            ids.push(sqlite_flow::insert_job(tx, &job, now_ms)?.0);
+            rest = &rest[1..];
+            continue;
+        }
+        let rows = COPY_CHUNK_ROWS
+            .iter()
+            .copied()
+            .find(|&count| count <= small)
+            .unwrap_or(1);
+        let (chunk, after) = rest.split_at(rows);
+        let mut stmt = tx.prepare_cached(copies_sql(rows))?;
+        stmt.raw_bind_parameter(1, &template.task_name)?;
+        stmt.raw_bind_parameter(2, &template.queue)?;
+        stmt.raw_bind_parameter(3, template.priority)?;
+        stmt.raw_bind_parameter(4, status.code())?;
+        stmt.raw_bind_parameter(5, template.max_retries)?;
+        stmt.raw_bind_parameter(6, template.max_crashes)?;
+        stmt.raw_bind_parameter(7, template.backoff_base_ms)?;
+        stmt.raw_bind_parameter(8, template.backoff_cap_ms)?;
+        stmt.raw_bind_parameter(9, template.jitter)?;
+        stmt.raw_bind_parameter(10, template.timeout_ms)?;
+        stmt.raw_bind_parameter(11, template.result_ttl_ms)?;
+        stmt.raw_bind_parameter(12, now_ms)?;
+        stmt.raw_bind_parameter(13, eta_ms)?;
+        stmt.raw_bind_parameter(14, expires_ms)?;
+        stmt.raw_bind_parameter(15, &template.labels)?;
+        for (row, payload) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(COPY_SHARED_PARAMS + 1 + row, payload)?;
+        }
+        let inserted = stmt.raw_execute()?;
+        if inserted != rows {
+            return Err(EngineError::Storage(format!(
+                "a multi-row insert of {rows} jobs inserted {inserted}"
+            )));
+        }
+        // The rows are inserted in the order of VALUES, and AUTOINCREMENT
+        // gives each the next id after the largest ever used, under the write
+        // lock this transaction holds: the ids of the chunk are consecutive
+        // and end at the last one inserted. (RETURNING would say the same at
+        // the cost of a temporary table of every row.)
+        let last = tx.last_insert_rowid();
+        let first_id = last - i64::try_from(rows - 1).unwrap_or(i64::MAX);
+        ids.extend(first_id..=last);
+        rest = after;
+    }
+    Ok(ids)
+}
+
 impl Storage for SqliteStorage {
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError> {
         self.write(|tx| {
@@ -966,6 +1109,15 @@ impl Storage for SqliteStorage {
             }
             Ok(ids)
         })
+    }
+
+    fn enqueue_copies(
+        &self,
+        template: &NewJob,
+        payloads: &[&[u8]],
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError> {
+        self.write(|tx| insert_copies(tx, template, payloads, now_ms))
     }
 
     fn claim(
