@@ -43,6 +43,24 @@ def test_map_sends_many_jobs_in_order(queue: stoker.Queue) -> None:
     assert queue.stats()["pending"] == 50
 
 
+@pytest.mark.parametrize("calls", [range(3), [(1, 2), 5], ["ab"]])
+@pytest.mark.parametrize("how", ["plain", "with_options"])
+def test_map_refuses_a_call_that_is_not_a_tuple_naming_it(
+    queue: stoker.Queue, calls: object, how: str
+) -> None:
+    add = queue.get_task("add")
+    sender = add if how == "plain" else add.options(priority=1)
+    refusal = r"one tuple of positional arguments per call, but call \d+ is"
+    with pytest.raises(stoker.SendError, match=refusal):
+        sender.map(calls)  # type: ignore[arg-type]
+    assert queue.stats()["pending"] == 0, "nothing of the batch is sent"
+
+
+def test_map_takes_lists_as_calls(queue: stoker.Queue) -> None:
+    jobs = queue.get_task("add").map([[1, 2], (3, 4)])  # type: ignore[list-item]
+    assert [job.record().status for job in jobs] == ["pending", "pending"]
+
+
 def test_unknown_job_id_is_a_key_error(queue: stoker.Queue) -> None:
     with pytest.raises(stoker.JobNotFoundError) as info:
         queue.get_job(123456)

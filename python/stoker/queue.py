@@ -35,7 +35,7 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
-from .serialization import dumps_call, dumps_calls, dumps_positional_calls
+from .serialization import dumps_call, dumps_calls, dumps_positional_calls, positional_args
 from .task import (
     DEFAULT_CALL,
     DEFAULT_MAX_CRASHES,
@@ -305,7 +305,12 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         """``task.map(calls)``: one job per call, all committed in one transaction."""
         template = self._plain_template(task)
         if template is None:
-            return self._send_many([(task, task.options_, DEFAULT_CALL, tuple(args), {}) for args in calls])
+            return self._send_many(
+                [
+                    (task, task.options_, DEFAULT_CALL, positional_args(task.name, index, args), {})
+                    for index, args in enumerate(calls)
+                ]
+            )
         payloads = dumps_positional_calls(task.name, task.func, calls)
         if self._secret is not None:
             payloads = [self._seal(payload) for payload in payloads]

@@ -20,7 +20,7 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import SerializationError
+from .errors import SendError, SerializationError
 
 #: Protocol 5 carries large buffers without an extra copy.
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -76,8 +76,8 @@ def dumps_positional_calls(
     dump = pickle.dumps
     payloads: list[bytes] = []
     append = payloads.append
-    for call in calls:
-        args = tuple(call)
+    for index, call in enumerate(calls):
+        args = call if type(call) is tuple else positional_args(task_name, index, call)
         try:
             data = dump((args, no_kwargs), PICKLE_PROTOCOL)
         except Exception:
@@ -86,6 +86,23 @@ def dumps_positional_calls(
             data = dumps_call(task_name, func, args, {})
         append(data)
     return payloads
+
+
+def positional_args(task_name: str, index: int, call: object) -> tuple[Any, ...]:
+    """The arguments of call number ``index`` of a ``map``: a tuple, or a list.
+
+    Anything else is refused rather than unpacked: a string would become one
+    argument per character, and a number cannot be unpacked at all.
+    """
+    if isinstance(call, tuple):
+        return call
+    if isinstance(call, list):
+        return tuple(call)
+    raise SendError(
+        task_name,
+        f"map() takes one tuple of positional arguments per call, but call {index} is "
+        f"{call!r} ({type(call).__name__}); for one argument each, write [(x,) for x in ...]",
+    )
 
 
 def dumps_call(

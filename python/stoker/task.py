@@ -26,7 +26,7 @@ from .flow import (
     validate_flow_options,
 )
 from .schedule import Schedulable
-from .serialization import dumps_call
+from .serialization import dumps_call, positional_args
 
 if TYPE_CHECKING:
     from .job import Job
@@ -376,7 +376,10 @@ class Sender(Schedulable, Generic[P, R]):
     def map(self, calls: list[tuple[Any, ...]]) -> list[Job]:
         """Send many calls with this sender's options in one transaction."""
         return self.task.queue._send_many(
-            [(self.task, self._options, self._call, tuple(a), {}) for a in calls]
+            [
+                (self.task, self._options, self._call, positional_args(self.task.name, index, a), {})
+                for index, a in enumerate(calls)
+            ]
         )
 
     def _schedule_parts(self) -> tuple[Task[Any, Any], TaskOptions, CallOptions]:
