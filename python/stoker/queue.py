@@ -35,7 +35,7 @@ from .events import (
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
 from .job import AttemptError, Job, Outcome
 from .schedule import ScheduleQueueMixin
-from .serialization import dumps_call, dumps_calls, dumps_positional_calls, positional_args
+from .serialization import dumps_call, dumps_positional_calls, positional_args
 from .task import (
     DEFAULT_CALL,
     DEFAULT_MAX_CRASHES,
@@ -296,10 +296,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         template = self._plain_template(task)
         if template is None:
             return self._send_many([(task, task.options_, DEFAULT_CALL, args, kwargs)])[0]
-        payload = self._seal(dumps_call(task.name, task.func, args, kwargs))
-        job = Job(self, self._engine.enqueue_payloads(template, [payload])[0])
-        self._wake_supervisors()
-        return job
+        return self._store_copies(template, [dumps_call(task.name, task.func, args, kwargs)])[0]
 
     def _send_plain_many(self, task: Task[Any, Any], calls: Iterable[tuple[Any, ...]]) -> list[Job]:
         """``task.map(calls)``: one job per call, all committed in one transaction."""
@@ -311,7 +308,10 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
                     for index, args in enumerate(calls)
                 ]
             )
-        payloads = dumps_positional_calls(task.name, task.func, calls)
+        return self._store_copies(template, dumps_positional_calls(task.name, task.func, calls))
+
+    def _store_copies(self, template: NewJob, payloads: list[bytes]) -> list[Job]:
+        """One job per payload, each a copy of ``template`` but for it, in one transaction."""
         if self._secret is not None:
             payloads = [self._seal(payload) for payload in payloads]
         ids = self._engine.enqueue_payloads(template, payloads)
@@ -379,12 +379,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     ) -> list[Job]:
         task, options, call, _, _ = calls[0]
         template = task._new_job(call, (), {}, options, None)
-        payloads = dumps_calls(task.name, task.func, [(args, {}) for _, _, _, args, _ in calls])
-        if self._secret is not None:
-            payloads = [self._seal(payload) for payload in payloads]
-        ids = self._engine.enqueue_payloads(template, payloads)
-        self._wake_supervisors()
-        return [Job(self, job_id) for job_id in ids]
+        return self._store_copies(
+            template, dumps_positional_calls(task.name, task.func, [c[3] for c in calls])
+        )
 
     def _served_here(self) -> bool:
         """Whether a supervisor of this process serves this database (it wakes waiters)."""

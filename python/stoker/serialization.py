@@ -47,26 +47,13 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
-def dumps_calls(
-    task_name: str, func: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]]
-) -> list[bytes]:
-    """:func:`dumps_call` for many calls, with the standard pickler's fast path inlined."""
-    payloads: list[bytes] = []
-    for args, kwargs in calls:
-        try:
-            data = pickle.dumps((args, kwargs), protocol=PICKLE_PROTOCOL)
-        except Exception:
-            data = b"__main__"  # Not picklable by the standard pickler: take the full path.
-        if b"__main__" in data:
-            data = dumps_call(task_name, func, args, kwargs)
-        payloads.append(data)
-    return payloads
-
-
 def dumps_positional_calls(
     task_name: str, func: Callable[..., Any], calls: Iterable[Iterable[Any]]
 ) -> list[bytes]:
-    """:func:`dumps_calls` for calls of positional arguments only (``map``), in one loop.
+    """:func:`dumps_call` for many calls of positional arguments (``map``), in one loop.
+
+    The standard pickler's attempt of :func:`dumps` is inlined; a call it
+    cannot take, or that names ``__main__``, goes through :func:`dumps_call`.
 
     Every payload is ``(args, {})``, exactly as :func:`dumps_call` makes it:
     one empty dict serves every call, since each ``pickle.dumps`` starts from

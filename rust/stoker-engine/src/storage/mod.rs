@@ -255,8 +255,6 @@ pub trait Storage:
         limit: usize,
     ) -> Result<usize, EngineError>;
 
-    /// Drops up to `limit` results whose expiry is at or before `now_ms`;
-    /// returns how many.
     /// Drops the results and error histories of up to `limit` finished jobs
     /// whose retention ended at or before `now_ms`; returns how many jobs.
     fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;

@@ -24,7 +24,7 @@
 //! sends a few jobs, never has one; it stops when its storage is dropped.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,8 +61,6 @@ struct Shared {
     ran: Condvar,
     /// The WAL's size in pages after the last commit of the connection.
     last_wal_pages: AtomicI64,
-    /// Requests made by the hook (one per commit past the threshold).
-    requests_made: AtomicU64,
 }
 
 /// The background checkpoint of one [`SqliteStorage`](super::sqlite::SqliteStorage).
@@ -103,7 +101,6 @@ impl Checkpointer {
         if pages < CHECKPOINT_PAGES {
             return;
         }
-        self.shared.requests_made.fetch_add(1, Ordering::Relaxed);
         let mut requests = self.lock_requests();
         requests.pending = true;
         drop(requests);
