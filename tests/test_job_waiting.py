@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from stoker.job import _Watchers
+import threading
+from pathlib import Path
+
+import pytest
+
+import stoker
+from conftest import HANG_GUARD, wait_until
+from stoker.job import _WATCHERS, Job, _Watchers
 
 
 def test_a_notification_wakes_only_the_waiters_of_its_jobs() -> None:
@@ -40,3 +47,39 @@ def test_a_waiter_that_stopped_watching_is_not_woken() -> None:
     # Nothing is kept for jobs nobody waits for any more.
     watchers.unwatch([2], staying)
     assert watchers._events == {}
+
+
+def test_results_handed_over_are_keyed_by_database_and_job() -> None:
+    watchers = _Watchers()
+    waiter = watchers.watch([1])
+    other_job = watchers.watch([2])
+
+    watchers.notify([1, 2], {1: b"value"}, "/db/a")
+
+    assert waiter.results == {("/db/a", 1): b"value"}
+    # Job 2 completed without a result to hand over: its waiter looks itself.
+    assert other_job.is_set()
+    assert other_job.results == {}
+
+
+def test_a_result_stored_by_this_process_reaches_its_waiter_without_a_read(
+    queue: stoker.Queue, pool: stoker.SupervisorThread, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker, release = tmp_path / "started", tmp_path / "release"
+    job = queue.tasks["wait_for_file"].delay(str(marker), str(release))
+    rows_read: list[int] = []
+    read_row = Job.record
+    monkeypatch.setattr(Job, "record", lambda self: rows_read.append(self.id) or read_row(self))
+    outcome: dict[str, object] = {}
+    waiter = threading.Thread(target=lambda: outcome.update(value=job.result(timeout=HANG_GUARD)))
+    waiter.start()
+    wait_until(lambda: job.id in _WATCHERS._events, what="the waiter watching the job")
+    wait_until(marker.exists, what="the job running")
+    release.touch()
+    waiter.join(HANG_GUARD)
+
+    assert outcome == {"value": "released"}
+    assert rows_read == [], "the value came with the wake-up, not from the job's row"
+    # A later result() of the finished job reads the row as before.
+    assert job.result() == "released"
+    assert rows_read == [job.id]

@@ -477,6 +477,17 @@ class Engine:
         """The earliest eta, lease deadline, expiry, or time a limit lets a held-back job run."""
     def data_version(self) -> int:
         """Changes whenever another connection commits to the database."""
+    def open_send_log(self) -> None:
+        """Send single plain jobs of this process through its send log until ``close_send_log``.
+
+        A logged send is one append to a file of this process; the next
+        transaction of any connection of this process stores it. Calls nest;
+        PostgreSQL stores every send at once.
+        """
+    def close_send_log(self) -> None:
+        """Undo one ``open_send_log``; the last one stores what is pending and removes the log."""
+    def recover_send_logs(self) -> int:
+        """Store the sends logged by processes that died; how many jobs were not stored yet."""
     def compact_log(self, wait_ms: int) -> bool:
         """Truncate the write-ahead log once no reader uses it, waiting at most ``wait_ms``.
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -21,7 +21,6 @@ from .errors import (
     ResultGetError,
     ResultNotReadyError,
     ResultTimeoutError,
-    SecurityError,
     StokerError,
 )
 from .remote_errors import rebuild
@@ -55,27 +54,42 @@ RESULT_POLL_SLOW = 0.05
 RESULT_POLL_NOTIFIED = 0.005
 
 
+class _Wake(threading.Event):
+    """A waiter's event, and the results handed to it with the notification.
+
+    ``results`` maps ``(database, job_id)`` to the stored result bytes of a
+    job that completed, so a waiter in the supervisor's process reads nothing
+    back from the database for it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: dict[tuple[str, int], bytes] = {}
+
+
 class _Watchers:
     """Which threads of this process wait for which jobs.
 
     A supervisor in this process wakes exactly the waiters of the jobs whose
     outcomes it stored, so a waiter sleeps until its own job is done rather
     than waking at every commit. Jobs are keyed by id alone: a waiter of job 5
-    of another database may be woken too, and then simply looks again.
+    of another database may be woken too, and then simply looks again. The
+    results handed over with a notification are keyed by database as well,
+    so they only ever reach a waiter of the same job.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[int, set[threading.Event]] = {}
+        self._events: dict[int, set[_Wake]] = {}
 
-    def watch(self, job_ids: Iterable[int]) -> threading.Event:
-        event = threading.Event()
+    def watch(self, job_ids: Iterable[int]) -> _Wake:
+        event = _Wake()
         with self._lock:
             for job_id in job_ids:
                 self._events.setdefault(job_id, set()).add(event)
         return event
 
-    def unwatch(self, job_ids: Iterable[int], event: threading.Event) -> None:
+    def unwatch(self, job_ids: Iterable[int], event: _Wake) -> None:
         with self._lock:
             for job_id in job_ids:
                 events = self._events.get(job_id)
@@ -84,14 +98,25 @@ class _Watchers:
                     if not events:
                         del self._events[job_id]
 
-    def notify(self, job_ids: Iterable[int] | None) -> None:
+    def notify(
+        self,
+        job_ids: Iterable[int] | None,
+        results: Mapping[int, bytes] | None = None,
+        database: str = "",
+    ) -> None:
         with self._lock:
             if not self._events:
                 return
             if job_ids is None:
                 woken = {event for events in self._events.values() for event in events}
             else:
-                woken = {event for job_id in job_ids for event in self._events.get(job_id, ())}
+                woken = set()
+                for job_id in job_ids:
+                    events = self._events.get(job_id, ())
+                    woken.update(events)
+                    if results is not None and job_id in results:
+                        for event in events:
+                            event.results[database, job_id] = results[job_id]
         for event in woken:
             event.set()
 
@@ -99,9 +124,16 @@ class _Watchers:
 _WATCHERS = _Watchers()
 
 
-def notify_outcomes(job_ids: Iterable[int] | None = None) -> None:
-    """Wake the waiters of this process whose jobs may have finished (all of them for ``None``)."""
-    _WATCHERS.notify(job_ids)
+def notify_outcomes(
+    job_ids: Iterable[int] | None = None, results: Mapping[int, bytes] | None = None, database: str = ""
+) -> None:
+    """Wake the waiters of this process whose jobs may have finished (all of them for ``None``).
+
+    ``results``: the stored result bytes of the jobs among ``job_ids`` that
+    completed, in the database ``database`` (its :func:`~stoker.queue.local_key`),
+    handed to their waiters with the wake-up.
+    """
+    _WATCHERS.notify(job_ids, results, database)
 
 
 class _Waiter:
@@ -116,7 +148,13 @@ class _Waiter:
         self.deadline = None if timeout is None else self.started + timeout
         self.timeout = timeout
         self.job_id = job_id
-        self.versions = [engine.data_version() for engine in engines]
+        # A notified wait is woken by the supervisor that stores its outcome
+        # and polls only as a backstop: its first look after a pause re-reads
+        # the status, so the change counter need not be read before the wait.
+        self.versions: list[int] | None = None if notified else self._read_versions()
+
+    def _read_versions(self) -> list[int]:
+        return [engine.data_version() for engine in self.engines]
 
     def pause(self) -> float:
         """Seconds to wait before looking again; ResultTimeoutError once past the deadline."""
@@ -138,8 +176,8 @@ class _Waiter:
         return min(pause, left)
 
     def changed(self) -> bool:
-        """Whether any of the databases changed since the last look."""
-        versions = [engine.data_version() for engine in self.engines]
+        """Whether any of the databases changed since the last look (True at a first look)."""
+        versions = self._read_versions()
         moved = versions != self.versions
         self.versions = versions
         return moved
@@ -311,11 +349,17 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> str:
         """Block until the job finishes; return its final status."""
+        return self._wait(timeout)[0]
+
+    def _wait(self, timeout: float | None) -> tuple[str, bytes | None]:
+        """Wait for the job to finish: its status, and its result bytes if a
+        supervisor of this process handed them over with the wake-up."""
         engine = self._engine
         notified = self._store is None and self.queue._served_here()
-        waiter = _Waiter([engine], timeout, self.id, notified=notified)
+        delivered_key = (self.queue._real_path, self.id)
         # Watched before the first look, so an outcome stored right after it
         # still wakes this wait.
+        waiter = _Waiter([engine], timeout, self.id, notified=notified)
         woken = _WATCHERS.watch((self.id,))
         try:
             status = engine.status(self.id)
@@ -323,12 +367,15 @@ class Job:
                 pause = waiter.pause()
                 if woken.wait(pause):
                     woken.clear()
+                    delivered = woken.results.pop(delivered_key, None)
+                    if delivered is not None:
+                        return "complete", delivered
                     status = engine.status(self.id)
                 elif waiter.changed():
                     status = engine.status(self.id)
         finally:
             _WATCHERS.unwatch((self.id,), woken)
-        return status
+        return status, None
 
     async def wait_async(self, timeout: float | None = None) -> str:
         """``wait`` for async code: polls without blocking the event loop."""
@@ -405,9 +452,12 @@ class Job:
         :class:`~stoker.errors.NoResultError` once complete.
         """
         # A job already finished (results collected after a batch was sent)
-        # costs one status read, without setting up a wait.
-        if self._engine.status(self.id) not in FINISHED:
-            self.wait(timeout)
+        # costs a status read and a read of its row; one that completes while
+        # a supervisor of this process runs it costs a status read alone, its
+        # result handed over by that supervisor.
+        _, delivered = self._wait(timeout)
+        if delivered is not None:
+            return self._load_result(delivered)
         return self._finished_result(original)
 
     def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
@@ -422,10 +472,11 @@ class Job:
             if record.result_expires_ms is None:
                 raise NoResultError(self.id)
             raise ResultGetError(self.id, "it expired (result_ttl)")
-        try:
-            data = self.queue._unseal(record.result, job_id=self.id, what="result")
-        except SecurityError:
-            raise
+        return self._load_result(record.result)
+
+    def _load_result(self, stored: bytes) -> Any:
+        """The value of a complete job's stored result bytes."""
+        data = self.queue._unseal(stored, job_id=self.id, what="result")
         try:
             return serialization.loads(data)
         except Exception as error:

@@ -329,6 +329,12 @@ class Supervisor:
         self._next_wakeup: float | None = None
         self._completions: list[tuple[int, int, bytes | None, str | None]] = []
         self._stored_outcomes: list[int] = []
+        self._stored_results: dict[int, bytes] = {}
+        """The result bytes of the completions among ``_stored_outcomes``, for
+        their waiters in this process."""
+        # Names the database to the waiters the stored results are handed to.
+        # Every ":memory:" database has the same name, so none is handed over.
+        self._database_key = "" if queue.path == ":memory:" else local_key(queue.path)
         """Jobs whose outcomes were stored since the loop last woke their waiters."""
         self._claimed_ahead: deque[ClaimedJob] = deque()
         """Jobs claimed (leased to this supervisor) that no worker has started yet."""
@@ -392,6 +398,7 @@ class Supervisor:
         restore = self._install_signal_handlers()
         local = LOCAL_SUPERVISORS.setdefault(local_key(self.queue.path), weakref.WeakSet())
         local.add(self)
+        send_log_open = False
         try:
             self._start_guardian()
             if self._remote:
@@ -402,10 +409,16 @@ class Supervisor:
                 self._listener = WakeListener(self.queue.path)
             self.engine.reap_expired()
             flow.push_limits(self.engine, list(self.queue.tasks.values()))
+            # Single sends of this process are logged from now on, and this
+            # loop's next transaction stores them (storage/sqlite_send_log.rs).
+            self.engine.open_send_log()
+            send_log_open = True
             self._top_up_workers(time.monotonic())
             self._loop()
         finally:
             local.discard(self)
+            if send_log_open:
+                self._close_send_log()
             try:
                 self._shutdown_workers()
                 if self._remote:
@@ -526,8 +539,9 @@ class Supervisor:
         # stored (completions, failures, kills) look now instead of at their
         # next poll; no other waiter wakes.
         if self._stored_outcomes:
-            notify_outcomes(self._stored_outcomes)
+            notify_outcomes(self._stored_outcomes, self._stored_results, self._database_key)
             self._stored_outcomes = []
+            self._stored_results = {}
         timeout = self._next_deadline(now) - now
         readable: set[int] = set()
         writable: set[int] = set()
@@ -753,6 +767,15 @@ class Supervisor:
         # Only now: if reading the cancel requests failed, the next poll reads them again.
         self._data_version = version
 
+    def _close_send_log(self) -> None:
+        try:
+            self.engine.close_send_log()
+        except StorageError as error:
+            # They stay in the log file: the next transaction of this process
+            # stores them, or, if it ends first, the next process to open the
+            # database or the next heartbeat of any supervisor.
+            log.warning("the sends still in this process's send log were not stored now: %s", error)
+
     def _heartbeat(self, now: float) -> None:
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
         leases += [(job.id, job.token) for job in self._claimed_ahead]
@@ -765,6 +788,9 @@ class Supervisor:
             for job_id in cancels:
                 self._cancel(job_id, tokens[job_id])
         if self.engine.reap_expired():
+            self._want_claim = True
+        # The sends logged by a process that died before storing them.
+        if self.engine.recover_send_logs():
             self._want_claim = True
         self.engine.expire_due(HOUSEKEEPING_BATCH)
         self.engine.purge_expired_results(HOUSEKEEPING_BATCH)
@@ -971,8 +997,10 @@ class Supervisor:
     def _after_completions(
         self, batch: list[tuple[int, int, bytes | None, str | None]], applied: list[bool]
     ) -> None:
-        for (job_id, token, _, _), ok in zip(batch, applied, strict=True):
+        for (job_id, token, result, _), ok in zip(batch, applied, strict=True):
             if ok:
+                if result is not None and self._database_key:
+                    self._stored_results[job_id] = result
                 self._post_save(job_id, "complete")
             else:
                 log.warning("the outcome of job %s (token %s) was stale and was refused", job_id, token)

@@ -288,6 +288,38 @@ impl Engine {
         self.storage.data_version()
     }
 
+    /// Logs one copy of `template` with `payload` if this process's send
+    /// log takes it at once (see [`Storage::try_log_send`]): its id. Never
+    /// waits for the database, so it may run where blocking is costly.
+    pub fn try_log_send(
+        &self,
+        template: &NewJob,
+        payload: &[u8],
+    ) -> Result<Option<i64>, EngineError> {
+        template.validate()?;
+        self.storage.try_log_send(template, payload, self.now_ms())
+    }
+
+    /// Sends of single plain jobs from this process go to a send log until
+    /// the matching [`Engine::close_send_log`]: a supervisor of this process
+    /// moves them into the database at its next transaction (see
+    /// `storage/sqlite_send_log.rs`). PostgreSQL stores every send at once.
+    pub fn open_send_log(&self) -> Result<(), EngineError> {
+        self.storage.open_send_log()
+    }
+
+    /// Undoes one [`Engine::open_send_log`]; the last one moves what is
+    /// pending into the database and removes the log.
+    pub fn close_send_log(&self) -> Result<(), EngineError> {
+        self.storage.close_send_log()
+    }
+
+    /// Moves the send logs of processes that died into the database; how
+    /// many jobs they held that were not stored yet.
+    pub fn recover_send_logs(&self) -> Result<usize, EngineError> {
+        self.storage.recover_send_logs()
+    }
+
     /// Truncates the write-ahead log if no reader uses it within `wait`;
     /// whether it did (see [`Storage::compact_log`]).
     pub fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {

@@ -197,6 +197,14 @@ impl Engine {
         // so their contents can be read without the GIL and need no copy.
         let payloads: Vec<&[u8]> = payloads.iter().map(|payload| payload.as_bytes()).collect();
         let engine = &self.engine;
+        if let [payload] = payloads.as_slice() {
+            // A send the send log takes is one append: holding the GIL through
+            // it costs less than handing the GIL to another thread and waiting
+            // to get it back.
+            if let Some(id) = engine.try_log_send(template, payload).or_raise(py)? {
+                return Ok(vec![id]);
+            }
+        }
         py.detach(|| engine.enqueue_copies(template, &payloads))
             .or_raise(py)
     }
@@ -470,6 +478,24 @@ impl Engine {
     fn data_version(&self, py: Python<'_>) -> PyResult<i64> {
         let engine = &self.engine;
         py.detach(|| engine.data_version()).or_raise(py)
+    }
+
+    /// Send single plain jobs of this process through its send log until ``close_send_log``.
+    fn open_send_log(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.open_send_log()).or_raise(py)
+    }
+
+    /// Undo one ``open_send_log``; the last one stores what is pending and removes the log.
+    fn close_send_log(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.close_send_log()).or_raise(py)
+    }
+
+    /// Store the sends logged by processes that died; how many jobs were not stored yet.
+    fn recover_send_logs(&self, py: Python<'_>) -> PyResult<usize> {
+        let engine = &self.engine;
+        py.detach(|| engine.recover_send_logs()).or_raise(py)
     }
 
     /// Truncate the write-ahead log, waiting at most ``wait_ms`` for readers.

@@ -19,6 +19,7 @@ pub mod postgres_schema;
 pub mod sqlite;
 pub mod sqlite_checkpoint;
 pub mod sqlite_flow;
+pub mod sqlite_send_log;
 
 use crate::error::EngineError;
 use crate::model::{
@@ -217,6 +218,40 @@ pub trait Storage:
 
     /// A number that changes whenever another connection commits.
     fn data_version(&self) -> Result<i64, EngineError>;
+
+    /// Appends one copy of `template` with `payload` to this process's send
+    /// log and returns its id, if a log is open and can take it without
+    /// waiting for the store (it has an id left); `None` otherwise, and the
+    /// caller stores the job with [`Storage::enqueue_copies`].
+    fn try_log_send(
+        &self,
+        template: &NewJob,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<i64>, EngineError> {
+        let _ = (template, payload, now_ms);
+        Ok(None)
+    }
+
+    /// Sends of single plain jobs from this process go to a send log from
+    /// now on, until as many [`Storage::close_send_log`] calls (see
+    /// `storage/sqlite_send_log.rs`). Stores without one keep storing each
+    /// send in its own transaction.
+    fn open_send_log(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Undoes one [`Storage::open_send_log`]; the last one moves what is
+    /// pending into the store and removes the log.
+    fn close_send_log(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// Moves the send logs of processes that are gone into the store; how
+    /// many jobs they held that were not stored yet.
+    fn recover_send_logs(&self) -> Result<usize, EngineError> {
+        Ok(0)
+    }
 
     /// Shrinks the write-ahead log back to nothing once every reader has
     /// moved past it, waiting at most `wait` for them; whether it did. A log

@@ -31,14 +31,16 @@ use crate::model::{
 use crate::retry::backoff_ms;
 use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
+use crate::storage::sqlite_send_log::{self, SendLog};
 use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
 
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
-/// Version 3 keeps large payloads and results in tables of their own.
-pub const SCHEMA_VERSION: i64 = 3;
+/// Version 3 keeps large payloads and results in tables of their own;
+/// version 4 adds the high-water marks of the send logs.
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The oldest schema version that opening migrates in place rather than
 /// refuses.
@@ -307,6 +309,8 @@ pub struct SqliteStorage {
     /// commit. Declared after `conn`, so the connection (whose hook refers to
     /// it) is closed first.
     checkpointer: Arc<Checkpointer>,
+    /// The send log this process keeps for the database (none in memory).
+    send_log: Option<Arc<SendLog>>,
 }
 
 impl SqliteStorage {
@@ -348,6 +352,8 @@ impl SqliteStorage {
         // The checkpoint thread opens its own connection, so it needs a path that
         // still names the file if the process changes directory.
         let absolute = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let in_memory = shown == ":memory:" || shown.is_empty();
+        let send_log = (!in_memory).then(|| sqlite_send_log::for_database(&absolute));
         let checkpointer = Checkpointer::install(&mut conn, absolute)?;
         let mut storage = Self {
             conn: Mutex::new(conn),
@@ -355,8 +361,12 @@ impl SqliteStorage {
             busy_timeout,
             busy_limit,
             checkpointer,
+            send_log,
         };
         storage.initialize()?;
+        // Sends of a process that died before they were moved into the
+        // database are moved now.
+        storage.recover_send_logs()?;
         Ok(storage)
     }
 
@@ -443,6 +453,7 @@ impl SqliteStorage {
                     tx.execute_batch(SCHEMA)?;
                     tx.execute_batch(sqlite_flow::SCHEMA)?;
                     tx.execute_batch(BLOB_TABLES)?;
+                    tx.execute_batch(sqlite_send_log::SCHEMA)?;
                     tx.execute_batch(&format!(
                         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
                     ))?;
@@ -452,6 +463,52 @@ impl SqliteStorage {
             tx.commit()?;
         }
         Ok(())
+    }
+
+    /// Appends a send of one copy of `template` to the send log, if the log
+    /// takes it; its id. Without `reserve`, a log with no id left in its
+    /// block does not take it either, so that the call never waits for the
+    /// database.
+    fn log_send(
+        &self,
+        template: &NewJob,
+        payload: &[u8],
+        now_ms: i64,
+        reserve: bool,
+    ) -> Result<Option<i64>, EngineError> {
+        let Some(log) = self.send_log.as_deref() else {
+            return Ok(None);
+        };
+        if !sqlite_send_log::loggable(template) || !log.accepting() {
+            return Ok(None);
+        }
+        let id = match log.take_id() {
+            Some(id) => id,
+            None if !reserve => return Ok(None),
+            None => {
+                let (first, last) =
+                    self.write(|tx| sqlite_send_log::reserve_ids(tx, sqlite_send_log::ID_BLOCK))?;
+                log.add_ids(first, last);
+                match log.take_id() {
+                    Some(id) => id,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let job = NewJob {
+            payload: payload.to_vec(),
+            ..template.clone()
+        };
+        Ok(log.append(id, now_ms, &job)?.then_some(id))
+    }
+
+    /// The connection, for a read outside a transaction, once this process's
+    /// logged sends are in the database.
+    pub(crate) fn reader(&self) -> Result<MutexGuard<'_, Connection>, EngineError> {
+        if self.send_log.as_deref().is_some_and(SendLog::has_pending) {
+            self.write(|_| Ok(()))?;
+        }
+        Ok(self.lock())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -464,10 +521,24 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
+        // The sends this process logged are inserted first, by whichever of
+        // its transactions comes next (see `sqlite_send_log`).
+        let log = self.send_log.as_deref();
+        let moving = log.and_then(SendLog::lock_for_moving);
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let batch = match (log, &moving) {
+            (Some(log), Some(_)) => log.take_pending(),
+            _ => None,
+        };
+        if let Some(batch) = &batch {
+            batch.insert(&tx)?;
+        }
         let value = f(&tx)?;
         tx.commit()?;
+        if let (Some(log), Some(batch)) = (log, &batch) {
+            log.moved(batch);
+        }
         Ok(value)
     }
 
@@ -475,7 +546,8 @@ impl SqliteStorage {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
     ) -> Result<T, EngineError> {
-        let mut conn = self.lock();
+        // This process reads its own logged sends: they are moved first.
+        let mut conn = self.reader()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
         let value = f(&tx)?;
         tx.commit()?;
@@ -690,6 +762,8 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
             [],
         )?;
     }
+    // Version 4 adds the send logs' marks (to any older version).
+    tx.execute_batch(sqlite_send_log::SCHEMA)?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -1117,7 +1191,57 @@ impl Storage for SqliteStorage {
         payloads: &[&[u8]],
         now_ms: i64,
     ) -> Result<Vec<i64>, EngineError> {
+        if let [payload] = payloads {
+            if let Some(id) = self.log_send(template, payload, now_ms, true)? {
+                return Ok(vec![id]);
+            }
+        }
         self.write(|tx| insert_copies(tx, template, payloads, now_ms))
+    }
+
+    fn try_log_send(
+        &self,
+        template: &NewJob,
+        payload: &[u8],
+        now_ms: i64,
+    ) -> Result<Option<i64>, EngineError> {
+        self.log_send(template, payload, now_ms, false)
+    }
+
+    fn open_send_log(&self) -> Result<(), EngineError> {
+        if let Some(log) = &self.send_log {
+            log.acquire();
+        }
+        Ok(())
+    }
+
+    fn close_send_log(&self) -> Result<(), EngineError> {
+        let Some(log) = &self.send_log else {
+            return Ok(());
+        };
+        if log.release() {
+            self.write(|_| Ok(()))?;
+            if let Some(name) = log.close() {
+                self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn recover_send_logs(&self) -> Result<usize, EngineError> {
+        let Some(log) = &self.send_log else {
+            return Ok(0);
+        };
+        let mut recovered = 0;
+        for orphan in sqlite_send_log::orphans(log.dir(), log.own_name().as_deref())? {
+            recovered += self.write(|tx| orphan.insert(tx))?;
+            let name = orphan.name.clone();
+            // The mark goes after the file: a crash in between leaves a mark
+            // that names no file, never a file without its mark.
+            orphan.remove();
+            self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+        }
+        Ok(recovered)
     }
 
     fn claim(
@@ -1300,7 +1424,7 @@ impl Storage for SqliteStorage {
     }
 
     fn get(&self, job_id: i64) -> Result<JobRecord, EngineError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt =
             conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
         stmt.query_row([job_id], job_from_row)
@@ -1356,7 +1480,7 @@ impl Storage for SqliteStorage {
     fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError> {
         // This counts every row, so its cost grows with the table; it serves
         // dashboards and tests, never the claim path.
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
         let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
         let mut counts: Vec<(Status, i64)> =
@@ -1372,7 +1496,7 @@ impl Storage for SqliteStorage {
     }
 
     fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
         ))?;
@@ -1415,7 +1539,7 @@ impl Storage for SqliteStorage {
     }
 
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
             "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT ?1",
         )?;
@@ -1499,7 +1623,7 @@ impl Storage for SqliteStorage {
         // A listing serves people and scripts, not the claim path: it may scan.
         // No index is kept for it, because every index is paid for by every
         // status change of every job.
-        let conn = self.lock();
+        let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
             "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
              AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR queue = ?3) \
