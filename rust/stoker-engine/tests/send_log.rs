@@ -306,3 +306,33 @@ fn a_record_survives_encoding() {
     };
     assert_eq!(decode_all(&encode(&record)), vec![record]);
 }
+
+#[test]
+fn a_version_3_file_is_migrated_and_keeps_its_jobs() {
+    let fx = Fixture::sqlite();
+    let kept = fx.enqueue_one(job(0));
+    let db = fx.db_path();
+    drop(fx.engine);
+    {
+        // Version 3 had no marks of send logs.
+        let conn = Connection::open(&db).unwrap();
+        conn.execute_batch("DROP TABLE send_logs; PRAGMA user_version = 3;")
+            .unwrap();
+    }
+    let engine = stoker_engine::Engine::open(
+        db.to_str().unwrap(),
+        common::BUSY_TIMEOUT,
+        Some(std::sync::Arc::new(fx.clock.clone())),
+    )
+    .unwrap();
+    let version: i64 = Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, stoker_engine::SCHEMA_VERSION);
+    assert_eq!(engine.status(kept).unwrap(), Status::Pending);
+    engine.open_send_log().unwrap();
+    let logged = engine.enqueue_copies(&job(0), &[b"x".as_slice()]).unwrap()[0];
+    engine.close_send_log().unwrap();
+    assert_eq!(engine.status(logged).unwrap(), Status::Pending);
+}
