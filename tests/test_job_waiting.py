@@ -9,7 +9,7 @@ import pytest
 
 import stoker
 from conftest import HANG_GUARD, wait_until
-from stoker.job import _WATCHERS, Job, _Watchers
+from stoker.job import _WATCHERS, Job, _RecentResults, _Watchers
 
 
 def test_a_notification_wakes_only_the_waiters_of_its_jobs() -> None:
@@ -80,6 +80,29 @@ def test_a_result_stored_by_this_process_reaches_its_waiter_without_a_read(
 
     assert outcome == {"value": "released"}
     assert rows_read == [], "the value came with the wake-up, not from the job's row"
-    # A later result() of the finished job reads the row as before.
+    # A later result() finds the value this process's supervisor kept.
+    assert job.result() == "released"
+    assert rows_read == []
+    # Once no supervisor of this process serves the database, the kept
+    # results are dropped and the row is read.
+    pool.stop(HANG_GUARD)
     assert job.result() == "released"
     assert rows_read == [job.id]
+
+
+def test_kept_results_drop_the_oldest_past_their_bounds() -> None:
+    kept = _RecentResults(max_bytes=10, max_jobs=3)
+    kept.add("a", {1: b"1234", 2: b"5678"})
+    kept.add("a", {3: b"90ab"})
+    # 12 bytes: the oldest goes.
+    assert kept.get("a", 1) is None
+    assert (kept.get("a", 2), kept.get("a", 3)) == (b"5678", b"90ab")
+    kept.add("b", {1: b"x", 2: b"y"})
+    # Four jobs: the oldest goes again; the other database's job 1 is its own.
+    assert kept.get("a", 2) is None
+    assert kept.get("b", 1) == b"x"
+    kept.add("a", {9: b"far too large"})
+    assert kept.get("a", 9) is None, "a value above the byte bound is not kept"
+    kept.forget("b")
+    assert (kept.get("b", 1), kept.get("b", 2)) == (None, None)
+    assert kept.get("a", 3) == b"90ab"

@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -52,6 +53,13 @@ RESULT_POLL_SLOW = 0.05
 #: by a supervisor of another process): a fast poll there would take the GIL
 #: from the supervisor thread for nothing.
 RESULT_POLL_NOTIFIED = 0.005
+#: The results that supervisors of this process stored last are kept, up to
+#: this many bytes and this many jobs, so that ``result()`` of a job that
+#: completed before it was called (results collected after a batch) reads
+#: nothing back. Completion is final, so a kept result is always the job's.
+#: More holds more memory; fewer sends more late readers to the database.
+RECENT_RESULTS_BYTES = 8 << 20
+RECENT_RESULTS_JOBS = 20_000
 
 
 class _Wake(threading.Event):
@@ -124,6 +132,42 @@ class _Watchers:
 _WATCHERS = _Watchers()
 
 
+class _RecentResults:
+    """The result bytes of the jobs the supervisors of this process completed
+    last, oldest dropped first (see ``RECENT_RESULTS_BYTES``)."""
+
+    def __init__(self, max_bytes: int, max_jobs: int) -> None:
+        self._lock = threading.Lock()
+        self._results: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._bytes = 0
+        self.max_bytes = max_bytes
+        self.max_jobs = max_jobs
+
+    def add(self, database: str, results: Mapping[int, bytes]) -> None:
+        with self._lock:
+            for job_id, data in results.items():
+                if len(data) > self.max_bytes:
+                    continue
+                self._results[database, job_id] = data
+                self._bytes += len(data)
+            while self._bytes > self.max_bytes or len(self._results) > self.max_jobs:
+                _, dropped = self._results.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def get(self, database: str, job_id: int) -> bytes | None:
+        with self._lock:
+            return self._results.get((database, job_id))
+
+    def forget(self, database: str) -> None:
+        """Drop the results of ``database`` (its last supervisor here stopped)."""
+        with self._lock:
+            for key in [key for key in self._results if key[0] == database]:
+                self._bytes -= len(self._results.pop(key))
+
+
+_RECENT_RESULTS = _RecentResults(RECENT_RESULTS_BYTES, RECENT_RESULTS_JOBS)
+
+
 def notify_outcomes(
     job_ids: Iterable[int] | None = None, results: Mapping[int, bytes] | None = None, database: str = ""
 ) -> None:
@@ -131,9 +175,16 @@ def notify_outcomes(
 
     ``results``: the stored result bytes of the jobs among ``job_ids`` that
     completed, in the database ``database`` (its :func:`~stoker.queue.local_key`),
-    handed to their waiters with the wake-up.
+    handed to their waiters with the wake-up and kept for later readers.
     """
+    if results and database:
+        _RECENT_RESULTS.add(database, results)
     _WATCHERS.notify(job_ids, results, database)
+
+
+def forget_results(database: str) -> None:
+    """Drop the kept results of ``database``: no supervisor of this process serves it now."""
+    _RECENT_RESULTS.forget(database)
 
 
 class _Waiter:
@@ -355,6 +406,10 @@ class Job:
         """Wait for the job to finish: its status, and its result bytes if a
         supervisor of this process handed them over with the wake-up."""
         engine = self._engine
+        if self._store is None:
+            kept = _RECENT_RESULTS.get(self.queue._real_path, self.id)
+            if kept is not None:
+                return "complete", kept
         notified = self._store is None and self.queue._served_here()
         delivered_key = (self.queue._real_path, self.id)
         # Watched before the first look, so an outcome stored right after it
@@ -461,6 +516,10 @@ class Job:
         return self._finished_result(original)
 
     def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
+        if record is None and self._store is None:
+            kept = _RECENT_RESULTS.get(self.queue._real_path, self.id)
+            if kept is not None:
+                return self._load_result(kept)
         record = record or self.record()
         if record.status == "cancelled":
             raise JobCancelledError(self.id)

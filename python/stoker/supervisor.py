@@ -87,7 +87,7 @@ from .errors import (
     WorkerStartupError,
 )
 from .events import handler_name
-from .job import notify_outcomes
+from .job import forget_results, notify_outcomes
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
 from .remote_errors import CapturedError, qualified_name
 from .task import REGISTRY, TaskOptions
@@ -230,6 +230,8 @@ class _Worker:
     retiring: bool = False
     """Told to stop after its last task (recycling); it takes no more jobs."""
     pid: int = field(init=False)
+    sentinel: int = field(init=False)
+    """The process's sentinel, readable once it has exited."""
     usage_suffix: str = field(init=False, default="")
     """``, "worker": "owner/pid"}``: what ends the usage JSON of its attempts."""
 
@@ -238,6 +240,9 @@ class _Worker:
         # every message.
         assert self.process.pid is not None
         self.pid = self.process.pid
+        # Read once too: the property checks that the process object is
+        # still open every time, and the loop polls it on every wake-up.
+        self.sentinel = self.process.sentinel
 
 
 class Supervisor:
@@ -417,6 +422,8 @@ class Supervisor:
             self._loop()
         finally:
             local.discard(self)
+            if not local and self._database_key:
+                forget_results(self._database_key)
             if send_log_open:
                 self._close_send_log()
             try:
@@ -561,7 +568,7 @@ class Supervisor:
                 events |= select.POLLOUT
             if events:
                 poller.register(w.channel.fd, events)
-            poller.register(w.process.sentinel, select.POLLIN)
+            poller.register(w.sentinel, select.POLLIN)
         for fd, events in poller.poll(math.ceil(max(0.0, timeout) * 1000)):
             # Hang-ups and errors count as both, as the selectors module does:
             # the read or the write that follows reports what happened.
@@ -584,7 +591,7 @@ class Supervisor:
             if w.channel.fd in readable:
                 self._read_messages(w)
         for w in list(self._workers):
-            if w.process.sentinel in readable and w in self._workers:
+            if w.sentinel in readable and w in self._workers:
                 self._on_exit(w)
         # The completions just read are stored by the next turn, in the same
         # transaction as the claim of the next jobs.
@@ -976,7 +983,7 @@ class Supervisor:
 
     def _post_save(self, job_id: int, status: str) -> None:
         self._stored_outcomes.append(job_id)
-        for middleware in self.queue.middlewares:
+        for middleware in self.queue._middlewares:
             try:
                 middleware.post_save(job_id, status)
             except Exception:

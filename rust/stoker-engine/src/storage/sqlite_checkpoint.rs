@@ -31,11 +31,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-/// The WAL size, in pages, past which a checkpoint is requested: SQLite's
-/// default for its automatic checkpoint. A larger log means fewer checkpoints
-/// (each one fsyncs the database file) but a larger file and slower reads,
-/// since a reader looks pages up in the log's index first.
-pub const CHECKPOINT_PAGES: i32 = 1000;
+/// The WAL size, in pages, past which a checkpoint is requested (16 MiB of
+/// 4 KiB pages; SQLite's own default is 1000). A larger log means fewer
+/// checkpoints (each one fsyncs the database file and copies every page the
+/// log changed, however often it changed) but a larger file and slower reads,
+/// since a reader looks pages up in the log's index first. At 1000 pages the
+/// checkpoint thread cost 39 µs of CPU per no-op job; at 4000, 16 to 24 µs.
+pub const CHECKPOINT_PAGES: i32 = 4000;
 
 /// How long the checkpoint thread's connection waits for a lock another
 /// checkpoint holds (one from another process, or a truncating one). A
