@@ -336,3 +336,34 @@ fn a_version_3_file_is_migrated_and_keeps_its_jobs() {
     engine.close_send_log().unwrap();
     assert_eq!(engine.status(logged).unwrap(), Status::Pending);
 }
+
+/// A child forked from a process with pending sends has a copy of them in
+/// memory: they are the parent's to store, so the child neither stores them
+/// nor appends to the parent's file.
+#[cfg(unix)]
+#[test]
+fn a_forked_child_leaves_the_parents_log_alone() {
+    let fx = Fixture::sqlite();
+    fx.engine.open_send_log().unwrap();
+    fx.engine
+        .enqueue_copies(&job(0), &[b"pending".as_slice()])
+        .unwrap();
+    let log = stoker_engine::storage::sqlite_send_log::for_database(
+        &fx.db_path().canonicalize().unwrap(),
+    );
+    assert!(log.accepting() && log.has_pending());
+    // SAFETY: the child only reads the log's pid and exits; it takes no lock
+    // another thread could have held at the fork.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        let inert = !log.accepting() && !log.has_pending() && log.take_pending().is_none();
+        // SAFETY: _exit ends the child without running the parent's destructors.
+        unsafe { libc::_exit(if inert { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    assert!(log.has_pending(), "still the parent's to store");
+    fx.engine.close_send_log().unwrap();
+}

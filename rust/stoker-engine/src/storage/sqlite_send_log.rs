@@ -76,6 +76,10 @@ pub fn log_dir(db_path: &Path) -> PathBuf {
 #[derive(Debug)]
 pub struct SendLog {
     dir: PathBuf,
+    /// The process this log belongs to. A child forked from it inherits a
+    /// copy of its pending records and ids: there, the log takes no send and
+    /// has nothing pending, so that nothing is stored twice.
+    pid: u32,
     state: Mutex<LogState>,
     /// Held from the copy of the pending records to their removal, so that
     /// two connections never insert the same records. Taken before the
@@ -101,8 +105,6 @@ struct OpenLog {
     name: String,
     path: PathBuf,
     file: File,
-    /// The process that opened it: a forked child must not write to it.
-    pid: u32,
     len: u64,
 }
 
@@ -132,9 +134,12 @@ fn registry() -> &'static Mutex<HashMap<PathBuf, Arc<SendLog>>> {
 /// in this process.
 pub fn for_database(db_path: &Path) -> Arc<SendLog> {
     let mut logs = registry().lock().unwrap_or_else(PoisonError::into_inner);
+    // A forked child starts a log of its own.
+    logs.retain(|_, log| log.ours());
     Arc::clone(logs.entry(db_path.to_path_buf()).or_insert_with(|| {
         Arc::new(SendLog {
             dir: log_dir(db_path),
+            pid: std::process::id(),
             state: Mutex::new(LogState::default()),
             moving: Mutex::new(()),
         })
@@ -152,6 +157,11 @@ impl SendLog {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether this is the process the log belongs to (not a forked child).
+    fn ours(&self) -> bool {
+        self.pid == std::process::id()
+    }
+
     /// One more user (a supervisor of this process): sends go to the log.
     pub fn acquire(&self) {
         self.state().users += 1;
@@ -167,17 +177,12 @@ impl SendLog {
 
     /// Whether sends go to the log now (a user holds it, in this process).
     pub fn accepting(&self) -> bool {
-        let state = self.state();
-        state.users > 0
-            && state
-                .file
-                .as_ref()
-                .map_or(true, |file| file.pid == std::process::id())
+        self.ours() && self.state().users > 0
     }
 
     /// Whether anything waits to be moved into the database.
     pub fn has_pending(&self) -> bool {
-        !self.state().pending.is_empty()
+        self.ours() && !self.state().pending.is_empty()
     }
 
     /// The next id of the reserved block, if one is left.
@@ -203,7 +208,7 @@ impl SendLog {
     /// left, or this is a forked child): the caller stores the job itself.
     pub fn append(&self, id: i64, now_ms: i64, job: &NewJob) -> Result<bool, EngineError> {
         let mut state = self.state();
-        if state.users == 0 {
+        if state.users == 0 || !self.ours() {
             return Ok(false);
         }
         if state.file.is_none() {
@@ -217,7 +222,7 @@ impl SendLog {
             job: job.clone(),
         };
         let bytes = encode(&record);
-        let Some(file) = state.file.as_mut().filter(|f| f.pid == std::process::id()) else {
+        let Some(file) = state.file.as_mut() else {
             return Ok(false);
         };
         file.file.write_all(&bytes).map_err(|error| {
@@ -258,7 +263,6 @@ impl SendLog {
             name,
             path,
             file,
-            pid,
             len: 0,
         })
     }
@@ -275,6 +279,9 @@ impl SendLog {
     /// A copy of what is pending, to insert in a transaction; the records
     /// stay pending until [`SendLog::moved`] says that transaction committed.
     pub fn take_pending(&self) -> Option<PendingBatch> {
+        if !self.ours() {
+            return None;
+        }
         let state = self.state();
         let file = state.file.as_ref()?;
         if state.pending.is_empty() {
@@ -306,7 +313,7 @@ impl SendLog {
     /// left; the name of the log whose high-water mark can go.
     pub fn close(&self) -> Option<String> {
         let mut state = self.state();
-        if state.users > 0 || !state.pending.is_empty() {
+        if state.users > 0 || !state.pending.is_empty() || !self.ours() {
             return None;
         }
         let file = state.file.take()?;
@@ -498,7 +505,13 @@ impl Orphan {
     pub fn insert(&self, tx: &Transaction<'_>) -> Result<usize, EngineError> {
         let done = high_water(tx, &self.name)?;
         let mut inserted = 0;
+        let mut stored = tx.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?;
         for record in self.records.iter().filter(|record| record.seq > done) {
+            // Ids are reserved for one log, so a row with this id is this
+            // record, stored already: never store it again.
+            if stored.exists([record.id])? {
+                continue;
+            }
             insert_record(tx, record)?;
             inserted += 1;
         }
