@@ -9,7 +9,15 @@ import pytest
 
 import stoker
 from conftest import HANG_GUARD, wait_until
-from stoker.job import _WATCHERS, Job, _RecentResults, _Watchers
+from stoker.job import (
+    _RECENT_RESULTS,
+    _WATCHERS,
+    Job,
+    _RecentResults,
+    _Watchers,
+    forget_results,
+    notify_outcomes,
+)
 
 
 def test_a_notification_wakes_only_the_waiters_of_its_jobs() -> None:
@@ -50,16 +58,21 @@ def test_a_waiter_that_stopped_watching_is_not_woken() -> None:
 
 
 def test_results_handed_over_are_keyed_by_database_and_job() -> None:
-    watchers = _Watchers()
-    waiter = watchers.watch([1])
-    other_job = watchers.watch([2])
+    waiter = _WATCHERS.watch([1])
+    other_job = _WATCHERS.watch([2])
+    try:
+        notify_outcomes([1, 2], {1: b"value"}, "/db/a")
 
-    watchers.notify([1, 2], {1: b"value"}, "/db/a")
-
-    assert waiter.results == {("/db/a", 1): b"value"}
-    # Job 2 completed without a result to hand over: its waiter looks itself.
-    assert other_job.is_set()
-    assert other_job.results == {}
+        assert waiter.is_set()
+        assert _RECENT_RESULTS.get("/db/a", 1) == b"value"
+        assert _RECENT_RESULTS.get("/db/b", 1) is None, "only a waiter of the same database finds it"
+        # Job 2 completed without a result to hand over: its waiter looks itself.
+        assert other_job.is_set()
+        assert _RECENT_RESULTS.get("/db/a", 2) is None
+    finally:
+        _WATCHERS.unwatch([1], waiter)
+        _WATCHERS.unwatch([2], other_job)
+        forget_results("/db/a")
 
 
 def test_a_result_stored_by_this_process_reaches_its_waiter_without_a_read(

@@ -25,6 +25,15 @@ def live_counts(queue: stoker.Queue) -> dict[str, int]:
     return {status: count for status, count in queue._engine.stats().items() if count}
 
 
+def run_all(queue: stoker.Queue, job_ids: list[int]) -> list[object]:
+    """Run the jobs with a pool of this process; their results, in order."""
+    handle = queue.start_worker(processes=2, drain_timeout=0.0)
+    try:
+        return [stoker.Job(queue, job_id).result(timeout=HANG_GUARD) for job_id in job_ids]
+    finally:
+        handle.stop(HANG_GUARD)
+
+
 def run_child(db: Path, body: str) -> list[int]:
     """Run ``body`` in a new process with ``queue`` over ``db`` (the tasks of
     ``apps.tasks``); the ids of the jobs it sent, one per line of its output."""
@@ -95,12 +104,7 @@ def test_sends_a_dead_process_logged_are_stored_once_by_the_next_opener(tmp_path
     assert log_files(db) == [], "opening the database stored the orphan log"
     assert live_counts(queue) == {"pending": 50}
 
-    handle = queue.start_worker(processes=2, drain_timeout=0.0)
-    try:
-        results = [stoker.Job(queue, job_id).result(timeout=HANG_GUARD) for job_id in sent]
-    finally:
-        handle.stop(HANG_GUARD)
-    assert results == [i + 100 for i in range(50)]
+    assert run_all(queue, sent) == [i + 100 for i in range(50)]
     assert live_counts(queue) == {"complete": 50}, "no send was stored twice"
 
 
@@ -122,11 +126,6 @@ def test_a_pool_process_killed_while_sending_loses_no_job(tmp_path: Path) -> Non
     assert len(sent) == 300
     queue = stoker.Queue(db)
     queue.include(app.queue)
-    handle = queue.start_worker(processes=2, drain_timeout=0.0)
-    try:
-        results = [stoker.Job(queue, job_id).result(timeout=HANG_GUARD) for job_id in sent]
-    finally:
-        handle.stop(HANG_GUARD)
-    assert results == [i + 1 for i in range(300)]
+    assert run_all(queue, sent) == [i + 1 for i in range(300)]
     counts = live_counts(queue)
     assert counts == {"complete": 300}, f"every send stored exactly once: {counts}"

@@ -62,42 +62,27 @@ RECENT_RESULTS_BYTES = 8 << 20
 RECENT_RESULTS_JOBS = 20_000
 
 
-class _Wake(threading.Event):
-    """A waiter's event, and the results handed to it with the notification.
-
-    ``results`` maps ``(database, job_id)`` to the stored result bytes of a
-    job that completed, so a waiter in the supervisor's process reads nothing
-    back from the database for it.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.results: dict[tuple[str, int], bytes] = {}
-
-
 class _Watchers:
     """Which threads of this process wait for which jobs.
 
     A supervisor in this process wakes exactly the waiters of the jobs whose
     outcomes it stored, so a waiter sleeps until its own job is done rather
     than waking at every commit. Jobs are keyed by id alone: a waiter of job 5
-    of another database may be woken too, and then simply looks again. The
-    results handed over with a notification are keyed by database as well,
-    so they only ever reach a waiter of the same job.
+    of another database may be woken too, and then simply looks again.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._events: dict[int, set[_Wake]] = {}
+        self._events: dict[int, set[threading.Event]] = {}
 
-    def watch(self, job_ids: Iterable[int]) -> _Wake:
-        event = _Wake()
+    def watch(self, job_ids: Iterable[int]) -> threading.Event:
+        event = threading.Event()
         with self._lock:
             for job_id in job_ids:
                 self._events.setdefault(job_id, set()).add(event)
         return event
 
-    def unwatch(self, job_ids: Iterable[int], event: _Wake) -> None:
+    def unwatch(self, job_ids: Iterable[int], event: threading.Event) -> None:
         with self._lock:
             for job_id in job_ids:
                 events = self._events.get(job_id)
@@ -106,25 +91,14 @@ class _Watchers:
                     if not events:
                         del self._events[job_id]
 
-    def notify(
-        self,
-        job_ids: Iterable[int] | None,
-        results: Mapping[int, bytes] | None = None,
-        database: str = "",
-    ) -> None:
+    def notify(self, job_ids: Iterable[int] | None) -> None:
         with self._lock:
             if not self._events:
                 return
             if job_ids is None:
                 woken = {event for events in self._events.values() for event in events}
             else:
-                woken = set()
-                for job_id in job_ids:
-                    events = self._events.get(job_id, ())
-                    woken.update(events)
-                    if results is not None and job_id in results:
-                        for event in events:
-                            event.results[database, job_id] = results[job_id]
+                woken = {event for job_id in job_ids for event in self._events.get(job_id, ())}
         for event in woken:
             event.set()
 
@@ -175,11 +149,11 @@ def notify_outcomes(
 
     ``results``: the stored result bytes of the jobs among ``job_ids`` that
     completed, in the database ``database`` (its :func:`~stoker.queue.local_key`),
-    handed to their waiters with the wake-up and kept for later readers.
+    kept before the waiters wake, so they find them without reading the database.
     """
     if results and database:
         _RECENT_RESULTS.add(database, results)
-    _WATCHERS.notify(job_ids, results, database)
+    _WATCHERS.notify(job_ids)
 
 
 def forget_results(database: str) -> None:
@@ -402,16 +376,18 @@ class Job:
         """Block until the job finishes; return its final status."""
         return self._wait(timeout)[0]
 
+    def _kept_result(self) -> bytes | None:
+        """The result bytes a supervisor of this process stored for this job, if it kept them."""
+        return None if self._store is not None else _RECENT_RESULTS.get(self.queue._real_path, self.id)
+
     def _wait(self, timeout: float | None) -> tuple[str, bytes | None]:
         """Wait for the job to finish: its status, and its result bytes if a
-        supervisor of this process handed them over with the wake-up."""
+        supervisor of this process stored and kept them (see ``notify_outcomes``)."""
+        kept = self._kept_result()
+        if kept is not None:
+            return "complete", kept
         engine = self._engine
-        if self._store is None:
-            kept = _RECENT_RESULTS.get(self.queue._real_path, self.id)
-            if kept is not None:
-                return "complete", kept
         notified = self._store is None and self.queue._served_here()
-        delivered_key = (self.queue._real_path, self.id)
         # Watched before the first look, so an outcome stored right after it
         # still wakes this wait.
         waiter = _Waiter([engine], timeout, self.id, notified=notified)
@@ -422,9 +398,9 @@ class Job:
                 pause = waiter.pause()
                 if woken.wait(pause):
                     woken.clear()
-                    delivered = woken.results.pop(delivered_key, None)
-                    if delivered is not None:
-                        return "complete", delivered
+                    kept = self._kept_result()
+                    if kept is not None:
+                        return "complete", kept
                     status = engine.status(self.id)
                 elif waiter.changed():
                     status = engine.status(self.id)
@@ -506,21 +482,21 @@ class Job:
         its ``__cause__``. A task with ``store_result=False`` raises
         :class:`~stoker.errors.NoResultError` once complete.
         """
-        # A job already finished (results collected after a batch was sent)
-        # costs a status read and a read of its row; one that completes while
-        # a supervisor of this process runs it costs a status read alone, its
-        # result handed over by that supervisor.
-        _, delivered = self._wait(timeout)
-        if delivered is not None:
-            return self._load_result(delivered)
-        return self._finished_result(original)
+        # A job whose result a supervisor of this process stored and kept costs
+        # no read (see notify_outcomes); any other finished job costs a status
+        # read and a read of its row.
+        _, kept = self._wait(timeout)
+        if kept is not None:
+            return self._load_result(kept)
+        # Not kept here: the row holds the outcome.
+        return self._finished_result(original, self.record())
 
     def _finished_result(self, original: bool, record: JobRecord | None = None) -> Any:
-        if record is None and self._store is None:
-            kept = _RECENT_RESULTS.get(self.queue._real_path, self.id)
+        if record is None:
+            kept = self._kept_result()
             if kept is not None:
                 return self._load_result(kept)
-        record = record or self.record()
+            record = self.record()
         if record.status == "cancelled":
             raise JobCancelledError(self.id)
         if record.status == "expired":

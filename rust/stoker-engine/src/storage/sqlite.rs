@@ -195,10 +195,11 @@ pub(crate) const INSERT_PAYLOAD_SQL: &str =
 /// Stores a result aside.
 const INSERT_RESULT_SQL: &str = "INSERT INTO job_results (job_id, data) VALUES (?1, ?2)";
 
-pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
-     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, eta_ms, \
-     unique_key, expires_ms, rate_prepaid, labels) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+/// Inserts one job row; a NULL id (?1) takes the next one.
+pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, task_name, queue, priority, payload, status, \
+     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, \
+     eta_ms, unique_key, expires_ms, rate_prepaid, labels) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
 pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
@@ -1233,7 +1234,7 @@ impl Storage for SqliteStorage {
             return Ok(0);
         };
         let mut recovered = 0;
-        for orphan in sqlite_send_log::orphans(log.dir(), log.own_name().as_deref())? {
+        for orphan in sqlite_send_log::orphans(log.dir())? {
             recovered += self.write(|tx| orphan.insert(tx))?;
             let name = orphan.name.clone();
             // The mark goes after the file: a crash in between leaves a mark

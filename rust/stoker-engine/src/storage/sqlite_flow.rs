@@ -239,34 +239,7 @@ pub fn insert_job(
     } else {
         Status::Scheduled
     };
-    // A large payload goes to its own table, so the row keeps an empty one.
-    let aside = stored_aside(job.payload.len());
-    let in_row: &[u8] = if aside { &[] } else { &job.payload };
-    tx.prepare_cached(INSERT_JOB_SQL)?.execute(params![
-        job.task_name,
-        job.queue,
-        job.priority,
-        in_row,
-        status.code(),
-        job.max_retries,
-        job.max_crashes,
-        job.backoff_base_ms,
-        job.backoff_cap_ms,
-        job.jitter,
-        job.timeout_ms,
-        job.result_ttl_ms,
-        now_ms,
-        eta_ms,
-        job.unique_key,
-        job.expires_after_ms.map(|ms| now_ms.saturating_add(ms)),
-        i64::from(prepaid),
-        job.labels,
-    ])?;
-    let id = tx.last_insert_rowid();
-    if aside {
-        tx.prepare_cached(INSERT_PAYLOAD_SQL)?
-            .execute(params![id, job.payload])?;
-    }
+    let id = insert_row(tx, None, job, status, now_ms, prepaid)?;
     if !deps.is_empty() {
         let mut insert = tx.prepare_cached(
             "INSERT INTO job_deps (job_id, dep_id, position) VALUES (?1, ?2, ?3)",
@@ -281,6 +254,48 @@ pub fn insert_job(
         }
     }
     Ok((id, true))
+}
+
+/// Inserts the row of `job`, sent at `now_ms`, in `status`, with the id `id`
+/// (the next one for `None`); a large payload goes to its own table, so the
+/// row keeps an empty one. Its id.
+pub(crate) fn insert_row(
+    tx: &Transaction<'_>,
+    id: Option<i64>,
+    job: &NewJob,
+    status: Status,
+    now_ms: i64,
+    prepaid: bool,
+) -> Result<i64, EngineError> {
+    let aside = stored_aside(job.payload.len());
+    let in_row: &[u8] = if aside { &[] } else { &job.payload };
+    tx.prepare_cached(INSERT_JOB_SQL)?.execute(params![
+        id,
+        job.task_name,
+        job.queue,
+        job.priority,
+        in_row,
+        status.code(),
+        job.max_retries,
+        job.max_crashes,
+        job.backoff_base_ms,
+        job.backoff_cap_ms,
+        job.jitter,
+        job.timeout_ms,
+        job.result_ttl_ms,
+        now_ms,
+        job.eta_at(now_ms),
+        job.unique_key,
+        job.expires_after_ms.map(|ms| now_ms.saturating_add(ms)),
+        i64::from(prepaid),
+        job.labels,
+    ])?;
+    let id = tx.last_insert_rowid();
+    if aside {
+        tx.prepare_cached(INSERT_PAYLOAD_SQL)?
+            .execute(params![id, job.payload])?;
+    }
+    Ok(id)
 }
 
 // --- jobs: finishing ---------------------------------------------------------

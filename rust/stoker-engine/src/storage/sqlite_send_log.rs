@@ -42,8 +42,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 
 use crate::error::EngineError;
 use crate::model::{NewJob, Status};
-use crate::storage::sqlite::INSERT_PAYLOAD_SQL;
-use crate::storage::stored_aside;
+use crate::storage::sqlite_flow::insert_row;
 
 /// Ids taken from the database per trip. A larger block makes fewer sends
 /// pay for a transaction; the ids left in it when the process ends are never
@@ -322,11 +321,6 @@ impl SendLog {
         Some(file.name)
     }
 
-    /// The name of this process's log file, if it has one.
-    pub fn own_name(&self) -> Option<String> {
-        self.state().file.as_ref().map(|file| file.name.clone())
-    }
-
     /// The directory of the logs.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -343,14 +337,6 @@ impl PendingBatch {
             set_high_water(tx, &self.name, last.seq)?;
         }
         Ok(())
-    }
-
-    pub fn len(&self) -> usize {
-        self.records.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 }
 
@@ -376,48 +362,16 @@ pub fn reserve_ids(tx: &Transaction<'_>, count: i64) -> Result<(i64, i64), Engin
     Ok((first, last))
 }
 
-const INSERT_LOGGED_SQL: &str =
-    "INSERT INTO jobs (id, task_name, queue, priority, payload, status, \
-     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
-     created_ms, eta_ms, unique_key, expires_ms, rate_prepaid, labels) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, NULL, ?16, 0, ?17)";
-
 /// Inserts one logged send as the job it would have been had it been
 /// stored when it was sent.
 fn insert_record(tx: &Transaction<'_>, record: &Record) -> Result<(), EngineError> {
     let job = &record.job;
-    let now_ms = record.now_ms;
-    let eta_ms = job.eta_at(now_ms);
-    let status = if eta_ms <= now_ms {
+    let status = if job.eta_at(record.now_ms) <= record.now_ms {
         Status::Pending
     } else {
         Status::Scheduled
     };
-    let aside = stored_aside(job.payload.len());
-    let in_row: &[u8] = if aside { &[] } else { &job.payload };
-    tx.prepare_cached(INSERT_LOGGED_SQL)?.execute(params![
-        record.id,
-        job.task_name,
-        job.queue,
-        job.priority,
-        in_row,
-        status.code(),
-        job.max_retries,
-        job.max_crashes,
-        job.backoff_base_ms,
-        job.backoff_cap_ms,
-        job.jitter,
-        job.timeout_ms,
-        job.result_ttl_ms,
-        now_ms,
-        eta_ms,
-        job.expires_after_ms.map(|ms| now_ms.saturating_add(ms)),
-        job.labels,
-    ])?;
-    if aside {
-        tx.prepare_cached(INSERT_PAYLOAD_SQL)?
-            .execute(params![record.id, job.payload])?;
-    }
+    insert_row(tx, Some(record.id), job, status, record.now_ms, false)?;
     Ok(())
 }
 
@@ -456,9 +410,10 @@ pub struct Orphan {
     records: Vec<Record>,
 }
 
-/// The logs in `dir` that no live process holds, each read in full; the log
-/// named `own` (this process's) is skipped.
-pub fn orphans(dir: &Path, own: Option<&str>) -> Result<Vec<Orphan>, EngineError> {
+/// The logs in `dir` that no live process holds, each read in full. This
+/// process's own log is among those held: its lock belongs to the open file,
+/// and a second open of it does not get the lock either.
+pub fn orphans(dir: &Path) -> Result<Vec<Orphan>, EngineError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -472,7 +427,7 @@ pub fn orphans(dir: &Path, own: Option<&str>) -> Result<Vec<Orphan>, EngineError
     let mut found = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".log") || Some(name.as_str()) == own {
+        if !name.ends_with(".log") {
             continue;
         }
         let path = entry.path();
