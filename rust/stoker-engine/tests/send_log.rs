@@ -265,6 +265,17 @@ fn the_log_of_a_live_process_is_left_alone() {
 }
 
 #[test]
+fn a_log_not_yet_locked_by_its_process_is_not_recovered() {
+    let fx = Fixture::sqlite();
+    let path = orphan_log(&fx.db_path(), "98-1.log.new", &records(4000, 2, fx.now()));
+    assert_eq!(fx.engine.recover_send_logs().unwrap(), 0);
+    assert!(path.exists());
+    // Once it has its proper name and is unlocked, its process is gone.
+    fs::rename(&path, log_dir(&fx.db_path()).join("98-1.log")).unwrap();
+    assert_eq!(fx.engine.recover_send_logs().unwrap(), 2);
+}
+
+#[test]
 fn a_log_opened_twice_stays_until_closed_twice() {
     let fx = Fixture::sqlite();
     fx.engine.open_send_log().unwrap();

@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS send_logs (
 ) WITHOUT ROWID;
 ";
 
+/// The suffix of a log file not yet locked by its process; recovery skips it.
+pub const UNLOCKED_SUFFIX: &str = ".new";
+
 /// The directory of the send logs of the database at `db_path`.
 pub fn log_dir(db_path: &Path) -> PathBuf {
     let mut name = db_path.as_os_str().to_owned();
@@ -250,14 +253,19 @@ impl SendLog {
         let pid = std::process::id();
         let name = format!("{pid}-{nanos}.log");
         let path = self.dir.join(&name);
+        // Created under a name recovery does not read, and renamed once
+        // locked: a recovery that looked between the creation and the lock
+        // would take an empty live log for an orphan and remove it.
+        let unlocked = self.dir.join(format!("{name}{UNLOCKED_SUFFIX}"));
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
-            .open(&path)
+            .open(&unlocked)
             .map_err(|error| failed("create", error))?;
         // Held as long as the file is open: a log that another process can
         // lock belongs to a process that is gone.
         try_lock(&file).map_err(|error| failed("lock", error))?;
+        fs::rename(&unlocked, &path).map_err(|error| failed("name", error))?;
         Ok(OpenLog {
             name,
             path,
