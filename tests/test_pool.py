@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
 import stoker
+import stoker.supervisor as supervisor_module
 from apps.tasks import QuotaError
 from conftest import HANG_GUARD, read_ledger, wait_until, written
 
@@ -363,3 +365,75 @@ def test_stopping_puts_the_jobs_claimed_ahead_back_without_a_failure(
 def test_prefetch_must_be_a_count(queue: stoker.Queue, prefetch: object) -> None:
     with pytest.raises(stoker.InvalidOptionError, match="prefetch"):
         stoker.Supervisor(queue, prefetch=prefetch)  # type: ignore[arg-type]
+
+
+# --- jobs sent ahead to a busy worker (supervisor.py: JOB_AHEAD_MAX_WAIT) ---------------
+
+
+def _sent_ahead(handle: stoker.SupervisorThread) -> dict[int, int]:
+    """The jobs waiting in a busy worker's pipe: job id -> worker pid."""
+    return {w.queued.job.id: w.pid for w in list(handle.supervisor._workers) if w.queued is not None}
+
+
+def test_a_job_sent_ahead_counts_its_hard_timeout_from_its_start(
+    queue: stoker.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        blocker, release = _start_blocker(queue, tmp_path)
+        # It runs 0.2 s of its 0.5 s timeout, once it has waited in the pipe for longer than that.
+        quick = queue.get_task("sleeper").options(timeout=0.5).delay(str(tmp_path / "quick"), 0.2)
+        wait_until(lambda: quick.id in _sent_ahead(handle), what="the job to be sent ahead")
+        waited_from = time.monotonic()
+        wait_until(lambda: time.monotonic() - waited_from > 0.8, what="its timeout to pass")
+        assert quick.id in _sent_ahead(handle)
+        release.touch()
+        assert blocker.result(timeout=HANG_GUARD) == "released"
+        assert quick.result(timeout=HANG_GUARD) is None
+    assert quick.errors == []
+
+
+def test_a_job_sent_ahead_to_a_worker_that_dies_runs_on_another_without_an_attempt(
+    queue: stoker.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
+    marker, release = tmp_path / "started", tmp_path / "release"
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        dying = queue.get_task("exit_when_released").delay(str(marker), str(release))
+        wait_until(written(marker), what="the dying job to start")
+        dying_pid = int(marker.read_text())
+        ahead = queue.get_task("add").delay(1, 2)
+        wait_until(lambda: _sent_ahead(handle).get(ahead.id) == dying_pid, what="the job to be sent ahead")
+        release.touch()
+        with pytest.raises(stoker.WorkerLostError, match="exited with code 3"):
+            dying.result(timeout=HANG_GUARD)
+        assert ahead.result(timeout=HANG_GUARD) == 3
+    record = ahead.record()
+    assert (record.attempt, record.failures, record.crashes) == (1, 0, 0)
+    assert ahead.errors == []
+
+
+def test_a_job_sent_ahead_goes_back_when_the_job_before_it_runs_long(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Long enough for the test to see the job in the pipe first.
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", 1.0)
+    marker, release = tmp_path / "started", tmp_path / "release"
+    blocker = queue.get_task("wait_for_file").delay(str(marker), str(release))
+    ahead = queue.get_task("record").delay(str(ledger), "ahead")
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        # Claimed together: the blocker starts, the other job is sent ahead
+        # to the same worker, then asked back once the blocker has run
+        # JOB_AHEAD_MAX_WAIT; it waits in memory for the next worker free.
+        wait_until(lambda: ahead.id in _sent_ahead(handle), what="the job to be sent ahead")
+        wait_until(
+            lambda: [job.id for job in handle.supervisor._claimed_ahead] == [ahead.id],
+            what="the job to come back from the busy worker",
+        )
+        assert _sent_ahead(handle) == {}
+        assert ahead.status == "running" and blocker.status == "running"
+        assert read_ledger(ledger) == []
+        release.touch()
+        assert blocker.result(timeout=HANG_GUARD) == "released"
+        assert ahead.result(timeout=HANG_GUARD) == "ahead"
+    assert ahead.record().attempt == 1 and ahead.errors == []

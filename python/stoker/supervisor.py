@@ -19,7 +19,8 @@ Data flow (one supervisor per host; many may share one database)::
 What the loop acts on, in order, each time it wakes:
 
 - a message on a worker pipe: ``ready``, ``done`` (completions are batched into
-  one transaction per wake-up) or ``failed`` (the retry policy is the engine's);
+  one transaction per wake-up), ``failed`` (the retry policy is the engine's) or
+  ``dropped`` (a job sent ahead was taken back before it started, see below);
 - a process sentinel: the worker died. If it was running a job, the attempt
   fails as a crash with a :class:`~stoker.errors.WorkerLostError` naming the
   exit code or signal; the slot goes to the spare and a new spare starts;
@@ -36,6 +37,17 @@ What the loop acts on, in order, each time it wakes:
 - SIGTERM/SIGINT (or :meth:`Supervisor.stop`): claiming stops, running jobs get
   ``drain_timeout`` seconds, the rest are killed and put back to pending
   without counting a failed attempt.
+
+A busy worker is sent its next job ahead, while its current one runs: the job
+waits in the worker's pipe and starts the moment the current one ends, without
+waiting for this loop to read the outcome and answer (on a saturated machine,
+that answer waits for a core). Until then the job is the worker's ``queued``
+one: its hard timeout starts when the outcome of the job before it is read. A
+cancel, a stop, or a worker left idle with nothing else to run asks for it
+back (``drop`` and SIGUSR2, which the worker handles between two bytecodes of
+its task), and the worker answers ``dropped`` if it had not started it: no job
+waits behind a long one while a worker is idle. If the worker dies first, the
+job never started and goes to another worker without counting an attempt.
 
 Worker pipes are read and written without blocking (``_channel.py``), so a
 worker stopped half-way through a message holds up nothing. When the database
@@ -136,9 +148,10 @@ WAKE_NEW_WORK = wakeup.NEW_WORK
 WAKE_CHANGED = wakeup.CHANGED
 WAKE_STOP = b"s"
 #: Jobs claimed ahead for each worker process, beyond the ones running (the
-#: ``prefetch`` option). A worker that finishes gets its next job from memory
-#: at once, while the finished job and the next claim are stored together in
-#: one commit: without it, every worker waits for a commit between two jobs. A
+#: ``prefetch`` option). One of them waits in the pipe of each busy worker,
+#: which starts it the moment its current job ends; the rest wait in memory.
+#: The finished job and the next claim are stored together in one commit:
+#: without them, every worker waits for a commit between two jobs. A
 #: job claimed ahead is leased and heartbeated like a running one, so until it
 #: starts it shows as ``running`` and ``cancel()`` answers ``requested`` (it
 #: then ends cancelled without running); if the supervisor dies, it runs again
@@ -146,6 +159,21 @@ WAKE_STOP = b"s"
 #: more jobs away from other supervisors and delay a higher-priority job sent
 #: meanwhile.
 DEFAULT_PREFETCH = 1
+#: How long after a job sent ahead has started (the outcome of the job before
+#: it was read) the supervisor waits for the worker's answer to a ``drop`` of
+#: it (a cancel of the job while it waited in the pipe) before cancelling it
+#: as a running job. The worker answers within microseconds when it dropped
+#: the job; when the answer is late the job is cancelled as a running one,
+#: which is also right if it had not started.
+DROP_ANSWER_WAIT = 0.1
+#: A job is sent ahead to a busy worker only while every slot is busy and
+#: that worker's job has run less than this, and it is asked back once that
+#: job has run this long: a job waits in a pipe behind a long one for this
+#: long at most, then goes to the next worker free. Longer keeps the gain
+#: between jobs of this length (the next job starts without waiting for the
+#: supervisor) at the cost of longer waits behind long jobs; each job asked
+#: back costs a signal and two pipe messages.
+JOB_AHEAD_MAX_WAIT = 0.1
 #: The write-ahead log (``jobs.db-wal``) only shrinks when, at one moment, no
 #: reader uses it; with many processes reading (supervisors, result waiters)
 #: that moment may never come and the log grows without bound. Past
@@ -212,6 +240,10 @@ class _Running:
     peak_rss_kib: int = 0
     cancel_at: float | None = None
     """When a cooperatively cancelled job's worker is killed if it has not stopped."""
+    dropping: str | None = None
+    """A job sent ahead that was asked back (``drop``): why, ``cancel`` or ``release``."""
+    answer_by: float | None = None
+    """When a job asked back for a cancel, but started meanwhile, is cancelled as a running one."""
 
 
 @dataclass
@@ -220,6 +252,8 @@ class _Worker:
     channel: Channel
     ready: bool = False
     running: _Running | None = None
+    queued: _Running | None = None
+    """The job sent ahead while ``running`` runs: it starts when that one ends."""
     killed_for: str | None = None
     """Why the supervisor killed it: timeout, cancel, drain or shutdown."""
     kill_at: float | None = None
@@ -470,6 +504,7 @@ class Supervisor:
         if self._stop_requests:
             self._flush_completions()
             self._release_claimed_ahead()
+            self._drop_queued()
             if self._drain_deadline is None:
                 self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
             if self._stop_requests > 1:
@@ -617,10 +652,14 @@ class Supervisor:
             if w.kill_at is not None:
                 candidates.append(w.kill_at)
             elif w.running is not None and w.killed_for is None:
+                if w.queued is not None and w.queued.dropping is None:
+                    candidates.append(w.running.started + JOB_AHEAD_MAX_WAIT)
                 if w.running.deadline is not None:
                     candidates.append(w.running.deadline)
                 if w.running.cancel_at is not None:
                     candidates.append(w.running.cancel_at)
+                if w.running.answer_by is not None:
+                    candidates.append(w.running.answer_by)
                 if w.running.options is not None and w.running.options.memory_limit_mb is not None:
                     candidates.append(self._next_memory_poll)
         return min(candidates)
@@ -661,9 +700,11 @@ class Supervisor:
             idle = len(self._idle_workers())
             free_slots = self.processes - len(self._busy_workers())
             # A job for every idle worker, plus the ones claimed ahead.
-            limit = min(free_slots, idle) + self.processes * self.prefetch - len(self._claimed_ahead)
+            held_ahead = len(self._claimed_ahead) + sum(w.queued is not None for w in self._workers)
+            limit = min(free_slots, idle) + self.processes * self.prefetch - held_ahead
         if limit <= 0:
             self._flush_completions()
+            self._move_queued_to_idle()
             return
         batch, self._completions = self._completions, []
         # Cleared before the claim, so that a send committed after the claim's
@@ -690,15 +731,38 @@ class Supervisor:
             self._want_claim = True
         self._claimed_ahead.extend(claimed)
         self._dispatch_claimed_ahead(now)
+        self._move_queued_to_idle()
 
     def _dispatch_claimed_ahead(self, now: float) -> None:
-        free_slots = self.processes - len(self._busy_workers())
-        if free_slots <= 0 or not self._claimed_ahead:
+        if not self._claimed_ahead:
             return
-        for worker in self._idle_workers()[:free_slots]:
+        free_slots = self.processes - len(self._busy_workers())
+        if free_slots > 0:
+            for worker in self._idle_workers()[:free_slots]:
+                if not self._claimed_ahead:
+                    break
+                self._dispatch(self._claimed_ahead.popleft(), worker, now)
+        if self._stop_requests or len(self._busy_workers()) < self.processes:
+            return  # A slot is free (its worker is starting): the job waits for it here.
+        for worker in self._workers:
             if not self._claimed_ahead:
                 break
-            self._dispatch(self._claimed_ahead.popleft(), worker, now)
+            if self._takes_job_ahead(worker, now):
+                self._dispatch(self._claimed_ahead.popleft(), worker, now, ahead=True)
+
+    def _takes_job_ahead(self, w: _Worker, now: float) -> bool:
+        """Whether a busy worker can be sent its next job now, to start when its current one ends."""
+        running = w.running
+        if running is None or w.queued is not None or w.killed_for is not None or w.retiring:
+            return False
+        if now - running.started >= JOB_AHEAD_MAX_WAIT:
+            return False  # A long job: the next worker free takes the next one.
+        if running.cancel_at is not None or running.answer_by is not None:
+            return False  # Its worker may be killed soon, for the running job.
+        # A worker about to be recycled must not hold a job it would not run.
+        if self.max_worker_memory_mb is not None:
+            return False
+        return self.max_tasks_per_worker is None or w.tasks_done + 1 < self.max_tasks_per_worker
 
     def _release_claimed_ahead(self) -> None:
         """Put the jobs claimed ahead back to pending (stopping), as if never claimed."""
@@ -706,8 +770,7 @@ class Supervisor:
             job = self._claimed_ahead.popleft()
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
 
-    def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float) -> None:
-        deadline = None if job.timeout_ms is None else now + job.timeout_ms / 1000
+    def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.get(job.task_name)
         try:
             worker.channel.send(
@@ -719,7 +782,84 @@ class Supervisor:
             self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
-        worker.running = _Running(job, now, deadline, task.options_ if task is not None else None)
+        options = task.options_ if task is not None else None
+        if ahead:
+            # Its clock starts when the job before it ends (_start_queued).
+            worker.queued = _Running(job, now, None, options)
+        else:
+            worker.running = _Running(job, now, self._deadline(job, now), options)
+
+    @staticmethod
+    def _deadline(job: ClaimedJob, started: float) -> float | None:
+        return None if job.timeout_ms is None else started + job.timeout_ms / 1000
+
+    def _start_queued(self, w: _Worker, now: float) -> None:
+        """The running job of ``w`` ended: the job sent ahead has started."""
+        queued, w.queued = w.queued, None
+        if queued is None:
+            return
+        queued.started = now
+        queued.deadline = self._deadline(queued.job, now)
+        if queued.dropping == "cancel":
+            # The worker answers "dropped" at once if it had not started it.
+            queued.answer_by = now + DROP_ANSWER_WAIT
+        w.running = queued
+
+    def _drop(self, w: _Worker, queued: _Running, reason: str) -> None:
+        """Ask a worker for the job sent ahead to it back; it answers ``dropped`` unless it started it."""
+        queued.dropping = reason
+        try:
+            w.channel.send(("drop", queued.job.id, queued.job.token))
+            # The worker reads its pipe now, between two bytecodes of its task.
+            os.kill(w.pid, signal.SIGUSR2)
+        except OSError:
+            pass  # The worker is gone: its sentinel hands the job back (_on_exit).
+
+    def _move_queued_to_idle(self) -> None:
+        """Nothing else to run and a slot idle: ask back the jobs waiting behind running ones."""
+        if self._claimed_ahead or self._want_claim or self._stop_requests:
+            return
+        idle = min(self.processes - len(self._busy_workers()), len(self._idle_workers()))
+        for w in self._workers:
+            if idle <= 0:
+                return
+            if w.queued is not None and w.queued.dropping is None and w.killed_for is None:
+                self._drop(w, w.queued, "move")
+                idle -= 1
+
+    def _drop_queued(self) -> None:
+        """Stopping: ask every worker for the job sent ahead to it back, to be released."""
+        for w in self._workers:
+            if w.queued is not None and w.queued.dropping is None and not w.exited:
+                self._drop(w, w.queued, "release")
+
+    def _on_dropped(self, w: _Worker, job_id: int, token: int) -> None:
+        """A worker gave back a job sent ahead without starting it."""
+        for held in (w.queued, w.running):
+            if held is not None and held.job.id == job_id and held.job.token == token:
+                break
+        else:
+            return
+        if held is w.queued:
+            w.queued = None
+        else:
+            w.running = None
+            self._want_claim = True
+        self._return_unstarted(held)
+        if not self._stop_requests:
+            self._dispatch_claimed_ahead(time.monotonic())
+
+    def _return_unstarted(self, held: _Running) -> None:
+        """A job sent ahead that never started: cancelled, released, or run by another worker."""
+        job = held.job
+        if held.dropping == "cancel":
+            self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
+        elif held.dropping == "release" or self._stop_requests or self._shutting_down:
+            self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
+        else:
+            # Still leased to this supervisor, and no attempt of it ran.
+            self._claimed_ahead.appendleft(job)
+            self._want_claim = True
 
     def _schedule_wakeup(self) -> None:
         wake_ms = self.engine.next_wakeup_ms()
@@ -785,6 +925,7 @@ class Supervisor:
 
     def _heartbeat(self, now: float) -> None:
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
+        leases += [(w.queued.job.id, w.queued.job.token) for w in self._workers if w.queued is not None]
         leases += [(job.id, job.token) for job in self._claimed_ahead]
         if leases:
             # A failed heartbeat is retried with the next storage retry, not a third of a lease later.
@@ -830,10 +971,19 @@ class Supervisor:
                 self._claimed_ahead.remove(job)
                 self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
                 return
+        for w in self._workers:
+            queued = w.queued
+            if queued is not None and queued.job.id == job_id and queued.job.token == token:
+                # Waiting in the worker's pipe behind the running job, which goes on.
+                if queued.dropping is None:
+                    self._drop(w, queued, "cancel")
+                return
         for w in self._busy_workers():
             running = w.running
             if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
                 continue
+            if running.answer_by is not None:
+                return  # Asked back while it waited; the worker's answer decides (_enforce_deadlines).
             grace = running.options.cancel_grace if running.options is not None else 0.0
             if grace > 0:
                 if running.cancel_at is None:
@@ -910,6 +1060,9 @@ class Supervisor:
             _, job_id, token, _usage = message
             if self._finish_running(w, job_id, token):
                 self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
+        elif kind == "dropped":
+            _, job_id, token = message
+            self._on_dropped(w, job_id, token)
         elif kind == "requeue":
             _, job_id, token = message
             if self._finish_running(w, job_id, token):
@@ -923,6 +1076,8 @@ class Supervisor:
         w.running = None
         w.tasks_done += 1
         self._want_claim = True
+        if w.queued is not None:
+            self._start_queued(w, time.monotonic())
         if self._should_recycle(w):
             self._retire(w)
         elif not self._stop_requests:
@@ -1064,6 +1219,9 @@ class Supervisor:
         self._workers.remove(w)
         w.channel.close()
         running, w.running = w.running, None
+        queued, w.queued = w.queued, None
+        if queued is not None:
+            self._return_unstarted(queued)
         if running is not None:
             self._report_end_of_killed_or_lost(w, running)
             self._want_claim = True
@@ -1160,7 +1318,23 @@ class Supervisor:
             self._next_memory_poll = now + MEMORY_POLL_INTERVAL
         for w in list(self._workers):
             running = w.running
+            queued = w.queued
+            if (
+                queued is not None
+                and queued.dropping is None
+                and running is not None
+                and now >= running.started + JOB_AHEAD_MAX_WAIT
+            ):
+                # Behind a long job: the next worker free takes it instead.
+                self._drop(w, queued, "move")
             if running is not None and w.killed_for is None:
+                if running.answer_by is not None and now >= running.answer_by:
+                    # Asked back for a cancel while it waited, it started anyway.
+                    running.answer_by = None
+                    running.dropping = None
+                    self._cancel(running.job.id, running.job.token)
+                    if w.killed_for is not None:
+                        continue
                 if running.cancel_at is not None and now >= running.cancel_at:
                     self._kill(w, "cancel", grace=0.0)
                     continue
@@ -1253,6 +1427,9 @@ class Supervisor:
             if w.running is not None and self._engine is not None:
                 self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
+            if w.queued is not None and self._engine is not None:
+                self._return_unstarted(w.queued)
+                w.queued = None
             w.channel.close()
         self._workers.clear()
         self._storage_retry_at = None

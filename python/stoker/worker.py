@@ -5,20 +5,32 @@ fork: the supervisor is multi-threaded). It never opens the database; it only
 talks to its supervisor over its own pipe::
 
     supervisor ── ("run", job_id, token, attempt, task_name, payload, labels) ──▶ worker
+    supervisor ── ("drop", job_id, token) ──▶ worker (give back a job sent ahead, if not started)
     supervisor ── ("stop",) ──▶ worker (runs worker_shutdown handlers, exits)
     supervisor ◀── ("ready", pid) | ("startup_error", CapturedError)
                    | ("progress", job_id, token, json)            (any number, while running)
                    | ("done", job_id, token, result, usage)
                    | ("failed", job_id, token, CapturedError, retryable, usage)
                    | ("cancelled", job_id, token, usage)          (cooperative cancel)
-                   | ("requeue", job_id, token)  ─────────────────── worker
+                   | ("requeue", job_id, token)
+                   | ("dropped", job_id, token)  ─────────────────── worker
+
+A busy worker may be sent its next ``run`` while its current job runs; the
+message waits in the pipe. A ``drop`` asks for such a job back (it was
+cancelled, the supervisor stops, or another worker is idle): SIGUSR2 follows
+it, and the handler reads the pipe between two bytecodes of the running task
+and answers ``dropped`` for a job it has not started. Before it starts a job,
+the worker also reads whatever else has arrived, so a drop is seen even when
+the signal was not handled (a task inside a long C call). A ``drop`` of a job
+already started or finished is ignored.
 
 It leads its own process group, so that a hard kill (``killpg``) also takes
 the processes the task started. It dies with its supervisor: the supervisor's
 guardian process kills its group (see ``_guardian.py``), the kernel sends it
 SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), and an idle worker also
 exits at end-of-file on its pipe. SIGUSR1 from the supervisor means "a cancel
-was requested" (tasks with ``cancel_grace`` see it in ``ctx.check_cancelled()``).
+was requested" (tasks with ``cancel_grace`` see it in ``ctx.check_cancelled()``);
+SIGUSR2 means "read your pipe" (a drop); tasks must leave both signals alone.
 """
 
 from __future__ import annotations
@@ -31,8 +43,11 @@ import inspect
 import json
 import logging
 import os
+import pickle
+import select
 import signal
 import sys
+from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -88,6 +103,78 @@ def _on_cancel_signal(signum: int, frame: FrameType | None) -> None:
     CancelFlag.requested = True
 
 
+class _Inbox:
+    """This worker's end of its pipe, shared by the loop and the SIGUSR2 handler.
+
+    The handler runs between two bytecodes of whatever the main thread does,
+    possibly in the middle of a send or a receive of the loop: it then only
+    notes that it must look, and the loop looks when that send or receive is
+    over, so messages are never interleaved.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.backlog: deque[tuple[Any, ...]] = deque()
+        """Messages read ahead of the loop (while looking for drops), in the order they came."""
+        self._arrived = select.poll()
+        self._arrived.register(conn.fileno(), select.POLLIN)
+        self._in_pipe_call = False
+        self._look_again = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._in_pipe_call:
+            self._look_again = True
+            return
+        try:
+            self.answer_drops()
+        except (EOFError, OSError):
+            pass  # The supervisor is gone; the loop finds out.
+
+    def receive(self) -> tuple[Any, ...]:
+        if self.backlog:
+            return self.backlog.popleft()
+        self._in_pipe_call = True
+        try:
+            message: tuple[Any, ...] = self.conn.recv()
+        finally:
+            self._in_pipe_call = False
+        self._after_pipe_call()
+        return message
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        # Pickled here, before the pipe call: messages hold only plain values
+        # (see _channel.py), and the standard pickler costs less than the new
+        # ForkingPickler, with its copy of the reducers, that send() makes.
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        self._in_pipe_call = True
+        try:
+            self.conn.send_bytes(data)
+        finally:
+            self._in_pipe_call = False
+        self._after_pipe_call()
+
+    def _after_pipe_call(self) -> None:
+        if self._look_again:
+            self.answer_drops()
+
+    def answer_drops(self) -> None:
+        """Read what has arrived; give back every job that a drop asks for and that is still waiting."""
+        self._look_again = False
+        self._in_pipe_call = True
+        try:
+            while self._arrived.poll(0):
+                self.backlog.append(self.conn.recv())
+            for message in [m for m in self.backlog if m[0] == "drop"]:
+                _, job_id, token = message
+                waiting = [m for m in self.backlog if m[0] == "run" and m[1] == job_id and m[2] == token]
+                self.backlog.remove(message)
+                if waiting:
+                    self.backlog.remove(waiting[0])
+                    self.conn.send(("dropped", job_id, token))
+        finally:
+            self._in_pipe_call = False
+
+
 def loaded_queues() -> list[Queue]:
     """The queues whose tasks this process has registered, in registration order."""
     queues: list[Queue] = []
@@ -132,25 +219,42 @@ def worker_main(
     # process: moved out of the collector's reach, it is not traversed again by
     # every full collection that the tasks' allocations trigger.
     gc.freeze()
+    # Before "ready": the supervisor may signal a worker from then on.
+    inbox = _Inbox(conn)
+    signal.signal(signal.SIGUSR2, inbox.on_signal)
     try:
         conn.send(("ready", os.getpid()))
     except OSError:
         os._exit(0)  # The supervisor went away while this worker started.
-    runner = Runner(conn.send)
+    runner = Runner(inbox.send)
     while True:
         try:
-            message = conn.recv()
+            message = inbox.receive()
+            kind = message[0]
+            if kind == "run":
+                # A drop of this job sent while it waited in the pipe is in
+                # the pipe by now, even if its signal was missed: look first.
+                inbox.backlog.appendleft(message)
+                inbox.answer_drops()
+                if not inbox.backlog or inbox.backlog[0] is not message:
+                    continue  # Given back.
+                inbox.backlog.popleft()
         except (EOFError, OSError):
             return  # The supervisor is gone.
-        if message[0] == "stop":
+        if kind == "stop":
             for queue in loaded_queues():
                 try:
                     queue.run_event("worker_shutdown")
                 except Exception:
                     log.exception("a worker_shutdown handler failed")
             return
+        if kind == "drop":
+            continue  # Of a job that already ran: nothing to give back.
         _, job_id, token, attempt, task_name, payload, labels = message
-        conn.send(runner.run(job_id, token, attempt, task_name, payload, labels))
+        try:
+            inbox.send(runner.run(job_id, token, attempt, task_name, payload, labels))
+        except OSError:
+            return  # The supervisor is gone.
 
 
 class Runner:

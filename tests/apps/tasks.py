@@ -175,6 +175,15 @@ def wait_for_file(marker: str, release: str) -> str:
     return "released"
 
 
+@queue.task(name="exit_when_released", max_retries=0, max_crashes=0)
+def exit_when_released(marker: str, release: str) -> None:
+    """Say it started, wait until the test creates ``release``, then end the process (code 3)."""
+    Path(marker).write_text(str(os.getpid()))
+    while not Path(release).exists():
+        time.sleep(0.01)
+    os._exit(3)
+
+
 @queue.task(name="ignores_sigterm", timeout=0.5, max_retries=0)
 def ignores_sigterm(marker: str) -> None:
     """Ignore SIGTERM, say so, and sleep: only SIGKILL ends it."""
