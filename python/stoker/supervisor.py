@@ -174,6 +174,15 @@ DROP_ANSWER_WAIT = 0.1
 #: supervisor) at the cost of longer waits behind long jobs; each job asked
 #: back costs a signal and two pipe messages.
 JOB_AHEAD_MAX_WAIT = 0.1
+#: After reading the outcome of a job that ran at least this long, the loop
+#: gives up its core once (``sched_yield``) before storing it. A worker's
+#: message wakes the loop onto that worker's core, where the loop's turn
+#: (reading, a commit, waking the caller) would hold up the worker's next job,
+#: which is already in its pipe; after the yield, the turn waits for a free
+#: core or the scheduler's next turn, while the workers run. On an idle
+#: machine the yield returns at once. Jobs shorter than this do not yield:
+#: then the loop's turn, not the workers, bounds the rate of jobs.
+YIELD_AFTER_JOB_OF = 0.001
 #: The write-ahead log (``jobs.db-wal``) only shrinks when, at one moment, no
 #: reader uses it; with many processes reading (supervisors, result waiters)
 #: that moment may never come and the log grows without bound. Past
@@ -390,6 +399,8 @@ class Supervisor:
         self._start_not_before = 0.0
         self._next_memory_poll = 0.0
         self._worker_serial = 0
+        self._yield_core = False
+        """Give up the core once after this wake-up's reading (YIELD_AFTER_JOB_OF)."""
         self.started = threading.Event()
         """Set once every worker process has reported ready."""
 
@@ -628,6 +639,13 @@ class Supervisor:
         for w in list(self._workers):
             if w.sentinel in readable and w in self._workers:
                 self._on_exit(w)
+        if self._yield_core:
+            # The workers that reported have their next job in their pipes:
+            # let the one whose core this loop was woken onto get on with it;
+            # the loop goes on (the commit, the next claim) when a core is free
+            # or at the scheduler's next turn, while the workers run.
+            self._yield_core = False
+            os.sched_yield()
         # The completions just read are stored by the next turn, in the same
         # transaction as the claim of the next jobs.
 
@@ -1076,14 +1094,17 @@ class Supervisor:
         w.running = None
         w.tasks_done += 1
         self._want_claim = True
+        now = time.monotonic()
+        if now - running.started >= YIELD_AFTER_JOB_OF:
+            self._yield_core = True
         if w.queued is not None:
-            self._start_queued(w, time.monotonic())
+            self._start_queued(w, now)
         if self._should_recycle(w):
             self._retire(w)
         elif not self._stop_requests:
             # The worker waits for its next job from now on: hand it the one
             # claimed ahead at once, before the rest of this wake-up's work.
-            self._dispatch_claimed_ahead(time.monotonic())
+            self._dispatch_claimed_ahead(now)
         return True
 
     def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
