@@ -52,3 +52,25 @@ def test_cpu_time_of_the_attempt_is_counted() -> None:
     assert total > 0
     assert reading["cpu_user_s"] + reading["cpu_system_s"] > 0
     assert reading["wall_s"] > 0
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {
+            "wall_s": 1e-05,
+            "cpu_user_s": 0.0,
+            "cpu_system_s": 12.345678,
+            "peak_rss_kib": 30784,
+            "worker_pid": 9,
+        },
+        {"wall_s": 0.5, "cpu_user_s": None, "cpu_system_s": 0.25, "peak_rss_kib": 1, "worker_pid": 2},
+    ],
+)
+def test_the_usage_json_is_what_json_dumps_writes(
+    monkeypatch: pytest.MonkeyPatch, values: dict[str, object]
+) -> None:
+    meter = usage.UsageMeter()
+    monkeypatch.setattr(meter, "read", lambda: values)
+    assert meter.json() == json.dumps(values)
+    assert json.loads(meter.json()) == values

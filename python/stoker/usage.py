@@ -101,4 +101,10 @@ class UsageMeter:
         }
 
     def json(self) -> str:
-        return json.dumps(self.read())
+        """:meth:`read` as a JSON object, exactly as ``json.dumps`` writes it."""
+        values = self.read()
+        if not all(type(value) in (int, float) for value in values.values()):
+            return json.dumps(values)
+        # Written by hand: once per job, json.dumps of five numbers costs
+        # several times more, and repr() of an int or a float is what it writes.
+        return "{" + ", ".join(f'"{key}": {value!r}' for key, value in values.items()) + "}"
