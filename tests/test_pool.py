@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import psutil
 import pytest
@@ -437,3 +439,29 @@ def test_a_job_sent_ahead_goes_back_when_the_job_before_it_runs_long(
         assert blocker.result(timeout=HANG_GUARD) == "released"
         assert ahead.result(timeout=HANG_GUARD) == "ahead"
     assert ahead.record().attempt == 1 and ahead.errors == []
+
+
+def test_a_job_is_sent_ahead_only_to_a_worker_busy_with_short_jobs(queue: stoker.Queue) -> None:
+    supervisor = stoker.Supervisor(queue, processes=1)
+    now = time.monotonic()
+
+    def busy_worker(running_for: float, last_job_s: float) -> Any:
+        running = SimpleNamespace(started=now - running_for, cancel_at=None, answer_by=None)
+        return SimpleNamespace(
+            running=running, queued=None, killed_for=None, retiring=False, last_job_s=last_job_s
+        )
+
+    limit = supervisor_module.JOB_AHEAD_MAX_WAIT
+    assert supervisor._takes_job_ahead(busy_worker(0.0, 0.0), now)
+    assert supervisor._takes_job_ahead(busy_worker(limit / 2, limit / 2), now)
+    # Its job has run long, or its last one did: the next job waits for the next worker free.
+    assert not supervisor._takes_job_ahead(busy_worker(limit, 0.0), now)
+    assert not supervisor._takes_job_ahead(busy_worker(0.0, limit), now)
+    # Not busy, already holding one, or about to be recycled.
+    assert not supervisor._takes_job_ahead(SimpleNamespace(running=None), now)
+    holding = busy_worker(0.0, 0.0)
+    holding.queued = object()
+    assert not supervisor._takes_job_ahead(holding, now)
+    recycled = stoker.Supervisor(queue, processes=1, max_tasks_per_worker=3)
+    assert recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=1), now)
+    assert not recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=2), now)

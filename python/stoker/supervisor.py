@@ -166,13 +166,14 @@ DEFAULT_PREFETCH = 1
 #: the job; when the answer is late the job is cancelled as a running one,
 #: which is also right if it had not started.
 DROP_ANSWER_WAIT = 0.1
-#: A job is sent ahead to a busy worker only while every slot is busy and
-#: that worker's job has run less than this, and it is asked back once that
-#: job has run this long: a job waits in a pipe behind a long one for this
-#: long at most, then goes to the next worker free. Longer keeps the gain
-#: between jobs of this length (the next job starts without waiting for the
-#: supervisor) at the cost of longer waits behind long jobs; each job asked
-#: back costs a signal and two pipe messages.
+#: A job is sent ahead to a busy worker only while every slot is busy, that
+#: worker's job has run less than this and its job before took less than
+#: this; it is asked back once the job before it has run this long: a job
+#: waits in a pipe behind a long one for this long at most, then goes to the
+#: next worker free. Longer keeps the gain between jobs of this length (the
+#: next job starts without waiting for the supervisor) at the cost of longer
+#: waits behind long jobs; each job asked back costs a signal to the worker
+#: and two pipe messages, so workers whose jobs run long get none ahead.
 JOB_AHEAD_MAX_WAIT = 0.1
 #: After reading the outcome of a job that ran at least this long, the loop
 #: gives up its core once (``sched_yield``) before storing it. A worker's
@@ -275,6 +276,8 @@ class _Worker:
     pid: int = field(init=False)
     sentinel: int = field(init=False)
     """The process's sentinel, readable once it has exited."""
+    last_job_s: float = 0.0
+    """How long its last job ran, as this loop saw it."""
     usage_suffix: str = field(init=False, default="")
     """``, "worker": "owner/pid"}``: what ends the usage JSON of its attempts."""
 
@@ -773,8 +776,8 @@ class Supervisor:
         running = w.running
         if running is None or w.queued is not None or w.killed_for is not None or w.retiring:
             return False
-        if now - running.started >= JOB_AHEAD_MAX_WAIT:
-            return False  # A long job: the next worker free takes the next one.
+        if now - running.started >= JOB_AHEAD_MAX_WAIT or w.last_job_s >= JOB_AHEAD_MAX_WAIT:
+            return False  # Long jobs: the next worker free takes the next one.
         if running.cancel_at is not None or running.answer_by is not None:
             return False  # Its worker may be killed soon, for the running job.
         # A worker about to be recycled must not hold a job it would not run.
@@ -1095,7 +1098,8 @@ class Supervisor:
         w.tasks_done += 1
         self._want_claim = True
         now = time.monotonic()
-        if now - running.started >= YIELD_AFTER_JOB_OF:
+        w.last_job_s = now - running.started
+        if w.last_job_s >= YIELD_AFTER_JOB_OF:
             self._yield_core = True
         if w.queued is not None:
             self._start_queued(w, now)

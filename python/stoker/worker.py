@@ -222,6 +222,9 @@ def worker_main(
     # Before "ready": the supervisor may signal a worker from then on.
     inbox = _Inbox(conn)
     signal.signal(signal.SIGUSR2, inbox.on_signal)
+    # A task blocked in a system call of C code is not interrupted by it (the
+    # call restarts); the handler runs when the task is back in Python.
+    signal.siginterrupt(signal.SIGUSR2, False)
     try:
         conn.send(("ready", os.getpid()))
     except OSError:
