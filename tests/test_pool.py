@@ -465,3 +465,53 @@ def test_a_job_is_sent_ahead_only_to_a_worker_busy_with_short_jobs(queue: stoker
     recycled = stoker.Supervisor(queue, processes=1, max_tasks_per_worker=3)
     assert recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=1), now)
     assert not recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=2), now)
+
+
+@pytest.mark.parametrize("second_finished", [True, False])
+def test_a_job_sent_ahead_that_started_as_its_worker_was_killed_is_not_run_again_as_unstarted(
+    queue: stoker.Queue, second_finished: bool
+) -> None:
+    # The worker was killed (a cancel) for its job just as that job ended and
+    # the job sent ahead started: the kill's outcome stands for the first, and
+    # the second is complete if it said so before the worker died, otherwise
+    # back to pending as a started attempt, never given back as unstarted
+    # (which would run the same attempt twice).
+    first, second = (queue.get_task("add").delay(i, 1) for i in (1, 2))
+    supervisor = stoker.Supervisor(queue, processes=1)
+    a, b = sorted(
+        supervisor.engine.claim(supervisor.queues, 2, supervisor.owner, 30_000), key=lambda job: job.id
+    )
+    now = time.monotonic()
+    messages = [("done", a.id, a.token, stoker.serialization.dumps(2), None)]
+    if second_finished:
+        messages.append(("done", b.id, b.token, stoker.serialization.dumps(3), None))
+    worker = SimpleNamespace(
+        running=supervisor_module._Running(a, now, None, None),
+        queued=supervisor_module._Running(b, now, None, None),
+        killed_for="cancel",
+        kill_at=None,
+        tasks_done=0,
+        retiring=False,
+        ready=True,
+        exited=False,
+        pid=os.getpid(),
+        last_job_s=0.0,
+        usage_suffix="",
+        process=SimpleNamespace(exitcode=-9, join=lambda timeout: None),
+        channel=SimpleNamespace(receive=lambda: messages, close=lambda: None, eof=False),
+    )
+    supervisor._workers.append(worker)  # type: ignore[arg-type]
+    # Driven by hand, not run: no worker process is started.
+    supervisor._top_up_workers = lambda now: None  # type: ignore[method-assign]
+    supervisor._on_exit(worker)  # type: ignore[arg-type]
+    supervisor._flush_completions()
+    assert first.status == "cancelled"
+    record = second.record()
+    if second_finished:
+        assert (record.status, record.attempt) == ("complete", 1)
+        assert second.result(timeout=HANG_GUARD) == 3
+    else:
+        # A started attempt that failed through no fault of its own: pending,
+        # no failure or crash counted, and the next claim is attempt 2.
+        assert (record.status, record.attempt, record.failures, record.crashes) == ("pending", 1, 0, 0)
+    assert second.errors == []

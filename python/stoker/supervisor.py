@@ -254,6 +254,9 @@ class _Running:
     """A job sent ahead that was asked back (``drop``): why, ``cancel`` or ``release``."""
     answer_by: float | None = None
     """When a job asked back for a cancel, but started meanwhile, is cancelled as a running one."""
+    condemned: bool = False
+    """Sent ahead, it started after its worker was killed for the job before it: its
+    outcome counts if it comes, and if the worker dies first it goes back to pending."""
 
 
 @dataclass
@@ -867,7 +870,7 @@ class Supervisor:
             w.running = None
             self._want_claim = True
         self._return_unstarted(held)
-        if not self._stop_requests:
+        if not self._stop_requests and not self._shutting_down:
             self._dispatch_claimed_ahead(time.monotonic())
 
     def _return_unstarted(self, held: _Running) -> None:
@@ -1092,7 +1095,18 @@ class Supervisor:
 
     def _finish_running(self, w: _Worker, job_id: int, token: int) -> bool:
         running = w.running
-        if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
+        if running is None or running.job.id != job_id or running.job.token != token:
+            return False
+        if w.killed_for and not running.condemned:
+            # It ended just as its worker was being killed for it: the kill's
+            # outcome stands. The worker went on to the job sent ahead, which
+            # has started, and dies with it.
+            if w.queued is not None:
+                w.running = None
+                self._report_end_of_killed_or_lost(w, running)
+                self._start_queued(w, time.monotonic())
+                if w.running is not None:
+                    w.running.condemned = True
             return False
         w.running = None
         w.tasks_done += 1
@@ -1105,7 +1119,7 @@ class Supervisor:
             self._start_queued(w, now)
         if self._should_recycle(w):
             self._retire(w)
-        elif not self._stop_requests:
+        elif not self._stop_requests and not self._shutting_down:
             # The worker waits for its next job from now on: hand it the one
             # claimed ahead at once, before the rest of this wake-up's work.
             self._dispatch_claimed_ahead(now)
@@ -1247,7 +1261,12 @@ class Supervisor:
         queued, w.queued = w.queued, None
         if queued is not None:
             self._return_unstarted(queued)
-        if running is not None:
+        if running is not None and running.condemned:
+            # Killed for the job before it: back to pending, no failure counted.
+            job = running.job
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
+            self._want_claim = True
+        elif running is not None:
             self._report_end_of_killed_or_lost(w, running)
             self._want_claim = True
         elif not w.ready and w.killed_for is None and not w.retiring:
@@ -1449,8 +1468,15 @@ class Supervisor:
                 w.process.join(KILL_REAP_WAIT)
             if w.process.exitcode is not None:
                 self._tell_guardian(f"-{w.pid}")
+            if self._engine is not None:
+                # What it said before it died: whether the job sent ahead started.
+                self._read_messages(w)
             if w.running is not None and self._engine is not None:
-                self._report_end_of_killed_or_lost(w, w.running)
+                if w.running.condemned:
+                    job = w.running.job
+                    self._store(f"re-queue job {job.id}", functools.partial(self._requeue, job.id, job.token))
+                else:
+                    self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
             if w.queued is not None and self._engine is not None:
                 self._return_unstarted(w.queued)
