@@ -29,42 +29,26 @@ import tempfile
 import time
 from typing import Any
 
+import bench_tasks_plain as plain
+from trial import PROCESSES, _calibrate_spin
+
 import stoker
 
-PROCESSES = 2
 TASK_SECONDS = 0.02
 
 queue = stoker.Queue(os.environ.get("BENCH_DB", "bench-gaps.db"))
 
 
-def _loop(iterations: int) -> int:
-    total = 0
-    for i in range(iterations):
-        total += i * i % 7
-    return total
-
-
 def timed_spin(iterations: int) -> tuple[int, float, float]:
     """Spin; return this worker's pid and when the loop started and ended."""
     start = time.monotonic()
-    _loop(iterations)
+    plain.spin(iterations)
     return os.getpid(), start, time.monotonic()
 
 
 @queue.task(max_retries=0)
 def stoker_timed_spin(iterations: int) -> tuple[int, float, float]:
     return timed_spin(iterations)
-
-
-def _calibrate() -> int:
-    iterations = 10_000
-    while True:
-        start = time.perf_counter()
-        _loop(iterations)
-        elapsed = time.perf_counter() - start
-        if elapsed >= 0.05:
-            return max(1, round(iterations * TASK_SECONDS / elapsed))
-        iterations *= 2
 
 
 def _run_stoker(n: int, iterations: int) -> list[tuple[int, float, float]]:
@@ -92,7 +76,7 @@ def _run_ppe(n: int, iterations: int) -> list[tuple[int, float, float]]:
 
 def trial(system: str, n: int) -> dict[str, Any]:
     """One trial in this process: the gaps of every worker, in microseconds."""
-    iterations = _calibrate()
+    iterations = _calibrate_spin(TASK_SECONDS)
     runs = _run_stoker(n, iterations) if system == "stoker" else _run_ppe(n, iterations)
     by_worker: dict[int, list[tuple[float, float]]] = {}
     for pid, start, end in runs:

@@ -1261,12 +1261,7 @@ class Supervisor:
         queued, w.queued = w.queued, None
         if queued is not None:
             self._return_unstarted(queued)
-        if running is not None and running.condemned:
-            # Killed for the job before it: back to pending, no failure counted.
-            job = running.job
-            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
-            self._want_claim = True
-        elif running is not None:
+        if running is not None:
             self._report_end_of_killed_or_lost(w, running)
             self._want_claim = True
         elif not w.ready and w.killed_for is None and not w.retiring:
@@ -1284,7 +1279,11 @@ class Supervisor:
                 "worker": f"{self.owner}/{w.pid}",
             }
         )
-        if w.killed_for == "memory":
+        if running.condemned or w.killed_for in ("drain", "shutdown"):
+            # Killed through no fault of its own (a condemned job was killed
+            # for the job before it): back to pending, no failure counted.
+            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
+        elif w.killed_for == "memory":
             limit = running.options.memory_limit_mb if running.options else None
             error: BaseException = MemoryLimitExceededError(
                 f"job {job.id} ({job.task_name}) attempt {job.attempt} used "
@@ -1305,8 +1304,6 @@ class Supervisor:
             self._report_failure(job.id, job.token, "timeout", _supervisor_error(error), w.pid, usage=usage)
         elif w.killed_for == "cancel":
             self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
-        elif w.killed_for in ("drain", "shutdown"):
-            self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
         else:
             suffix = (
                 " (possibly by the out-of-memory killer)" if w.process.exitcode == -signal.SIGKILL else ""
@@ -1472,11 +1469,7 @@ class Supervisor:
                 # What it said before it died: whether the job sent ahead started.
                 self._read_messages(w)
             if w.running is not None and self._engine is not None:
-                if w.running.condemned:
-                    job = w.running.job
-                    self._store(f"re-queue job {job.id}", functools.partial(self._requeue, job.id, job.token))
-                else:
-                    self._report_end_of_killed_or_lost(w, w.running)
+                self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
             if w.queued is not None and self._engine is not None:
                 self._return_unstarted(w.queued)

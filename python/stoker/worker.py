@@ -142,16 +142,18 @@ class _Inbox:
         return message
 
     def send(self, message: tuple[Any, ...]) -> None:
-        # Pickled here, before the pipe call: messages hold only plain values
-        # (see _channel.py), and the standard pickler costs less than the new
-        # ForkingPickler, with its copy of the reducers, that send() makes.
-        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
         self._in_pipe_call = True
         try:
-            self.conn.send_bytes(data)
+            self._write(message)
         finally:
             self._in_pipe_call = False
         self._after_pipe_call()
+
+    def _write(self, message: tuple[Any, ...]) -> None:
+        # Messages hold only plain values (see _channel.py): the standard
+        # pickler takes them for less than the new ForkingPickler, with its
+        # copy of the reducers, that Connection.send makes for each.
+        self.conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def _after_pipe_call(self) -> None:
         if self._look_again:
@@ -170,7 +172,7 @@ class _Inbox:
                 self.backlog.remove(message)
                 if waiting:
                     self.backlog.remove(waiting[0])
-                    self.conn.send(("dropped", job_id, token))
+                    self._write(("dropped", job_id, token))
         finally:
             self._in_pipe_call = False
 
