@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -373,8 +374,18 @@ def test_prefetch_must_be_a_count(queue: stoker.Queue, prefetch: object) -> None
 
 
 def _sent_ahead(handle: stoker.SupervisorThread) -> dict[int, int]:
-    """The jobs waiting in a busy worker's pipe: job id -> worker pid."""
-    return {w.queued.job.id: w.pid for w in list(handle.supervisor._workers) if w.queued is not None}
+    """The jobs waiting in busy workers' pipes, in the order they run: job id -> worker pid."""
+    return {queued.job.id: w.pid for w in list(handle.supervisor._workers) for queued in list(w.queued)}
+
+
+def _short_jobs_go_deep(queue: stoker.Queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every job short enough for JOBS_AHEAD_MAX of them ahead, once one job has ended.
+
+    The pool must be running: one job runs so that its worker's jobs have a
+    known length.
+    """
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_WORK", HANG_GUARD)
+    assert queue.get_task("add").delay(1, 2).result(timeout=HANG_GUARD) == 3
 
 
 def test_a_job_sent_ahead_counts_its_hard_timeout_from_its_start(
@@ -401,54 +412,97 @@ def test_a_job_sent_ahead_to_a_worker_that_dies_runs_on_another_without_an_attem
     monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
     marker, release = tmp_path / "started", tmp_path / "release"
     with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        _short_jobs_go_deep(queue, monkeypatch)
         dying = queue.get_task("exit_when_released").delay(str(marker), str(release))
         wait_until(written(marker), what="the dying job to start")
         dying_pid = int(marker.read_text())
-        ahead = queue.get_task("add").delay(1, 2)
-        wait_until(lambda: _sent_ahead(handle).get(ahead.id) == dying_pid, what="the job to be sent ahead")
+        ahead = [queue.get_task("add").delay(i, 2) for i in range(3)]
+        wait_until(
+            lambda: _sent_ahead(handle) == {job.id: dying_pid for job in ahead},
+            what="the jobs to be sent ahead",
+        )
         release.touch()
         with pytest.raises(stoker.WorkerLostError, match="exited with code 3"):
             dying.result(timeout=HANG_GUARD)
-        assert ahead.result(timeout=HANG_GUARD) == 3
-    record = ahead.record()
-    assert (record.attempt, record.failures, record.crashes) == (1, 0, 0)
-    assert ahead.errors == []
+        assert [job.result(timeout=HANG_GUARD) for job in ahead] == [2, 3, 4]
+    for job in ahead:
+        record = job.record()
+        assert (record.attempt, record.failures, record.crashes) == (1, 0, 0)
+        assert job.errors == []
 
 
 def test_a_job_sent_ahead_goes_back_when_the_job_before_it_runs_long(
     queue: stoker.Queue, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Long enough for the test to see the job in the pipe first.
+    # Long enough for the test to see the jobs in the pipe first.
     monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", 1.0)
-    marker, release = tmp_path / "started", tmp_path / "release"
-    blocker = queue.get_task("wait_for_file").delay(str(marker), str(release))
-    ahead = queue.get_task("record").delay(str(ledger), "ahead")
     with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
-        # Claimed together: the blocker starts, the other job is sent ahead
-        # to the same worker, then asked back once the blocker has run
-        # JOB_AHEAD_MAX_WAIT; it waits in memory for the next worker free.
-        wait_until(lambda: ahead.id in _sent_ahead(handle), what="the job to be sent ahead")
+        _short_jobs_go_deep(queue, monkeypatch)
+        blocker, release = _start_blocker(queue, tmp_path)
+        tags = [f"ahead {i}" for i in range(3)]
+        ahead = [queue.get_task("record").delay(str(ledger), tag) for tag in tags]
+        # Sent ahead to the blocker's worker, then asked back once the blocker
+        # has run JOB_AHEAD_MAX_WAIT; they wait in memory, in their order, for
+        # the next worker free.
+        wait_until(lambda: list(_sent_ahead(handle)) == [job.id for job in ahead], what="the jobs sent ahead")
         wait_until(
-            lambda: [job.id for job in handle.supervisor._claimed_ahead] == [ahead.id],
-            what="the job to come back from the busy worker",
+            lambda: [job.id for job in handle.supervisor._claimed_ahead] == [job.id for job in ahead],
+            what="the jobs to come back from the busy worker",
         )
         assert _sent_ahead(handle) == {}
-        assert ahead.status == "running" and blocker.status == "running"
+        assert [job.status for job in ahead] == ["running"] * 3 and blocker.status == "running"
         assert read_ledger(ledger) == []
         release.touch()
         assert blocker.result(timeout=HANG_GUARD) == "released"
-        assert ahead.result(timeout=HANG_GUARD) == "ahead"
-    assert ahead.record().attempt == 1 and ahead.errors == []
+        assert [job.result(timeout=HANG_GUARD) for job in ahead] == tags
+    assert [line.split()[:2] for line in read_ledger(ledger)] == [tag.split() for tag in tags]
+    assert all(job.record().attempt == 1 and job.errors == [] for job in ahead)
+
+
+def test_short_jobs_wait_several_deep_in_a_busy_workers_pipe_and_run_in_order(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
+    deepest = supervisor_module.JOBS_AHEAD_MAX
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        _short_jobs_go_deep(queue, monkeypatch)
+        blocker, release = _start_blocker(queue, tmp_path)
+        tags = [f"ahead {i}" for i in range(deepest + 2)]
+        jobs = [queue.get_task("record").delay(str(ledger), tag) for tag in tags]
+        # JOBS_AHEAD_MAX of them wait in the pipe; the worker's budget of jobs
+        # claimed ahead is spent, so the rest are not even claimed.
+        wait_until(
+            lambda: list(_sent_ahead(handle)) == [job.id for job in jobs[:deepest]],
+            what="the jobs to be sent ahead",
+        )
+        assert [job.status for job in jobs[deepest:]] == ["pending", "pending"]
+        # One in the middle of the line is cancelled without running; the line goes on.
+        assert jobs[1].cancel() == "requested"
+        wait_until(lambda: jobs[1].status == "cancelled", what="the job in the pipe to be cancelled")
+        release.touch()
+        assert blocker.result(timeout=HANG_GUARD) == "released"
+        kept = [job for job in jobs if job is not jobs[1]]
+        assert [job.result(timeout=HANG_GUARD) for job in kept] == [
+            job_tag for job_tag in tags if job_tag != tags[1]
+        ]
+    assert [" ".join(line.split()[:2]) for line in read_ledger(ledger)] == [t for t in tags if t != tags[1]]
+    assert jobs[1].errors == []
+    assert all(job.record().attempt == 1 for job in kept)
 
 
 def test_a_job_is_sent_ahead_only_to_a_worker_busy_with_short_jobs(queue: stoker.Queue) -> None:
     supervisor = stoker.Supervisor(queue, processes=1)
     now = time.monotonic()
 
-    def busy_worker(running_for: float, last_job_s: float) -> Any:
+    def busy_worker(running_for: float, last_job_s: float, typical_job_s: float | None = 0.0) -> Any:
         running = SimpleNamespace(started=now - running_for, cancel_at=None, answer_by=None)
         return SimpleNamespace(
-            running=running, queued=None, killed_for=None, retiring=False, last_job_s=last_job_s
+            running=running,
+            queued=deque(),
+            killed_for=None,
+            retiring=False,
+            last_job_s=last_job_s,
+            typical_job_s=typical_job_s,
         )
 
     limit = supervisor_module.JOB_AHEAD_MAX_WAIT
@@ -457,37 +511,81 @@ def test_a_job_is_sent_ahead_only_to_a_worker_busy_with_short_jobs(queue: stoker
     # Its job has run long, or its last one did: the next job waits for the next worker free.
     assert not supervisor._takes_job_ahead(busy_worker(limit, 0.0), now)
     assert not supervisor._takes_job_ahead(busy_worker(0.0, limit), now)
-    # Not busy, already holding one, or about to be recycled.
+    # Not busy, or already holding as many as its jobs' length allows.
     assert not supervisor._takes_job_ahead(SimpleNamespace(running=None), now)
-    holding = busy_worker(0.0, 0.0)
-    holding.queued = object()
-    assert not supervisor._takes_job_ahead(holding, now)
+    work, deepest = supervisor_module.JOB_AHEAD_WORK, supervisor_module.JOBS_AHEAD_MAX
+    for typical_job_s, allowed in [
+        (None, 1),  # Its jobs' length is not known yet.
+        (0.0, deepest),
+        (work / deepest, deepest),
+        (work / 3, 3),
+        (work, 1),
+        (limit / 2, 1),
+    ]:
+        holding = busy_worker(0.0, 0.0, typical_job_s)
+        for _ in range(allowed):
+            assert supervisor._takes_job_ahead(holding, now), (typical_job_s, len(holding.queued))
+            holding.queued.append(object())
+        assert not supervisor._takes_job_ahead(holding, now), typical_job_s
+    # About to be recycled, counting the jobs already in its pipe.
     recycled = stoker.Supervisor(queue, processes=1, max_tasks_per_worker=3)
     assert recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=1), now)
     assert not recycled._takes_job_ahead(SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=2), now)
+    holding_one = SimpleNamespace(**vars(busy_worker(0.0, 0.0)), tasks_done=1)
+    holding_one.queued.append(object())
+    assert not recycled._takes_job_ahead(holding_one, now)
 
 
-@pytest.mark.parametrize("second_finished", [True, False])
-def test_a_job_sent_ahead_that_started_as_its_worker_was_killed_is_not_run_again_as_unstarted(
-    queue: stoker.Queue, second_finished: bool
+def test_an_idle_worker_gets_a_job_while_a_stopped_one_holds_more_than_the_budget(
+    queue: stoker.Queue,
 ) -> None:
-    # The worker was killed (a cancel) for its job just as that job ended and
-    # the job sent ahead started: the kill's outcome stands for the first, and
-    # the second is complete if it said so before the worker died, otherwise
-    # back to pending as a started attempt, never given back as unstarted
-    # (which would run the same attempt twice).
-    first, second = (queue.get_task("add").delay(i, 1) for i in (1, 2))
+    supervisor = stoker.Supervisor(queue, processes=2)
+    assert supervisor._ahead_per_worker() == 1  # No job has ended: their length is not known.
+    stopped = SimpleNamespace(
+        running=object(),
+        queued=deque(SimpleNamespace(dropping="move") for _ in range(supervisor_module.JOBS_AHEAD_MAX)),
+        ready=True,
+        killed_for=None,
+        exited=False,
+        retiring=False,
+    )
+    idle = SimpleNamespace(
+        running=None, queued=deque(), ready=True, killed_for=None, exited=False, retiring=False
+    )
+    supervisor._workers.extend([stopped, idle])  # type: ignore[list-item]
+    assert supervisor._claim_limit() == 1
+    supervisor._workers.remove(idle)  # type: ignore[arg-type]
+    assert supervisor._claim_limit() == 0
+    # Short jobs: the budget per worker grows to JOBS_AHEAD_MAX; without prefetch, none ahead.
+    supervisor._typical_job_s = 0.0
+    assert supervisor._ahead_per_worker() == supervisor_module.JOBS_AHEAD_MAX
+    assert supervisor._claim_limit() == supervisor_module.JOBS_AHEAD_MAX
+    assert stoker.Supervisor(queue, processes=2, prefetch=0)._ahead_per_worker() == 0
+
+
+@pytest.mark.parametrize("outcomes_sent", [1, 2, 3])
+def test_jobs_sent_ahead_that_started_as_their_worker_was_killed_are_not_run_again_as_unstarted(
+    queue: stoker.Queue, outcomes_sent: int
+) -> None:
+    # The worker was killed (a cancel) for its job just as that job ended, and
+    # it went on through the jobs sent ahead to it: the kill's outcome stands
+    # for the first; a job whose outcome the worker sent before it died is
+    # complete; the one it was running is back to pending as a started
+    # attempt, never given back as unstarted (which would run the same
+    # attempt twice); the ones after it never started.
+    jobs = [queue.get_task("add").delay(i, 1) for i in range(3)]
     supervisor = stoker.Supervisor(queue, processes=1)
-    a, b = sorted(
-        supervisor.engine.claim(supervisor.queues, 2, supervisor.owner, 30_000), key=lambda job: job.id
+    claimed = sorted(
+        supervisor.engine.claim(supervisor.queues, 3, supervisor.owner, 30_000), key=lambda job: job.id
     )
     now = time.monotonic()
-    messages = [("done", a.id, a.token, stoker.serialization.dumps(2), None)]
-    if second_finished:
-        messages.append(("done", b.id, b.token, stoker.serialization.dumps(3), None))
+    messages = [
+        ("done", job.id, job.token, stoker.serialization.dumps(i + 1), None)
+        for i, job in enumerate(claimed[:outcomes_sent])
+    ]
     worker = SimpleNamespace(
-        running=supervisor_module._Running(a, now, None, None),
-        queued=supervisor_module._Running(b, now, None, None),
+        running=supervisor_module._Running(claimed[0], now, None, None),
+        queued=deque(supervisor_module._Running(job, now, None, None) for job in claimed[1:]),
         killed_for="cancel",
         kill_at=None,
         tasks_done=0,
@@ -496,6 +594,7 @@ def test_a_job_sent_ahead_that_started_as_its_worker_was_killed_is_not_run_again
         exited=False,
         pid=os.getpid(),
         last_job_s=0.0,
+        typical_job_s=None,
         usage_suffix="",
         process=SimpleNamespace(exitcode=-9, join=lambda timeout: None),
         channel=SimpleNamespace(receive=lambda: messages, close=lambda: None, eof=False),
@@ -505,13 +604,65 @@ def test_a_job_sent_ahead_that_started_as_its_worker_was_killed_is_not_run_again
     supervisor._top_up_workers = lambda now: None  # type: ignore[method-assign]
     supervisor._on_exit(worker)  # type: ignore[arg-type]
     supervisor._flush_completions()
-    assert first.status == "cancelled"
-    record = second.record()
-    if second_finished:
-        assert (record.status, record.attempt) == ("complete", 1)
-        assert second.result(timeout=HANG_GUARD) == 3
+    assert jobs[0].status == "cancelled"
+    for i, job in enumerate(jobs[1:], start=1):
+        record = job.record()
+        if i < outcomes_sent:
+            assert (record.status, record.attempt) == ("complete", 1)
+            assert job.result(timeout=HANG_GUARD) == i + 1
+        elif i == outcomes_sent:
+            # A started attempt that failed through no fault of its own:
+            # pending, no failure or crash counted, and the next claim is attempt 2.
+            assert (record.status, record.attempt, record.failures, record.crashes) == ("pending", 1, 0, 0)
+        else:
+            # Never started: still claimed by this supervisor, the next to run.
+            assert record.status == "running"
+            assert [held.id for held in supervisor._claimed_ahead] == [job.id]
+        assert job.errors == []
+    if outcomes_sent < 2:
+        assert len(supervisor._claimed_ahead) == 1
     else:
-        # A started attempt that failed through no fault of its own: pending,
-        # no failure or crash counted, and the next claim is attempt 2.
-        assert (record.status, record.attempt, record.failures, record.crashes) == ("pending", 1, 0, 0)
-    assert second.errors == []
+        assert not supervisor._claimed_ahead
+
+
+def test_a_job_given_back_after_it_was_counted_as_started_hands_the_slot_to_the_next_in_the_pipe(
+    queue: stoker.Queue,
+) -> None:
+    # The job before it ended and the loop counted the first job sent ahead as
+    # started, but the worker had given it back (a cancel): the worker went
+    # on to the next one in its pipe, which is now the running one.
+    jobs = [queue.get_task("add").delay(i, 1) for i in range(3)]
+    supervisor = stoker.Supervisor(queue, processes=1)
+    first, cancelled, last = sorted(
+        supervisor.engine.claim(supervisor.queues, 3, supervisor.owner, 30_000), key=lambda job: job.id
+    )
+    now = time.monotonic()
+    messages = [
+        ("done", first.id, first.token, stoker.serialization.dumps(1), None),
+        ("dropped", cancelled.id, cancelled.token),
+    ]
+    worker = SimpleNamespace(
+        running=supervisor_module._Running(first, now, None, None),
+        queued=deque(
+            [
+                supervisor_module._Running(cancelled, now, None, None, dropping="cancel"),
+                supervisor_module._Running(last, now, None, None),
+            ]
+        ),
+        killed_for=None,
+        tasks_done=0,
+        retiring=False,
+        exited=False,
+        pid=os.getpid(),
+        last_job_s=0.0,
+        typical_job_s=None,
+        usage_suffix="",
+        channel=SimpleNamespace(receive=lambda: messages),
+    )
+    supervisor._workers.append(worker)  # type: ignore[arg-type]
+    supervisor._read_messages(worker)  # type: ignore[arg-type]
+    supervisor._flush_completions()
+    assert worker.running is not None and worker.running.job.id == last.id
+    assert not worker.queued
+    assert [job.status for job in jobs] == ["complete", "cancelled", "running"]
+    assert jobs[1].errors == []

@@ -175,6 +175,23 @@ DROP_ANSWER_WAIT = 0.1
 #: waits behind long jobs; each job asked back costs a signal to the worker
 #: and two pipe messages, so workers whose jobs run long get none ahead.
 JOB_AHEAD_MAX_WAIT = 0.1
+#: Short jobs get more than one job ahead: as many as fit in JOB_AHEAD_WORK
+#: seconds of the worker's last job, up to JOBS_AHEAD_MAX, and the supervisor
+#: claims that many per worker when it is above ``prefetch``. When jobs take
+#: less time than one turn of this loop (a commit and a few pipe messages),
+#: one job ahead runs out before the loop answers and the worker waits; with
+#: several, each turn stores and claims several jobs per worker in one
+#: commit, whose cost is mostly the same for one job or ten. A larger
+#: budget keeps more jobs away from other supervisors and from an idle
+#: worker (they are asked back after JOB_AHEAD_MAX_WAIT at most) and delays
+#: a higher-priority job sent meanwhile by up to that much work.
+JOB_AHEAD_WORK = 0.002
+JOBS_AHEAD_MAX = 8
+#: The weight of the last job in the running average of job lengths that sets
+#: how many jobs go ahead. Job lengths are seen from this loop: outcomes read
+#: in one wake-up make the later jobs look instant, so one job alone must not
+#: decide; a smaller weight follows a change of workload more slowly.
+JOB_LENGTH_SMOOTHING = 0.25
 #: After reading the outcome of a job that ran at least this long, the loop
 #: gives up its core once (``sched_yield``) before storing it. A worker's
 #: message wakes the loop onto that worker's core, where the loop's turn
@@ -228,6 +245,19 @@ STORAGE_RETRY_MIN = 0.01
 STORAGE_RETRY_MAX = 1.0
 
 
+def jobs_ahead_for(last_job_s: float | None) -> int:
+    """How many jobs may wait in the pipe of a worker whose last job took ``last_job_s``."""
+    if last_job_s is None:
+        return 1  # Its jobs' length is not known yet.
+    if last_job_s * JOBS_AHEAD_MAX <= JOB_AHEAD_WORK:
+        return JOBS_AHEAD_MAX
+    return max(1, int(JOB_AHEAD_WORK / last_job_s))
+
+
+def _average(average: float | None, value: float) -> float:
+    return value if average is None else average + (value - average) * JOB_LENGTH_SMOOTHING
+
+
 def describe_exit(exitcode: int | None) -> str:
     """Say how a process ended, naming the signal if a signal killed it."""
     if exitcode is None:
@@ -254,6 +284,8 @@ class _Running:
     """A job sent ahead that was asked back (``drop``): why, ``cancel`` or ``release``."""
     answer_by: float | None = None
     """When a job asked back for a cancel, but started meanwhile, is cancelled as a running one."""
+    serial: int = 0
+    """Its place in the order jobs left ``_claimed_ahead`` (claim order), kept if it is given back."""
     condemned: bool = False
     """Sent ahead, it started after its worker was killed for the job before it: its
     outcome counts if it comes, and if the worker dies first it goes back to pending."""
@@ -265,8 +297,8 @@ class _Worker:
     channel: Channel
     ready: bool = False
     running: _Running | None = None
-    queued: _Running | None = None
-    """The job sent ahead while ``running`` runs: it starts when that one ends."""
+    queued: deque[_Running] = field(default_factory=deque)
+    """The jobs sent ahead while ``running`` runs, in the order the worker runs them."""
     killed_for: str | None = None
     """Why the supervisor killed it: timeout, cancel, drain or shutdown."""
     kill_at: float | None = None
@@ -281,6 +313,8 @@ class _Worker:
     """The process's sentinel, readable once it has exited."""
     last_job_s: float = 0.0
     """How long its last job ran, as this loop saw it."""
+    typical_job_s: float | None = None
+    """A running average of how long its jobs ran (None before its first)."""
     usage_suffix: str = field(init=False, default="")
     """``, "worker": "owner/pid"}``: what ends the usage JSON of its attempts."""
 
@@ -392,6 +426,9 @@ class Supervisor:
         """Jobs whose outcomes were stored since the loop last woke their waiters."""
         self._claimed_ahead: deque[ClaimedJob] = deque()
         """Jobs claimed (leased to this supervisor) that no worker has started yet."""
+        self._dispatch_serial = 0
+        self._given_back: dict[int, int] = {}
+        """The jobs in ``_claimed_ahead`` given back from a worker's pipe: id -> serial."""
         self._next_fire = 0.0
         self._next_wal_check = 0.0
         self._reports: deque[tuple[str, Callable[[], None]]] = deque()
@@ -407,6 +444,8 @@ class Supervisor:
         self._worker_serial = 0
         self._yield_core = False
         """Give up the core once after this wake-up's reading (YIELD_AFTER_JOB_OF)."""
+        self._typical_job_s: float | None = None
+        """A running average of how long jobs ran, on every worker (sets how many are claimed ahead)."""
         self.started = threading.Event()
         """Set once every worker process has reported ready."""
 
@@ -676,7 +715,7 @@ class Supervisor:
             if w.kill_at is not None:
                 candidates.append(w.kill_at)
             elif w.running is not None and w.killed_for is None:
-                if w.queued is not None and w.queued.dropping is None:
+                if any(queued.dropping is None for queued in w.queued):
                     candidates.append(w.running.started + JOB_AHEAD_MAX_WAIT)
                 if w.running.deadline is not None:
                     candidates.append(w.running.deadline)
@@ -719,13 +758,7 @@ class Supervisor:
     def _claim_and_dispatch(self, now: float) -> None:
         """Start jobs on idle workers; store completions and claim more in one transaction."""
         self._dispatch_claimed_ahead(now)
-        limit = 0
-        if self._want_claim:
-            idle = len(self._idle_workers())
-            free_slots = self.processes - len(self._busy_workers())
-            # A job for every idle worker, plus the ones claimed ahead.
-            held_ahead = len(self._claimed_ahead) + sum(w.queued is not None for w in self._workers)
-            limit = min(free_slots, idle) + self.processes * self.prefetch - held_ahead
+        limit = self._claim_limit() if self._want_claim else 0
         if limit <= 0:
             self._flush_completions()
             self._move_queued_to_idle()
@@ -757,6 +790,23 @@ class Supervisor:
         self._dispatch_claimed_ahead(now)
         self._move_queued_to_idle()
 
+    def _claim_limit(self) -> int:
+        """How many jobs to claim now: one for every idle worker, plus the ones claimed ahead."""
+        idle = len(self._idle_workers())
+        free_slots = self.processes - len(self._busy_workers())
+        held_ahead = len(self._claimed_ahead) + sum(len(w.queued) for w in self._workers)
+        # The jobs in a stopped worker's pipe (asked back, not answered) can
+        # exceed the budget for as long as it is stopped: an idle worker still
+        # gets its job meanwhile.
+        budget = self.processes * self._ahead_per_worker()
+        return min(free_slots, idle) + max(0, budget - held_ahead)
+
+    def _ahead_per_worker(self) -> int:
+        """Jobs claimed ahead per worker: ``prefetch``, or more while jobs are short."""
+        if self.prefetch == 0:
+            return 0
+        return max(self.prefetch, jobs_ahead_for(self._typical_job_s))
+
     def _dispatch_claimed_ahead(self, now: float) -> None:
         if not self._claimed_ahead:
             return
@@ -777,7 +827,11 @@ class Supervisor:
     def _takes_job_ahead(self, w: _Worker, now: float) -> bool:
         """Whether a busy worker can be sent its next job now, to start when its current one ends."""
         running = w.running
-        if running is None or w.queued is not None or w.killed_for is not None or w.retiring:
+        if running is None or w.killed_for is not None or w.retiring:
+            return False
+        # A new worker runs what the others ran.
+        typical_job_s = self._typical_job_s if w.typical_job_s is None else w.typical_job_s
+        if len(w.queued) >= jobs_ahead_for(typical_job_s):
             return False
         if now - running.started >= JOB_AHEAD_MAX_WAIT or w.last_job_s >= JOB_AHEAD_MAX_WAIT:
             return False  # Long jobs: the next worker free takes the next one.
@@ -786,16 +840,23 @@ class Supervisor:
         # A worker about to be recycled must not hold a job it would not run.
         if self.max_worker_memory_mb is not None:
             return False
-        return self.max_tasks_per_worker is None or w.tasks_done + 1 < self.max_tasks_per_worker
+        return (
+            self.max_tasks_per_worker is None or w.tasks_done + 1 + len(w.queued) < self.max_tasks_per_worker
+        )
 
     def _release_claimed_ahead(self) -> None:
         """Put the jobs claimed ahead back to pending (stopping), as if never claimed."""
+        self._given_back.clear()
         while self._claimed_ahead:
             job = self._claimed_ahead.popleft()
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.get(job.task_name)
+        serial = self._given_back.pop(job.id, None) if self._given_back else None
+        if serial is None:
+            self._dispatch_serial += 1
+            serial = self._dispatch_serial
         try:
             worker.channel.send(
                 ("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels)
@@ -809,19 +870,19 @@ class Supervisor:
         options = task.options_ if task is not None else None
         if ahead:
             # Its clock starts when the job before it ends (_start_queued).
-            worker.queued = _Running(job, now, None, options)
+            worker.queued.append(_Running(job, now, None, options, serial=serial))
         else:
-            worker.running = _Running(job, now, self._deadline(job, now), options)
+            worker.running = _Running(job, now, self._deadline(job, now), options, serial=serial)
 
     @staticmethod
     def _deadline(job: ClaimedJob, started: float) -> float | None:
         return None if job.timeout_ms is None else started + job.timeout_ms / 1000
 
     def _start_queued(self, w: _Worker, now: float) -> None:
-        """The running job of ``w`` ended: the job sent ahead has started."""
-        queued, w.queued = w.queued, None
-        if queued is None:
+        """The running job of ``w`` ended: the first job sent ahead has started."""
+        if not w.queued:
             return
+        queued = w.queued.popleft()
         queued.started = now
         queued.deadline = self._deadline(queued.job, now)
         if queued.dropping == "cancel":
@@ -829,46 +890,63 @@ class Supervisor:
             queued.answer_by = now + DROP_ANSWER_WAIT
         w.running = queued
 
-    def _drop(self, w: _Worker, queued: _Running, reason: str) -> None:
-        """Ask a worker for the job sent ahead to it back; it answers ``dropped`` unless it started it."""
-        queued.dropping = reason
+    def _drop(self, w: _Worker, jobs: list[_Running], reason: str) -> None:
+        """Ask a worker for jobs sent ahead to it back; it answers ``dropped`` for each it has not started."""
+        if not jobs:
+            return
         try:
-            w.channel.send(("drop", queued.job.id, queued.job.token))
+            for queued in jobs:
+                queued.dropping = reason
+                w.channel.send(("drop", queued.job.id, queued.job.token))
             # The worker reads its pipe now, between two bytecodes of its task.
             os.kill(w.pid, signal.SIGUSR2)
         except OSError:
-            pass  # The worker is gone: its sentinel hands the job back (_on_exit).
+            pass  # The worker is gone: its sentinel hands the jobs back (_on_exit).
+
+    @staticmethod
+    def _not_dropping(w: _Worker) -> list[_Running]:
+        return [queued for queued in w.queued if queued.dropping is None]
 
     def _move_queued_to_idle(self) -> None:
-        """Nothing else to run and a slot idle: ask back the jobs waiting behind running ones."""
+        """Nothing else to run and a slot idle: ask back jobs waiting behind running ones."""
         if self._claimed_ahead or self._want_claim or self._stop_requests:
             return
         idle = min(self.processes - len(self._busy_workers()), len(self._idle_workers()))
+        if idle <= 0:
+            return
+        waiting = {id(w): self._not_dropping(w) for w in self._workers if w.killed_for is None}
+        asked: dict[int, list[_Running]] = {}
+        for _ in range(idle):
+            # The last job of the longest line is the one that would start last.
+            longest = max(self._workers, key=lambda w: len(waiting.get(id(w), ())))
+            line = waiting.get(id(longest))
+            if not line:
+                break
+            asked.setdefault(id(longest), []).append(line.pop())
         for w in self._workers:
-            if idle <= 0:
-                return
-            if w.queued is not None and w.queued.dropping is None and w.killed_for is None:
-                self._drop(w, w.queued, "move")
-                idle -= 1
+            self._drop(w, asked.get(id(w), []), "move")
 
     def _drop_queued(self) -> None:
-        """Stopping: ask every worker for the job sent ahead to it back, to be released."""
+        """Stopping: ask every worker for the jobs sent ahead to it back, to be released."""
         for w in self._workers:
-            if w.queued is not None and w.queued.dropping is None and not w.exited:
-                self._drop(w, w.queued, "release")
+            if not w.exited:
+                self._drop(w, self._not_dropping(w), "release")
 
     def _on_dropped(self, w: _Worker, job_id: int, token: int) -> None:
         """A worker gave back a job sent ahead without starting it."""
-        for held in (w.queued, w.running):
+        for held in (w.running, *w.queued):
             if held is not None and held.job.id == job_id and held.job.token == token:
                 break
         else:
             return
-        if held is w.queued:
-            w.queued = None
-        else:
+        if held is w.running:
+            # It had been counted as started when the job before it ended:
+            # the worker went on to the next one in its pipe instead.
             w.running = None
             self._want_claim = True
+            self._start_queued(w, time.monotonic())
+        else:
+            w.queued = deque(queued for queued in w.queued if queued is not held)
         self._return_unstarted(held)
         if not self._stop_requests and not self._shutting_down:
             self._dispatch_claimed_ahead(time.monotonic())
@@ -881,9 +959,23 @@ class Supervisor:
         elif held.dropping == "release" or self._stop_requests or self._shutting_down:
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
         else:
-            # Still leased to this supervisor, and no attempt of it ran.
-            self._claimed_ahead.appendleft(job)
+            # Still leased to this supervisor, and no attempt of it ran. It was
+            # claimed before every job not sent yet, and goes before them, in
+            # its order among the others given back.
+            place = 0
+            for waiting in self._claimed_ahead:
+                given_back = self._given_back.get(waiting.id)
+                if given_back is None or given_back > held.serial:
+                    break
+                place += 1
+            self._claimed_ahead.insert(place, job)
+            self._given_back[job.id] = held.serial
             self._want_claim = True
+
+    def _return_all_unstarted(self, w: _Worker) -> None:
+        """``w`` is gone: the jobs still in its pipe never started."""
+        while w.queued:
+            self._return_unstarted(w.queued.popleft())
 
     def _schedule_wakeup(self) -> None:
         wake_ms = self.engine.next_wakeup_ms()
@@ -949,7 +1041,7 @@ class Supervisor:
 
     def _heartbeat(self, now: float) -> None:
         leases = [(w.running.job.id, w.running.job.token) for w in self._busy_workers() if w.running]
-        leases += [(w.queued.job.id, w.queued.job.token) for w in self._workers if w.queued is not None]
+        leases += [(queued.job.id, queued.job.token) for w in self._workers for queued in w.queued]
         leases += [(job.id, job.token) for job in self._claimed_ahead]
         if leases:
             # A failed heartbeat is retried with the next storage retry, not a third of a lease later.
@@ -993,15 +1085,16 @@ class Supervisor:
             if job.id == job_id and job.token == token:
                 # Not started yet: it ends cancelled without a worker being killed.
                 self._claimed_ahead.remove(job)
+                self._given_back.pop(job_id, None)
                 self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
                 return
         for w in self._workers:
-            queued = w.queued
-            if queued is not None and queued.job.id == job_id and queued.job.token == token:
-                # Waiting in the worker's pipe behind the running job, which goes on.
-                if queued.dropping is None:
-                    self._drop(w, queued, "cancel")
-                return
+            for queued in w.queued:
+                if queued.job.id == job_id and queued.job.token == token:
+                    # Waiting in the worker's pipe behind the running job, which goes on.
+                    if queued.dropping is None:
+                        self._drop(w, [queued], "cancel")
+                    return
         for w in self._busy_workers():
             running = w.running
             if running is None or running.job.id != job_id or running.job.token != token or w.killed_for:
@@ -1099,9 +1192,9 @@ class Supervisor:
             return False
         if w.killed_for and not running.condemned:
             # It ended just as its worker was being killed for it: the kill's
-            # outcome stands. The worker went on to the job sent ahead, which
-            # has started, and dies with it.
-            if w.queued is not None:
+            # outcome stands. The worker went on to the first job sent ahead,
+            # which has started, and dies with it.
+            if w.queued:
                 w.running = None
                 self._report_end_of_killed_or_lost(w, running)
                 self._start_queued(w, time.monotonic())
@@ -1113,10 +1206,16 @@ class Supervisor:
         self._want_claim = True
         now = time.monotonic()
         w.last_job_s = now - running.started
+        w.typical_job_s = _average(w.typical_job_s, w.last_job_s)
+        self._typical_job_s = _average(self._typical_job_s, w.last_job_s)
         if w.last_job_s >= YIELD_AFTER_JOB_OF:
             self._yield_core = True
-        if w.queued is not None:
+        if w.queued:
             self._start_queued(w, now)
+            if w.killed_for is not None and w.running is not None:
+                # Ended after its worker was killed for the job before it: the
+                # worker may have started the next one too.
+                w.running.condemned = True
         if self._should_recycle(w):
             self._retire(w)
         elif not self._stop_requests and not self._shutting_down:
@@ -1258,9 +1357,7 @@ class Supervisor:
         self._workers.remove(w)
         w.channel.close()
         running, w.running = w.running, None
-        queued, w.queued = w.queued, None
-        if queued is not None:
-            self._return_unstarted(queued)
+        self._return_all_unstarted(w)
         if running is not None:
             self._report_end_of_killed_or_lost(w, running)
             self._want_claim = True
@@ -1359,15 +1456,9 @@ class Supervisor:
             self._next_memory_poll = now + MEMORY_POLL_INTERVAL
         for w in list(self._workers):
             running = w.running
-            queued = w.queued
-            if (
-                queued is not None
-                and queued.dropping is None
-                and running is not None
-                and now >= running.started + JOB_AHEAD_MAX_WAIT
-            ):
-                # Behind a long job: the next worker free takes it instead.
-                self._drop(w, queued, "move")
+            if w.queued and running is not None and now >= running.started + JOB_AHEAD_MAX_WAIT:
+                # Behind a long job: the next workers free take them instead.
+                self._drop(w, self._not_dropping(w), "move")
             if running is not None and w.killed_for is None:
                 if running.answer_by is not None and now >= running.answer_by:
                     # Asked back for a cancel while it waited, it started anyway.
@@ -1471,9 +1562,8 @@ class Supervisor:
             if w.running is not None and self._engine is not None:
                 self._report_end_of_killed_or_lost(w, w.running)
                 w.running = None
-            if w.queued is not None and self._engine is not None:
-                self._return_unstarted(w.queued)
-                w.queued = None
+            if self._engine is not None:
+                self._return_all_unstarted(w)
             w.channel.close()
         self._workers.clear()
         self._storage_retry_at = None
