@@ -938,7 +938,8 @@ HOW_RUN = [
         "started from a forkserver; `stoker worker -p 2` is the same supervisor in its own process. "
         "`result()` is woken by the supervisor when it runs in the caller's process; otherwise it "
         "polls SQLite's change counter every 0.2 ms for 0.1 s, then every 1 ms, then every 50 ms. "
-        "One job per worker is claimed ahead (`prefetch=1`, the default).",
+        "Jobs are claimed ahead with the default `prefetch=1`: one per worker, and while jobs are "
+        "shorter than 2 ms as many as fit in 2 ms of work, up to 8 per worker.",
     ),
     ("ProcessPoolExecutor", "`ProcessPoolExecutor(max_workers=2)`, workers forked (the default on Linux)."),
     (

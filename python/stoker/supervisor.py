@@ -5,7 +5,7 @@ Data flow (one supervisor per host; many may share one database)::
     ┌──────────── engine (Rust, SQLite) ─────────────┐
     │ claim · complete_many · fail · heartbeat · reap │
     └────────▲───────────────────────────┬────────────┘
-             │ outcomes, leases          │ claimed jobs (only as many as idle slots)
+             │ outcomes, leases          │ claimed jobs (idle slots, plus some ahead)
     ┌────────┴───────────────────────────▼────────────┐
     │ Supervisor (this module), one thread, one loop:  │
     │ waits on every worker pipe, every process        │
@@ -38,16 +38,22 @@ What the loop acts on, in order, each time it wakes:
   ``drain_timeout`` seconds, the rest are killed and put back to pending
   without counting a failed attempt.
 
-A busy worker is sent its next job ahead, while its current one runs: the job
-waits in the worker's pipe and starts the moment the current one ends, without
-waiting for this loop to read the outcome and answer (on a saturated machine,
-that answer waits for a core). Until then the job is the worker's ``queued``
-one: its hard timeout starts when the outcome of the job before it is read. A
-cancel, a stop, or a worker left idle with nothing else to run asks for it
-back (``drop`` and SIGUSR2, which the worker handles between two bytecodes of
-its task), and the worker answers ``dropped`` if it had not started it: no job
-waits behind a long one while a worker is idle. If the worker dies first, the
-job never started and goes to another worker without counting an attempt.
+A busy worker is sent its next jobs ahead, while its current one runs: they
+wait in the worker's pipe and start in turn the moment the job before them
+ends, without waiting for this loop to read the outcome and answer (on a
+saturated machine, that answer waits for a core). One waits there for jobs of
+a few milliseconds or more; for shorter ones, as many as fit in
+``JOB_AHEAD_WORK`` of the worker's typical job, so that each turn of this loop
+stores and claims several jobs per worker in one commit. Until it starts, a
+job is in the worker's ``queued`` line: its hard timeout starts when the
+outcome of the job before it is read. A cancel, a stop, a job before it that
+runs long, or a worker left idle with nothing else to run asks for it back
+(``drop`` and SIGUSR2, which the worker handles between two bytecodes of its
+task), and the worker answers ``dropped`` if it had not started it: no job
+waits behind a long one while a worker is idle, and jobs given back go to the
+next worker free in the order they were claimed. If the worker dies, the jobs
+after the last outcome read never started and go to other workers without
+counting an attempt.
 
 Worker pipes are read and written without blocking (``_channel.py``), so a
 worker stopped half-way through a message holds up nothing. When the database
@@ -148,8 +154,9 @@ WAKE_NEW_WORK = wakeup.NEW_WORK
 WAKE_CHANGED = wakeup.CHANGED
 WAKE_STOP = b"s"
 #: Jobs claimed ahead for each worker process, beyond the ones running (the
-#: ``prefetch`` option). One of them waits in the pipe of each busy worker,
-#: which starts it the moment its current job ends; the rest wait in memory.
+#: ``prefetch`` option; while jobs are short, more: see JOB_AHEAD_WORK). They
+#: wait in the pipes of busy workers, which start them the moment their
+#: current job ends, or in memory.
 #: The finished job and the next claim are stored together in one commit:
 #: without them, every worker waits for a commit between two jobs. A
 #: job claimed ahead is leased and heartbeated like a running one, so until it
@@ -176,7 +183,7 @@ DROP_ANSWER_WAIT = 0.1
 #: and two pipe messages, so workers whose jobs run long get none ahead.
 JOB_AHEAD_MAX_WAIT = 0.1
 #: Short jobs get more than one job ahead: as many as fit in JOB_AHEAD_WORK
-#: seconds of the worker's last job, up to JOBS_AHEAD_MAX, and the supervisor
+#: seconds of the worker's typical job, up to JOBS_AHEAD_MAX, and the supervisor
 #: claims that many per worker when it is above ``prefetch``. When jobs take
 #: less time than one turn of this loop (a commit and a few pipe messages),
 #: one job ahead runs out before the loop answers and the worker waits; with
@@ -245,13 +252,13 @@ STORAGE_RETRY_MIN = 0.01
 STORAGE_RETRY_MAX = 1.0
 
 
-def jobs_ahead_for(last_job_s: float | None) -> int:
-    """How many jobs may wait in the pipe of a worker whose last job took ``last_job_s``."""
-    if last_job_s is None:
+def jobs_ahead_for(typical_job_s: float | None) -> int:
+    """How many jobs may wait in the pipe of a worker whose jobs take ``typical_job_s``."""
+    if typical_job_s is None:
         return 1  # Its jobs' length is not known yet.
-    if last_job_s * JOBS_AHEAD_MAX <= JOB_AHEAD_WORK:
+    if typical_job_s * JOBS_AHEAD_MAX <= JOB_AHEAD_WORK:
         return JOBS_AHEAD_MAX
-    return max(1, int(JOB_AHEAD_WORK / last_job_s))
+    return max(1, int(JOB_AHEAD_WORK / typical_job_s))
 
 
 def _average(average: float | None, value: float) -> float:
@@ -1192,8 +1199,8 @@ class Supervisor:
             return False
         if w.killed_for and not running.condemned:
             # It ended just as its worker was being killed for it: the kill's
-            # outcome stands. The worker went on to the first job sent ahead,
-            # which has started, and dies with it.
+            # outcome stands. The worker may have gone on to the first job sent
+            # ahead: that one counts as started (condemned), and dies with it.
             if w.queued:
                 w.running = None
                 self._report_end_of_killed_or_lost(w, running)
