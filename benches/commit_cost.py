@@ -2,10 +2,10 @@
 jobs it stores: ``Engine.complete_and_claim`` with k outcomes and a claim of
 k more, on a fresh SQLite database, as the supervisor calls it.
 
-A commit costs about the same for one job as for ten (its WAL frames, locks
-and system calls), so the cost per job falls as more jobs share a commit;
-that is why short jobs are sent several ahead per worker (see
-``docs/performance.md``).
+Most of the cost of a commit that holds one job is fixed (its WAL frames,
+locks and system calls) and shared by every job it holds, so the cost per job
+falls as more jobs share a commit; that is why short jobs are sent several
+ahead per worker (see ``docs/performance.md``).
 
     .venv/bin/python benches/commit_cost.py [--jobs 20000] [--sizes 1,2,4,8,16]
 
