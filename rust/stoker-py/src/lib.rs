@@ -14,6 +14,8 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // At import, before any database is opened (see sqlite_locks).
+    stoker_engine::storage::sqlite_locks::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("SCHEMA_VERSION", stoker_engine::SCHEMA_VERSION)?;
     m.add("PG_SCHEMA_VERSION", stoker_engine::PG_SCHEMA_VERSION)?;

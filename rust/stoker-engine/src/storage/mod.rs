@@ -19,6 +19,7 @@ pub mod postgres_schema;
 pub mod sqlite;
 pub mod sqlite_checkpoint;
 pub mod sqlite_flow;
+pub mod sqlite_locks;
 pub mod sqlite_send_log;
 
 use crate::error::EngineError;

@@ -31,6 +31,7 @@ use crate::model::{
 use crate::retry::backoff_ms;
 use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
+use crate::storage::sqlite_locks;
 use crate::storage::sqlite_send_log::{self, SendLog};
 use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 
@@ -339,6 +340,9 @@ impl SqliteStorage {
                 }
             }
         }
+        // Before the first connection of the process: every lock it takes
+        // must hold against another SQLite in the process too.
+        sqlite_locks::install();
         let mut conn = Connection::open(path).map_err(|error| {
             EngineError::Storage(format!("cannot open the database {shown:?}: {error}"))
         })?;
