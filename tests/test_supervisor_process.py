@@ -136,3 +136,77 @@ def test_worker_command_names_a_bad_app(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "has no attribute 'nothing'" in result.stderr
+
+
+HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1])
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_sigterm_while_another_program_holds_the_write_lock_stops_by_the_drain_timeout(
+    queue: stoker.Queue, tmp_path: Path, commands: list[WorkerCommand]
+) -> None:
+    started, release, done = tmp_path / "started", tmp_path / "release", tmp_path / "done"
+    finished = queue.get_task("done_when_released").delay(str(started), str(release), str(done))
+    running = queue.get_task("wait_for_file").delay(str(tmp_path / "running"), str(tmp_path / "never"))
+    command = WorkerCommand(Path(queue.path), "--drain-timeout", "0.2", "--lease", "2")
+    commands.append(command)
+    wait_until(written(started), what="the first job to start")
+    wait_until(written(tmp_path / "running"), what="the second job to start")
+    descendants = command.descendants()
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, queue.path],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline().strip() == "locked"
+        # One outcome the supervisor cannot store while the lock is held, and
+        # one job still running when it is told to stop.
+        release.touch()
+        wait_until(written(done), what="the first job to end")
+        command.process.send_signal(signal.SIGTERM)
+        # A clean stop by its drain timeout, while the lock is still held: not
+        # the storage failure limit (60 s) running out, which exits with an error.
+        assert command.process.wait(HANG_GUARD) == 0, command.output()
+        assert holder.poll() is None
+        wait_until(lambda: _all_gone(descendants), what="every worker process to exit")
+        holder.stdin.write("done\n")
+        holder.stdin.close()
+        holder.wait(HANG_GUARD)
+    # What it could not store is the leases': both jobs run again, once.
+    second = WorkerCommand(Path(queue.path), "--lease", "2")
+    commands.append(second)
+    (tmp_path / "never").touch()
+    assert finished.result(timeout=HANG_GUARD) == "released"
+    assert running.result(timeout=HANG_GUARD) == "released"
+    assert [error.kind for error in finished.errors] == ["lease_expired"]
+    assert [error.kind for error in running.errors] == ["lease_expired"]
+
+
+def test_a_clean_stop_folds_the_log_into_the_database_file_and_removes_it(
+    tmp_path: Path, commands: list[WorkerCommand]
+) -> None:
+    db = tmp_path / "jobs.db"
+    sender = stoker.Queue(db)
+    from apps import tasks as app
+
+    sender.include(app.queue)
+    command = WorkerCommand(db)
+    commands.append(command)
+    jobs = sender.get_task("add").map([(i, i) for i in range(300)])
+    assert [job.result(timeout=HANG_GUARD) for job in jobs] == [2 * i for i in range(300)]
+    sender.close()
+    command.process.send_signal(signal.SIGTERM)
+    assert command.process.wait(HANG_GUARD) == 0, command.output()
+    assert not (tmp_path / "jobs.db-wal").exists()
+    assert not (tmp_path / "jobs.db-shm").exists()
+    # Every commit is in the file itself: a copy of it alone has them all.
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(db.read_bytes())
+    assert stoker.Queue(copy).stats().get("complete") == 300

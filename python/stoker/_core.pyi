@@ -488,6 +488,15 @@ class Engine:
         """Undo one ``open_send_log``; the last one stores what is pending and removes the log."""
     def recover_send_logs(self) -> int:
         """Store the sends logged by processes that died; how many jobs were not stored yet."""
+    def set_busy_timeout(self, busy_timeout_ms: int) -> None:
+        """How long writes wait for another writer's lock from now on (SQLite; ignored elsewhere)."""
+    def close(self) -> None:
+        """Store this process's logged sends and close the database; later calls raise ``StorageError``.
+
+        The last connection to a SQLite file checkpoints the write-ahead log
+        into it and removes the ``-wal`` and ``-shm`` files. Closing twice does
+        nothing.
+        """
     def compact_log(self, wait_ms: int) -> bool:
         """Truncate the write-ahead log once no reader uses it, waiting at most ``wait_ms``.
 

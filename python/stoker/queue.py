@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import multiprocessing
@@ -20,6 +21,7 @@ from .errors import (
     InvalidOptionError,
     SendError,
     StokerError,
+    StorageError,
     TaskRegisteredTwiceError,
     UnknownTaskError,
 )
@@ -92,6 +94,27 @@ def notify_local_supervisors(path: str, *, new_work: bool = False) -> None:
         supervisor.notify(new_work=new_work)
 
 
+#: The queues of this process whose database is open: closed at exit, so that
+#: the last connection to a SQLite file folds the write-ahead log into it and
+#: removes the -wal and -shm files, and sends still in this process's send log
+#: are stored.
+_OPEN_QUEUES: weakref.WeakSet[Queue] = weakref.WeakSet()
+
+
+def _close_queues_at_exit() -> None:
+    for queue in list(_OPEN_QUEUES):
+        try:
+            queue.close()
+        except StorageError as error:
+            # The log stays; logged sends are stored by the next opener.
+            log.warning("the database %r was not closed cleanly at exit: %s", queue.path, error)
+
+
+# Registered at import, so it runs after the exit hooks of the pools and
+# executors started later (atexit runs hooks last registered first).
+atexit.register(_close_queues_at_exit)
+
+
 def in_worker_process() -> bool:
     """Whether this process is a stoker worker (its name is set before any import)."""
     return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
@@ -129,9 +152,23 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         self._wake_sender: WakeSender | None = None
         if not in_worker_process():
             self._engine_instance = Engine(self.path)
+            _OPEN_QUEUES.add(self)
 
     def __repr__(self) -> str:
         return f"<Queue {self.path!r}>"
+
+    def close(self) -> None:
+        """Close this queue's connection to the database; later calls on it raise ``StorageError``.
+
+        Sends this process logged are stored first. The last connection to a
+        SQLite file folds the write-ahead log into it and removes the ``-wal``
+        and ``-shm`` files. Every queue still open is closed at exit; closing
+        twice does nothing. A pool serving the database keeps its own
+        connection.
+        """
+        _OPEN_QUEUES.discard(self)
+        if self._engine_instance is not None:
+            self._engine_instance.close()
 
     @property
     def _engine(self) -> Engine:

@@ -249,6 +249,16 @@ HOUSEKEEPING_BATCH = 1000
 #: always keep a lease deadline in storage, so whatever a supervisor that stops
 #: could not store is run again after the lease.
 STORAGE_FAILURE_LIMIT = 60.0
+#: How long a write waits for another writer's lock (the engine's busy timeout)
+#: while the supervisor runs. Longer rides out longer transactions of other
+#: writers; a write waiting holds up this loop (deadlines, kills) meanwhile.
+STORAGE_BUSY_TIMEOUT = 5.0
+#: After the drain deadline of a stop, how long storing what the stop produced
+#: (outcomes, re-queues of killed jobs, logged sends) may still wait for another
+#: writer's lock. Past it the stop ends anyway: what was not stored runs again
+#: when its lease expires, and logged sends stay in the send log for the next
+#: opener. Longer loses fewer re-queues to lease expiry; shorter stops sooner.
+STOP_STORE_GRACE = 1.0
 STORAGE_RETRY_MIN = 0.01
 STORAGE_RETRY_MAX = 1.0
 
@@ -462,7 +472,7 @@ class Supervisor:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = Engine(self.queue.path)
+            self._engine = Engine(self.queue.path, busy_timeout_ms=round(STORAGE_BUSY_TIMEOUT * 1000))
         return self._engine
 
     def worker_pids(self) -> list[int]:
@@ -534,6 +544,7 @@ class Supervisor:
                 if self._listener is not None:
                     self._listener.close()
                     self._listener = None
+                self._close_engine()
                 for signum, handler in restore:
                     signal.signal(signum, handler)
                 # Mark the pipe closed before closing it, so that a late notify() from
@@ -553,10 +564,47 @@ class Supervisor:
                     return
             except StorageError as error:
                 self._on_storage_error(error, now)
+                if self._drain_deadline is not None and now >= self._drain_deadline:
+                    # Stopping, and the database is still unusable at the deadline:
+                    # what the stop cannot store is left to the leases.
+                    self._kill_busy_for_drain()
+                    return
             self._wait(now)
+
+    def _set_drain_deadline(self, now: float) -> float:
+        """The drain deadline of a stop: ``drain_timeout`` after the first stop
+        request, now after a second; storage waits are bounded by it from now on."""
+        if self._drain_deadline is None:
+            self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
+        if self._stop_requests > 1:
+            self._drain_deadline = min(self._drain_deadline, now)
+        self._limit_storage_wait(now)
+        return self._drain_deadline
+
+    def _limit_storage_wait(self, now: float) -> None:
+        """While stopping, no write waits for a lock past the drain deadline and
+        ``STOP_STORE_GRACE``, so that a stop honours its drain timeout even while
+        another program holds the database's write lock."""
+        if self._drain_deadline is None or self._engine is None:
+            return
+        left = self._drain_deadline + STOP_STORE_GRACE - now
+        self._engine.set_busy_timeout(round(min(STORAGE_BUSY_TIMEOUT, max(0.0, left)) * 1000))
+
+    def _close_engine(self) -> None:
+        """Close this supervisor's connection: the last one to a SQLite file
+        folds the write-ahead log into it and removes the -wal and -shm files."""
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        try:
+            engine.close()
+        except StorageError as error:
+            log.warning("the database was not closed cleanly: %s", error)
 
     def _turn(self, now: float) -> bool:
         """One turn of the loop before waiting; True when the supervisor is done."""
+        if self._stop_requests:
+            self._set_drain_deadline(now)
         self._enforce_deadlines(now)
         if self._storage_retry_at is not None:
             if now < self._storage_retry_at:
@@ -569,13 +617,11 @@ class Supervisor:
             self._flush_completions()
             self._release_claimed_ahead()
             self._drop_queued()
-            if self._drain_deadline is None:
-                self._drain_deadline = now + (self.drain_timeout if self._stop_requests == 1 else 0.0)
-            if self._stop_requests > 1:
-                self._drain_deadline = min(self._drain_deadline, now)
+            # Set at the top of the turn, unless the stop came during it.
+            drain_deadline = self._set_drain_deadline(now)
             if not self._busy_workers():
                 return True
-            if now >= self._drain_deadline:
+            if now >= drain_deadline:
                 self._kill_busy_for_drain()
                 return True
         else:
@@ -637,6 +683,8 @@ class Supervisor:
     def _flush_reports(self) -> None:
         while self._reports:
             _, report = self._reports[0]
+            if self._drain_deadline is not None:
+                self._limit_storage_wait(time.monotonic())
             report()
             self._reports.popleft()
 
@@ -1039,6 +1087,7 @@ class Supervisor:
         self._data_version = version
 
     def _close_send_log(self) -> None:
+        self._limit_storage_wait(time.monotonic())
         try:
             self.engine.close_send_log()
         except StorageError as error:
@@ -1294,6 +1343,8 @@ class Supervisor:
         if not self._completions or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
+        if self._drain_deadline is not None:
+            self._limit_storage_wait(time.monotonic())
         try:
             applied = self.engine.complete_many(batch)
         except StorageError:
@@ -1547,6 +1598,10 @@ class Supervisor:
 
     def _shutdown_workers(self) -> None:
         self._shutting_down = True
+        if self._drain_deadline is None:
+            # Stopped without a drain (the loop failed): storing gets the grace alone.
+            self._drain_deadline = time.monotonic()
+        self._limit_storage_wait(time.monotonic())
         for w in self._workers:
             if w.running is not None and not w.exited:
                 self._signal_group(w, signal.SIGKILL)

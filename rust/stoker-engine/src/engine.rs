@@ -320,6 +320,18 @@ impl Engine {
         self.storage.recover_send_logs()
     }
 
+    /// How long writes wait for another writer's lock from now on (see
+    /// [`Storage::set_busy_timeout`]).
+    pub fn set_busy_timeout(&self, timeout: Duration) {
+        self.storage.set_busy_timeout(timeout);
+    }
+
+    /// Stores what this process still holds and closes the database (see
+    /// [`Storage::close`]); every later call fails.
+    pub fn close(&self) -> Result<(), EngineError> {
+        self.storage.close()
+    }
+
     /// Truncates the write-ahead log if no reader uses it within `wait`;
     /// whether it did (see [`Storage::compact_log`]).
     pub fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {

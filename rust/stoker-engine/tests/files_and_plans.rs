@@ -456,3 +456,53 @@ fn a_writer_retries_a_held_lock_for_its_busy_timeout_then_fails_busy() {
         1
     );
 }
+
+#[test]
+fn closing_the_last_connection_folds_the_log_into_the_file_and_removes_it() {
+    use stoker_engine::Storage;
+
+    let dir = TempDir::new();
+    let path = dir.file("closed.db");
+    let storage = SqliteStorage::open(&path, BUSY_TIMEOUT).unwrap();
+    storage.enqueue(&[job(0), job(1)], 0).unwrap();
+    let wal = dir.file("closed.db-wal");
+    let shm = dir.file("closed.db-shm");
+    assert!(wal.exists() && shm.exists());
+
+    storage.close().unwrap();
+    assert!(!wal.exists() && !shm.exists());
+    // Every commit is in the file itself now: a copy of it alone has them.
+    let copy = dir.file("copy.db");
+    std::fs::copy(&path, &copy).unwrap();
+    let jobs: i64 = Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 2);
+
+    let error = storage.stats().unwrap_err();
+    assert!(
+        matches!(&error, EngineError::Storage(message) if message.contains("closed")),
+        "{error:?}"
+    );
+    storage.close().unwrap();
+}
+
+#[test]
+fn closing_while_another_connection_is_open_keeps_the_log_for_it() {
+    use stoker_engine::Storage;
+
+    let dir = TempDir::new();
+    let path = dir.file("shared.db");
+    let first = SqliteStorage::open(&path, BUSY_TIMEOUT).unwrap();
+    let second = SqliteStorage::open(&path, BUSY_TIMEOUT).unwrap();
+    first.enqueue(&[job(0)], 0).unwrap();
+    first.close().unwrap();
+    second.enqueue(&[job(0)], 0).unwrap();
+    assert_eq!(
+        second.stats().unwrap().iter().map(|(_, n)| n).sum::<i64>(),
+        2
+    );
+    second.close().unwrap();
+    assert!(!dir.file("shared.db-wal").exists());
+}

@@ -498,6 +498,26 @@ impl Engine {
         py.detach(|| engine.recover_send_logs()).or_raise(py)
     }
 
+    /// How long writes wait for another writer's lock from now on, in ms.
+    fn set_busy_timeout(&self, py: Python<'_>, busy_timeout_ms: i64) -> PyResult<()> {
+        let timeout = u64::try_from(busy_timeout_ms)
+            .map(Duration::from_millis)
+            .map_err(|_| {
+                EngineError::invalid(format!(
+                    "busy_timeout_ms must be >= 0, got {busy_timeout_ms}"
+                ))
+            })
+            .or_raise(py)?;
+        self.engine.set_busy_timeout(timeout);
+        Ok(())
+    }
+
+    /// Store this process's logged sends and close the database; later calls raise ``StorageError``.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let engine = &self.engine;
+        py.detach(|| engine.close()).or_raise(py)
+    }
+
     /// Truncate the write-ahead log, waiting at most ``wait_ms`` for readers.
     fn compact_log(&self, py: Python<'_>, wait_ms: i64) -> PyResult<bool> {
         let wait = u64::try_from(wait_ms)

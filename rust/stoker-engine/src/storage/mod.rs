@@ -234,6 +234,21 @@ pub trait Storage:
         Ok(None)
     }
 
+    /// How long a write waits for another writer's lock from now on before
+    /// it fails with [`EngineError::Busy`]. Stores that do not wait for a
+    /// lock ignore it.
+    fn set_busy_timeout(&self, timeout: std::time::Duration) {
+        let _ = timeout;
+    }
+
+    /// Stores what this process still holds for the database (its logged
+    /// sends) and closes the connection; every later call fails. For SQLite
+    /// the last connection to the file checkpoints the write-ahead log into
+    /// it and removes the `-wal` and `-shm` files. Closing twice does nothing.
+    fn close(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     /// Sends of single plain jobs from this process go to a send log from
     /// now on, until as many [`Storage::close_send_log`] calls (see
     /// `storage/sqlite_send_log.rs`). Stores without one keep storing each

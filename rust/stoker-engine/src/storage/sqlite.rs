@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -303,7 +303,9 @@ pub struct SqliteStorage {
     /// single writer anyway, and the mutex makes the engine safe to share.
     conn: Mutex<Connection>,
     path: String,
-    busy_timeout: Duration,
+    /// How long writers wait for the lock, in microseconds (see
+    /// [`Storage::set_busy_timeout`]).
+    busy_timeout: AtomicU64,
     /// How long, in microseconds, the connection's busy handler retries a
     /// locked database: `busy_timeout`, except while `compact_log` waits.
     busy_limit: Arc<AtomicU64>,
@@ -313,6 +315,9 @@ pub struct SqliteStorage {
     checkpointer: Arc<Checkpointer>,
     /// The send log this process keeps for the database (none in memory).
     send_log: Option<Arc<SendLog>>,
+    /// Set by [`Storage::close`]: the file's connection is closed, and every
+    /// later call fails.
+    closed: AtomicBool,
 }
 
 impl SqliteStorage {
@@ -363,10 +368,11 @@ impl SqliteStorage {
         let mut storage = Self {
             conn: Mutex::new(conn),
             path: shown,
-            busy_timeout,
+            busy_timeout: AtomicU64::new(duration_micros(busy_timeout)),
             busy_limit,
             checkpointer,
             send_log,
+            closed: AtomicBool::new(false),
         };
         storage.initialize()?;
         // Sends of a process that died before they were moved into the
@@ -388,7 +394,7 @@ impl SqliteStorage {
     /// The query plan SQLite chooses for `sql` on this database, one line per
     /// step (the `detail` column of `EXPLAIN QUERY PLAN`).
     pub fn explain_query_plan(&self, sql: &str) -> Result<Vec<String>, EngineError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         // The plan does not depend on parameter values here (there are no
         // statistics to consult), so every parameter is bound to NULL.
@@ -408,7 +414,7 @@ impl SqliteStorage {
     /// transaction that is rolled back. A statement compiled again on every
     /// run pays for its compilation on every call.
     pub fn recompilations(&self, sql: &str, runs: &[i64]) -> Result<i32, EngineError> {
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = conn.transaction()?;
         let mut stmt = tx.prepare(sql)?;
         for &value in runs {
@@ -513,13 +519,21 @@ impl SqliteStorage {
         if self.send_log.as_deref().is_some_and(SendLog::has_pending) {
             self.write(|_| Ok(()))?;
         }
-        Ok(self.lock())
+        self.lock()
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+    /// The connection, unless the storage was closed.
+    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Connection>, EngineError> {
         // A panic while the lock was held dropped its transaction, which rolled
         // back, so the connection is still in a clean state.
-        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.closed.load(Ordering::Acquire) {
+            return Err(EngineError::Storage(format!(
+                "the database {:?} was closed in this process",
+                self.path
+            )));
+        }
+        Ok(conn)
     }
 
     pub(crate) fn write<T>(
@@ -530,7 +544,7 @@ impl SqliteStorage {
         // its transactions comes next (see `sqlite_send_log`).
         let log = self.send_log.as_deref();
         let moving = log.and_then(SendLog::lock_for_moving);
-        let mut conn = self.lock();
+        let mut conn = self.lock()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let batch = match (log, &moving) {
             (Some(log), Some(_)) => log.take_pending(),
@@ -1576,12 +1590,43 @@ impl Storage for SqliteStorage {
     }
 
     fn data_version(&self) -> Result<i64, EngineError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
     }
 
+    fn set_busy_timeout(&self, timeout: Duration) {
+        let micros = duration_micros(timeout);
+        self.busy_timeout.store(micros, Ordering::Relaxed);
+        self.busy_limit.store(micros, Ordering::Relaxed);
+    }
+
+    fn close(&self) -> Result<(), EngineError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(log) = self.send_log.as_deref() {
+            if log.has_pending() {
+                self.write(|_| Ok(()))?;
+            }
+            // Another storage of this process may still log to it; then it
+            // stays open, and its last user removes it.
+            if let Some(name) = log.close() {
+                self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+            }
+        }
+        let mut conn = self.lock()?;
+        // The checkpoint thread's connection goes first: SQLite removes the
+        // -wal and -shm files only when it closes the last connection.
+        self.checkpointer.stop();
+        let in_memory = Connection::open_in_memory()?;
+        let file = std::mem::replace(&mut *conn, in_memory);
+        self.closed.store(true, Ordering::Release);
+        drop(conn);
+        file.close().map_err(|(_, error)| EngineError::from(error))
+    }
+
     fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {
-        let conn = self.lock();
+        let conn = self.lock()?;
         // A truncating checkpoint waits for readers still using the log and
         // holds new writers back meanwhile, so it gets a short wait of its
         // own instead of the writers' busy timeout.
@@ -1591,7 +1636,7 @@ impl Storage for SqliteStorage {
             row.get::<_, i64>(0)
         });
         self.busy_limit
-            .store(duration_micros(self.busy_timeout), Ordering::Relaxed);
+            .store(self.busy_timeout.load(Ordering::Relaxed), Ordering::Relaxed);
         match outcome {
             Ok(busy) => Ok(busy == 0),
             Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(false),

@@ -119,7 +119,7 @@ impl Checkpointer {
 
     fn ensure_thread(&self) {
         let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-        if thread.is_some() {
+        if thread.is_some() || self.lock_requests().stopping {
             return;
         }
         let shared = Arc::clone(&self.shared);
@@ -178,19 +178,27 @@ impl Checkpointer {
     }
 }
 
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
+impl Checkpointer {
+    /// Stops the background thread and closes its connection, waiting for a
+    /// checkpoint it is running; no thread is started again.
+    pub fn stop(&self) {
         self.lock_requests().stopping = true;
         self.shared.wake.notify_one();
         let thread = self
             .thread
-            .get_mut()
+            .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(thread) = thread {
             // A panic in the thread has nothing left to clean up.
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -64,23 +64,34 @@ mod imp {
     /// and release it in both processes, which a guard cannot express.
     struct Files {
         mutex: UnsafeCell<libc::pthread_mutex_t>,
-        by_key: UnsafeCell<BTreeMap<FileKey, LockedFile>>,
+        table: UnsafeCell<Table>,
     }
 
-    // SAFETY: `by_key` is only touched with `mutex` held.
+    struct Table {
+        /// The files, by their kernel name.
+        files: BTreeMap<FileKey, LockedFile>,
+        /// SQLite's descriptors, by number: a lock call finds its file here
+        /// without a system call.
+        keys: BTreeMap<c_int, FileKey>,
+    }
+
+    // SAFETY: `table` is only touched with `mutex` held.
     unsafe impl Sync for Files {}
 
     static FILES: Files = Files {
         mutex: UnsafeCell::new(libc::PTHREAD_MUTEX_INITIALIZER),
-        by_key: UnsafeCell::new(BTreeMap::new()),
+        table: UnsafeCell::new(Table {
+            files: BTreeMap::new(),
+            keys: BTreeMap::new(),
+        }),
     };
 
     /// Runs `f` on the table with its mutex held.
-    fn with_files<T>(f: impl FnOnce(&mut BTreeMap<FileKey, LockedFile>) -> T) -> T {
+    fn with_files<T>(f: impl FnOnce(&mut Table) -> T) -> T {
         // SAFETY: the mutex serialises every access to the table.
         unsafe {
             libc::pthread_mutex_lock(FILES.mutex.get());
-            let value = f(&mut *FILES.by_key.get());
+            let value = f(&mut *FILES.table.get());
             libc::pthread_mutex_unlock(FILES.mutex.get());
             value
         }
@@ -109,8 +120,9 @@ mod imp {
         let fd = (originals().open)(path, flags, mode);
         if fd >= 0 {
             if let Some(key) = file_key(fd) {
-                with_files(|files| {
-                    files
+                with_files(|table| {
+                    table
+                        .files
                         .entry(key)
                         .or_insert(LockedFile {
                             descriptors: Vec::new(),
@@ -118,6 +130,7 @@ mod imp {
                         })
                         .descriptors
                         .push(fd);
+                    table.keys.insert(fd, key);
                 });
             }
         }
@@ -125,18 +138,17 @@ mod imp {
     }
 
     unsafe extern "C" fn hooked_close(fd: c_int) -> c_int {
-        if let Some(key) = file_key(fd) {
-            let last_lock_fd = with_files(|files| {
-                let file = files.get_mut(&key)?;
-                file.descriptors.retain(|&open| open != fd);
-                if !file.descriptors.is_empty() {
-                    return None;
-                }
-                files.remove(&key).and_then(|file| file.lock_fd)
-            });
-            if let Some(lock_fd) = last_lock_fd {
-                libc::close(lock_fd);
+        let last_lock_fd = with_files(|table| {
+            let key = table.keys.remove(&fd)?;
+            let file = table.files.get_mut(&key)?;
+            file.descriptors.retain(|&open| open != fd);
+            if !file.descriptors.is_empty() {
+                return None;
             }
+            table.files.remove(&key).and_then(|file| file.lock_fd)
+        });
+        if let Some(lock_fd) = last_lock_fd {
+            libc::close(lock_fd);
         }
         (originals().close)(fd)
     }
@@ -144,13 +156,11 @@ mod imp {
     /// The description this process's locks on `fd`'s file go through,
     /// opened on first use.
     fn lock_fd_for(fd: c_int) -> Option<c_int> {
-        let key = file_key(fd)?;
-        with_files(|files| {
+        with_files(|table| {
             // Only descriptors SQLite opened through the hook: one opened
             // before it keeps the POSIX locks it may already hold.
-            let file = files
-                .get_mut(&key)
-                .filter(|file| file.descriptors.contains(&fd))?;
+            let key = table.keys.get(&fd)?;
+            let file = table.files.get_mut(key)?;
             if file.lock_fd.is_none() {
                 // Opening /proc/self/fd/N makes a new open file description
                 // of the same file: dup would share SQLite's, and with it its
@@ -224,7 +234,7 @@ mod imp {
     extern "C" fn after_fork_in_child() {
         // SAFETY: the child's one thread is the one that locked the mutex.
         unsafe {
-            for file in (*FILES.by_key.get()).values_mut() {
+            for file in (*FILES.table.get()).files.values_mut() {
                 if let Some(lock_fd) = file.lock_fd.take() {
                     libc::close(lock_fd);
                 }
