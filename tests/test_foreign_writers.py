@@ -184,3 +184,60 @@ def test_a_process_keeps_seeing_commits_after_another_sqlite_of_it_closed_the_fi
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(HANG_GUARD)
+
+
+FORKING_WRITER = """
+import os, sys
+import stoker
+from apps import tasks as app
+queue = stoker.Queue(sys.argv[1])
+queue.include(app.queue)
+add = queue.get_task("add")
+add.delay(0, 0)
+if os.fork() == 0:
+    # A child that never execs: it holds every descriptor of its parent.
+    sys.stdin.readline()
+    os._exit(0)
+print("forked", flush=True)
+while True:
+    add.map([(i, i) for i in range(200_000)])
+"""
+
+
+def write_lock_held(path: Path) -> bool:
+    """Whether some process holds SQLite's WAL write lock on ``path`` (byte 120 of its -shm file)."""
+    import fcntl
+    import struct
+
+    with open(f"{path}-shm", "rb+") as shm:
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 120, 1, 0)
+        answer = fcntl.fcntl(shm.fileno(), fcntl.F_OFD_GETLK, query)
+        return struct.unpack("hhqqi", answer)[0] != fcntl.F_UNLCK
+
+
+def test_a_lock_held_by_a_killed_process_is_not_kept_by_its_forked_child(tmp_path: Path) -> None:
+    # Open file description locks belong to a description, which a forked
+    # child shares: unless the child lets go of them at once, a lock its
+    # parent held when it died would last as long as the child.
+    db = tmp_path / "jobs.db"
+    with subprocess.Popen(
+        [sys.executable, "-c", FORKING_WRITER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STOKER_TEST_DB": str(db), "PYTHONPATH": str(TESTS)},
+    ) as writer:
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline().strip() == "forked"
+        wait_until(lambda: write_lock_held(db), what="the parent to hold the write lock")
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(HANG_GUARD)
+        try:
+            # The child is still alive, with its parent's descriptors.
+            queue = stoker.Queue(db)
+            queue.include(app.queue)
+            job = queue.get_task("add").delay(2, 3)
+            assert stoker.Queue(db).get_job(job.id).status == "pending"
+        finally:
+            writer.stdin.write("exit\n")
+            writer.stdin.close()
