@@ -296,3 +296,10 @@ def test_a_path_that_is_not_one_is_refused_naming_it(path: Any, named: str) -> N
     with pytest.raises(stoker.InvalidOptionError, match=named) as info:
         stoker.Queue(path)
     assert repr(path) in str(info.value)
+
+
+def test_a_job_id_beyond_64_bits_is_not_found(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.JobNotFoundError, match=str(HUGE_INT)):
+        queue.get_job(HUGE_INT)
+    with pytest.raises(stoker.JobNotFoundError, match=str(-HUGE_INT)):
+        queue.replay(-HUGE_INT)

@@ -14,10 +14,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
+from ._bounds import INT64_MAX, INT64_MIN
 from ._core import Engine
 from ._wakeup import CHANGED, NEW_WORK, WakeSender
 from .errors import (
     InvalidOptionError,
+    JobNotFoundError,
     SendError,
     StokerError,
     UnknownTaskError,
@@ -582,7 +584,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def get_job(self, job_id: int) -> Job:
         """A handle on an existing job; ``JobNotFoundError`` (a ``KeyError``) if none."""
-        self._engine.status(job_id)
+        self._engine.status(_stored_id(job_id))
         return Job(self, job_id)
 
     def stats(self) -> dict[str, int]:
@@ -600,7 +602,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def replay(self, job_id: int) -> Job:
         """Send a dead job again as a new job, with the same task, arguments and options."""
-        job = Job(self, self._engine.replay(job_id))
+        job = Job(self, self._engine.replay(_stored_id(job_id)))
         self._wake_supervisors()
         return job
 
@@ -648,6 +650,13 @@ def default_task_name(func: Callable[..., Any]) -> str:
     if module == "__mp_main__":
         module = "__main__"
     return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+def _stored_id(job_id: int) -> int:
+    """``job_id``, or JobNotFoundError for an int no stored job can have (ids are 64-bit)."""
+    if isinstance(job_id, int) and not INT64_MIN <= job_id <= INT64_MAX:
+        raise JobNotFoundError(job_id)
+    return job_id
 
 
 def labels_of(text: str | None) -> dict[str, Any]:
