@@ -246,6 +246,7 @@ class AttemptError:
     kind: str
     """error, timeout, crash, or lease_expired."""
     type_name: str
+    """The qualified name of the exception's type (``apps.tasks.QuotaError``); also ``type``."""
     message: str
     traceback: str
     failed_at: datetime
@@ -267,6 +268,11 @@ class AttemptError:
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
         )
+
+    @property
+    def type(self) -> str:
+        """The same as :attr:`type_name`: the qualified name of the exception's type."""
+        return self.type_name
 
     def exception(self) -> BaseException:
         """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`)."""
