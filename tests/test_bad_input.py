@@ -303,3 +303,15 @@ def test_a_job_id_beyond_64_bits_is_not_found(queue: stoker.Queue) -> None:
         queue.get_job(HUGE_INT)
     with pytest.raises(stoker.JobNotFoundError, match=str(-HUGE_INT)):
         queue.replay(-HUGE_INT)
+
+
+def test_listing_limits_beyond_64_bits_are_refused(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match=r"^limit must be"):
+        queue.dead_letters(HUGE_INT)
+    with pytest.raises(stoker.InvalidOptionError, match=r"^offset must be"):
+        queue.dead_letters(1, HUGE_INT)
+    schedule = queue.get_task("add").schedule_every(60, args=(1, 2))
+    with pytest.raises(stoker.InvalidOptionError, match=r"^limit must be"):
+        schedule.fires(HUGE_INT)
+    with pytest.raises(stoker.ScheduleNotFoundError):
+        queue.get_schedule(HUGE_INT)

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
-from ._bounds import INT64_MAX, INT64_MIN
+from ._bounds import INT64_MAX, INT64_MIN, check_int
 from ._core import Engine
 from ._wakeup import CHANGED, NEW_WORK, WakeSender
 from .errors import (
@@ -594,6 +594,8 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Jobs that failed for good, most recent first, with their last error."""
         letters = []
+        check_int("limit", limit, low=0)
+        check_int("offset", offset, low=0)
         for record in self._engine.dead_letters(limit, offset):
             errors = self._engine.errors(record.id)
             last = AttemptError.from_record(errors[-1]) if errors else None

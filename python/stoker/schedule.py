@@ -38,7 +38,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
-from ._bounds import check_seconds, check_timestamp
+from ._bounds import INT64_MAX, INT64_MIN, check_int, check_seconds, check_timestamp
 from .errors import InvalidOptionError, ScheduleCancelledError, ScheduleNotFoundError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Schedule:
 
     def fires(self, limit: int = 100) -> list[ScheduleFire]:
         """The recorded fires, newest first: outcome, job id, missed count, supervisor."""
-        return self.queue._engine.schedule_fires(self.id, limit)
+        return self.queue._engine.schedule_fires(self.id, check_int("limit", limit, low=0))
 
 
 def create(
@@ -353,6 +353,8 @@ class ScheduleQueueMixin:
                 if record.name == schedule:
                     return Schedule(queue, record.id, record)
             raise ScheduleNotFoundError(schedule)
+        if isinstance(schedule, int) and not INT64_MIN <= schedule <= INT64_MAX:
+            raise ScheduleNotFoundError(schedule)  # Ids are 64-bit: no schedule has this one.
         return Schedule(queue, schedule, self._engine.get_schedule(schedule))
 
     def add_schedule_source(self, name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:
