@@ -495,7 +495,10 @@ def test_wrong_usage_exits_with_2(argv: list[str], capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == EXIT_USAGE
-    assert "usage:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # One line saying what is wrong, and where the usage is.
+    assert err.count("\n") == 1 and err.startswith("stoker: ")
+    assert err.rstrip().endswith("--help)")
 
 
 @pytest.mark.parametrize(
@@ -512,6 +515,105 @@ def test_a_bad_app_reference_is_explained(
 ) -> None:
     assert main(["info", reference]) == EXIT_FAILED
     assert capsys.readouterr().err.startswith(f"stoker: {message}")
+
+
+HUGE_ID = "1000000000000000000000000000000"
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["worker", APP, "--lease", "nan"], "--lease"),
+        (["worker", APP, "--lease", "inf"], "--lease"),
+        (["worker", APP, "--lease", "0"], "--lease"),
+        (["worker", APP, "--lease", "-1"], "--lease"),
+        (["worker", APP, "--lease", "1e300"], "--lease"),
+        (["worker", APP, "--drain-timeout", "nan"], "--drain-timeout"),
+        (["worker", APP, "--drain-timeout", "inf"], "--drain-timeout"),
+        (["worker", APP, "--drain-timeout", "-1"], "--drain-timeout"),
+        (["worker", APP, "--kill-grace", "nan"], "--kill-grace"),
+        (["worker", APP, "--kill-grace", "-1"], "--kill-grace"),
+        (["worker", APP, "-p", "0"], "-p/--processes"),
+        (["worker", APP, "-p", HUGE_ID], "-p/--processes"),
+        (["worker", APP, "--prefetch", "-1"], "--prefetch"),
+        (["worker", APP, "--prefetch", HUGE_ID], "--prefetch"),
+        (["jobs", APP, "--limit", HUGE_ID], "--limit"),
+        (["dead", APP, "--offset", HUGE_ID], "--offset"),
+        (["purge", APP, "--older-than", "nan", "--dry-run"], "--older-than"),
+        (["purge", APP, "--older-than", "1e300", "--dry-run"], "--older-than"),
+        (["wait", APP, "1", "--timeout", "nan"], "--timeout"),
+        (["wait", APP, "--drain", "--timeout", "inf"], "--timeout"),
+    ],
+)
+def test_a_numeric_option_out_of_range_is_named_in_one_line(
+    argv: list[str], option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"stoker: argument {option}: must be ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", ["show", "errors", "replay", "cancel", "wait"])
+def test_a_job_id_beyond_64_bits_is_not_found(cli: Run, command: str) -> None:
+    code, out, err = cli(command, HUGE_ID)
+    assert (code, out) == (EXIT_FAILED, "")
+    assert err == f"stoker: JobNotFoundError: no job with id {HUGE_ID}\n"
+
+
+def _broken_module(directory: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    (directory / f"{name}.py").write_text("import stoker\n\nqueue = None\nx = 1 / 0\n")
+    monkeypatch.chdir(directory)
+    monkeypatch.syspath_prepend(str(directory))
+
+
+def test_an_app_whose_module_raises_at_import_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _broken_module(tmp_path, monkeypatch, "broken_at_import")
+    assert main(["info", "broken_at_import:queue"]) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "stoker: cannot import 'broken_at_import': ZeroDivisionError: division by zero "
+        "(at broken_at_import.py, line 4) (--traceback shows the whole traceback)\n"
+    )
+    assert main(["info", "broken_at_import:queue", "--json"]) == EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert json.loads(out)["error"]["message"].startswith(
+        "cannot import 'broken_at_import': ZeroDivisionError"
+    )
+
+
+def test_traceback_shows_where_the_module_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _broken_module(tmp_path, monkeypatch, "broken_with_traceback")
+    assert main(["info", "broken_with_traceback:queue", "--traceback"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert "x = 1 / 0" in err and "ZeroDivisionError: division by zero" in err
+    assert err.splitlines()[-1] == (
+        "stoker: cannot import 'broken_with_traceback': ZeroDivisionError: division by zero "
+        "(at broken_with_traceback.py, line 4)"
+    )
+
+
+def test_an_unforeseen_error_is_one_line_too(
+    cli: Run, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def fail(self: stoker.Queue) -> dict[str, int]:
+        raise RuntimeError("the disk spoke in tongues")
+
+    monkeypatch.setattr(stoker.Queue, "stats", fail)
+    code, out, err = cli("info")
+    assert (code, out) == (EXIT_FAILED, "")
+    assert err.startswith("stoker: info failed: RuntimeError: the disk spoke in tongues (at ")
+    assert err.endswith("(--traceback shows the whole traceback)\n") and err.count("\n") == 1
+    code, out, err = cli("info", "--traceback")
+    assert code == EXIT_FAILED
+    assert err.startswith("Traceback (most recent call last):") and "in fail" in err
 
 
 # --- as its own process ------------------------------------------------------------------
@@ -557,4 +659,22 @@ def test_a_file_that_is_not_a_stoker_database(tmp_path: Path) -> None:
     assert result.stderr.strip() == (
         f"stoker: NotAStokerDatabaseError: {str(db)!r} is not a stoker database: "
         "the file is not an SQLite database"
+    )
+
+
+def test_the_command_names_a_module_that_raises_at_import_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "raises_here.py").write_text("import stoker\n\nraise RuntimeError('no config file')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stoker", "show", "raises_here:queue", "1"],
+        cwd=tmp_path,
+        env=dict(os.environ, PYTHONPATH=python_path()),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (EXIT_FAILED, "")
+    assert result.stderr == (
+        "stoker: cannot import 'raises_here': RuntimeError: no config file "
+        "(at raises_here.py, line 3) (--traceback shows the whole traceback)\n"
     )

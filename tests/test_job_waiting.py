@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,3 +122,60 @@ def test_kept_results_drop_the_oldest_past_their_bounds() -> None:
     kept.forget("b")
     assert (kept.get("b", 1), kept.get("b", 2)) == (None, None)
     assert kept.get("a", 3) == b"90ab"
+
+
+# --- the timeout of a wait ------------------------------------------------------------------
+
+
+def _returns_in_time(call: Callable[[], object]) -> BaseException | None:
+    """Run ``call`` on a thread: the error it raised, or None; fail if it waits past HANG_GUARD."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as error:
+            outcome.append(error)
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(HANG_GUARD)
+    assert outcome, f"still waiting after {HANG_GUARD} s"
+    return outcome[0]
+
+
+@pytest.mark.parametrize("timeout", [math.nan, -1, -math.inf, "10", True])
+def test_a_wait_with_a_timeout_that_means_nothing_is_refused(queue: stoker.Queue, timeout: object) -> None:
+    pending = queue.get_task("add").delay(1, 2)
+    waits: list[Callable[[], object]] = [
+        lambda: pending.result(timeout=timeout),  # type: ignore[arg-type]
+        lambda: pending.wait(timeout=timeout),  # type: ignore[arg-type]
+        lambda: pending.outcome(timeout=timeout),  # type: ignore[arg-type]
+        lambda: stoker.gather([pending], timeout=timeout),  # type: ignore[arg-type]
+        lambda: asyncio.run(pending.result_async(timeout=timeout)),  # type: ignore[arg-type]
+        lambda: asyncio.run(stoker.gather_async([pending], timeout=timeout)),  # type: ignore[arg-type]
+    ]
+    for wait in waits:
+        error = _returns_in_time(wait)
+        assert isinstance(error, stoker.InvalidOptionError), error
+        assert "timeout must be None (wait for ever) or a number of seconds >= 0" in str(error)
+
+
+def test_a_finished_job_refuses_a_nan_timeout_too(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    queue.run_worker(processes=1, until_idle=True, install_signal_handlers=False)
+    with pytest.raises(stoker.InvalidOptionError, match="timeout"):
+        job.result(timeout=math.nan)
+    with pytest.raises(stoker.InvalidOptionError, match="timeout"):
+        stoker.gather([job], timeout=math.nan)
+    # None and an infinite timeout both wait for ever; 0 looks once.
+    assert job.result(timeout=None) == job.result(timeout=math.inf) == job.result(timeout=0) == 3
+    assert stoker.gather([job], timeout=math.inf) == [3]
+
+
+def test_a_zero_timeout_looks_once(queue: stoker.Queue) -> None:
+    pending = queue.get_task("add").delay(1, 2)
+    with pytest.raises(stoker.ResultTimeoutError):
+        pending.result(timeout=0)

@@ -18,16 +18,19 @@ unpickled) and the :class:`~stoker.Queue` it holds gives the database::
     stoker wait    APP --drain [--timeout SECONDS]
 
 Every command but ``worker`` takes ``--json``: it then prints one JSON document
-on stdout (on failure, ``{"error": {"type": ..., "message": ...}}``).
+on stdout (on failure, ``{"error": {"type": ..., "message": ...}}``). Every
+failure is one line on stderr, ``stoker: ...``; ``--traceback`` (any command)
+prints the whole traceback before it.
 
 Exit codes:
 
 - 0: success;
 - 1: the command failed: a stoker error (printed with its type), a job id that
-  does not exist, a file that is not a stoker database, an app that cannot be
-  loaded;
-- 2: wrong usage (unknown option, missing argument, ``purge`` without
-  ``--yes`` or ``--dry-run``);
+  does not exist (or is beyond 64 bits), a file that is not a stoker
+  database, an app that cannot be loaded (missing, or its module raised while
+  imported: the error and where), an error stoker did not foresee;
+- 2: wrong usage (unknown option, missing argument, a number out of range
+  such as ``--lease nan``, ``purge`` without ``--yes`` or ``--dry-run``);
 - 3: ``wait``: the job ended dead;
 - 4: ``wait``: the job was cancelled;
 - 5: ``wait``: the job (or, with ``--drain``, the queue) did not finish within
@@ -41,16 +44,26 @@ import gc
 import importlib
 import json
 import logging
+import os
 import reprlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import serialization
+from ._bounds import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_PREFETCH,
+    MAX_PROCESSES,
+    check_int,
+    check_seconds,
+)
 from ._core import __version__ as stoker_version
-from .errors import ResultTimeoutError, StokerError
+from .errors import InvalidOptionError, JobNotFoundError, ResultTimeoutError, StokerError
 from .job import FINISHED, AttemptError
 from .queue import Queue
 
@@ -104,7 +117,13 @@ def load_queue(reference: str) -> tuple[Queue, str]:
     except ModuleNotFoundError as error:
         if error.name and (module_name == error.name or module_name.startswith(error.name + ".")):
             raise CommandError(f"cannot import {module_name!r}: {error}") from None
-        raise
+        raise CommandError(f"cannot import {module_name!r}: {_raised(error)}") from error
+    except StokerError:
+        raise  # The queue's own error, named already (a file that is not a stoker database).
+    except (Exception, SystemExit) as error:
+        # The application's module raised while it was imported: its error,
+        # where it was raised, in one line (--traceback shows the rest).
+        raise CommandError(f"cannot import {module_name!r}: {_raised(error)}") from error
     try:
         queue = getattr(module, attribute)
     except AttributeError:
@@ -112,6 +131,22 @@ def load_queue(reference: str) -> tuple[Queue, str]:
     if not isinstance(queue, Queue):
         raise CommandError(f"{reference} is a {type(queue).__qualname__}, not a stoker.Queue")
     return queue, module_name
+
+
+def _raised(error: BaseException) -> str:
+    """``ZeroDivisionError: division by zero (at app/tasks.py, line 3)``: an error and where it was raised."""
+    text = f"{type(error).__qualname__}: {error}" if str(error) else type(error).__qualname__
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith("<frozen")]
+    if frames and not isinstance(error, SyntaxError):  # A SyntaxError's message says where.
+        where = frames[-1]
+        text += f" (at {_display_path(where.filename)}, line {where.lineno})"
+    return text
+
+
+def _display_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith(os.pardir) else relative
 
 
 def _engine(queue: Queue) -> Engine:
@@ -831,18 +866,31 @@ def _breakers(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but wrong usage is one line on stderr (exit code 2), like every other failure."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"stoker: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="stoker",
         description="Durable task queue and process pool.",
         epilog="Exit codes: 0 success; 1 the command failed; 2 wrong usage; "
-        "wait: 3 the job ended dead, 4 cancelled, 5 timed out.",
+        "wait: 3 the job ended dead, 4 cancelled, 5 timed out. A failure is one line on stderr; "
+        "--traceback (after the command) prints the whole traceback too.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    app = argparse.ArgumentParser(add_help=False)
+    app = _Parser(add_help=False)
     app.add_argument("app", help="MODULE:QUEUE, the module that defines the queue and its tasks")
-    common = argparse.ArgumentParser(add_help=False, parents=[app])
+    app.add_argument(
+        "--traceback",
+        action="store_true",
+        help="on failure, print the whole traceback too (by default one line says what failed)",
+    )
+    common = _Parser(add_help=False, parents=[app])
     common.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     def command(name: str, run: Callable[[argparse.Namespace], int], help: str, **kw: Any) -> Any:
@@ -851,16 +899,30 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     worker = commands.add_parser("worker", help="run a pool of worker processes for a queue", parents=[app])
-    worker.add_argument("-p", "--processes", type=int, default=2, help="worker processes (default 2)")
+    worker.add_argument(
+        "-p",
+        "--processes",
+        type=_int_argument(1, MAX_PROCESSES),
+        default=2,
+        help="worker processes (default 2)",
+    )
     worker.add_argument(
         "-q", "--queues", default=None, help="comma-separated queue names (default: all of the app's)"
     )
-    worker.add_argument("--lease", type=float, default=30.0, help="lease length in seconds (default 30)")
     worker.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="seconds to finish after SIGTERM (default 30)"
+        "--lease", type=_positive_seconds, default=30.0, help="lease length in seconds (default 30)"
     )
     worker.add_argument(
-        "--kill-grace", type=float, default=0.0, help="SIGTERM this long before SIGKILL on timeout"
+        "--drain-timeout",
+        type=_non_negative_float,
+        default=30.0,
+        help="seconds to finish after SIGTERM (default 30)",
+    )
+    worker.add_argument(
+        "--kill-grace",
+        type=_non_negative_float,
+        default=0.0,
+        help="SIGTERM this long before SIGKILL on timeout",
     )
     worker.add_argument(
         "--until-idle", action="store_true", help="exit once no job is pending, scheduled or running"
@@ -868,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--start-method", choices=["spawn", "forkserver"], default=None)
     worker.add_argument(
         "--prefetch",
-        type=int,
+        type=_int_argument(0, MAX_PREFETCH),
         default=1,
         help="jobs claimed ahead per worker process, 0 for none (default 1)",
     )
@@ -933,41 +995,94 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+def _argument_error(error: InvalidOptionError) -> argparse.ArgumentTypeError:
+    """The range an option's check names (``must be ...``), for argparse to print after the option."""
+    text = str(error)
+    return argparse.ArgumentTypeError(text[text.index("must be") :] if "must be" in text else text)
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return value
+def _int_argument(low: int, high: int = INT64_MAX) -> Callable[[str], int]:
+    """An argparse type: an int within ``[low, high]`` (the ranges of ``_bounds.py``)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an int, got {text!r}") from None
+        try:
+            return check_int("value", value, low=low, high=high)
+        except InvalidOptionError as error:
+            raise _argument_error(error) from None
+
+    return parse
+
+
+def _seconds_argument(*, allow_zero: bool) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds the engine can hold (no NaN, no infinity)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+        try:
+            return check_seconds("value", value, allow_zero=allow_zero)
+        except InvalidOptionError as error:
+            raise _argument_error(error) from None
+
+    return parse
+
+
+_non_negative_int = _int_argument(0)
+_non_negative_float = _seconds_argument(allow_zero=True)
+_positive_seconds = _seconds_argument(allow_zero=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``stoker`` command; return its exit code (argparse exits with 2 on wrong usage)."""
+    """Run the ``stoker`` command; return its exit code (argparse exits with 2 on wrong usage).
+
+    A failure prints one line, ``stoker: ...`` (with ``--json``, also the
+    error document on stdout); ``--traceback`` prints the whole traceback
+    before it.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "worker":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     as_json = bool(getattr(args, "json", False))
     try:
+        job_id = getattr(args, "job_id", None)
+        if job_id is not None and not INT64_MIN <= job_id <= INT64_MAX:
+            raise JobNotFoundError(job_id)  # Ids are 64-bit: no job has this one.
         return int(args.run(args))
     except UsageError as error:
-        print(f"stoker {args.command}: {error}", file=sys.stderr)
+        print(f"stoker: {error} (see stoker {args.command} --help)", file=sys.stderr)
         return EXIT_USAGE
     except (StokerError, CommandError) as error:
-        kind = type(error).__name__
-        if as_json:
-            _print_json({"error": {"type": kind, "message": str(error)}})
-        if isinstance(error, CommandError):
-            print(f"stoker: {error}", file=sys.stderr)
-        else:
-            print(f"stoker: {kind}: {error}", file=sys.stderr)
+        _report_failure(args, error, as_json=as_json, expected=True)
         return EXIT_FAILED
+    except Exception as error:
+        # Not an error stoker foresaw (a bug in stoker or in the application's
+        # code that the command ran): still one line; --traceback shows where.
+        _report_failure(args, error, as_json=as_json, expected=False)
+        return EXIT_FAILED
+
+
+def _report_failure(args: argparse.Namespace, error: Exception, *, as_json: bool, expected: bool) -> None:
+    kind = type(error).__name__
+    if as_json:
+        _print_json({"error": {"type": kind, "message": str(error)}})
+    if args.traceback:
+        traceback.print_exception(error, file=sys.stderr)
+    if isinstance(error, CommandError):
+        line = f"stoker: {error}"
+    elif expected:
+        line = f"stoker: {kind}: {error}"
+    else:
+        line = f"stoker: {args.command} failed: {_raised(error)}"
+    if not args.traceback and (error.__cause__ is not None or not expected):
+        line += " (--traceback shows the whole traceback)"
+    print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -323,18 +323,26 @@ class SendError(StokerError):
 
 
 class TaskRegisteredTwiceError(StokerError, ValueError):
-    """Two different functions were registered under one task name."""
+    """Two different functions were registered under one task name for one database.
 
-    def __init__(self, task_name: str, first: str, second: str) -> None:
+    Task names are per database: a worker finds the task of a job by its name
+    among the tasks of its supervisor's database. Queues of other databases
+    may use the same name for other functions.
+    """
+
+    def __init__(self, task_name: str, first: str, second: str, database: str = "") -> None:
+        where = f" on a queue of {database!r}" if database else ""
         super().__init__(
-            f"task name {task_name!r} is taken by {first}; cannot register {second} under it too"
+            f"task name {task_name!r} is taken by {first}{where}; cannot register {second} "
+            "under it too (a worker of that database finds a task by its name alone)"
         )
         self.task_name = task_name
         self.first = first
         self.second = second
+        self.database = database
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.task_name, self.first, self.second))
+        return (type(self), (self.task_name, self.first, self.second, self.database))
 
 
 class SecurityError(StokerError):

@@ -12,12 +12,12 @@ Queue-wide rate limits are set with :meth:`FlowQueueMixin.set_queue_rate_limit`.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._bounds import MAX_DURATION_S, MAX_RATE_COUNT, check_int, check_seconds
 from .errors import InvalidOptionError
 
 if TYPE_CHECKING:
@@ -39,11 +39,18 @@ def parse_rate_limit(option: str, value: object) -> tuple[int, int]:
         raise InvalidOptionError(
             f'{option} must look like "10/s", "100/m", "1000/h" or "3/10s", got {value!r}'
         )
-    count, multiple, unit = match.groups()
-    per_ms = round(float(multiple or 1) * _UNITS[unit[0]])
-    if int(count) < 1 or per_ms < 1:
+    count_text, multiple, unit = match.groups()
+    count = int(count_text)
+    per_ms = float(multiple or 1) * _UNITS[unit[0]]
+    if count < 1 or round(per_ms) < 1:
         raise InvalidOptionError(f"{option} must allow at least one call per period, got {value!r}")
-    return int(count), per_ms
+    if count > MAX_RATE_COUNT:
+        raise InvalidOptionError(f"{option} allows at most {MAX_RATE_COUNT} calls per period, got {value!r}")
+    if per_ms > MAX_DURATION_S * 1000:
+        raise InvalidOptionError(
+            f"{option} has a period of at most {MAX_DURATION_S} s (about 1000 years), got {value!r}"
+        )
+    return count, round(per_ms)
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,9 @@ class CircuitBreaker:
     cooldown: float = 30.0
 
     def validated(self) -> CircuitBreaker:
-        if not isinstance(self.failures, int) or isinstance(self.failures, bool) or self.failures < 1:
-            raise InvalidOptionError(f"circuit_breaker failures must be an int >= 1, got {self.failures!r}")
-        for name in ("window", "cooldown"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise InvalidOptionError(f"circuit_breaker {name} must be seconds >= 0, got {value!r}")
-        if self.window <= 0:
-            raise InvalidOptionError(f"circuit_breaker window must be > 0, got {self.window!r}")
+        check_int("circuit_breaker failures", self.failures, low=1)
+        check_seconds("circuit_breaker window", self.window, allow_zero=False)
+        check_seconds("circuit_breaker cooldown", self.cooldown, allow_zero=True)
         return self
 
 
@@ -87,11 +89,8 @@ def validate_flow_options(options: TaskOptions) -> None:
     """Check the flow-control options of a task (called by ``TaskOptions.validated``)."""
     if options.rate_limit is not None:
         parse_rate_limit("rate_limit", options.rate_limit)
-    concurrency = options.concurrency
-    if concurrency is not None and (
-        not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1
-    ):
-        raise InvalidOptionError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    if options.concurrency is not None:
+        check_int("concurrency", options.concurrency, low=1)
     if options.circuit_breaker is not None:
         if not isinstance(options.circuit_breaker, CircuitBreaker):
             raise InvalidOptionError(

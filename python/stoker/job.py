@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from . import serialization
 from .errors import (
     DependencyFailedError,
+    InvalidOptionError,
     JobCancelledError,
     JobExpiredError,
     MaxRetriesExceededError,
@@ -161,12 +163,35 @@ def forget_results(database: str) -> None:
     _RECENT_RESULTS.forget(database)
 
 
+def wait_timeout(timeout: object) -> float | None:
+    """The seconds a wait may last, None for ever.
+
+    ``None`` and ``math.inf`` wait for ever; 0 looks once. A NaN, a negative
+    number or anything else is refused with InvalidOptionError: a wait with
+    such a deadline would never end (NaN compares false with every time) or
+    means nothing.
+    """
+    if timeout is None:
+        return None
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or math.isnan(timeout)
+        or timeout < 0
+    ):
+        raise InvalidOptionError(
+            f"timeout must be None (wait for ever) or a number of seconds >= 0, got {timeout!r}"
+        )
+    return None if math.isinf(timeout) else float(timeout)
+
+
 class _Waiter:
     """Paces one wait: when to look again, and whether anything changed."""
 
     def __init__(
         self, engines: list[Engine], timeout: float | None, job_id: int, *, notified: bool = False
     ) -> None:
+        timeout = wait_timeout(timeout)
         self.engines = engines
         self.notified = notified
         self.started = time.monotonic()
@@ -221,6 +246,7 @@ class AttemptError:
     kind: str
     """error, timeout, crash, or lease_expired."""
     type_name: str
+    """The qualified name of the exception's type (``apps.tasks.QuotaError``); also ``type``."""
     message: str
     traceback: str
     failed_at: datetime
@@ -242,6 +268,11 @@ class AttemptError:
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
         )
+
+    @property
+    def type(self) -> str:
+        """The same as :attr:`type_name`: the qualified name of the exception's type."""
+        return self.type_name
 
     def exception(self) -> BaseException:
         """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`)."""
@@ -383,6 +414,7 @@ class Job:
     def _wait(self, timeout: float | None) -> tuple[str, bytes | None]:
         """Wait for the job to finish: its status, and its result bytes if a
         supervisor of this process stored and kept them (see ``notify_outcomes``)."""
+        timeout = wait_timeout(timeout)  # Refused even when the result is at hand.
         kept = self._kept_result()
         if kept is not None:
             return "complete", kept

@@ -15,14 +15,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import signing
+from ._bounds import INT64_MAX, INT64_MIN, check_int
 from ._core import Engine
 from ._wakeup import CHANGED, NEW_WORK, WakeSender
 from .errors import (
     InvalidOptionError,
+    JobNotFoundError,
     SendError,
     StokerError,
     StorageError,
-    TaskRegisteredTwiceError,
     UnknownTaskError,
 )
 from .events import (
@@ -88,6 +89,29 @@ def local_key(path: str) -> str:
     return path if is_database_url(path) else os.path.realpath(path)
 
 
+def database_path(path: object) -> str:
+    """The path of a SQLite file, or a PostgreSQL URL, as the text the engine opens.
+
+    A str, bytes or an ``os.PathLike`` of either; bytes are decoded as the
+    file system does (``os.fsdecode``). SQLite and PostgreSQL take UTF-8
+    names, so a path that is not valid UTF-8 is refused here, naming it.
+    """
+    try:
+        text = os.fsdecode(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidOptionError(
+            "a Queue's path must be a str, bytes or os.PathLike (a file path or a "
+            f"postgresql:// URL), got {path!r}"
+        ) from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidOptionError(
+            f"a Queue's path must be valid UTF-8 (SQLite and PostgreSQL take UTF-8 names), got {path!r}"
+        ) from None
+    return text
+
+
 def notify_local_supervisors(path: str, *, new_work: bool = False) -> None:
     """Wake the supervisors of this process that serve the database at ``path``."""
     for supervisor in LOCAL_SUPERVISORS.get(path, ()):
@@ -124,20 +148,24 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     """Jobs, their tasks, and the pool that runs them, over one database.
 
     ``Queue("jobs.db")`` opens (or creates) the SQLite database; a file that is
-    not a stoker database is refused here, with an error naming it.
+    not a stoker database is refused here, with an error naming it. The path
+    may be a str, bytes or an ``os.PathLike`` (``pathlib.Path``).
     ``Queue("postgresql://user@host/db")`` uses a PostgreSQL database instead,
     shared by the supervisors of many hosts.
     """
 
     def __init__(
         self,
-        path: str | os.PathLike[str] = DEFAULT_PATH,
+        path: str | bytes | os.PathLike[str] | os.PathLike[bytes] = DEFAULT_PATH,
         *,
         secret: str | bytes | None = None,
         middlewares: Iterable[Middleware] = (),
     ) -> None:
-        self.path = os.fspath(path)
+        self.path = database_path(path)
         self._real_path = local_key(self.path)
+        # Task names are per database (task.TaskRegistry); every ":memory:"
+        # queue has a database of its own.
+        self._registry_key = f":memory:#{id(self)}" if self.path == ":memory:" else self._real_path
         self._tasks: dict[str, Task[Any, Any]] = {}
         self._secret = signing.as_secret(secret)
         self._middlewares: list[Middleware] = []
@@ -169,6 +197,13 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         _OPEN_QUEUES.discard(self)
         if self._engine_instance is not None:
             self._engine_instance.close()
+
+    def _same_database(self, other: Queue) -> bool:
+        """Whether ``other`` stores its jobs in this database (a job id means the same job in both)."""
+        if other is self:
+            return True
+        # Every ":memory:" queue has a database of its own.
+        return self.path != ":memory:" and other.path != ":memory:" and other._real_path == self._real_path
 
     @property
     def _engine(self) -> Engine:
@@ -254,12 +289,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         options["circuit_breaker"] = as_circuit_breaker(options.get("circuit_breaker"))
         name = options.pop("name", None) or default_task_name(func)
         task_options = TaskOptions(name=name, **options).validated()
-        existing = REGISTRY.get(name)
-        if existing is not None and _function_id(existing.func) != _function_id(func):
-            raise TaskRegisteredTwiceError(name, _function_id(existing.func), _function_id(func))
         task: Task[Any, Any] = Task(self, func, task_options)
+        REGISTRY.register(task)
         self._tasks[name] = task
-        REGISTRY[name] = task
         return task
 
     def include(self, other: Queue) -> None:
@@ -270,7 +302,11 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         databases: ``Queue(tmp_path / "jobs.db").include(app.queue)`` in a test.
         """
         for name, task in other._tasks.items():
-            self._tasks[name] = Task(self, task.func, task.options_)
+            copy: Task[Any, Any] = Task(self, task.func, task.options_)
+            # Registered for this database too: its workers then run the
+            # task with this queue's secret and extensions.
+            REGISTRY.register(copy)
+            self._tasks[name] = copy
         self._middlewares.extend(m for m in other._middlewares if m not in self._middlewares)
         for event, handlers in other._event_handlers.items():
             self._event_handlers[event].extend(h for h in handlers if h not in self._event_handlers[event])
@@ -585,7 +621,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def get_job(self, job_id: int) -> Job:
         """A handle on an existing job; ``JobNotFoundError`` (a ``KeyError``) if none."""
-        self._engine.status(job_id)
+        self._engine.status(_stored_id(job_id))
         return Job(self, job_id)
 
     def stats(self) -> dict[str, int]:
@@ -595,6 +631,8 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Jobs that failed for good, most recent first, with their last error."""
         letters = []
+        check_int("limit", limit, low=0)
+        check_int("offset", offset, low=0)
         for record in self._engine.dead_letters(limit, offset):
             errors = self._engine.errors(record.id)
             last = AttemptError.from_record(errors[-1]) if errors else None
@@ -603,7 +641,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def replay(self, job_id: int) -> Job:
         """Send a dead job again as a new job, with the same task, arguments and options."""
-        job = Job(self, self._engine.replay(job_id))
+        job = Job(self, self._engine.replay(_stored_id(job_id)))
         self._wake_supervisors()
         return job
 
@@ -653,11 +691,11 @@ def default_task_name(func: Callable[..., Any]) -> str:
     return f"{module}.{getattr(func, '__qualname__', repr(func))}"
 
 
-def _function_id(func: Callable[..., Any]) -> str:
-    module = getattr(func, "__module__", None) or "?"
-    if module == "__mp_main__":
-        module = "__main__"
-    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+def _stored_id(job_id: int) -> int:
+    """``job_id``, or JobNotFoundError for an int no stored job can have (ids are 64-bit)."""
+    if isinstance(job_id, int) and not INT64_MIN <= job_id <= INT64_MAX:
+        raise JobNotFoundError(job_id)
+    return job_id
 
 
 def labels_of(text: str | None) -> dict[str, Any]:

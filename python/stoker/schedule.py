@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from ._bounds import INT64_MAX, INT64_MIN, check_int, check_seconds, check_timestamp
 from .errors import InvalidOptionError, ScheduleCancelledError, ScheduleNotFoundError
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Schedule:
 
     def fires(self, limit: int = 100) -> list[ScheduleFire]:
         """The recorded fires, newest first: outcome, job id, missed count, supervisor."""
-        return self.queue._engine.schedule_fires(self.id, limit)
+        return self.queue._engine.schedule_fires(self.id, check_int("limit", limit, low=0))
 
 
 def create(
@@ -194,22 +194,16 @@ def _source_name(source: object) -> str | None:
 
 
 def seconds_ms(option: str, seconds: object) -> int:
-    if (
-        not isinstance(seconds, (int, float))
-        or isinstance(seconds, bool)
-        or not math.isfinite(seconds)
-        or seconds <= 0
-    ):
-        raise InvalidOptionError(f"{option} must be a number of seconds > 0, got {seconds!r}")
-    return max(1, round(seconds * 1000))
+    """A period in seconds (a millisecond to about 1000 years), in ms."""
+    return max(1, round(check_seconds(option, seconds, allow_zero=False) * 1000))
 
 
 def time_ms(option: str, when: object) -> int:
     """A datetime (naive means local time) or a Unix timestamp in seconds, in ms."""
     if isinstance(when, datetime):
         return round(when.timestamp() * 1000)
-    if isinstance(when, (int, float)) and not isinstance(when, bool) and math.isfinite(when) and when >= 0:
-        return round(when * 1000)
+    if isinstance(when, (int, float)) and not isinstance(when, bool):
+        return round(check_timestamp(option, when) * 1000)
     raise InvalidOptionError(f"{option} must be a datetime or a Unix timestamp, got {when!r}")
 
 
@@ -359,6 +353,8 @@ class ScheduleQueueMixin:
                 if record.name == schedule:
                     return Schedule(queue, record.id, record)
             raise ScheduleNotFoundError(schedule)
+        if isinstance(schedule, int) and not INT64_MIN <= schedule <= INT64_MAX:
+            raise ScheduleNotFoundError(schedule)  # Ids are 64-bit: no schedule has this one.
         return Schedule(queue, schedule, self._engine.get_schedule(schedule))
 
     def add_schedule_source(self, name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:

@@ -92,6 +92,14 @@ import psutil
 
 from . import _wakeup as wakeup
 from . import flow, schedule, serialization
+from ._bounds import (
+    MAX_MEMORY_MB,
+    MAX_PREFETCH,
+    MAX_PROCESSES,
+    check_int,
+    check_number,
+    check_seconds,
+)
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
 from ._wakeup import WakeListener
@@ -108,7 +116,7 @@ from .events import handler_name
 from .job import forget_results, notify_outcomes
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
 from .remote_errors import CapturedError, qualified_name
-from .task import REGISTRY, TaskOptions
+from .task import REGISTRY, TaskOptions, TaskScope
 from .worker import worker_main
 
 if TYPE_CHECKING:
@@ -366,25 +374,15 @@ class Supervisor:
         max_worker_memory_mb: float | None = None,
         prefetch: int = DEFAULT_PREFETCH,
     ) -> None:
-        if not isinstance(processes, int) or processes < 1:
-            raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
-        if max_tasks_per_worker is not None and (
-            not isinstance(max_tasks_per_worker, int) or max_tasks_per_worker < 1
-        ):
-            raise InvalidOptionError(
-                f"max_tasks_per_worker must be an int >= 1, got {max_tasks_per_worker!r}"
-            )
-        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
-            raise InvalidOptionError(f"prefetch must be an int >= 0, got {prefetch!r}")
-        if max_worker_memory_mb is not None and (
-            not isinstance(max_worker_memory_mb, (int, float)) or max_worker_memory_mb <= 0
-        ):
-            raise InvalidOptionError(
-                f"max_worker_memory_mb must be a number > 0, got {max_worker_memory_mb!r}"
-            )
-        for option, value in (("lease", lease), ("drain_timeout", drain_timeout), ("kill_grace", kill_grace)):
-            if not isinstance(value, (int, float)) or value < 0 or (option == "lease" and value == 0):
-                raise InvalidOptionError(f"{option} must be a number of seconds >= 0, got {value!r}")
+        check_int("processes", processes, low=1, high=MAX_PROCESSES)
+        if max_tasks_per_worker is not None:
+            check_int("max_tasks_per_worker", max_tasks_per_worker, low=1)
+        check_int("prefetch", prefetch, low=0, high=MAX_PREFETCH)
+        if max_worker_memory_mb is not None:
+            check_number("max_worker_memory_mb", max_worker_memory_mb, low=1, high=MAX_MEMORY_MB, unit="MiB")
+        check_seconds("lease", lease, allow_zero=False)
+        check_seconds("drain_timeout", drain_timeout, allow_zero=True)
+        check_seconds("kill_grace", kill_grace, allow_zero=True)
         if start_method is None:
             start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
         if start_method not in ("spawn", "forkserver"):
@@ -409,6 +407,7 @@ class Supervisor:
         self.prefetch = prefetch
         modules = {t.func.__module__ for t in queue.tasks.values()} | set(imports or ())
         self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
+        self._task_scope = TaskScope.of(queue)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -908,7 +907,7 @@ class Supervisor:
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
-        task = REGISTRY.get(job.task_name)
+        task = REGISTRY.find(job.task_name, self._task_scope)
         serial = self._given_back.pop(job.id, None) if self._given_back else None
         if serial is None:
             self._dispatch_serial += 1
@@ -1587,6 +1586,7 @@ class Supervisor:
                 os.getpid(),
                 self.task_modules,
                 self.queue._secret if "stoker.executor" in self.task_modules else None,
+                self._task_scope,
             ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,

@@ -11,13 +11,21 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import math
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast
 
+from ._bounds import (
+    INT64_MIN,
+    MAX_MEMORY_MB,
+    check_int,
+    check_number,
+    check_seconds,
+    check_timestamp,
+)
 from ._core import NewJob
-from .errors import InvalidOptionError
+from .errors import InvalidOptionError, TaskRegisteredTwiceError, UnknownTaskError
 from .flow import (
     CircuitBreaker,
     check_when_limited,
@@ -36,10 +44,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 ExceptionTypes = tuple[type[BaseException], ...]
-
-#: Every task registered in this process, by name. A worker process looks the
-#: task of each job up here after importing the modules that define them.
-REGISTRY: dict[str, Task[Any, Any]] = {}
 
 #: Default bound on retries after an exception or a timeout.
 DEFAULT_MAX_RETRIES = 3
@@ -85,33 +89,34 @@ class TaskOptions:
     expires: float | None = None
 
     def validated(self) -> TaskOptions:
-        """Return self, or raise InvalidOptionError naming the first wrong option."""
+        """Return self, or raise InvalidOptionError naming the first wrong option and its range.
+
+        The ranges are the engine's (see ``_bounds.py``): a value it cannot
+        store is refused here, at the decorator or ``options()`` that gave it,
+        rather than at every send.
+        """
         _check_name("name", self.name)
         _check_name("queue", self.queue)
-        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
-            raise InvalidOptionError(f"priority must be an int, got {self.priority!r}")
-        for option in ("max_retries", "max_crashes"):
-            value = getattr(self, option)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidOptionError(f"{option} must be an int >= 0, got {value!r}")
+        check_int("priority", self.priority, low=INT64_MIN)
+        check_int("max_retries", self.max_retries, low=0)
+        check_int("max_crashes", self.max_crashes, low=0)
         for option in ("retry_backoff", "retry_backoff_max"):
-            _check_seconds(option, getattr(self, option), allow_zero=True)
+            check_seconds(option, getattr(self, option), allow_zero=True)
         if self.retry_backoff > self.retry_backoff_max:
             raise InvalidOptionError(
                 f"retry_backoff ({self.retry_backoff!r}) exceeds "
                 f"retry_backoff_max ({self.retry_backoff_max!r})"
             )
-        if not isinstance(self.retry_jitter, (int, float)) or not 0 <= self.retry_jitter <= 1:
-            raise InvalidOptionError(f"retry_jitter must be between 0 and 1, got {self.retry_jitter!r}")
+        check_number("retry_jitter", self.retry_jitter, low=0, high=1)
         if self.timeout is not None:
-            _check_seconds("timeout", self.timeout, allow_zero=False)
+            check_seconds("timeout", self.timeout, allow_zero=False)
         if self.result_ttl is not None:
-            _check_seconds("result_ttl", self.result_ttl, allow_zero=True)
+            check_seconds("result_ttl", self.result_ttl, allow_zero=True)
         if self.soft_timeout is not None:
-            _check_seconds("soft_timeout", self.soft_timeout, allow_zero=False)
-        _check_seconds("cancel_grace", self.cancel_grace, allow_zero=True)
+            check_seconds("soft_timeout", self.soft_timeout, allow_zero=False)
+        check_seconds("cancel_grace", self.cancel_grace, allow_zero=True)
         if self.memory_limit_mb is not None:
-            _check_seconds("memory_limit_mb", self.memory_limit_mb, allow_zero=False)
+            check_number("memory_limit_mb", self.memory_limit_mb, low=1, high=MAX_MEMORY_MB, unit="MiB")
         if not isinstance(self.store_result, bool):
             raise InvalidOptionError(f"store_result must be a bool, got {self.store_result!r}")
         for option in ("retry_on", "dont_retry_on"):
@@ -119,7 +124,7 @@ class TaskOptions:
                 if not (isinstance(cls, type) and issubclass(cls, BaseException)):
                     raise InvalidOptionError(f"{option} must hold exception classes, got {cls!r}")
         if self.expires is not None:
-            _check_seconds("expires", self.expires, allow_zero=False)
+            check_seconds("expires", self.expires, allow_zero=False)
         validate_flow_options(self)
         return self
 
@@ -135,18 +140,6 @@ class TaskOptions:
 def _check_name(option: str, value: object) -> None:
     if not isinstance(value, str) or not value:
         raise InvalidOptionError(f"{option} must be a non-empty str, got {value!r}")
-
-
-def _check_seconds(option: str, value: object, *, allow_zero: bool) -> None:
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-        or (value == 0 and not allow_zero)
-    ):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise InvalidOptionError(f"{option} must be a number of seconds {bound}, got {value!r}")
 
 
 def as_exception_types(option: str, value: object) -> ExceptionTypes:
@@ -264,8 +257,16 @@ class Task(Schedulable, Generic[P, R]):
             check_when_limited(when_limited)
         deps = tuple(depends_on or ())
         for dep in deps:
-            if not hasattr(dep, "id") or not isinstance(dep.id, int):
+            if not hasattr(dep, "id") or not isinstance(dep.id, int) or not hasattr(dep, "queue"):
                 raise InvalidOptionError(f"depends_on must hold Jobs, got {dep!r}")
+            if not self.queue._same_database(dep.queue):
+                # A dependency is stored as a job id of this database: the id
+                # of a job of another one would name an unrelated job here.
+                raise InvalidOptionError(
+                    f"depends_on: job {dep.id} is a job of {dep.queue.path!r}, not of "
+                    f"{self.queue.path!r}, the database of task {self.name!r}; a job can only "
+                    "depend on jobs of its own database"
+                )
         call = CallOptions(
             priority,
             queue,
@@ -288,9 +289,9 @@ class Task(Schedulable, Generic[P, R]):
             when_limited=self.options_.when_limited if when_limited is None else when_limited,
         ).validated()
         if delay is not None:
-            _check_seconds("delay", delay, allow_zero=True)
+            check_seconds("delay", delay, allow_zero=True)
         if eta is not None:
-            _check_seconds("eta", eta, allow_zero=True)
+            check_timestamp("eta", eta)
         if delay is not None and eta is not None:
             raise InvalidOptionError("give delay or eta, not both")
         return Sender(self, merged, call)
@@ -409,3 +410,125 @@ def _context_parameter(func: Callable[..., Any]) -> str | None:
         if name.rsplit(".", 1)[-1] == "JobContext":
             return parameter.name
     return None
+
+
+def function_id(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of a function, the same in a script and in its workers (``__mp_main__``)."""
+    module = getattr(func, "__module__", None) or "?"
+    if module == "__mp_main__":
+        module = "__main__"
+    return f"{module}.{getattr(func, '__qualname__', repr(func))}"
+
+
+@dataclass(frozen=True)
+class TaskScope:
+    """Which tasks a supervisor's jobs name: what its workers look a task up by.
+
+    ``database`` is the supervisor's queue's ``_registry_key``; ``functions``
+    the function (:func:`function_id`) of each task of that queue, by name,
+    which finds the task in a worker even when no queue of that database was
+    made there (a test's ``Queue(path).include(app.queue)``: the worker
+    imports only ``app``).
+    """
+
+    database: str
+    functions: dict[str, str]
+
+    @classmethod
+    def of(cls, queue: Queue) -> TaskScope:
+        return cls(queue._registry_key, {name: function_id(t.func) for name, t in queue.tasks.items()})
+
+
+class TaskRegistry(Mapping[str, "Task[Any, Any]"]):
+    """Every task registered in this process, by database and by name.
+
+    Task names are per database: queues of different databases may each have
+    a task ``t``, and they may be different functions. Within one database a
+    name means one function, whichever queue object registered it: a job's
+    row names its task only, and a worker of that database finds the task by
+    that name among the tasks of its supervisor's database (:class:`TaskScope`).
+
+    As a mapping, it holds the task registered last under each name, of any
+    database. It keeps those alive; the tasks of each database are held
+    weakly, so a queue dropped (an Executor's temporary one, say) does not
+    stay in memory, with its database connection, for ever.
+    """
+
+    def __init__(self) -> None:
+        self._by_database: dict[str, weakref.WeakValueDictionary[str, Task[Any, Any]]] = {}
+        self._latest: dict[str, Task[Any, Any]] = {}
+
+    def register(self, task: Task[Any, Any]) -> None:
+        """Add ``task``; TaskRegisteredTwiceError if its database has another function under its name."""
+        tasks = self._by_database.setdefault(task.queue._registry_key, weakref.WeakValueDictionary())
+        existing = tasks.get(task.name)
+        if existing is not None and function_id(existing.func) != function_id(task.func):
+            raise TaskRegisteredTwiceError(
+                task.name, function_id(existing.func), function_id(task.func), database=existing.queue.path
+            )
+        tasks[task.name] = task
+        self._latest[task.name] = task
+
+    def find(self, name: str, scope: TaskScope | None = None) -> Task[Any, Any] | None:
+        """The task of the jobs named ``name`` of ``scope``'s supervisor; None if there is none here.
+
+        First a task of the supervisor's database; then one of any database
+        that is the function the supervisor's queue registered under that
+        name; without a scope (or a name the supervisor's queue does not
+        have), the task of that name if every database here means the same
+        function by it.
+        """
+        function = None
+        if scope is not None:
+            tasks = self._by_database.get(scope.database)
+            task = tasks.get(name) if tasks is not None else None
+            if task is not None:
+                return task
+            function = scope.functions.get(name)
+        latest = self._latest.get(name)
+        if function is not None:
+            if latest is not None and function_id(latest.func) == function:
+                return latest
+            return next((t for t in self._named(name) if function_id(t.func) == function), None)
+        if len({function_id(t.func) for t in self._named(name)}) > 1:
+            return None
+        return latest
+
+    def unknown(self, name: str, scope: TaskScope | None = None) -> UnknownTaskError:
+        """The error for a job whose task :meth:`find` does not find, saying why."""
+        functions = sorted({function_id(t.func) for t in self._named(name)})
+        if len(functions) > 1:
+            where = f" and by none of this worker's database ({scope.database})" if scope else ""
+            return UnknownTaskError(
+                name,
+                f"task {name!r} is registered here by queues of other databases, as different "
+                f"functions ({', '.join(functions)}){where}: register it on a queue of this database",
+            )
+        return UnknownTaskError(name)
+
+    def queues(self) -> list[Queue]:
+        """The queues of the registered tasks, each once, in the order their databases came."""
+        queues: list[Queue] = []
+        for task in [*(t for tasks in self._by_database.values() for t in tasks.values()), *self.values()]:
+            if all(task.queue is not q for q in queues):
+                queues.append(task.queue)
+        return queues
+
+    def _named(self, name: str) -> list[Task[Any, Any]]:
+        """The tasks of every database registered under ``name``."""
+        return [task for tasks in self._by_database.values() if (task := tasks.get(name)) is not None]
+
+    def __getitem__(self, name: str) -> Task[Any, Any]:
+        return self._latest[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._latest)
+
+    def __len__(self) -> int:
+        return len(self._latest)
+
+
+#: Every task registered in this process. A worker process looks the task of
+#: each job up here, by its name and its supervisor's TaskScope, after
+#: importing the modules that define them.
+REGISTRY = TaskRegistry()

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import RequeueLimitError, StokerError
 from .job import FINISHED, Job, Outcome
 from .remote_errors import CapturedError, capture
+from .task import TaskScope
 from .worker import Runner
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def run_eagerly(queue: Queue, job: Job) -> Outcome:
             if message[0] == "progress":
                 engine.set_progress(message[1], message[2], message[3])
 
-        message = Runner(report).run(
+        message = Runner(report, TaskScope.of(queue)).run(
             current.id, current.token, current.attempt, current.task_name, current.payload, current.labels
         )
         kind = message[0]

@@ -62,11 +62,10 @@ from .errors import (
     RejectedError,
     SecurityError,
     SerializationError,
-    UnknownTaskError,
 )
 from .events import handler_name
 from .remote_errors import CapturedError, capture
-from .task import REGISTRY
+from .task import REGISTRY, TaskScope
 from .usage import UsageMeter
 
 if TYPE_CHECKING:
@@ -178,22 +177,24 @@ class _Inbox:
 
 
 def loaded_queues() -> list[Queue]:
-    """The queues whose tasks this process has registered, in registration order."""
-    queues: list[Queue] = []
-    for task in REGISTRY.values():
-        if all(task.queue is not q for q in queues):
-            queues.append(task.queue)
-    return queues
+    """The queues whose tasks this process has registered."""
+    return REGISTRY.queues()
 
 
 def worker_main(
-    conn: Connection, supervisor_pid: int, task_modules: list[str], executor_secret: bytes | None = None
+    conn: Connection,
+    supervisor_pid: int,
+    task_modules: list[str],
+    executor_secret: bytes | None = None,
+    scope: TaskScope | None = None,
 ) -> None:
     """Entry point of a worker process.
 
     ``executor_secret`` is the signing secret of the supervisor's queue when
     it runs an Executor's calls (their task is registered here, not by a
-    module of the application that would carry the secret).
+    module of the application that would carry the secret). ``scope`` says
+    which tasks the supervisor's jobs name: task names are per database (see
+    ``task.TaskRegistry``).
     """
     os.setpgrp()
     _die_with_parent()
@@ -231,7 +232,7 @@ def worker_main(
         conn.send(("ready", os.getpid()))
     except OSError:
         os._exit(0)  # The supervisor went away while this worker started.
-    runner = Runner(inbox.send)
+    runner = Runner(inbox.send, scope)
     while True:
         try:
             message = inbox.receive()
@@ -269,8 +270,9 @@ class Runner:
     the same way: context, middlewares, hooks, plugin handlers, retry filters.
     """
 
-    def __init__(self, report: Callable[[tuple[Any, ...]], None]) -> None:
+    def __init__(self, report: Callable[[tuple[Any, ...]], None], scope: TaskScope | None = None) -> None:
         self._report = report
+        self._scope = scope
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(
@@ -278,9 +280,10 @@ class Runner:
     ) -> tuple[Any, ...]:
         CancelFlag.requested = False
         meter = UsageMeter()
-        task = REGISTRY.get(task_name)
+        task = REGISTRY.find(task_name, self._scope)
         if task is None:
-            return self._failed(job_id, token, UnknownTaskError(task_name), meter, retryable=False)
+            unknown = REGISTRY.unknown(task_name, self._scope)
+            return self._failed(job_id, token, unknown, meter, retryable=False)
         queue = task.queue
         try:
             args, kwargs = serialization.loads(queue._unseal(payload, job_id=job_id, what="payload"))
