@@ -24,7 +24,7 @@ from .errors import (
     ResultTimeoutError,
     StokerError,
 )
-from .remote_errors import rebuild
+from .remote_errors import Unseal, rebuild
 
 if TYPE_CHECKING:
     from ._core import Engine, ErrorRecord, JobRecord
@@ -226,9 +226,12 @@ class AttemptError:
     failed_at: datetime
     worker: str
     _exc_pickle: bytes | None
+    _unseal: Unseal | None = field(default=None, repr=False, compare=False)
+    """Checks the pickle's signature first, on a signed queue (``Queue._unseal``)."""
 
     @classmethod
-    def from_record(cls, record: ErrorRecord) -> AttemptError:
+    def from_record(cls, record: ErrorRecord, queue: Queue | None = None) -> AttemptError:
+        """The attempt of ``record``; ``queue`` checks its pickle's signature if it signs."""
         failed_at = _datetime(record.failed_ms)
         assert failed_at is not None
         return cls(
@@ -241,10 +244,16 @@ class AttemptError:
             failed_at=failed_at,
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
+            _unseal=queue._unseal if queue is not None and queue._secret is not None else None,
         )
 
     def exception(self) -> BaseException:
-        """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`)."""
+        """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`).
+
+        On a signed queue, a pickle without the right signature raises
+        :class:`~stoker.errors.SecurityError` (naming the job and the attempt)
+        and is never unpickled.
+        """
         return rebuild(
             exc_type=self.type_name,
             message=self.message,
@@ -252,6 +261,7 @@ class AttemptError:
             exc_pickle=self._exc_pickle,
             job_id=self.job_id,
             attempt=self.attempt,
+            unseal=self._unseal,
         )
 
 
@@ -357,7 +367,7 @@ class Job:
     @property
     def errors(self) -> list[AttemptError]:
         """The error history: one entry per failed attempt, oldest first."""
-        return [AttemptError.from_record(r) for r in self._engine.errors(self.id)]
+        return [AttemptError.from_record(r, self.queue) for r in self._engine.errors(self.id)]
 
     def cancel(self) -> str:
         """Cancel the job.
@@ -525,7 +535,7 @@ class Job:
             for dep_id, dep_status in self._engine.dependencies(self.id):
                 if dep_status in ("dead", "cancelled", "expired"):
                     return DependencyFailedError(self.id, dep_id, dep_status)
-        last = AttemptError.from_record(errors[-1]).exception()
+        last = AttemptError.from_record(errors[-1], self.queue).exception()
         if original or len(errors) < 2:
             return last
         wrapped = MaxRetriesExceededError(

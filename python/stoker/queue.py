@@ -560,7 +560,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         letters = []
         for record in self._engine.dead_letters(limit, offset):
             errors = self._engine.errors(record.id)
-            last = AttemptError.from_record(errors[-1]) if errors else None
+            last = AttemptError.from_record(errors[-1], self) if errors else None
             letters.append(DeadLetter(Job(self, record.id), record, last))
         return letters
 
