@@ -19,6 +19,7 @@ from .errors import (
     JobExpiredError,
     MaxRetriesExceededError,
     NoResultError,
+    ResultExpiredError,
     ResultGetError,
     ResultNotReadyError,
     ResultTimeoutError,
@@ -208,6 +209,22 @@ class _Waiter:
         return moved
 
 
+def retention_ended(record: JobRecord, now_ms: int) -> int | None:
+    """When the result and error history of a finished job expired (``result_ttl``), if they have.
+
+    Judged on the engine's clock (the database server's, on PostgreSQL), from
+    the row's own finish time and retention, so every process agrees on the
+    moment, whether the purge that deletes them (every supervisor's
+    heartbeat) has run yet or not, and however long ago it did.
+    """
+    if record.result_ttl_ms is None or record.finished_ms is None:
+        return None
+    if record.status not in ("complete", "dead"):
+        return None
+    expires_ms = record.finished_ms + record.result_ttl_ms
+    return expires_ms if now_ms >= expires_ms else None
+
+
 def _datetime(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -366,8 +383,11 @@ class Job:
 
     @property
     def errors(self) -> list[AttemptError]:
-        """The error history: one entry per failed attempt, oldest first."""
-        return [AttemptError.from_record(r, self.queue) for r in self._engine.errors(self.id)]
+        """The error history: one entry per failed attempt, oldest first (none once it expired)."""
+        records = self._engine.errors(self.id)
+        if records and retention_ended(self.record(), self._engine.now_ms()) is not None:
+            return []
+        return [AttemptError.from_record(r, self.queue) for r in records]
 
     def cancel(self) -> str:
         """Cancel the job.
@@ -511,13 +531,21 @@ class Job:
             raise JobCancelledError(self.id)
         if record.status == "expired":
             raise JobExpiredError(self.id)
+        expired_ms = retention_ended(record, self._engine.now_ms())
+        if expired_ms is not None and not (
+            record.status == "complete" and record.result is None and self._stores_no_result(record)
+        ):
+            raise ResultExpiredError(self.id, expired_ms)
         if record.status == "dead":
             raise self._last_error(original, record.attempt)
         if record.result is None:
-            if record.result_expires_ms is None:
-                raise NoResultError(self.id)
-            raise ResultGetError(self.id, "it expired (result_ttl)")
+            raise NoResultError(self.id)
         return self._load_result(record.result)
+
+    def _stores_no_result(self, record: JobRecord) -> bool:
+        """Whether the job's task, as registered here, stores no result (``store_result=False``)."""
+        task = self.queue.tasks.get(record.task_name)
+        return task is not None and not task.options_.store_result
 
     def _load_result(self, stored: bytes) -> Any:
         """The value of a complete job's stored result bytes."""

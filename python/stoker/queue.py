@@ -33,7 +33,7 @@ from .events import (
     worker_state,
 )
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
-from .job import AttemptError, Job, Outcome
+from .job import AttemptError, Job, Outcome, retention_ended
 from .schedule import ScheduleQueueMixin
 from .serialization import dumps_call, dumps_positional_calls, positional_args
 from .task import (
@@ -558,8 +558,11 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Jobs that failed for good, most recent first, with their last error."""
         letters = []
+        now_ms = self._engine.now_ms()
         for record in self._engine.dead_letters(limit, offset):
             errors = self._engine.errors(record.id)
+            if retention_ended(record, now_ms) is not None:
+                errors = []  # Expired (result_ttl), whether purged yet or not.
             last = AttemptError.from_record(errors[-1], self) if errors else None
             letters.append(DeadLetter(Job(self, record.id), record, last))
         return letters

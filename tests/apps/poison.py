@@ -12,11 +12,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import stoker
 
 queue = stoker.Queue(os.environ["STOKER_TEST_DB"])
+signed = stoker.Queue(os.environ["STOKER_TEST_DB"], secret="poison-secret")
 
 #: A file name that is not UTF-8, decoded the way Python decodes file names:
 #: the byte 0xE9 becomes the lone surrogate U+DCE9.
@@ -54,6 +56,49 @@ def progress(text: str, ctx: stoker.JobContext) -> str:
 @queue.task(name="poison.return_bytes", max_retries=0)
 def return_bytes(size: int) -> bytes:
     return b"r" * size
+
+
+@queue.task(name="poison.block", max_crashes=0)
+def block(started: str) -> None:
+    """Write this process's pid to ``started``, then wait to be killed."""
+    Path(started).write_text(str(os.getpid()))
+    threading.Event().wait()
+
+
+@queue.task(name="poison.kept", result_ttl=1.0, max_retries=0)
+def kept(value: Any) -> Any:
+    """Its result, or its error history, is kept for a second after it finished."""
+    if isinstance(value, Exception):
+        raise value
+    return value
+
+
+# --- a signed queue, and what a forger would plant in its database ----------------------
+
+
+@signed.task(name="poison.signed_echo")
+def signed_echo(value: Any) -> Any:
+    return value
+
+
+@signed.task(name="poison.signed_fail", max_retries=0)
+def signed_fail(text: str) -> NoReturn:
+    raise ValueError(text)
+
+
+def mark_unpickled(path: str) -> None:
+    """What a forged pickle runs when it is loaded: it leaves this file behind."""
+    Path(path).write_text("unpickled")
+
+
+class Tripwire:
+    """Pickled, it unpickles by calling :func:`mark_unpickled`."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (mark_unpickled, (self.path,))
 
 
 # --- hostile exceptions ------------------------------------------------------------------
