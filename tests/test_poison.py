@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 
 import stoker
 from apps import poison
-from conftest import HANG_GUARD, TESTS
+from conftest import HANG_GUARD, TESTS, wait_until
 from stoker import _core, remote_errors, serialization
 from stoker.remote_errors import CapturedError, capture, fail_storably, rebuild, storable_text
 
@@ -287,3 +288,25 @@ def test_a_result_over_the_stored_size_fails_its_attempt_and_the_pool_goes_on(
         job.result(timeout=HANG_GUARD)
     assert _one_outcome(job) == "dead"
     assert _task(pqueue, "return_bytes").delay(10).result(timeout=HANG_GUARD) == b"r" * 10
+
+
+def test_a_schedule_source_whose_error_utf8_cannot_encode_skips_the_fire_and_the_pool_goes_on(
+    pqueue: stoker.Queue, ppool: stoker.SupervisorThread
+) -> None:
+    def refuse(schedule: object) -> None:
+        raise ValueError(f"cannot parse {poison.NOT_UTF8_NAME}")
+
+    def veto(schedule: object) -> None:
+        raise stoker.ScheduleCancelledError(f"not today: {poison.NOT_UTF8_NAME}")
+
+    pqueue.add_schedule_source("poison-refuses", refuse)
+    pqueue.add_schedule_source("poison-vetoes", veto)
+    echo = _task(pqueue, "echo")
+    refused = echo.schedule_by_time(time.time(), args=(1,), source="poison-refuses")
+    vetoed = echo.schedule_by_time(time.time(), args=(1,), source="poison-vetoes")
+    (fire,) = wait_until(refused.fires, what="the refused fire")
+    assert (fire.outcome, fire.message) == ("error", "ValueError: cannot parse caf\\udce9.csv")
+    (fire,) = wait_until(vetoed.fires, what="the vetoed fire")
+    assert (fire.outcome, fire.message) == ("vetoed", "not today: caf\\udce9.csv")
+    assert echo.delay(2).result(timeout=HANG_GUARD) == 2
+    assert ppool.is_alive() and ppool.error is None

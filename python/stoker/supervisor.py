@@ -1278,13 +1278,18 @@ class Supervisor:
 
     def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
         """The attempt's usage with the worker that ran it, as ``owner/pid``."""
-        if usage is None:
-            return None
+        if usage is None or type(usage) is not str or not usage.isascii():
+            return None  # The worker's meter writes ASCII JSON; anything else is not its.
         # Spliced into the worker's JSON object instead of parsed and dumped
         # again: this runs once per job.
         head = usage.rstrip()
         if not head.endswith("}") or head.rstrip("} \n").endswith("{"):
-            values = json.loads(usage)
+            try:
+                values = json.loads(usage)
+            except ValueError:
+                return None
+            if not isinstance(values, dict):
+                return None
             values["worker"] = f"{self.owner}/{w.pid}"
             return json.dumps(values)
         if not w.usage_suffix:
