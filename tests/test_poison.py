@@ -160,6 +160,37 @@ def test_a_busy_database_is_not_taken_for_a_bad_record() -> None:
         fail_storably(Busy(), 1, 1, "error", capture(ValueError("x")), "o/1", True, None)  # type: ignore[arg-type]
 
 
+def test_nul_characters_are_escaped_for_postgresql_only() -> None:
+    class Recording:
+        def __init__(self, backend: str) -> None:
+            self.backend = backend
+            self.messages: list[str] = []
+
+        def fail(self, *args: Any, message: str, **kwargs: Any) -> tuple[str, None]:
+            self.messages.append(message)
+            return "dead", None
+
+    captured = capture(ValueError("a\x00b"))
+    for backend, stored in (("sqlite", "a\x00b"), ("postgresql", "a\\x00b")):
+        engine = Recording(backend)
+        fail_storably(engine, 1, 1, "error", captured, "o/1", True, None)  # type: ignore[arg-type]
+        assert engine.messages == [stored]
+
+
+def test_a_result_over_the_stored_size_fails_in_the_worker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Test mode runs the worker's code in this process, so the limit applies there.
+    monkeypatch.setattr(serialization, "STORED_VALUE_MAX_BYTES", 1000)
+    queue = stoker.Queue(tmp_path / "jobs.db")
+    queue.include(poison.queue)
+    with queue.test_mode():
+        job = queue.get_task("poison.return_bytes").delay(5000)
+        with pytest.raises(stoker.SerializationError, match=r"bytes pickled, more than the 1000 bytes"):
+            job.result()
+        assert queue.get_task("poison.return_bytes").delay(10).result() == b"r" * 10
+
+
 def test_test_mode_stores_an_error_utf8_cannot_encode(tmp_path: Path) -> None:
     queue = stoker.Queue(tmp_path / "jobs.db")
     queue.include(poison.queue)
