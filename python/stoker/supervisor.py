@@ -1200,7 +1200,8 @@ class Supervisor:
                 ):
                     self._refuse_result(job_id, token, result, w.pid)
                     return
-                if running is not None and running.options is not None and running.options.result_ttl:
+                options = running.options if running is not None else None
+                if options is not None and options.result_ttl is not None:
                     # Read back from the database, which knows when it expires.
                     self._results_not_kept.add(job_id)
                 self._completions.append((job_id, token, result, self._with_worker(usage, w)))
