@@ -281,6 +281,20 @@ def test_stoker_worker_survives_an_error_message_utf8_cannot_encode(pqueue: stok
     assert "builtins.ValueError: cannot parse caf\\udce9.csv" in shown.stdout
 
 
+def test_every_kind_of_hostile_exception_ends_its_job_dead_with_one_record(
+    pqueue: stoker.Queue, ppool: stoker.SupervisorThread
+) -> None:
+    text = f"cannot parse {poison.NOT_UTF8_NAME}\x00"
+    jobs = {kind: _task(pqueue, "raise_hostile").delay(kind, text) for kind in sorted(poison.KINDS)}
+    for kind, job in jobs.items():
+        assert _one_outcome(job) == "dead", kind
+        (error,) = job.errors
+        for field in (error.type_name, error.message, error.traceback):
+            assert _storable(field), (kind, field[:200])
+    assert _task(pqueue, "echo").delay(1).result(timeout=HANG_GUARD) == 1
+    assert ppool.is_alive() and ppool.error is None
+
+
 def test_a_pool_survives_hostile_errors_results_progress_and_prints(
     pqueue: stoker.Queue, ppool: stoker.SupervisorThread
 ) -> None:
