@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 import stoker
 from apps import poison
 from conftest import HANG_GUARD, TESTS, wait_until
-from stoker import _core, remote_errors, serialization
+from stoker import _core, remote_errors, serialization, signing
 from stoker.remote_errors import CapturedError, capture, fail_storably, rebuild, storable_text
 
 #: Arbitrary text: any code point, lone surrogates and NUL included, and bytes
@@ -37,6 +37,7 @@ ANY_TEXT = st.one_of(
     st.text(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)),
 )
 KINDS = st.sampled_from(sorted(poison.KINDS))
+KEY = b"poison-test-key"
 
 
 def _raised(kind: str, text: str) -> BaseException:
@@ -98,6 +99,19 @@ def test_any_exception_is_captured_stored_and_rebuilt(kind: str, text: str) -> N
     if kind == "text":
         # The pickle keeps the message exactly, surrogates included.
         assert type(rebuilt) is ValueError and rebuilt.args == (text,)
+    # Signed, it comes back the same way; its pickle, if any, is sealed.
+    signed = capture(error, lambda data: signing.seal(KEY, data))
+    assert (signed.exc_pickle is None) == (captured.exc_pickle is None)
+    again = rebuild(
+        exc_type=signed.exc_type,
+        message=signed.message,
+        traceback_text=signed.traceback,
+        exc_pickle=signed.exc_pickle,
+        job_id=job_id,
+        attempt=1,
+        unseal=lambda data, **where: signing.unseal(KEY, data, **where),
+    )
+    assert type(again) is type(rebuilt)
 
 
 @pytest.mark.parametrize(
