@@ -337,6 +337,18 @@ def test_a_pool_survives_hostile_errors_results_progress_and_prints(
     check()
 
 
+def test_a_worker_message_of_the_wrong_shape_kills_that_worker_only(
+    pqueue: stoker.Queue, ppool: stoker.SupervisorThread
+) -> None:
+    job = _task(pqueue, "bad_message").delay()
+    assert job.wait(HANG_GUARD) == "dead"
+    assert [e.kind for e in job.errors] == ["crash"]
+    with pytest.raises(stoker.WorkerLostError, match="was killed by SIGKILL"):
+        job.result()
+    assert _task(pqueue, "echo").delay(1).result(timeout=HANG_GUARD) == 1
+    assert ppool.is_alive() and ppool.error is None
+
+
 def test_a_result_over_the_stored_size_fails_its_attempt_and_the_pool_goes_on(
     pqueue: stoker.Queue, ppool: stoker.SupervisorThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:

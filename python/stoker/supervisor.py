@@ -1155,6 +1155,8 @@ class Supervisor:
                 return
             try:
                 self._on_message(w, message)
+            except StorageError:
+                raise
             except Exception as error:
                 # A message of the wrong shape: nothing more from this worker
                 # can be trusted; its death reports its job as lost.

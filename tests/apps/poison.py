@@ -58,6 +58,13 @@ def return_bytes(size: int) -> bytes:
     return b"r" * size
 
 
+@queue.task(name="poison.bad_message", max_crashes=0)
+def bad_message(ctx: stoker.JobContext) -> None:
+    """Send the supervisor a message of the wrong shape, through the worker's own pipe."""
+    ctx._report(("done", ctx.job_id))
+    threading.Event().wait()
+
+
 @queue.task(name="poison.block", max_crashes=0)
 def block(started: str) -> None:
     """Write this process's pid to ``started``, then wait to be killed."""
