@@ -289,6 +289,7 @@ def fail_storably(
     outage raises, as for any outcome, and the whole is tried again later.
     """
     record = storable(captured, keep_nul=engine.backend == "sqlite")
+    retryable = retryable is True  # From a worker's message: nothing else than a bool is taken for one.
     if usage is not None and (type(usage) is not str or not usage.isascii()):
         usage = None  # Written by the worker's meter as ASCII JSON; anything else is not its.
     try:
