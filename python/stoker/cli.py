@@ -63,8 +63,8 @@ from ._bounds import (
     check_seconds,
 )
 from ._core import __version__ as stoker_version
-from .errors import InvalidOptionError, JobNotFoundError, ResultTimeoutError, StokerError
-from .job import FINISHED, AttemptError
+from .errors import InvalidOptionError, JobNotFoundError, ResultExpiredError, ResultTimeoutError, StokerError
+from .job import FINISHED, AttemptError, retention_ended
 from .queue import Queue
 
 if TYPE_CHECKING:
@@ -214,12 +214,16 @@ def _arguments(queue: Queue, record: JobRecord) -> dict[str, Any]:
     return {"repr": text, "error": None, "payload_bytes": size}
 
 
-def _result(queue: Queue, record: JobRecord) -> dict[str, Any] | None:
+def _result(queue: Queue, record: JobRecord, now_ms: int) -> dict[str, Any] | None:
     """A short repr of a complete job's result, or why it cannot be shown."""
     if record.status != "complete":
         return None
+    expired_ms = retention_ended(record, now_ms)
+    if expired_ms is not None:
+        expired = ResultExpiredError(record.id, expired_ms)
+        return {"repr": None, "error": f"{type(expired).__name__}: {expired}", "bytes": 0}
     if record.result is None:
-        return {"repr": None, "error": "the result has expired", "bytes": 0}
+        return {"repr": None, "error": "its task stores no result (store_result=False)", "bytes": 0}
     try:
         value = _unpickle(queue, record.result, job_id=record.id, what="result")
     except Exception as error:
@@ -242,6 +246,9 @@ def _job_summary(record: JobRecord) -> dict[str, Any]:
 
 
 def _job_details(queue: Queue, record: JobRecord, errors: list[ErrorRecord]) -> dict[str, Any]:
+    now_ms = _engine(queue).now_ms()
+    if retention_ended(record, now_ms) is not None:
+        errors = []  # Expired with the result (result_ttl), whether purged yet or not.
     return {
         **_job_summary(record),
         "failures": record.failures,
@@ -256,7 +263,7 @@ def _job_details(queue: Queue, record: JobRecord, errors: list[ErrorRecord]) -> 
         "cancel_requested": record.cancel_requested,
         "replayed_from": record.replayed_from,
         "arguments": _arguments(queue, record),
-        "result": _result(queue, record),
+        "result": _result(queue, record, now_ms),
         "progress": _json_text(record.progress),
         "usage": _json_text(record.usage),
         "errors": [_error_dict(e) for e in errors],
@@ -450,7 +457,11 @@ def _show(args: argparse.Namespace) -> int:
 
 def _errors(args: argparse.Namespace) -> int:
     queue, _ = load_queue(args.app)
-    errors = [_error_dict(e) for e in _engine(queue).errors(args.job_id)]
+    engine = _engine(queue)
+    records = engine.errors(args.job_id)
+    if records and retention_ended(engine.get(args.job_id), engine.now_ms()) is not None:
+        records = []  # Expired with the result (result_ttl), whether purged yet or not.
+    errors = [_error_dict(e) for e in records]
     if args.json:
         _print_json(errors)
         return EXIT_OK
@@ -607,8 +618,12 @@ def _wait(args: argparse.Namespace) -> int:
         print(f"stoker: {error}", file=sys.stderr)
         return EXIT_TIMEOUT
     document: dict[str, Any] = {"id": job.id, "status": status, "timed_out": False}
+    record = job.record()
+    expired_ms = retention_ended(record, _engine(queue).now_ms())
+    if expired_ms is not None:
+        raise ResultExpiredError(job.id, expired_ms)
     if status == "complete":
-        result = _result(queue, job.record())
+        result = _result(queue, record, _engine(queue).now_ms())
         assert result is not None
         document["result"] = result
         if args.json:

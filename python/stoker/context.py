@@ -24,13 +24,23 @@ import time
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from .errors import JobCancelledError, PluginTriggerError, RejectedError, SoftTimeoutError, StokerError
+from .errors import (
+    InvalidOptionError,
+    JobCancelledError,
+    PluginTriggerError,
+    RejectedError,
+    SoftTimeoutError,
+    StokerError,
+)
 
 #: Progress reports closer together than this are coalesced: the latest one is
 #: sent with the next report that comes later (the last report of a loop,
 #: ``current == total``, is always sent). A task may report in a tight loop
 #: without turning each report into a database write.
 PROGRESS_MIN_INTERVAL = 0.05
+#: The longest progress report stored, in characters of its JSON (``[current, total, message]``):
+#: a report is rewritten into the job's row each time, so a long one costs that much per report.
+PROGRESS_MAX_CHARS = 64 * 1024
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("stoker_job", default=None)
 
@@ -78,6 +88,11 @@ class JobContext:
     def progress(self, current: float, total: float | None = None, message: str | None = None) -> None:
         """Report how far the job is; the caller sees it in ``job.progress``."""
         encoded = json.dumps([current, total, message])
+        if len(encoded) > PROGRESS_MAX_CHARS:
+            raise InvalidOptionError(
+                f"the progress report of job {self.job_id} is {len(encoded)} characters of JSON, "
+                f"more than the {PROGRESS_MAX_CHARS} stored"
+            )
         now = time.monotonic()
         finished = total is not None and current >= total
         if finished or now - self._last_progress_sent >= PROGRESS_MIN_INTERVAL:

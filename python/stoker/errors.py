@@ -40,6 +40,7 @@ __all__ = [
     "RemoteTaskError",
     "RemoteTraceback",
     "RequeueLimitError",
+    "ResultExpiredError",
     "ResultGetError",
     "ResultNotReadyError",
     "ResultTimeoutError",
@@ -286,6 +287,25 @@ class NoResultError(ResultGetError):
 
     def __init__(self, job_id: int, reason: str = "its task was registered with store_result=False") -> None:
         super().__init__(job_id, reason)
+
+
+class ResultExpiredError(ResultGetError):
+    """The job finished longer ago than its task's ``result_ttl``: its result and
+    error history are gone (or go at the next purge), and are not served any more."""
+
+    def __init__(self, job_id: int, expired_ms: int | None = None) -> None:
+        when = "" if expired_ms is None else f" at {_utc(expired_ms)}"
+        super().__init__(job_id, f"it expired{when} (its task's result_ttl ran out)")
+        self.expired_ms = expired_ms
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.job_id, self.expired_ms))
+
+
+def _utc(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds")
 
 
 class ResultNotReadyError(StokerError):

@@ -21,12 +21,13 @@ from .errors import (
     JobExpiredError,
     MaxRetriesExceededError,
     NoResultError,
+    ResultExpiredError,
     ResultGetError,
     ResultNotReadyError,
     ResultTimeoutError,
     StokerError,
 )
-from .remote_errors import rebuild
+from .remote_errors import Unseal, rebuild
 
 if TYPE_CHECKING:
     from ._core import Engine, ErrorRecord, JobRecord
@@ -233,6 +234,22 @@ class _Waiter:
         return moved
 
 
+def retention_ended(record: JobRecord, now_ms: int) -> int | None:
+    """When the result and error history of a finished job expired (``result_ttl``), if they have.
+
+    Judged on the engine's clock (the database server's, on PostgreSQL), from
+    the row's own finish time and retention, so every process agrees on the
+    moment, whether the purge that deletes them (every supervisor's
+    heartbeat) has run yet or not, and however long ago it did.
+    """
+    if record.result_ttl_ms is None or record.finished_ms is None:
+        return None
+    if record.status not in ("complete", "dead"):
+        return None
+    expires_ms = record.finished_ms + record.result_ttl_ms
+    return expires_ms if now_ms >= expires_ms else None
+
+
 def _datetime(ms: int | None) -> datetime | None:
     return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -252,9 +269,12 @@ class AttemptError:
     failed_at: datetime
     worker: str
     _exc_pickle: bytes | None
+    _unseal: Unseal | None = field(default=None, repr=False, compare=False)
+    """Checks the pickle's signature first, on a signed queue (``Queue._unseal``)."""
 
     @classmethod
-    def from_record(cls, record: ErrorRecord) -> AttemptError:
+    def from_record(cls, record: ErrorRecord, queue: Queue | None = None) -> AttemptError:
+        """The attempt of ``record``; ``queue`` checks its pickle's signature if it signs."""
         failed_at = _datetime(record.failed_ms)
         assert failed_at is not None
         return cls(
@@ -267,6 +287,7 @@ class AttemptError:
             failed_at=failed_at,
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
+            _unseal=queue._unseal if queue is not None and queue._secret is not None else None,
         )
 
     @property
@@ -275,7 +296,12 @@ class AttemptError:
         return self.type_name
 
     def exception(self) -> BaseException:
-        """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`)."""
+        """The exception of this attempt, rebuilt (see :mod:`stoker.remote_errors`).
+
+        On a signed queue, a pickle without the right signature raises
+        :class:`~stoker.errors.SecurityError` (naming the job and the attempt)
+        and is never unpickled.
+        """
         return rebuild(
             exc_type=self.type_name,
             message=self.message,
@@ -283,6 +309,7 @@ class AttemptError:
             exc_pickle=self._exc_pickle,
             job_id=self.job_id,
             attempt=self.attempt,
+            unseal=self._unseal,
         )
 
 
@@ -387,8 +414,11 @@ class Job:
 
     @property
     def errors(self) -> list[AttemptError]:
-        """The error history: one entry per failed attempt, oldest first."""
-        return [AttemptError.from_record(r) for r in self._engine.errors(self.id)]
+        """The error history: one entry per failed attempt, oldest first (none once it expired)."""
+        records = self._engine.errors(self.id)
+        if records and retention_ended(self.record(), self._engine.now_ms()) is not None:
+            return []
+        return [AttemptError.from_record(r, self.queue) for r in records]
 
     def cancel(self) -> str:
         """Cancel the job.
@@ -533,13 +563,21 @@ class Job:
             raise JobCancelledError(self.id)
         if record.status == "expired":
             raise JobExpiredError(self.id)
+        expired_ms = retention_ended(record, self._engine.now_ms())
+        if expired_ms is not None and not (
+            record.status == "complete" and record.result is None and self._stores_no_result(record)
+        ):
+            raise ResultExpiredError(self.id, expired_ms)
         if record.status == "dead":
             raise self._last_error(original, record.attempt)
         if record.result is None:
-            if record.result_expires_ms is None:
-                raise NoResultError(self.id)
-            raise ResultGetError(self.id, "it expired (result_ttl)")
+            raise NoResultError(self.id)
         return self._load_result(record.result)
+
+    def _stores_no_result(self, record: JobRecord) -> bool:
+        """Whether the job's task, as registered here, stores no result (``store_result=False``)."""
+        task = self.queue.tasks.get(record.task_name)
+        return task is not None and not task.options_.store_result
 
     def _load_result(self, stored: bytes) -> Any:
         """The value of a complete job's stored result bytes."""
@@ -557,7 +595,7 @@ class Job:
             for dep_id, dep_status in self._engine.dependencies(self.id):
                 if dep_status in ("dead", "cancelled", "expired"):
                     return DependencyFailedError(self.id, dep_id, dep_status)
-        last = AttemptError.from_record(errors[-1]).exception()
+        last = AttemptError.from_record(errors[-1], self.queue).exception()
         if original or len(errors) < 2:
             return last
         wrapped = MaxRetriesExceededError(

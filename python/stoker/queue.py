@@ -36,7 +36,7 @@ from .events import (
     worker_state,
 )
 from .flow import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
-from .job import AttemptError, Job, Outcome
+from .job import AttemptError, Job, Outcome, retention_ended
 from .schedule import ScheduleQueueMixin
 from .serialization import dumps_call, dumps_positional_calls, positional_args
 from .task import (
@@ -633,9 +633,12 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         letters = []
         check_int("limit", limit, low=0)
         check_int("offset", offset, low=0)
+        now_ms = self._engine.now_ms()
         for record in self._engine.dead_letters(limit, offset):
             errors = self._engine.errors(record.id)
-            last = AttemptError.from_record(errors[-1]) if errors else None
+            if retention_ended(record, now_ms) is not None:
+                errors = []  # Expired (result_ttl), whether purged yet or not.
+            last = AttemptError.from_record(errors[-1], self) if errors else None
             letters.append(DeadLetter(Job(self, record.id), record, last))
         return letters
 

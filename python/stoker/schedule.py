@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from ._bounds import INT64_MAX, INT64_MIN, check_int, check_seconds, check_timestamp
 from .errors import InvalidOptionError, ScheduleCancelledError, ScheduleNotFoundError
+from .remote_errors import MESSAGE_MAX_CHARS, storable_text
 
 if TYPE_CHECKING:
     from ._core import Engine, NewJob, ScheduleFire
@@ -246,10 +247,18 @@ def _ask_source(queue: Queue, record: ScheduleRecord) -> tuple[str | None, str |
         else:
             source.pre_send(handle)
     except ScheduleCancelledError as veto:
-        return str(veto) or "vetoed by its source", None
+        return _storable_message(veto) or "vetoed by its source", None
     except Exception as error:
-        return None, f"{type(error).__qualname__}: {error}"
+        return None, f"{storable_text(type(error).__qualname__)}: {_storable_message(error)}"
     return None, None
+
+
+def _storable_message(error: BaseException) -> str:
+    """The message of an error a source raised, as the database stores it (see ``remote_errors``)."""
+    try:
+        return storable_text(str(error), MESSAGE_MAX_CHARS)
+    except Exception as str_error:
+        return f"<str() of the exception failed: {type(str_error).__qualname__}>"
 
 
 class Schedulable:

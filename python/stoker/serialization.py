@@ -24,6 +24,12 @@ from .errors import SendError, SerializationError
 
 #: Protocol 5 carries large buffers without an extra copy.
 PICKLE_PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: The largest result stoker stores: SQLite holds at most 10**9 bytes in one
+#: value (its default SQLITE_MAX_LENGTH) and PostgreSQL 1 GiB, and a value
+#: past that would fail the whole commit it is in, with the outcomes of the
+#: other jobs stored in it. A larger result fails its attempt with a
+#: SerializationError instead. Lower only to refuse results sooner.
+STORED_VALUE_MAX_BYTES = 900 * 10**6
 
 
 def dumps(value: Any) -> bytes:

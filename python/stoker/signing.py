@@ -1,11 +1,15 @@
-"""Optional signing of payloads and results with a shared secret.
+"""Optional signing of every stored pickle with a shared secret.
 
-With ``Queue(path, secret=...)``, every payload the caller stores and every
-result a worker sends back is prefixed with an HMAC-SHA256 of its bytes. A
-worker checks a payload's signature before unpickling it, and a caller checks
-a result's: bytes that were written by someone without the secret are refused
-with :class:`~stoker.errors.SecurityError` and never unpickled (unpickling
-runs code, so a row forged in the database must not be).
+With ``Queue(path, secret=...)``, every payload the caller stores (a
+schedule's arguments too), every result a worker sends back and every pickled
+exception of an error record is prefixed with an HMAC-SHA256 of its bytes. A
+worker checks a payload's signature before unpickling it, and a caller (or
+the CLI) checks a result's or an error record's: bytes that were written by
+someone without the secret are refused with
+:class:`~stoker.errors.SecurityError` and never unpickled (unpickling runs
+code, so a row forged in the database must not be). Error records stoker
+writes itself carry no pickle (``remote_errors.rebuild`` makes them from
+their type name).
 """
 
 from __future__ import annotations

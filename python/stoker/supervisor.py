@@ -103,10 +103,12 @@ from ._bounds import (
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
 from ._wakeup import WakeListener
+from .context import PROGRESS_MAX_CHARS
 from .errors import (
     InvalidOptionError,
     MemoryLimitExceededError,
     RequeueLimitError,
+    SerializationError,
     StorageError,
     TaskTimeoutError,
     WorkerLostError,
@@ -115,7 +117,7 @@ from .errors import (
 from .events import handler_name
 from .job import forget_results, notify_outcomes
 from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
-from .remote_errors import CapturedError, qualified_name
+from .remote_errors import CapturedError, fail_storably, qualified_name, storable, storable_text
 from .task import REGISTRY, TaskOptions, TaskScope
 from .worker import worker_main
 
@@ -437,6 +439,10 @@ class Supervisor:
         self._stored_results: dict[int, bytes] = {}
         """The result bytes of the completions among ``_stored_outcomes``, for
         their waiters in this process."""
+        self._results_not_kept: set[int] = set()
+        """Completions whose result has a retention (``result_ttl``): not kept
+        for this process's waiters, who read it from the database, which
+        knows when it expires."""
         # Names the database to the waiters the stored results are handed to.
         # Every ":memory:" database has the same name, so none is handed over.
         self._database_key = "" if queue.path == ":memory:" else local_key(queue.path)
@@ -681,10 +687,18 @@ class Supervisor:
 
     def _flush_reports(self) -> None:
         while self._reports:
-            _, report = self._reports[0]
+            what, report = self._reports[0]
             if self._drain_deadline is not None:
                 self._limit_storage_wait(time.monotonic())
-            report()
+            try:
+                report()
+            except StorageError:
+                raise  # Kept, in order, for the retry.
+            except Exception:
+                # Not the storage failing but this one outcome: retrying it would
+                # stop every outcome behind it. The job stays leased to this
+                # supervisor until its lease expires, and then runs again.
+                log.exception("%s could not be stored and was dropped", what)
             self._reports.popleft()
 
     def _wait(self, now: float) -> None:
@@ -1187,7 +1201,19 @@ class Supervisor:
         for message in messages:
             if w.exited:
                 return
-            self._on_message(w, message)
+            try:
+                self._on_message(w, message)
+            except StorageError:
+                raise
+            except Exception as error:
+                # A message of the wrong shape: nothing more from this worker
+                # can be trusted; its death reports its job as lost.
+                log.error(
+                    "worker process %s sent a message stoker cannot act on (%r); killing it", w.pid, error
+                )
+                w.channel.eof = True
+                self._signal_group(w, signal.SIGKILL)
+                return
 
     def _flush_output(self, w: _Worker) -> None:
         try:
@@ -1204,18 +1230,30 @@ class Supervisor:
             if len([x for x in self._workers if x.ready]) >= self.processes:
                 self.started.set()
         elif kind == "startup_error":
-            w.startup_error = message[1]
+            w.startup_error = storable(message[1])
         elif kind == "progress":
             _, job_id, token, progress = message
             if w.running is not None and w.running.job.id == job_id and w.running.job.token == token:
                 try:
-                    self.engine.set_progress(job_id, token, progress)
-                except StorageError as error:
+                    if type(progress) is not str or len(progress) > PROGRESS_MAX_CHARS:
+                        raise ValueError(f"a {type(progress).__qualname__} of {len(progress)} characters")
+                    self.engine.set_progress(job_id, token, storable_text(progress))
+                except Exception as error:
                     # Progress is advisory: a later report replaces a lost one.
                     log.warning("the progress of job %s was not stored: %s", job_id, error)
         elif kind == "done":
             _, job_id, token, result, usage = message
+            running = w.running
             if self._finish_running(w, job_id, token):
+                if result is not None and (
+                    type(result) is not bytes or len(result) > serialization.STORED_VALUE_MAX_BYTES
+                ):
+                    self._refuse_result(job_id, token, result, w.pid)
+                    return
+                options = running.options if running is not None else None
+                if options is not None and options.result_ttl is not None:
+                    # Read back from the database, which knows when it expires.
+                    self._results_not_kept.add(job_id)
                 self._completions.append((job_id, token, result, self._with_worker(usage, w)))
         elif kind == "failed":
             _, job_id, token, captured, retryable, usage = message
@@ -1241,6 +1279,15 @@ class Supervisor:
             if self._finish_running(w, job_id, token):
                 pid = w.pid
                 self._store(f"re-queue job {job_id}", lambda: self._requeue_on_request(job_id, token, pid))
+
+    def _refuse_result(self, job_id: int, token: int, result: object, pid: int) -> None:
+        """A result the database cannot take: the attempt fails instead, saying why."""
+        size = f"{len(result)} bytes" if isinstance(result, bytes) else f"a {type(result).__qualname__}"
+        error = SerializationError(
+            f"the result of job {job_id} could not be stored: it is {size}, and stoker stores "
+            f"bytes of at most {serialization.STORED_VALUE_MAX_BYTES}"
+        )
+        self._report_failure(job_id, token, "error", _supervisor_error(error), pid)
 
     def _finish_running(self, w: _Worker, job_id: int, token: int) -> bool:
         running = w.running
@@ -1282,13 +1329,18 @@ class Supervisor:
 
     def _with_worker(self, usage: str | None, w: _Worker) -> str | None:
         """The attempt's usage with the worker that ran it, as ``owner/pid``."""
-        if usage is None:
-            return None
+        if usage is None or type(usage) is not str or not usage.isascii():
+            return None  # The worker's meter writes ASCII JSON; anything else is not its.
         # Spliced into the worker's JSON object instead of parsed and dumped
         # again: this runs once per job.
         head = usage.rstrip()
         if not head.endswith("}") or head.rstrip("} \n").endswith("{"):
-            values = json.loads(usage)
+            try:
+                values = json.loads(usage)
+            except ValueError:
+                return None
+            if not isinstance(values, dict):
+                return None
             values["worker"] = f"{self.owner}/{w.pid}"
             return json.dumps(values)
         if not w.usage_suffix:
@@ -1356,8 +1408,11 @@ class Supervisor:
         self, batch: list[tuple[int, int, bytes | None, str | None]], applied: list[bool]
     ) -> None:
         for (job_id, token, result, _), ok in zip(batch, applied, strict=True):
+            kept = job_id not in self._results_not_kept
+            if not kept:
+                self._results_not_kept.discard(job_id)
             if ok:
-                if result is not None and self._database_key:
+                if result is not None and self._database_key and kept:
                     self._stored_results[job_id] = result
                 self._post_save(job_id, "complete")
             else:
@@ -1390,18 +1445,8 @@ class Supervisor:
         retryable: bool,
         usage: str | None,
     ) -> None:
-        outcome, _ = self.engine.fail(
-            job_id,
-            token,
-            kind=kind,
-            exc_type=captured.exc_type,
-            message=captured.message,
-            traceback=captured.traceback,
-            exc_pickle=captured.exc_pickle,
-            worker=f"{self.owner}/{pid}",
-            retryable=retryable,
-            usage=usage,
-        )
+        worker = f"{self.owner}/{pid}"
+        outcome = fail_storably(self.engine, job_id, token, kind, captured, worker, retryable, usage)
         if outcome == "stale":
             log.warning("the failure of job %s (token %s) was stale and was refused", job_id, token)
         else:
@@ -1706,12 +1751,17 @@ def _tree_rss_kib(pid: int) -> int:
 
 
 def _supervisor_error(error: BaseException) -> CapturedError:
-    """An error raised by the supervisor itself, stored like a task's error."""
+    """An error raised by the supervisor itself, stored like a task's error.
+
+    It is stored without a pickle: the caller rebuilds stoker's own errors from
+    their type name and message (``remote_errors.rebuild``), so there is no
+    pickle to sign on a signed queue, nor one a forger could swap.
+    """
     return CapturedError(
         exc_type=qualified_name(type(error)),
         message=str(error),
         traceback=f"{qualified_name(type(error))}: {error}\n",
-        exc_pickle=serialization.dumps_exception(error),
+        exc_pickle=None,
     )
 
 

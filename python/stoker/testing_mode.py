@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import RequeueLimitError, StokerError
 from .job import FINISHED, Job, Outcome
-from .remote_errors import CapturedError, capture
+from .remote_errors import CapturedError, capture, fail_storably
 from .task import TaskScope
 from .worker import Runner
 
@@ -68,21 +68,17 @@ def run_eagerly(queue: Queue, job: Job) -> Outcome:
                     job_id=current.id,
                     attempt=current.attempt,
                 )
-                _fail(engine, current.id, current.token, capture(error), retryable=False, usage=None)
+                _fail(
+                    engine,
+                    current.id,
+                    current.token,
+                    capture(error, queue._seal),
+                    retryable=False,
+                    usage=None,
+                )
 
 
 def _fail(
     engine: Engine, job_id: int, token: int, captured: CapturedError, *, retryable: bool, usage: str | None
 ) -> None:
-    engine.fail(
-        job_id,
-        token,
-        kind="error",
-        exc_type=captured.exc_type,
-        message=captured.message,
-        traceback=captured.traceback,
-        exc_pickle=captured.exc_pickle,
-        worker=OWNER,
-        retryable=retryable,
-        usage=usage,
-    )
+    fail_storably(engine, job_id, token, "error", captured, OWNER, retryable, usage)

@@ -258,7 +258,11 @@ def worker_main(
             continue  # Of a job that already ran: nothing to give back.
         _, job_id, token, attempt, task_name, payload, labels = message
         try:
-            inbox.send(runner.run(job_id, token, attempt, task_name, payload, labels))
+            outcome = runner.run(job_id, token, attempt, task_name, payload, labels)
+        except BaseException as exc:  # Raised outside the task's own frames: still the job's outcome.
+            outcome = ("failed", job_id, token, capture(exc, _sealer(REGISTRY.get(task_name))), True, None)
+        try:
+            inbox.send(outcome)
         except OSError:
             return  # The supervisor is gone.
 
@@ -283,18 +287,18 @@ class Runner:
         task = REGISTRY.find(task_name, self._scope)
         if task is None:
             unknown = REGISTRY.unknown(task_name, self._scope)
-            return self._failed(job_id, token, unknown, meter, retryable=False)
+            return self._failed(job_id, token, unknown, meter, retryable=False, task=None)
         queue = task.queue
         try:
             args, kwargs = serialization.loads(queue._unseal(payload, job_id=job_id, what="payload"))
         except SecurityError as refused:
-            return self._failed(job_id, token, refused, meter, retryable=False)
+            return self._failed(job_id, token, refused, meter, retryable=False, task=task)
         except BaseException as exc:  # sys.exit() in a __reduce__ is a bad payload too.
             unpickling = SerializationError(
                 f"the arguments of job {job_id} ({task_name}) cannot be unpickled: {exc!r}"
             )
             unpickling.__cause__ = exc
-            return self._failed(job_id, token, unpickling, meter, retryable=False)
+            return self._failed(job_id, token, unpickling, meter, retryable=False, task=task)
         ctx = JobContext(
             job_id=job_id,
             token=token,
@@ -310,11 +314,16 @@ class Runner:
         except RequeueRequested:
             return ("requeue", job_id, token)
         except BaseException as exc:
-            if isinstance(exc, JobCancelledError) and CancelFlag.requested:
-                return ("cancelled", job_id, token, meter.json())
-            self._after_error(task, ctx, args, kwargs, exc)
-            retryable = task.options_.should_retry(exc) and not isinstance(exc, RejectedError)
-            return self._failed(job_id, token, exc, meter, retryable=retryable)
+            try:
+                if isinstance(exc, JobCancelledError) and CancelFlag.requested:
+                    return ("cancelled", job_id, token, meter.json())
+                self._after_error(task, ctx, args, kwargs, exc)
+                retryable = task.options_.should_retry(exc) and not isinstance(exc, RejectedError)
+            except BaseException:
+                # A hostile exception (a __class__ that raises, say) still ends
+                # its attempt as an error, retried as the task's exceptions are.
+                retryable = True
+            return self._failed(job_id, token, exc, meter, retryable=retryable, task=task)
         finally:
             ctx.flush_progress()
             context.leave(entered)
@@ -330,7 +339,13 @@ class Runner:
                 f"cannot be pickled: {exc!r}"
             )
             pickling.__cause__ = exc
-            return self._failed(job_id, token, pickling, meter, retryable=True)
+            return self._failed(job_id, token, pickling, meter, retryable=True, task=task)
+        if len(result) > serialization.STORED_VALUE_MAX_BYTES:
+            too_large = SerializationError(
+                f"the result of job {job_id} ({task_name}) is {len(result)} bytes pickled, more than "
+                f"the {serialization.STORED_VALUE_MAX_BYTES} bytes stoker stores in one value"
+            )
+            return self._failed(job_id, token, too_large, meter, retryable=True, task=task)
         return ("done", job_id, token, result, meter.json())
 
     def _execute(
@@ -386,15 +401,37 @@ class Runner:
             _call_hook(hook, task.name, args, kwargs, exc)
 
     def _failed(
-        self, job_id: int, token: int, exc: BaseException, meter: UsageMeter, *, retryable: bool
+        self,
+        job_id: int,
+        token: int,
+        exc: BaseException,
+        meter: UsageMeter,
+        *,
+        retryable: bool,
+        task: Task[Any, Any] | None,
     ) -> tuple[Any, ...]:
-        captured: CapturedError = capture(exc)
+        captured: CapturedError = capture(exc, _sealer(task))
         return ("failed", job_id, token, captured, retryable, meter.json())
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
         return self._loop
+
+
+def _sealer(task: Task[Any, Any] | None) -> Callable[[bytes], bytes] | None:
+    """How the pickled exception of a job of ``task`` is signed (None: its queue does not sign)."""
+    if task is not None:
+        return task.queue._seal
+    if any(queue._secret is not None for queue in loaded_queues()):
+        return _unsignable
+    return None
+
+
+def _unsignable(data: bytes) -> bytes:
+    """The task is unknown here, so is the secret its queue signs with: the
+    error record is stored without its pickle rather than with an unsigned one."""
+    raise SecurityError(None, "error record")
 
 
 def _stage(middleware: object, stage: str, ctx: JobContext, *args: Any) -> None:
