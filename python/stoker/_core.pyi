@@ -402,8 +402,18 @@ class Engine:
         limit: int,
         owner: str,
         lease_ms: int,
+        *,
+        start_now: int | None = None,
+        started: list[tuple[int, int]] = ...,
     ) -> tuple[list[bool], list[ClaimedJob]]:
         """``complete_many`` then ``claim``, in one transaction (one commit instead of two).
+
+        ``started``: jobs claimed ahead that are now known to have started,
+        recorded first. ``start_now``: how many of the claimed jobs (the first)
+        start at once; the rest (none, when None) are claimed ahead, held for a
+        busy worker: if their lease expires before a later call names them in
+        ``started``, ``reap_expired`` gives them back to pending without
+        counting a crash (a bounded number of times).
 
         Returns whether each completion was applied, and the claimed jobs.
         """
@@ -455,7 +465,9 @@ class Engine:
     def reap_expired(self, limit: int = 100) -> list[tuple[int, str]]:
         """Fail the running jobs whose lease has expired (kind lease_expired).
 
-        Returns ``(job_id, "retry" | "dead")`` for each.
+        A job claimed ahead and not known to have started goes back to pending
+        instead, with no crash counted and no error record (``"returned"``).
+        Returns ``(job_id, "retry" | "dead" | "cancelled" | "returned")`` for each.
         """
     def get(self, job_id: int) -> JobRecord:
         """The job's row; ``JobNotFoundError`` if there is none."""

@@ -437,6 +437,13 @@ class Supervisor:
         self._dispatch_serial = 0
         self._given_back: dict[int, int] = {}
         """The jobs in ``_claimed_ahead`` given back from a worker's pipe: id -> serial."""
+        self._unstarted_marked: set[int] = set()
+        """Jobs claimed with the engine's claimed-ahead mark, not yet recorded as started."""
+        self._starts_to_record: list[tuple[int, int]] = []
+        """``(id, token)`` of marked jobs that started since the last commit, recorded with the
+        next one (complete_and_claim): an expired lease of a marked job is given back
+        without counting a crash, so a job queued in a busy worker's pipe that never
+        started is not lost with a SIGKILLed supervisor."""
         self._next_fire = 0.0
         self._next_wal_check = 0.0
         self._reports: deque[tuple[str, Callable[[], None]]] = deque()
@@ -772,22 +779,25 @@ class Supervisor:
             self._move_queued_to_idle()
             return
         batch, self._completions = self._completions, []
+        started, self._starts_to_record = self._starts_to_record, []
+        # The first jobs claimed go to the idle workers now (_dispatch_claimed_ahead
+        # above left none waiting if any is idle); the rest are claimed ahead.
+        start_now = min(self.processes - len(self._busy_workers()), len(self._idle_workers()))
         # Cleared before the claim, so that a send committed after the claim's
         # snapshot sees it and wakes this loop (see notify); set again below
         # if the claim came back full.
         self._want_claim = False
         try:
-            if batch:
-                applied, claimed = self.engine.complete_and_claim(
-                    batch, self.queues, limit, self.owner, self._lease_ms()
-                )
-            else:
-                applied, claimed = [], self.engine.claim(self.queues, limit, self.owner, self._lease_ms())
+            applied, claimed = self.engine.complete_and_claim(
+                batch, self.queues, limit, self.owner, self._lease_ms(), start_now=start_now, started=started
+            )
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._starts_to_record = started + self._starts_to_record
             self._want_claim = True
             raise
+        self._unstarted_marked.update(job.id for job in claimed[start_now:])
         self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
@@ -857,7 +867,14 @@ class Supervisor:
         self._given_back.clear()
         while self._claimed_ahead:
             job = self._claimed_ahead.popleft()
+            self._unstarted_marked.discard(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
+
+    def _note_started(self, job: ClaimedJob) -> None:
+        """``job`` starts now (or has started): recorded with the next commit, if it was marked."""
+        if job.id in self._unstarted_marked:
+            self._unstarted_marked.discard(job.id)
+            self._starts_to_record.append((job.id, job.token))
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.get(job.task_name)
@@ -872,6 +889,7 @@ class Supervisor:
         except OSError:
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
+            self._unstarted_marked.discard(job.id)
             self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
@@ -880,6 +898,7 @@ class Supervisor:
             # Its clock starts when the job before it ends (_start_queued).
             worker.queued.append(_Running(job, now, None, options, serial=serial))
         else:
+            self._note_started(job)
             worker.running = _Running(job, now, self._deadline(job, now), options, serial=serial)
 
     @staticmethod
@@ -891,6 +910,7 @@ class Supervisor:
         if not w.queued:
             return
         queued = w.queued.popleft()
+        self._note_started(queued.job)
         queued.started = now
         queued.deadline = self._deadline(queued.job, now)
         if queued.dropping == "cancel":
@@ -963,8 +983,10 @@ class Supervisor:
         """A job sent ahead that never started: cancelled, released, or run by another worker."""
         job = held.job
         if held.dropping == "cancel":
+            self._unstarted_marked.discard(job.id)
             self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
         elif held.dropping == "release" or self._stop_requests or self._shutting_down:
+            self._unstarted_marked.discard(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
         else:
             # Still leased to this supervisor, and no attempt of it ran. It was
@@ -1291,14 +1313,21 @@ class Supervisor:
                 log.exception("middleware %s.post_save raised for job %s", handler_name(middleware), job_id)
 
     def _flush_completions(self) -> None:
-        if not self._completions or self._storage_retry_at is not None:
+        if not (self._completions or self._starts_to_record) or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
+        started, self._starts_to_record = self._starts_to_record, []
         try:
-            applied = self.engine.complete_many(batch)
+            if started:
+                applied, _ = self.engine.complete_and_claim(
+                    batch, self.queues, 0, self.owner, self._lease_ms(), started=started
+                )
+            else:
+                applied = self.engine.complete_many(batch)
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._starts_to_record = started + self._starts_to_record
             raise
         self._after_completions(batch, applied)
 

@@ -181,16 +181,20 @@ pub enum FailOutcome {
     Cancelled,
     /// The token was stale: the outcome was recorded and not applied.
     Stale,
+    /// The job had been claimed ahead and was not known to have started: it
+    /// went back to pending with no failed attempt counted or recorded.
+    Returned,
 }
 
 impl FailOutcome {
-    /// `"retry"`, `"dead"`, `"cancelled"` or `"stale"`.
+    /// `"retry"`, `"dead"`, `"cancelled"`, `"stale"` or `"returned"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             FailOutcome::Retry { .. } => "retry",
             FailOutcome::Dead => "dead",
             FailOutcome::Cancelled => "cancelled",
             FailOutcome::Stale => "stale",
+            FailOutcome::Returned => "returned",
         }
     }
 

@@ -63,7 +63,30 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
     pub owner: &'a str,
     pub lease_ms: i64,
+    /// How many of the claimed jobs, the first in claim order, start at once
+    /// (sent to an idle worker). The others are claimed ahead: held for a
+    /// worker that is busy, and not known to have started, until a later
+    /// transaction names them in `started`. An expired lease on a job claimed
+    /// ahead gives it back without counting a crash (see
+    /// [`UNSTARTED_RETURNS_MAX`]). `usize::MAX`: every claimed job starts.
+    pub start_now: usize,
+    /// `(job_id, token)` of jobs claimed ahead that are now known to have
+    /// started: their lease, if it expires, counts as a crash again. Recorded
+    /// first, in the same transaction.
+    pub started: &'a [(i64, i64)],
 }
+
+/// How many times the lease reaper gives back, without counting a crash or
+/// writing an error record, a job that was claimed ahead and never known to
+/// have started. A job that is still marked so was queued in the pipe of a
+/// worker whose supervisor died; it probably never ran. But it may have
+/// started in the instant before the supervisor died (its start is recorded
+/// with the next commit), or it may be what killed the supervisor: past this
+/// many uncounted returns, its expired lease counts as a crash like any
+/// other, so that such a job ends dead under `max_crashes` instead of
+/// looping. Higher forgives more supervisor deaths of jobs that never ran;
+/// lower bounds how often a job that kills its supervisor runs unaccounted.
+pub const UNSTARTED_RETURNS_MAX: i64 = 2;
 
 /// Durable job state. See the module documentation for the contract every
 /// implementation keeps. Flow control and schedules are the supertraits'
@@ -135,6 +158,7 @@ pub trait Storage:
         claim: &ClaimRequest<'_>,
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
+        // A backend without claims ahead counts every claimed job as started.
         let applied = self.complete_many(completions, now_ms)?;
         let claimed = self.claim(
             claim.queues,
@@ -181,7 +205,9 @@ pub trait Storage:
     }
 
     /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
-    /// is before `now_ms`.
+    /// is before `now_ms`. A job claimed ahead and not known to have started
+    /// goes back to pending instead ([`FailOutcome::Returned`]: no crash
+    /// counted, no error record), at most [`UNSTARTED_RETURNS_MAX`] times.
     fn reap_expired(
         &self,
         limit: usize,

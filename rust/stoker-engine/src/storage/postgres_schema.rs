@@ -20,8 +20,9 @@ pub const PG_APPLICATION: &str = "stoker";
 
 /// The version of the PostgreSQL schema this engine writes and reads. A new
 /// version comes with a migration from the previous one. Version 2 keeps
-/// large payloads and results in tables of their own.
-pub const PG_SCHEMA_VERSION: i64 = 2;
+/// large payloads and results in tables of their own; version 3 marks the
+/// jobs claimed ahead that are not known to have started.
+pub const PG_SCHEMA_VERSION: i64 = 3;
 
 /// The oldest schema version that opening migrates in place rather than
 /// refuses.
@@ -88,7 +89,11 @@ CREATE TABLE jobs (
     unique_key TEXT,
     expires_ms BIGINT,
     -- 1 when the job took its rate-limit tokens at enqueue (fail_when_limited).
-    rate_prepaid BIGINT NOT NULL DEFAULT 0
+    rate_prepaid BIGINT NOT NULL DEFAULT 0,
+    -- 1 from a claim ahead until the job is known to have started.
+    claimed_ahead BIGINT NOT NULL DEFAULT 0,
+    -- How many times the reaper gave the job back unstarted, without a crash.
+    unstarted_returns BIGINT NOT NULL DEFAULT 0
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.02);
 
@@ -290,6 +295,14 @@ fn migrate(tx: &mut Tx<'_>, version: i64) -> PgResult<()> {
         tx.execute(
             "UPDATE jobs SET payload = ''::bytea WHERE id IN (SELECT job_id FROM job_payloads)",
             &[],
+        )?;
+    }
+    if version <= 2 {
+        // Version 3 marks the jobs claimed ahead; the running jobs of the
+        // older version count as started, as they did there.
+        tx.batch(
+            "ALTER TABLE jobs ADD COLUMN claimed_ahead BIGINT NOT NULL DEFAULT 0; \
+             ALTER TABLE jobs ADD COLUMN unstarted_returns BIGINT NOT NULL DEFAULT 0;",
         )?;
     }
     tx.execute(
