@@ -253,6 +253,26 @@ STORAGE_RETRY_MIN = 0.01
 STORAGE_RETRY_MAX = 1.0
 
 
+def _pickled_initializer(
+    initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> bytes | None:
+    """``(initializer, initargs)`` pickled once, for every worker process to call at its start."""
+    if initializer is None:
+        if initargs:
+            raise InvalidOptionError(f"initargs without an initializer: {initargs!r}")
+        return None
+    if not callable(initializer):
+        raise InvalidOptionError(f"initializer must be callable, got {initializer!r}")
+    if not isinstance(initargs, tuple):
+        raise InvalidOptionError(f"initargs must be a tuple, got {initargs!r}")
+    try:
+        return serialization.dumps((initializer, initargs))
+    except Exception as error:
+        raise InvalidOptionError(
+            f"the initializer {handler_name(initializer)} or its initargs cannot be pickled: {error}"
+        ) from error
+
+
 def jobs_ahead_for(typical_job_s: float | None) -> int:
     """How many jobs may wait in the pipe of a worker whose jobs take ``typical_job_s``."""
     if typical_job_s is None:
@@ -355,6 +375,8 @@ class Supervisor:
         max_tasks_per_worker: int | None = None,
         max_worker_memory_mb: float | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         if not isinstance(processes, int) or processes < 1:
             raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
@@ -382,6 +404,7 @@ class Supervisor:
                 f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
                 "(plain fork is unsafe in a threaded supervisor)"
             )
+        self._initializer = _pickled_initializer(initializer, initargs)
         self.queue = queue
         self.processes = processes
         self.queues = (
@@ -1565,6 +1588,7 @@ class Supervisor:
                 os.getpid(),
                 self.task_modules,
                 self.queue._secret if "stoker.executor" in self.task_modules else None,
+                self._initializer,
             ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,

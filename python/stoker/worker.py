@@ -187,13 +187,20 @@ def loaded_queues() -> list[Queue]:
 
 
 def worker_main(
-    conn: Connection, supervisor_pid: int, task_modules: list[str], executor_secret: bytes | None = None
+    conn: Connection,
+    supervisor_pid: int,
+    task_modules: list[str],
+    executor_secret: bytes | None = None,
+    initializer: bytes | None = None,
 ) -> None:
     """Entry point of a worker process.
 
     ``executor_secret`` is the signing secret of the supervisor's queue when
     it runs an Executor's calls (their task is registered here, not by a
-    module of the application that would carry the secret).
+    module of the application that would carry the secret). ``initializer``
+    is the pickled ``(callable, args)`` of the supervisor's ``initializer``
+    option, called once after the imports, before the ``worker_startup``
+    handlers; if it raises, the worker fails to start.
     """
     os.setpgrp()
     _die_with_parent()
@@ -210,6 +217,9 @@ def worker_main(
             from .executor import register_in_worker
 
             register_in_worker(executor_secret)
+        if initializer is not None:
+            initialize, initargs = serialization.loads(initializer)
+            initialize(*initargs)
         for queue in loaded_queues():
             queue.run_event("worker_startup")
     except BaseException as exc:
