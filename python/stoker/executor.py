@@ -2,7 +2,7 @@
 
 ``stoker.Executor`` takes the place of a ``ProcessPoolExecutor`` in a pipeline::
 
-    with stoker.Executor(processes=4, timeout=600, max_retries=2) as pool:
+    with stoker.Executor(4, timeout=600, max_retries=2) as pool:
         for result in pool.map(simulate, seeds):
             ...
 
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from ._core import Engine
 from .errors import InvalidOptionError, JobCancelledError, JobNotFoundError, StokerError, StorageError
 from .job import FINISHED, Job
-from .queue import Queue, in_worker_process
+from .queue import Queue, in_worker_process, refuse_main_reimport
 from .task import REGISTRY, Task
 
 if TYPE_CHECKING:
@@ -251,6 +251,7 @@ class Executor(concurrent.futures.Executor):
         max_crashes: int = 0,
         **supervisor_options: Any,
     ) -> None:
+        refuse_main_reimport("create an Executor")
         if isinstance(max_workers, Queue):
             if queue is not None:
                 raise InvalidOptionError("give the queue once: as the first argument or as queue=")

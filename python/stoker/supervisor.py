@@ -97,6 +97,7 @@ from ._core import ClaimedJob, Engine
 from ._wakeup import WakeListener
 from .errors import (
     InvalidOptionError,
+    MainModuleNotGuardedError,
     MemoryLimitExceededError,
     RequeueLimitError,
     StorageError,
@@ -105,8 +106,14 @@ from .errors import (
     WorkerStartupError,
 )
 from .events import handler_name
-from .job import forget_results, notify_outcomes
-from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
+from .job import forget_pool_failure, forget_results, notify_outcomes, pool_failed
+from .queue import (
+    LOCAL_SUPERVISORS,
+    MAIN_REIMPORT_EXIT_CODE,
+    WORKER_PROCESS_PREFIX,
+    is_database_url,
+    local_key,
+)
 from .remote_errors import CapturedError, qualified_name
 from .task import REGISTRY, TaskOptions
 from .worker import worker_main
@@ -531,6 +538,8 @@ class Supervisor:
         restore = self._install_signal_handlers()
         local = LOCAL_SUPERVISORS.setdefault(local_key(self.queue.path), weakref.WeakSet())
         local.add(self)
+        if self._database_key:
+            forget_pool_failure(self._database_key)
         send_log_open = False
         try:
             self._start_guardian()
@@ -1488,6 +1497,15 @@ class Supervisor:
             log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
+        if w.startup_error is None and w.process.exitcode == MAIN_REIMPORT_EXIT_CODE:
+            # Every worker would do the same: the main module is at fault, not the start.
+            main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+            raise MainModuleNotGuardedError(
+                f"worker process {w.pid} stopped while importing {main} again: that module sends jobs, "
+                "waits for results or starts a worker pool when it is imported, and worker processes "
+                f"({self._context.get_start_method()}) import the main module again in each of them; "
+                'put that code under `if __name__ == "__main__":` (the worker\'s stderr names the line)'
+            )
         if w.startup_error is None and w.process.exitcode == -signal.SIGKILL:
             # Killed from outside (an operator, the out-of-memory killer) while it
             # started: not a sign that workers cannot start, so it is not counted.
@@ -1737,6 +1755,9 @@ class SupervisorThread:
             self.supervisor.run()
         except BaseException as exc:
             self.error = exc
+            if isinstance(exc, WorkerStartupError) and self.supervisor._database_key:
+                # The waiters of this process for jobs it would have run learn why at once.
+                pool_failed(self.supervisor._database_key, exc)
             self.supervisor.started.set()
             raise
 
