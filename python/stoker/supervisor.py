@@ -811,7 +811,7 @@ class Supervisor:
             self._move_queued_to_idle()
             return
         batch, self._completions = self._completions, []
-        started, self._starts_to_record = self._starts_to_record, []
+        started = self._take_starts_to_record(batch)
         # The first jobs claimed go to the idle workers now (_dispatch_claimed_ahead
         # above left none waiting if any is idle); the rest are claimed ahead.
         start_now = min(self.processes - len(self._busy_workers()), len(self._idle_workers()))
@@ -901,6 +901,17 @@ class Supervisor:
             job = self._claimed_ahead.popleft()
             self._unstarted_marked.discard(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
+
+    def _take_starts_to_record(
+        self, batch: list[tuple[int, int, bytes | None, str | None]]
+    ) -> list[tuple[int, int]]:
+        """The starts to record with the commit of ``batch``: not of the jobs it completes (a
+        completion ends the mark too, and short jobs often start and end between two commits)."""
+        started, self._starts_to_record = self._starts_to_record, []
+        if started and batch:
+            completed = {job_id for job_id, *_ in batch}
+            started = [start for start in started if start[0] not in completed]
+        return started
 
     def _note_started(self, job: ClaimedJob) -> None:
         """``job`` starts now (or has started): recorded with the next commit, if it was marked."""
@@ -1348,7 +1359,7 @@ class Supervisor:
         if not (self._completions or self._starts_to_record) or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
-        started, self._starts_to_record = self._starts_to_record, []
+        started = self._take_starts_to_record(batch)
         try:
             if started:
                 applied, _ = self.engine.complete_and_claim(
