@@ -94,28 +94,27 @@ def test_supervisor_sigkill_leaves_no_orphans_and_a_new_one_recovers_the_job(
     assert job.record().attempt == 2
 
 
-def _status_in_database(db: Path, job_id: int) -> str:
-    """The job's status as a fresh connection reads it (no cache of this process)."""
+def _held_in_database(db: Path, job_id: int) -> bool:
+    """Whether the job is running and marked held by its supervisor, as a fresh connection reads it."""
     with closing(sqlite3.connect(db)) as conn:
-        (code,) = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    return {0: "pending", 1: "scheduled", 2: "running"}.get(code, str(code))
+        (status, held) = conn.execute("SELECT status, held FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return bool(status == 2 and held == 1)
 
 
 def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_supervisor_sigkill(
     queue: stoker.Queue, tmp_path: Path, ledger: Path, commands: list[WorkerCommand]
 ) -> None:
     marker, release = tmp_path / "started", tmp_path / "release"
-    # One worker: the long job keeps it busy, the next one is claimed ahead
-    # for it (in its pipe, or held by the supervisor) and never starts.
+    # One worker: the long job keeps it busy; the next one is claimed ahead for
+    # it, taken back from its pipe once the long job has run JOB_AHEAD_MAX_WAIT,
+    # and held by the supervisor, which marks it so in the database.
     long = queue.get_task("exit_when_released").delay(str(marker), str(release))  # max_crashes=0
     ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
     db = Path(queue.path)
     first = WorkerCommand(db, "-p", "1", "--lease", "1")
     commands.append(first)
     wait_until(written(marker), what="the long job to start")
-    wait_until(
-        lambda: _status_in_database(db, ahead.id) == "running", what="the next job to be claimed ahead"
-    )
+    wait_until(lambda: _held_in_database(db, ahead.id), what="the next job to be held by the supervisor")
     descendants = first.descendants()
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(HANG_GUARD)

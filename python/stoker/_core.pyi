@@ -403,17 +403,15 @@ class Engine:
         owner: str,
         lease_ms: int,
         *,
-        start_now: int | None = None,
-        started: list[tuple[int, int]] = ...,
+        held: list[tuple[int, int]] = ...,
+        sent: list[tuple[int, int]] = ...,
     ) -> tuple[list[bool], list[ClaimedJob]]:
         """``complete_many`` then ``claim``, in one transaction (one commit instead of two).
 
-        ``started``: jobs claimed ahead that are now known to have started,
-        recorded first. ``start_now``: how many of the claimed jobs (the first)
-        start at once; the rest (none, when None) are claimed ahead, held for a
-        busy worker: if their lease expires before a later call names them in
-        ``started``, ``reap_expired`` gives them back to pending without
-        counting a crash (a bounded number of times).
+        First, ``held``: running jobs of ``owner`` that it holds, claimed ahead
+        and sent to no worker, are marked so (if their lease expires,
+        ``reap_expired`` gives them back to pending without counting a crash),
+        and ``sent``: marked jobs about to go to a worker, unmarked.
 
         Returns whether each completion was applied, and the claimed jobs.
         """
@@ -465,7 +463,7 @@ class Engine:
     def reap_expired(self, limit: int = 100) -> list[tuple[int, str]]:
         """Fail the running jobs whose lease has expired (kind lease_expired).
 
-        A job claimed ahead and not known to have started goes back to pending
+        A job marked held (``complete_and_claim``) goes back to pending
         instead, with no crash counted and no error record (``"returned"``).
         Returns ``(job_id, "retry" | "dead" | "cancelled" | "returned")`` for each.
         """

@@ -467,13 +467,15 @@ class Supervisor:
         self._dispatch_serial = 0
         self._given_back: dict[int, int] = {}
         """The jobs in ``_claimed_ahead`` given back from a worker's pipe: id -> serial."""
-        self._unstarted_marked: set[int] = set()
-        """Jobs claimed with the engine's claimed-ahead mark, not yet recorded as started."""
-        self._starts_to_record: list[tuple[int, int]] = []
-        """``(id, token)`` of marked jobs that started since the last commit, recorded with the
-        next one (complete_and_claim): an expired lease of a marked job is given back
-        without counting a crash, so a job queued in a busy worker's pipe that never
-        started is not lost with a SIGKILLed supervisor."""
+        self._held_marked: set[int] = set()
+        """Jobs in ``_claimed_ahead`` whose held mark is committed: sent to no worker, so if
+        this supervisor dies the lease reaper gives them back with no crash counted. Such
+        a job goes to a worker only once its unmark is committed (``_to_unmark``), so a
+        mark is never left on a job that may have run."""
+        self._to_mark: dict[int, int] = {}
+        """Jobs held in ``_claimed_ahead`` (id -> token) to mark with the next commit."""
+        self._to_unmark: dict[int, int] = {}
+        """Marked jobs (id -> token) to unmark with the next commit, so they can be sent."""
         self._next_fire = 0.0
         self._next_wal_check = 0.0
         self._reports: deque[tuple[str, Callable[[], None]]] = deque()
@@ -808,28 +810,27 @@ class Supervisor:
         limit = self._claim_limit() if self._want_claim else 0
         if limit <= 0:
             self._flush_completions()
+            self._dispatch_claimed_ahead(now)  # What an unmark just committed lets go.
+            self._mark_held()
             self._move_queued_to_idle()
             return
         batch, self._completions = self._completions, []
-        started = self._take_starts_to_record(batch)
-        # The first jobs claimed go to the idle workers now (_dispatch_claimed_ahead
-        # above left none waiting if any is idle); the rest are claimed ahead.
-        start_now = min(self.processes - len(self._busy_workers()), len(self._idle_workers()))
+        held, sent = self._take_marks()
         # Cleared before the claim, so that a send committed after the claim's
         # snapshot sees it and wakes this loop (see notify); set again below
         # if the claim came back full.
         self._want_claim = False
         try:
             applied, claimed = self.engine.complete_and_claim(
-                batch, self.queues, limit, self.owner, self._lease_ms(), start_now=start_now, started=started
+                batch, self.queues, limit, self.owner, self._lease_ms(), held=held, sent=sent
             )
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
-            self._starts_to_record = started + self._starts_to_record
+            self._restore_marks(held, sent)
             self._want_claim = True
             raise
-        self._unstarted_marked.update(job.id for job in claimed[start_now:])
+        self._marks_committed(held, sent)
         self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
@@ -838,6 +839,7 @@ class Supervisor:
             self._want_claim = True
         self._claimed_ahead.extend(claimed)
         self._dispatch_claimed_ahead(now)
+        self._mark_held()
         self._move_queued_to_idle()
 
     def _claim_limit(self) -> int:
@@ -863,7 +865,7 @@ class Supervisor:
         free_slots = self.processes - len(self._busy_workers())
         if free_slots > 0:
             for worker in self._idle_workers()[:free_slots]:
-                if not self._claimed_ahead:
+                if not self._claimed_ahead or not self._may_send(self._claimed_ahead[0]):
                     break
                 self._dispatch(self._claimed_ahead.popleft(), worker, now)
         if self._stop_requests or len(self._busy_workers()) < self.processes:
@@ -872,6 +874,8 @@ class Supervisor:
             if not self._claimed_ahead:
                 break
             if self._takes_job_ahead(worker, now):
+                if not self._may_send(self._claimed_ahead[0]):
+                    break
                 self._dispatch(self._claimed_ahead.popleft(), worker, now, ahead=True)
 
     def _takes_job_ahead(self, w: _Worker, now: float) -> bool:
@@ -899,25 +903,57 @@ class Supervisor:
         self._given_back.clear()
         while self._claimed_ahead:
             job = self._claimed_ahead.popleft()
-            self._unstarted_marked.discard(job.id)
+            self._forget_held(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
 
-    def _take_starts_to_record(
-        self, batch: list[tuple[int, int, bytes | None, str | None]]
-    ) -> list[tuple[int, int]]:
-        """The starts to record with the commit of ``batch``: not of the jobs it completes (a
-        completion ends the mark too, and short jobs often start and end between two commits)."""
-        started, self._starts_to_record = self._starts_to_record, []
-        if started and batch:
-            completed = {job_id for job_id, *_ in batch}
-            started = [start for start in started if start[0] not in completed]
-        return started
+    # Jobs held here, in _claimed_ahead, sent to no worker, cannot have started: the
+    # database marks them ("held"), so that if this supervisor dies the lease reaper gives
+    # them back with no crash counted and no error record. A job claimed and sent to a
+    # worker in the same turn, the common case, is never marked. One still held after the
+    # turn that claimed or got it back is marked with the next commit; it is unmarked with
+    # a commit before it is sent, so that no job that may have run keeps the mark.
 
-    def _note_started(self, job: ClaimedJob) -> None:
-        """``job`` starts now (or has started): recorded with the next commit, if it was marked."""
-        if job.id in self._unstarted_marked:
-            self._unstarted_marked.discard(job.id)
-            self._starts_to_record.append((job.id, job.token))
+    def _mark_held(self) -> None:
+        """Mark, with the next commit, the jobs held here that are not marked."""
+        for job in self._claimed_ahead:
+            if job.id not in self._held_marked and job.id not in self._to_unmark:
+                self._to_mark.setdefault(job.id, job.token)
+
+    def _may_send(self, job: ClaimedJob) -> bool:
+        """Whether ``job``, the next held here, may go to a worker now."""
+        if self._to_mark.pop(job.id, None) is not None:
+            return True  # Its mark was not committed yet.
+        if job.id not in self._held_marked:
+            return True
+        # Unmarked with this turn's commit, then sent; with it, the others held here,
+        # which would go next.
+        for waiting in self._claimed_ahead:
+            if waiting.id in self._held_marked:
+                self._to_unmark.setdefault(waiting.id, waiting.token)
+        return False
+
+    def _take_marks(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The marks and unmarks for this commit: ``(held, sent)``."""
+        held, sent = list(self._to_mark.items()), list(self._to_unmark.items())
+        self._to_mark, self._to_unmark = {}, {}
+        return held, sent
+
+    def _restore_marks(self, held: list[tuple[int, int]], sent: list[tuple[int, int]]) -> None:
+        """The commit failed: its marks and unmarks wait for the next one."""
+        self._to_mark = dict(held) | self._to_mark
+        self._to_unmark = dict(sent) | self._to_unmark
+
+    def _marks_committed(self, held: list[tuple[int, int]], sent: list[tuple[int, int]]) -> None:
+        self._held_marked.difference_update(job_id for job_id, _ in sent)
+        if held:
+            still_held = {job.id for job in self._claimed_ahead}
+            self._held_marked.update(job_id for job_id, _ in held if job_id in still_held)
+
+    def _forget_held(self, job_id: int) -> None:
+        """The job left ``_claimed_ahead`` without going to a worker (released, cancelled)."""
+        self._held_marked.discard(job_id)
+        self._to_mark.pop(job_id, None)
+        self._to_unmark.pop(job_id, None)
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.get(job.task_name)
@@ -932,7 +968,6 @@ class Supervisor:
         except OSError:
             # The worker died between its last message and this one; the job never
             # started, so it goes back without counting an attempt.
-            self._unstarted_marked.discard(job.id)
             self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
@@ -941,7 +976,6 @@ class Supervisor:
             # Its clock starts when the job before it ends (_start_queued).
             worker.queued.append(_Running(job, now, None, options, serial=serial))
         else:
-            self._note_started(job)
             worker.running = _Running(job, now, self._deadline(job, now), options, serial=serial)
 
     @staticmethod
@@ -953,7 +987,6 @@ class Supervisor:
         if not w.queued:
             return
         queued = w.queued.popleft()
-        self._note_started(queued.job)
         queued.started = now
         queued.deadline = self._deadline(queued.job, now)
         if queued.dropping == "cancel":
@@ -1026,10 +1059,8 @@ class Supervisor:
         """A job sent ahead that never started: cancelled, released, or run by another worker."""
         job = held.job
         if held.dropping == "cancel":
-            self._unstarted_marked.discard(job.id)
             self._store(f"cancel job {job.id}", lambda: self._finish_cancelled(job.id, job.token))
         elif held.dropping == "release" or self._stop_requests or self._shutting_down:
-            self._unstarted_marked.discard(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
         else:
             # Still leased to this supervisor, and no attempt of it ran. It was
@@ -1159,6 +1190,7 @@ class Supervisor:
                 # Not started yet: it ends cancelled without a worker being killed.
                 self._claimed_ahead.remove(job)
                 self._given_back.pop(job_id, None)
+                self._forget_held(job_id)
                 self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
                 return
         for w in self._workers:
@@ -1356,22 +1388,23 @@ class Supervisor:
                 log.exception("middleware %s.post_save raised for job %s", handler_name(middleware), job_id)
 
     def _flush_completions(self) -> None:
-        if not (self._completions or self._starts_to_record) or self._storage_retry_at is not None:
+        if not (self._completions or self._to_mark or self._to_unmark) or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
-        started = self._take_starts_to_record(batch)
+        held, sent = self._take_marks()
         try:
-            if started:
+            if held or sent:
                 applied, _ = self.engine.complete_and_claim(
-                    batch, self.queues, 0, self.owner, self._lease_ms(), started=started
+                    batch, self.queues, 0, self.owner, self._lease_ms(), held=held, sent=sent
                 )
             else:
                 applied = self.engine.complete_many(batch)
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
-            self._starts_to_record = started + self._starts_to_record
+            self._restore_marks(held, sent)
             raise
+        self._marks_committed(held, sent)
         self._after_completions(batch, applied)
 
     def _after_completions(

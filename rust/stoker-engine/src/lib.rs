@@ -34,7 +34,7 @@ pub use schedule::{
 pub use storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
 pub use storage::postgres_schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
 pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
-pub use storage::{ClaimRequest, Storage, UNSTARTED_RETURNS_MAX};
+pub use storage::{ClaimRequest, Storage};
 
 /// Shorthand for results whose error is an [`EngineError`].
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -181,7 +181,7 @@ pub enum FailOutcome {
     Cancelled,
     /// The token was stale: the outcome was recorded and not applied.
     Stale,
-    /// The job had been claimed ahead and was not known to have started: it
+    /// Its supervisor held it, sent to no worker, so it never started: it
     /// went back to pending with no failed attempt counted or recorded.
     Returned,
 }

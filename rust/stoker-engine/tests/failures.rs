@@ -7,7 +7,6 @@ mod common;
 use common::{job, report, Fixture, START_MS};
 use stoker_engine::{
     ClaimRequest, ClaimedJob, Completion, EngineError, FailOutcome, FailureKind, NewJob, Status,
-    UNSTARTED_RETURNS_MAX,
 };
 
 fn retrying(max_retries: i64, jitter: f64) -> NewJob {
@@ -28,15 +27,15 @@ fn claim_token(fx: &Fixture, id: i64) -> i64 {
     claimed[0].token
 }
 
-/// Completes `completions` and claims up to `limit` jobs for "owner-a", the
-/// first `start_now` of them started at once and the rest claimed ahead,
-/// after recording the jobs `started`.
-fn claim_ahead(
+/// Completes `completions` and claims up to `limit` jobs for "owner-a", after
+/// marking the jobs `held` (by the supervisor, sent to no worker) and
+/// unmarking the jobs `sent`, in one transaction.
+fn commit_turn(
     fx: &Fixture,
     completions: &[(i64, i64)],
     limit: usize,
-    start_now: usize,
-    started: &[(i64, i64)],
+    held: &[(i64, i64)],
+    sent: &[(i64, i64)],
 ) -> Vec<ClaimedJob> {
     let completions: Vec<Completion> = completions
         .iter()
@@ -53,8 +52,8 @@ fn claim_ahead(
         limit,
         owner: "owner-a",
         lease_ms: 30_000,
-        start_now,
-        started,
+        held,
+        sent,
     };
     fx.engine
         .complete_and_claim(&completions, &request)
@@ -62,87 +61,71 @@ fn claim_ahead(
         .1
 }
 
+fn uncrashable() -> NewJob {
+    NewJob {
+        max_crashes: 0,
+        ..job(0)
+    }
+}
+
 backend_tests! {
-    fn a_job_claimed_ahead_that_never_started_is_given_back_without_a_crash(fx) {
-        let ids = fx
-            .engine
-            .enqueue(&[
-                NewJob { max_crashes: 0, ..job(0) },
-                NewJob { max_crashes: 0, ..job(0) },
-            ])
-            .unwrap();
-        let claimed = claim_ahead(&fx, &[], 2, 1, &[]);
+    fn a_held_job_is_given_back_without_a_crash_when_its_lease_expires(fx) {
+        let ids = fx.engine.enqueue(&[uncrashable(), uncrashable()]).unwrap();
+        let claimed = commit_turn(&fx, &[], 2, &[], &[]);
         assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
-        // The supervisor dies: both leases expire.
+        // The first went to a worker; the supervisor held the second, then died.
+        let second = (claimed[1].id, claimed[1].token);
+        commit_turn(&fx, &[], 0, &[second], &[]);
         fx.advance(30_001);
         let mut reaped = fx.engine.reap_expired(10).unwrap();
         reaped.sort_by_key(|r| r.0);
         assert_eq!(
             reaped,
             vec![(ids[0], FailOutcome::Dead), (ids[1], FailOutcome::Returned)],
-            "the started job counts a crash (max_crashes=0: dead), the one ahead does not"
+            "the job sent to a worker counts a crash (max_crashes=0: dead), the held one does not"
         );
-        let started = fx.engine.get(ids[0]).unwrap();
-        assert_eq!((started.crashes, fx.engine.errors(ids[0]).unwrap().len()), (1, 1));
-        let ahead = fx.engine.get(ids[1]).unwrap();
-        assert_eq!(ahead.status, Status::Pending);
-        assert_eq!((ahead.crashes, ahead.failures), (0, 0));
+        let sent = fx.engine.get(ids[0]).unwrap();
+        assert_eq!((sent.crashes, fx.engine.errors(ids[0]).unwrap().len()), (1, 1));
+        let held = fx.engine.get(ids[1]).unwrap();
+        assert_eq!(held.status, Status::Pending);
+        assert_eq!((held.crashes, held.failures), (0, 0));
         assert!(fx.engine.errors(ids[1]).unwrap().is_empty());
         // Its next claim has a token the dead supervisor never held.
         let again = fx.claim(1);
         assert_eq!(again[0].id, ids[1]);
         assert_eq!(again[0].token, claimed[1].token + 1);
+        assert!(!fx.complete(ids[1], claimed[1].token), "the old token is stale");
         assert!(fx.complete(ids[1], again[0].token));
-        assert!(!fx.complete(ids[1], claimed[1].token), "the old token stays stale");
     }
 
-    fn a_job_claimed_ahead_counts_a_crash_once_it_is_known_to_have_started(fx) {
-        let ids = fx
+    fn a_held_job_sent_to_a_worker_counts_a_crash_again(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        let token = (claimed[0].id, claimed[0].token);
+        commit_turn(&fx, &[], 0, &[token], &[]);
+        commit_turn(&fx, &[], 0, &[], &[token]);
+        fx.advance(30_001);
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
+        assert_eq!(fx.engine.errors(id).unwrap()[0].kind, "lease_expired");
+    }
+
+    fn only_the_owner_with_a_current_token_marks_a_job_held(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = fx
             .engine
-            .enqueue(&[
-                NewJob { max_crashes: 0, ..job(0) },
-                NewJob { max_crashes: 0, ..job(0) },
-            ])
+            .claim(&["default".to_owned()], 1, "owner-b", 30_000)
             .unwrap();
-        let claimed = claim_ahead(&fx, &[], 2, 1, &[]);
-        // The first ended; the second, queued behind it, started: recorded
-        // in the commit of the first one's outcome.
-        let first = (claimed[0].id, claimed[0].token);
-        let second = (claimed[1].id, claimed[1].token);
-        claim_ahead(&fx, &[first], 0, 0, &[second]);
+        // owner-a does not hold it; a stale token marks nothing either.
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token + 1)], &[]);
         fx.advance(30_001);
-        assert_eq!(
-            fx.engine.reap_expired(10).unwrap(),
-            vec![(ids[1], FailOutcome::Dead)]
-        );
-        assert_eq!(fx.engine.errors(ids[1]).unwrap()[0].kind, "lease_expired");
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
     }
 
-    fn a_job_claimed_ahead_is_given_back_uncounted_a_bounded_number_of_times(fx) {
-        let id = fx.enqueue_one(NewJob { max_crashes: 0, ..job(0) });
-        for round in 0..UNSTARTED_RETURNS_MAX {
-            let claimed = claim_ahead(&fx, &[], 1, 0, &[]);
-            assert_eq!(claimed.len(), 1, "round {round}");
-            fx.advance(30_001);
-            assert_eq!(
-                fx.engine.reap_expired(10).unwrap(),
-                vec![(id, FailOutcome::Returned)],
-                "round {round}"
-            );
-        }
-        // Past the bound it counts, as a job that kills its supervisor must.
-        claim_ahead(&fx, &[], 1, 0, &[]);
-        fx.advance(30_001);
-        assert_eq!(
-            fx.engine.reap_expired(10).unwrap(),
-            vec![(id, FailOutcome::Dead)]
-        );
-        assert_eq!(fx.engine.errors(id).unwrap().len(), 1);
-    }
-
-    fn a_job_claimed_ahead_with_a_cancel_request_ends_cancelled_when_reaped(fx) {
+    fn a_held_job_with_a_cancel_request_ends_cancelled_when_reaped(fx) {
         let id = fx.enqueue_one(job(0));
-        claim_ahead(&fx, &[], 1, 0, &[]);
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
         fx.engine.cancel(id).unwrap();
         fx.advance(30_001);
         assert_eq!(
@@ -153,16 +136,14 @@ backend_tests! {
         assert!(fx.engine.errors(id).unwrap().is_empty());
     }
 
-    fn a_released_job_claimed_ahead_is_started_by_its_next_plain_claim(fx) {
-        let id = fx.enqueue_one(NewJob { max_crashes: 0, ..job(0) });
-        let claimed = claim_ahead(&fx, &[], 1, 0, &[]);
+    fn a_released_held_job_is_not_held_after_its_next_claim(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
         assert!(fx.engine.release(id, claimed[0].token).unwrap());
         fx.claim(1);
         fx.advance(30_001);
-        assert_eq!(
-            fx.engine.reap_expired(10).unwrap(),
-            vec![(id, FailOutcome::Dead)]
-        );
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
     }
 
     fn retries_wait_exact_backoff_without_jitter(fx) {
@@ -561,25 +542,19 @@ fn unknown_failure_kind_is_an_invalid_option() {
     }
 }
 
-/// A version-4 file knew no claims ahead: its running jobs count as started
-/// after the migration, and new claims ahead are marked.
+/// A version-4 file knew no held jobs: its running jobs count as sent to a
+/// worker after the migration, and jobs can be marked held.
 #[test]
-fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_started() {
+fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_sent() {
     let fx = Fixture::sqlite();
-    let running = fx.enqueue_one(NewJob {
-        max_crashes: 0,
-        ..job(0)
-    });
+    let running = fx.enqueue_one(uncrashable());
     fx.claim(1);
     let db = fx.db_path();
     drop(fx.engine);
     {
         let conn = rusqlite::Connection::open(&db).unwrap();
-        conn.execute_batch(
-            "ALTER TABLE jobs DROP COLUMN claimed_ahead; ALTER TABLE jobs DROP COLUMN unstarted_returns; \
-             PRAGMA user_version = 4;",
-        )
-        .unwrap();
+        conn.execute_batch("ALTER TABLE jobs DROP COLUMN held; PRAGMA user_version = 4;")
+            .unwrap();
     }
     let engine = stoker_engine::Engine::open(
         db.to_str().unwrap(),
@@ -592,20 +567,16 @@ fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_started() {
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
     assert_eq!(version, stoker_engine::SCHEMA_VERSION);
-    let ahead = engine
-        .enqueue(&[NewJob {
-            max_crashes: 0,
-            ..job(0)
-        }])
-        .unwrap()[0];
+    let held = engine.enqueue(&[uncrashable()]).unwrap()[0];
     let queues = ["default".to_owned()];
+    let claimed = engine.claim(&queues, 1, "owner-b", 30_000).unwrap();
     let request = ClaimRequest {
         queues: &queues,
-        limit: 1,
+        limit: 0,
         owner: "owner-b",
         lease_ms: 30_000,
-        start_now: 0,
-        started: &[],
+        held: &[(held, claimed[0].token)],
+        sent: &[],
     };
     engine.complete_and_claim(&[], &request).unwrap();
     engine.advance_clock(30_001).unwrap();
@@ -613,6 +584,6 @@ fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_started() {
     reaped.sort_by_key(|r| r.0);
     assert_eq!(
         reaped,
-        vec![(running, FailOutcome::Dead), (ahead, FailOutcome::Returned)]
+        vec![(running, FailOutcome::Dead), (held, FailOutcome::Returned)]
     );
 }

@@ -325,11 +325,10 @@ fn a_version_3_file_is_migrated_and_keeps_its_jobs() {
     let db = fx.db_path();
     drop(fx.engine);
     {
-        // Version 3 had no marks of send logs, nor of jobs claimed ahead.
+        // Version 3 had no marks of send logs, nor of held jobs.
         let conn = Connection::open(&db).unwrap();
         conn.execute_batch(
-            "DROP TABLE send_logs; ALTER TABLE jobs DROP COLUMN claimed_ahead; \
-             ALTER TABLE jobs DROP COLUMN unstarted_returns; PRAGMA user_version = 3;",
+            "DROP TABLE send_logs; ALTER TABLE jobs DROP COLUMN held; PRAGMA user_version = 3;",
         )
         .unwrap();
     }

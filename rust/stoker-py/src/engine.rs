@@ -277,12 +277,11 @@ impl Engine {
             .or_raise(py)
     }
 
-    /// ``complete_many`` and then ``claim``, in one transaction; the jobs
-    /// ``started`` (claimed ahead, now known to have started) are recorded
-    /// first, and the claimed jobs after the first ``start_now`` (all, when
-    /// None) are marked claimed ahead.
+    /// ``complete_many`` and then ``claim``, in one transaction; first the
+    /// jobs ``held`` (by ``owner``, sent to no worker) are marked and the
+    /// jobs ``sent`` unmarked.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (outcomes, queues, limit, owner, lease_ms, *, start_now = None, started = Vec::new()))]
+    #[pyo3(signature = (outcomes, queues, limit, owner, lease_ms, *, held = Vec::new(), sent = Vec::new()))]
     fn complete_and_claim(
         &self,
         py: Python<'_>,
@@ -291,22 +290,18 @@ impl Engine {
         limit: i64,
         owner: &str,
         lease_ms: i64,
-        start_now: Option<i64>,
-        started: Vec<(i64, i64)>,
+        held: Vec<(i64, i64)>,
+        sent: Vec<(i64, i64)>,
     ) -> PyResult<(Vec<bool>, Vec<ClaimedJob>)> {
         let completions = completions_from(&outcomes)?;
         let limit = count("limit", limit).or_raise(py)?;
-        let start_now = match start_now {
-            None => usize::MAX,
-            Some(n) => count("start_now", n).or_raise(py)?,
-        };
         let request = ClaimRequest {
             queues: &queues,
             limit,
             owner,
             lease_ms,
-            start_now,
-            started: &started,
+            held: &held,
+            sent: &sent,
         };
         let engine = &self.engine;
         let (applied, claimed) = py

@@ -63,30 +63,19 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
     pub owner: &'a str,
     pub lease_ms: i64,
-    /// How many of the claimed jobs, the first in claim order, start at once
-    /// (sent to an idle worker). The others are claimed ahead: held for a
-    /// worker that is busy, and not known to have started, until a later
-    /// transaction names them in `started`. An expired lease on a job claimed
-    /// ahead gives it back without counting a crash (see
-    /// [`UNSTARTED_RETURNS_MAX`]). `usize::MAX`: every claimed job starts.
-    pub start_now: usize,
-    /// `(job_id, token)` of jobs claimed ahead that are now known to have
-    /// started: their lease, if it expires, counts as a crash again. Recorded
-    /// first, in the same transaction.
-    pub started: &'a [(i64, i64)],
+    /// `(job_id, token)` of running jobs of `owner` that it holds itself,
+    /// claimed ahead and sent to no worker: they cannot have started. If the
+    /// lease of such a job expires, the reaper gives it back to pending with
+    /// no crash counted and no error record. Recorded first, in the same
+    /// transaction; a job claimed is not marked (a supervisor usually sends
+    /// it to a worker at once).
+    pub held: &'a [(i64, i64)],
+    /// `(job_id, token)` of jobs marked `held` that the supervisor is about
+    /// to send to a worker: unmarked first, in the same transaction. The
+    /// supervisor sends a marked job only once this is committed, so a mark
+    /// the reaper finds is never of a job that may have run.
+    pub sent: &'a [(i64, i64)],
 }
-
-/// How many times the lease reaper gives back, without counting a crash or
-/// writing an error record, a job that was claimed ahead and never known to
-/// have started. A job that is still marked so was queued in the pipe of a
-/// worker whose supervisor died; it probably never ran. But it may have
-/// started in the instant before the supervisor died (its start is recorded
-/// with the next commit), or it may be what killed the supervisor: past this
-/// many uncounted returns, its expired lease counts as a crash like any
-/// other, so that such a job ends dead under `max_crashes` instead of
-/// looping. Higher forgives more supervisor deaths of jobs that never ran;
-/// lower bounds how often a job that kills its supervisor runs unaccounted.
-pub const UNSTARTED_RETURNS_MAX: i64 = 2;
 
 /// Durable job state. See the module documentation for the contract every
 /// implementation keeps. Flow control and schedules are the supertraits'
@@ -158,7 +147,7 @@ pub trait Storage:
         claim: &ClaimRequest<'_>,
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
-        // A backend without claims ahead counts every claimed job as started.
+        // A backend without held marks counts every claimed job as sent.
         let applied = self.complete_many(completions, now_ms)?;
         let claimed = self.claim(
             claim.queues,
@@ -205,9 +194,9 @@ pub trait Storage:
     }
 
     /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
-    /// is before `now_ms`. A job claimed ahead and not known to have started
-    /// goes back to pending instead ([`FailOutcome::Returned`]: no crash
-    /// counted, no error record), at most [`UNSTARTED_RETURNS_MAX`] times.
+    /// is before `now_ms`. A job its supervisor held, sent to no worker
+    /// ([`ClaimRequest::held`]), goes back to pending instead
+    /// ([`FailOutcome::Returned`]: no crash counted, no error record).
     fn reap_expired(
         &self,
         limit: usize,

@@ -44,7 +44,7 @@ use crate::retry::backoff_ms;
 use crate::storage::postgres_flow;
 use crate::storage::postgres_schema;
 use crate::storage::sqlite::LEASE_EXPIRED_EXC_TYPE;
-use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, UNSTARTED_RETURNS_MAX};
+use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage};
 
 /// How many times a transaction that lost a race (serialization failure,
 /// deadlock, unique-key conflict) is run again before the error is returned
@@ -103,7 +103,7 @@ pub const CLAIM_ONE_QUEUE_SQL: &str = "WITH picked AS MATERIALIZED ( \
      SELECT id FROM jobs WHERE status = 0 AND queue = $1 ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
      UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
-     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, claimed_ahead = 0 \
+     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
      FROM picked WHERE j.id = picked.id \
      RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
 
@@ -112,7 +112,7 @@ pub const CLAIM_QUEUES_SQL: &str = "WITH picked AS MATERIALIZED ( \
      SELECT id FROM jobs WHERE status = 0 AND queue = ANY($1) ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
      UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
-     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, claimed_ahead = 0 \
+     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
      FROM picked WHERE j.id = picked.id \
      RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
 
@@ -833,40 +833,32 @@ const RELEASE_SQL: &str =
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
 
-/// Jobs claimed ahead are known to have started (their tokens current).
-const MARK_STARTED_SQL: &str = "UPDATE jobs j SET claimed_ahead = 0 \
-     FROM UNNEST($1::bigint[], $2::bigint[]) AS s (id, token) \
-     WHERE j.id = s.id AND j.attempt = s.token AND j.status = 2 AND j.claimed_ahead = 1";
+/// Marks ($4 = 1) or unmarks ($4 = 0) running jobs their owner ($3) holds,
+/// sent to no worker, whose tokens are current.
+const MARK_HELD_SQL: &str = "UPDATE jobs j SET held = $4 \
+     FROM UNNEST($1::bigint[], $2::bigint[]) AS h (id, token) \
+     WHERE j.id = h.id AND j.attempt = h.token AND j.status = 2 AND j.lease_owner = $3";
 
-/// Marks the claimed jobs that are held for a busy worker, not started.
-const MARK_AHEAD_SQL: &str = "UPDATE jobs SET claimed_ahead = 1 WHERE id = ANY($1)";
-
-/// Gives back an expired job claimed ahead that is not known to have started,
-/// at most $4 times: pending again (cancelled if a cancel was requested), no
-/// failure or crash counted. The attempt stays taken, unlike [`RELEASE_SQL`]:
-/// the supervisor that holds the token may still be alive, and the next claim
-/// must give a token it has never seen.
-const RETURN_UNSTARTED_SQL: &str =
+/// Gives back an expired job its supervisor held, sent to no worker: pending
+/// again (cancelled if a cancel was requested), no failure or crash counted.
+/// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
+/// the token may still be alive, and the next claim must give a token it has
+/// never seen.
+const RETURN_HELD_SQL: &str =
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
-     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, claimed_ahead = 0, \
-     unstarted_returns = unstarted_returns + 1 \
-     WHERE id = $1 AND attempt = $2 AND status = 2 AND claimed_ahead = 1 AND unstarted_returns < $4 \
-     RETURNING status";
+     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = $1 AND attempt = $2 AND status = 2 AND held = 1 RETURNING status";
 
-/// Gives back an expired job claimed ahead that is not known to have started
-/// ([`RETURN_UNSTARTED_SQL`]); None if it is not one, or was given back
-/// [`UNSTARTED_RETURNS_MAX`] times already (its lease counts as a crash).
-fn return_unstarted(
+/// Gives back an expired job its supervisor held, sent to no worker
+/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
+fn return_held(
     tx: &mut Tx<'_>,
     job_id: i64,
     token: i64,
     now_ms: i64,
 ) -> PgResult<Option<FailOutcome>> {
-    let returned = tx.query_opt(
-        RETURN_UNSTARTED_SQL,
-        &[&job_id, &token, &now_ms, &UNSTARTED_RETURNS_MAX],
-    )?;
+    let returned = tx.query_opt(RETURN_HELD_SQL, &[&job_id, &token, &now_ms])?;
     let code: Option<i64> = returned.as_ref().map(|row| row.try_get(0)).transpose()?;
     Ok(match code {
         None => None,
@@ -1073,10 +1065,12 @@ impl Storage for PostgresStorage {
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
-            if !claim.started.is_empty() {
-                let ids: Vec<i64> = claim.started.iter().map(|s| s.0).collect();
-                let tokens: Vec<i64> = claim.started.iter().map(|s| s.1).collect();
-                tx.execute(MARK_STARTED_SQL, &[&ids, &tokens])?;
+            for (jobs, held) in [(claim.sent, 0_i64), (claim.held, 1)] {
+                if !jobs.is_empty() {
+                    let ids: Vec<i64> = jobs.iter().map(|job| job.0).collect();
+                    let tokens: Vec<i64> = jobs.iter().map(|job| job.1).collect();
+                    tx.execute(MARK_HELD_SQL, &[&ids, &tokens, &claim.owner, &held])?;
+                }
             }
             let applied = complete_in(tx, completions, now_ms)?;
             let claimed = claim_in(
@@ -1087,14 +1081,6 @@ impl Storage for PostgresStorage {
                 claim.lease_ms,
                 now_ms,
             )?;
-            // Claimed in claim order: the first start at once.
-            if claimed.len() > claim.start_now {
-                let ahead: Vec<i64> = claimed[claim.start_now..]
-                    .iter()
-                    .map(|job| job.id)
-                    .collect();
-                tx.execute(MARK_AHEAD_SQL, &[&ahead])?;
-            }
             Ok((applied, claimed))
         })
     }
@@ -1258,7 +1244,7 @@ impl Storage for PostgresStorage {
             }
             let mut reaped = Vec::with_capacity(expired.len());
             for (job_id, token, owner, deadline_ms, orphaned) in expired {
-                if let Some(outcome) = return_unstarted(tx, job_id, token, now_ms)? {
+                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
                     reaped.push((job_id, outcome));
                     continue;
                 }

@@ -32,9 +32,7 @@ use crate::retry::backoff_ms;
 use crate::storage::sqlite_checkpoint::Checkpointer;
 use crate::storage::sqlite_flow;
 use crate::storage::sqlite_send_log::{self, SendLog};
-use crate::storage::{
-    stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES, UNSTARTED_RETURNS_MAX,
-};
+use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
@@ -42,7 +40,7 @@ pub const APPLICATION_ID: i64 = 0x5354_4B52;
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
 /// Version 3 keeps large payloads and results in tables of their own;
 /// version 4 adds the high-water marks of the send logs; version 5 marks the
-/// jobs claimed ahead that are not known to have started.
+/// running jobs their supervisor holds, sent to no worker.
 pub const SCHEMA_VERSION: i64 = 5;
 
 /// The oldest schema version that opening migrates in place rather than
@@ -160,15 +158,13 @@ CREATE TABLE stale_outcomes (
 ) STRICT;
 ";
 
-/// The columns of `jobs` that tell a job claimed ahead (held for a busy
-/// worker) that is not known to have started, so that the lease reaper gives
-/// it back without counting a crash (see [`UNSTARTED_RETURNS_MAX`]). Part of
-/// the schema since version 5.
-const CLAIM_AHEAD_COLUMNS: &str = "
--- 1 from a claim ahead until the job is known to have started.
-ALTER TABLE jobs ADD COLUMN claimed_ahead INTEGER NOT NULL DEFAULT 0;
--- How many times the reaper gave the job back unstarted, without a crash.
-ALTER TABLE jobs ADD COLUMN unstarted_returns INTEGER NOT NULL DEFAULT 0;
+/// The column of `jobs` that marks a running job its supervisor holds,
+/// claimed ahead and sent to no worker ([`ClaimRequest::held`]): the lease
+/// reaper gives such a job back without counting a crash. Part of the schema
+/// since version 5.
+const HELD_COLUMN: &str = "
+-- 1 while its supervisor holds the running job, sent to no worker.
+ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
 ";
 
 /// The tables of payloads and results too large for the job's row (see
@@ -223,10 +219,10 @@ pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
 pub const PICK_PENDING_SQL: &str =
     "SELECT priority, id FROM jobs WHERE status = 0 AND queue = ?1 ORDER BY priority DESC, id LIMIT ?2";
 
-/// Leases one picked job, marked claimed ahead or not (?5); the `status = 0`
-/// fence makes it a no-op on a row that another writer took first.
+/// Leases one picked job; the `status = 0` fence makes it a no-op on a row that
+/// another writer took first.
 pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = ?2, \
-     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL, claimed_ahead = ?5 \
+     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL, held = 0 \
      WHERE id = ?1 AND status = 0 RETURNING attempt, task_name, queue, payload, timeout_ms, labels";
 
 /// Puts a running attempt back to pending (the attempt stays counted). A job
@@ -247,22 +243,21 @@ const RELEASE_SQL: &str =
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
 
-/// A job claimed ahead is known to have started (its token current).
-const MARK_STARTED_SQL: &str =
-    "UPDATE jobs SET claimed_ahead = 0 WHERE id = ?1 AND attempt = ?2 AND status = 2 AND claimed_ahead = 1";
+/// Marks (?4 = 1) or unmarks (?4 = 0) a running job its owner (?3) holds,
+/// sent to no worker, if its token (?2) is current.
+const MARK_HELD_SQL: &str =
+    "UPDATE jobs SET held = ?4 WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_owner = ?3";
 
-/// Gives back an expired job claimed ahead that is not known to have started,
-/// at most ?4 times: pending again (cancelled if a cancel was requested), no
-/// failure or crash counted. The attempt stays taken, unlike [`RELEASE_SQL`]:
-/// the supervisor that holds the token may still be alive (stopped, cut off),
-/// and the next claim must give a token it has never seen.
-const RETURN_UNSTARTED_SQL: &str =
+/// Gives back an expired job its supervisor held, sent to no worker: pending
+/// again (cancelled if a cancel was requested), no failure or crash counted.
+/// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
+/// the token may still be alive (stopped, cut off), and the next claim must
+/// give a token it has never seen.
+const RETURN_HELD_SQL: &str =
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, claimed_ahead = 0, \
-     unstarted_returns = unstarted_returns + 1 \
-     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND claimed_ahead = 1 AND unstarted_returns < ?4 \
-     RETURNING status";
+     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND held = 1 RETURNING status";
 
 /// Completes one attempt if its token is current.
 pub const COMPLETE_SQL: &str =
@@ -486,7 +481,7 @@ impl SqliteStorage {
                     tx.execute_batch(sqlite_flow::SCHEMA)?;
                     tx.execute_batch(BLOB_TABLES)?;
                     tx.execute_batch(sqlite_send_log::SCHEMA)?;
-                    tx.execute_batch(CLAIM_AHEAD_COLUMNS)?;
+                    tx.execute_batch(HELD_COLUMN)?;
                     tx.execute_batch(&format!(
                         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
                     ))?;
@@ -618,14 +613,10 @@ fn busy_waiter(limit: Arc<AtomicU64>) -> impl FnMut(i32) -> bool + Send + 'stati
 }
 
 /// The body of [`Storage::claim`], inside the caller's transaction.
-/// The first `start_now` claimed jobs start at once; the others are marked
-/// claimed ahead.
-#[allow(clippy::too_many_arguments)]
 fn claim_in(
     tx: &Transaction<'_>,
     queues: &[String],
     limit: usize,
-    start_now: usize,
     owner: &str,
     lease_ms: i64,
     now_ms: i64,
@@ -672,24 +663,20 @@ fn claim_in(
         if !gate.admit(tx, id)? {
             continue;
         }
-        let ahead = i64::from(claimed.len() >= start_now);
-        let mut job = take.query_row(
-            params![id, now_ms, owner, lease_deadline_ms, ahead],
-            |row| {
-                let attempt: i64 = row.get(0)?;
-                Ok(ClaimedJob {
-                    id,
-                    token: attempt,
-                    attempt,
-                    task_name: row.get(1)?,
-                    queue: row.get(2)?,
-                    payload: row.get(3)?,
-                    timeout_ms: row.get(4)?,
-                    lease_deadline_ms,
-                    labels: row.get(5)?,
-                })
-            },
-        )?;
+        let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+            let attempt: i64 = row.get(0)?;
+            Ok(ClaimedJob {
+                id,
+                token: attempt,
+                attempt,
+                task_name: row.get(1)?,
+                queue: row.get(2)?,
+                payload: row.get(3)?,
+                timeout_ms: row.get(4)?,
+                lease_deadline_ms,
+                labels: row.get(5)?,
+            })
+        })?;
         if job.payload.is_empty() {
             if let Some(payload) = payload_aside(tx, id)? {
                 job.payload = payload;
@@ -744,21 +731,17 @@ fn put_back(
     Ok(changed.is_some())
 }
 
-/// Gives back an expired job claimed ahead that is not known to have started
-/// ([`RETURN_UNSTARTED_SQL`]); None if it is not one, or was given back
-/// [`UNSTARTED_RETURNS_MAX`] times already (its lease counts as a crash).
-fn return_unstarted(
+/// Gives back an expired job its supervisor held, sent to no worker
+/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
+fn return_held(
     tx: &Transaction<'_>,
     job_id: i64,
     token: i64,
     now_ms: i64,
 ) -> Result<Option<FailOutcome>, EngineError> {
     let returned = tx
-        .prepare_cached(RETURN_UNSTARTED_SQL)?
-        .query_row(
-            params![job_id, token, now_ms, UNSTARTED_RETURNS_MAX],
-            |row| row.get::<_, i64>(0),
-        )
+        .prepare_cached(RETURN_HELD_SQL)?
+        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
         .optional()?;
     Ok(match returned {
         None => None,
@@ -831,9 +814,9 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
     }
     // Version 4 adds the send logs' marks (to any older version).
     tx.execute_batch(sqlite_send_log::SCHEMA)?;
-    // Version 5 marks the jobs claimed ahead. The running jobs of the older
-    // version count as started, as they did there.
-    tx.execute_batch(CLAIM_AHEAD_COLUMNS)?;
+    // Version 5 marks the jobs their supervisor holds. The running jobs of
+    // the older version count as sent to a worker, as they did there.
+    tx.execute_batch(HELD_COLUMN)?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -1325,7 +1308,7 @@ impl Storage for SqliteStorage {
         if limit == 0 || queues.is_empty() {
             return Ok(Vec::new());
         }
-        self.write(|tx| claim_in(tx, queues, limit, usize::MAX, owner, lease_ms, now_ms))
+        self.write(|tx| claim_in(tx, queues, limit, owner, lease_ms, now_ms))
     }
 
     fn heartbeat(
@@ -1370,10 +1353,12 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
-            if !claim.started.is_empty() {
-                let mut mark = tx.prepare_cached(MARK_STARTED_SQL)?;
-                for &(job_id, token) in claim.started {
-                    mark.execute(params![job_id, token])?;
+            if !claim.held.is_empty() || !claim.sent.is_empty() {
+                let mut mark = tx.prepare_cached(MARK_HELD_SQL)?;
+                for (jobs, held) in [(claim.sent, 0_i64), (claim.held, 1)] {
+                    for &(job_id, token) in jobs {
+                        mark.execute(params![job_id, token, claim.owner, held])?;
+                    }
                 }
             }
             let applied = complete_in(tx, completions, now_ms)?;
@@ -1381,7 +1366,6 @@ impl Storage for SqliteStorage {
                 tx,
                 claim.queues,
                 claim.limit,
-                claim.start_now,
                 claim.owner,
                 claim.lease_ms,
                 now_ms,
@@ -1479,7 +1463,7 @@ impl Storage for SqliteStorage {
             };
             let mut reaped = Vec::with_capacity(expired.len());
             for (job_id, token, owner, deadline_ms) in expired {
-                if let Some(outcome) = return_unstarted(tx, job_id, token, now_ms)? {
+                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
                     reaped.push((job_id, outcome));
                     continue;
                 }
