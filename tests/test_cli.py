@@ -678,3 +678,68 @@ def test_the_command_names_a_module_that_raises_at_import_in_one_line(tmp_path: 
         "stoker: cannot import 'raises_here': RuntimeError: no config file "
         "(at raises_here.py, line 3) (--traceback shows the whole traceback)\n"
     )
+
+
+# --- worker recycling ----------------------------------------------------------------------
+
+
+def _pids_by_job(ledger: Path) -> list[int]:
+    """The pid of the worker process that ran each ``record`` job, in ledger order."""
+    return [int(line.split()[1]) for line in ledger.read_text().splitlines()]
+
+
+@pytest.mark.parametrize(
+    ("flags", "jobs_per_pid"),
+    [(["--max-tasks-per-worker", "2"], 2), (["--max-worker-memory-mb", "1"], 1)],
+)
+def test_worker_recycles_its_processes(
+    queue: stoker.Queue, ledger: Path, flags: list[str], jobs_per_pid: int
+) -> None:
+    # One at a time (no job ahead), so each job runs where the one before it ran
+    # unless its worker process was replaced.
+    jobs = [queue.get_task("record").delay(str(ledger), str(n)) for n in range(6)]
+    result = stoker_command(
+        Path(queue.path), "worker", APP, "-p", "1", "--prefetch", "0", "--until-idle", *flags
+    )
+    assert result.returncode == EXIT_OK, result.stderr
+    assert [job.status for job in jobs] == ["complete"] * 6
+    pids = _pids_by_job(ledger)
+    assert len(pids) == 6
+    # A worker process that ran a job ran it among its first jobs_per_pid ones, then was replaced.
+    runs = [pids[i : i + jobs_per_pid] for i in range(0, 6, jobs_per_pid)]
+    assert all(len(set(run)) == 1 for run in runs), pids
+    assert len(set(pids)) == 6 // jobs_per_pid, pids
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--max-tasks-per-worker", "0"],
+            "argument --max-tasks-per-worker: must be a whole number >= 1, got '0'",
+        ),
+        (
+            ["--max-tasks-per-worker", "2.5"],
+            "argument --max-tasks-per-worker: must be a whole number >= 1, got '2.5'",
+        ),
+        (
+            ["--max-worker-memory-mb", "0"],
+            "argument --max-worker-memory-mb: must be a number of MiB > 0, got '0'",
+        ),
+        (
+            ["--max-worker-memory-mb", "nan"],
+            "argument --max-worker-memory-mb: must be a number of MiB > 0, got 'nan'",
+        ),
+        (
+            ["--max-worker-memory-mb", "lots"],
+            "argument --max-worker-memory-mb: must be a number of MiB > 0, got 'lots'",
+        ),
+    ],
+)
+def test_worker_recycling_flags_are_checked(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["worker", APP, *argv])
+    assert exit_info.value.code == EXIT_USAGE
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)

@@ -76,7 +76,7 @@ def fail(core: Engine, claimed: ClaimedJob, kind: str = "error", **extra: object
 
 def test_module_constants() -> None:
     assert _core.__version__ == "0.1.0"
-    assert (_core.SCHEMA_VERSION, _core.PG_SCHEMA_VERSION) == (4, 2)
+    assert (_core.SCHEMA_VERSION, _core.PG_SCHEMA_VERSION) == (5, 3)
 
 
 def test_constructor_signatures_match_the_stub() -> None:

@@ -130,7 +130,8 @@ def test_the_task_options_the_readme_lists_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     paragraph = re.search(r"^Task options: (.*?)\n\n", readme, flags=re.S | re.M)
     assert paragraph is not None, "README.md no longer lists the task options"
-    names = re.findall(r"`(\w+)`", paragraph.group(1))
+    # Options are lower-case; a class the paragraph names (an error) is not one.
+    names = [name for name in re.findall(r"`(\w+)`", paragraph.group(1)) if not name[0].isupper()]
     assert len(names) >= 10, names
     fields = {f.name for f in dataclasses.fields(stoker.TaskOptions)}
     assert [name for name in names if name not in fields] == []

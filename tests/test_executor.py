@@ -15,7 +15,7 @@ import pytest
 
 import stoker
 from apps import executor_funcs as funcs
-from conftest import HANG_GUARD, wait_until
+from conftest import HANG_GUARD, TESTS, wait_until
 from stoker import signing
 from stoker._core import Engine
 from stoker.executor import CALL_TASK_NAME, Executor, JobFuture, call
@@ -285,3 +285,110 @@ def test_an_executor_on_a_signed_queue_runs_its_calls(tmp_path: Path) -> None:
     record = Engine(str(tmp_path / "signed.db")).get(1)
     assert record.payload.startswith(signing.MAGIC)
     assert record.result is not None and record.result.startswith(signing.MAGIC)
+
+
+# --- ProcessPoolExecutor's constructor ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("args", "kwargs"), [((2,), {}), ((), {"max_workers": 2})])
+def test_max_workers_as_process_pool_executor_takes_it(
+    make_executor: MakeExecutor, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    executor = make_executor(*args, **kwargs)
+    assert executor.submit(funcs.square, 6).result(HANG_GUARD) == 36
+    assert executor.pool is not None and executor.pool.supervisor.processes == 2
+
+
+def test_a_queue_as_the_first_argument_is_still_the_queue(queue: stoker.Queue) -> None:
+    with Executor(queue, processes=1) as executor:
+        assert executor.queue is queue
+        assert executor.submit(funcs.square, 5).result(HANG_GUARD) == 25
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_mp_context_sets_the_start_method(make_executor: MakeExecutor, method: str) -> None:
+    import multiprocessing
+
+    executor = make_executor(1, multiprocessing.get_context(method))
+    assert executor.submit(funcs.square, 3).result(HANG_GUARD) == 9
+    assert executor.pool is not None
+    assert executor.pool.supervisor._context.get_start_method() == method
+
+
+def test_a_fork_context_is_refused_with_the_reason() -> None:
+    import multiprocessing
+
+    with pytest.raises(stoker.InvalidOptionError, match=r"'fork' start method.*'spawn' or 'forkserver'"):
+        Executor(2, multiprocessing.get_context("fork"))
+    with pytest.raises(stoker.InvalidOptionError, match=r"mp_context must be a multiprocessing context \("):
+        Executor(2, "spawn")
+
+
+def test_the_initializer_runs_once_in_each_worker_process(
+    make_executor: MakeExecutor, tmp_path: Path
+) -> None:
+    ledger = tmp_path / "initialized.txt"
+    executor = make_executor(2, None, funcs.initialize, (str(ledger), "ready"))
+    seen = [future.result(HANG_GUARD) for future in [executor.submit(funcs.initialized) for _ in range(8)]]
+    assert {value for _, value in seen} == {"ready"}
+    initialized = [int(line) for line in ledger.read_text().splitlines()]
+    assert len(initialized) == len(set(initialized)), "once per process"
+    assert {pid for pid, _ in seen} <= set(initialized)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_failing_initializer_breaks_the_pool(make_executor: MakeExecutor) -> None:
+    executor = make_executor(1, initializer=funcs.fail_to_initialize)
+    error = executor.submit(funcs.square, 2).exception(HANG_GUARD)
+    assert isinstance(error, concurrent.futures.BrokenExecutor)
+    assert isinstance(error.__cause__, stoker.WorkerStartupError)
+    assert "the initializer failed" in str(error.__cause__)
+
+
+def test_max_tasks_per_child_recycles_worker_processes(make_executor: MakeExecutor) -> None:
+    executor = make_executor(1, max_tasks_per_child=1)
+    pids = [executor.submit(funcs.pid).result(HANG_GUARD) for _ in range(3)]
+    assert len(set(pids)) == 3, pids
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_workers": 0}, "max_workers must be an int >= 1, got 0"),
+        ({"max_workers": 2, "processes": 3}, "name the same thing"),
+        ({"max_worker": 2}, "unknown option.*'max_worker'"),
+        ({"initargs": (1,)}, "initargs without an initializer"),
+        ({"initializer": "setup"}, "initializer must be callable"),
+        ({"initializer": funcs.initialize, "initargs": (threading.Lock(),)}, "cannot be pickled"),
+    ],
+)
+def test_wrong_constructor_options_fail_at_once(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match=match):
+        Executor(**kwargs)
+
+
+def test_shutdown_without_waiting_then_exit_deletes_the_temporary_database(tmp_path: Path) -> None:
+    script = (
+        "import stoker\n"
+        "from apps import executor_funcs as funcs\n"
+        "if __name__ == '__main__':\n"
+        "    executor = stoker.Executor(1)\n"
+        "    future = executor.submit(funcs.sleep, 0.2)\n"
+        "    print(executor.queue.path, flush=True)\n"
+        "    executor.shutdown(wait=False)\n"
+    )
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    database = Path(result.stdout.strip())
+    assert database.name == "executor.db"
+    assert not database.parent.exists(), sorted(p.name for p in database.parent.iterdir())

@@ -29,7 +29,11 @@ FIRES = 300
 
 class Process:
     def __init__(self, db: Path, *args: str) -> None:
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=str(TESTS))
+        env = dict(
+            os.environ,
+            STOKER_TEST_DB=str(db),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        )
         self.process = subprocess.Popen(
             [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

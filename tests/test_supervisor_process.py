@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import psutil
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, TESTS, wait_until, written
+from conftest import HANG_GUARD, TESTS, read_ledger, wait_until, written
 
 
 class WorkerCommand:
     """``python -m stoker worker apps.tasks:queue`` on a test's database."""
 
     def __init__(self, db: Path, *extra: str) -> None:
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=str(TESTS))
+        env = dict(
+            os.environ,
+            STOKER_TEST_DB=str(db),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        )
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stoker", "worker", "apps.tasks:queue", "-p", "2", *extra],
             env=env,
@@ -88,6 +94,45 @@ def test_supervisor_sigkill_leaves_no_orphans_and_a_new_one_recovers_the_job(
     assert job.record().attempt == 2
 
 
+def _held_in_database(db: Path, job_id: int) -> bool:
+    """Whether the job is running and marked held by its supervisor, as a fresh connection reads it."""
+    with closing(sqlite3.connect(db)) as conn:
+        (status, held) = conn.execute("SELECT status, held FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return bool(status == 2 and held == 1)
+
+
+def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_supervisor_sigkill(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path, commands: list[WorkerCommand]
+) -> None:
+    marker, release = tmp_path / "started", tmp_path / "release"
+    # One worker: the long job keeps it busy; the next one is claimed ahead for
+    # it, taken back from its pipe once the long job has run JOB_AHEAD_MAX_WAIT,
+    # and held by the supervisor, which marks it so in the database.
+    long = queue.get_task("exit_when_released").delay(str(marker), str(release))  # max_crashes=0
+    ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
+    db = Path(queue.path)
+    first = WorkerCommand(db, "-p", "1", "--lease", "1")
+    commands.append(first)
+    wait_until(written(marker), what="the long job to start")
+    wait_until(lambda: _held_in_database(db, ahead.id), what="the next job to be held by the supervisor")
+    descendants = first.descendants()
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(HANG_GUARD)
+    wait_until(lambda: _all_gone(descendants), what="every worker process to exit")
+    assert read_ledger(ledger) == [], "the job claimed ahead never ran"
+
+    second = WorkerCommand(db, "-p", "1", "--lease", "1")
+    commands.append(second)
+    assert ahead.result(timeout=HANG_GUARD) == "ahead"
+    record = ahead.record()
+    assert (record.status, record.crashes, record.failures) == ("complete", 0, 0)
+    assert ahead.errors == []
+    assert len(read_ledger(ledger)) == 1
+    # The long job had started: its lost lease counts (max_crashes=0: dead).
+    assert long.record().status == "dead"
+    assert [error.kind for error in long.errors] == ["lease_expired"]
+
+
 def test_sigterm_lets_running_jobs_finish(
     queue: stoker.Queue, tmp_path: Path, commands: list[WorkerCommand]
 ) -> None:
@@ -128,7 +173,11 @@ def test_sigterm_past_the_drain_timeout_requeues_without_a_failed_attempt(
 def test_worker_command_names_a_bad_app(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "stoker", "worker", "apps.tasks:nothing"],
-        env=dict(os.environ, STOKER_TEST_DB=str(tmp_path / "x.db"), PYTHONPATH=str(TESTS)),
+        env=dict(
+            os.environ,
+            STOKER_TEST_DB=str(tmp_path / "x.db"),
+            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        ),
         capture_output=True,
         text=True,
         timeout=HANG_GUARD,

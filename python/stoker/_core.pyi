@@ -402,8 +402,16 @@ class Engine:
         limit: int,
         owner: str,
         lease_ms: int,
+        *,
+        held: list[tuple[int, int]] = ...,
+        sent: list[tuple[int, int]] = ...,
     ) -> tuple[list[bool], list[ClaimedJob]]:
         """``complete_many`` then ``claim``, in one transaction (one commit instead of two).
+
+        First, ``held``: running jobs of ``owner`` that it holds, claimed ahead
+        and sent to no worker, are marked so (if their lease expires,
+        ``reap_expired`` gives them back to pending without counting a crash),
+        and ``sent``: marked jobs about to go to a worker, unmarked.
 
         Returns whether each completion was applied, and the claimed jobs.
         """
@@ -455,7 +463,9 @@ class Engine:
     def reap_expired(self, limit: int = 100) -> list[tuple[int, str]]:
         """Fail the running jobs whose lease has expired (kind lease_expired).
 
-        Returns ``(job_id, "retry" | "dead")`` for each.
+        A job marked held (``complete_and_claim``) goes back to pending
+        instead, with no crash counted and no error record (``"returned"``).
+        Returns ``(job_id, "retry" | "dead" | "cancelled" | "returned")`` for each.
         """
     def get(self, job_id: int) -> JobRecord:
         """The job's row; ``JobNotFoundError`` if there is none."""

@@ -338,6 +338,8 @@ def _worker(args: argparse.Namespace) -> int:
         imports=[module_name],
         start_method=args.start_method,
         prefetch=args.prefetch,
+        max_tasks_per_worker=args.max_tasks_per_worker,
+        max_worker_memory_mb=args.max_worker_memory_mb,
     )
     return EXIT_OK
 
@@ -949,6 +951,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="jobs claimed ahead per worker process, 0 for none (default 1)",
     )
+    worker.add_argument(
+        "--max-tasks-per-worker",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="replace each worker process after it ran N jobs (default: never)",
+    )
+    worker.add_argument(
+        "--max-worker-memory-mb",
+        type=_positive_megabytes,
+        default=None,
+        metavar="MB",
+        help="replace a worker process after a job that left it (and its children) above MB MiB of RSS",
+    )
     worker.set_defaults(run=_worker)
 
     command("schedules", _schedules, "schedules with their next fire time")
@@ -1014,6 +1030,26 @@ def _argument_error(error: InvalidOptionError) -> argparse.ArgumentTypeError:
     """The range an option's check names (``must be ...``), for argparse to print after the option."""
     text = str(error)
     return argparse.ArgumentTypeError(text[text.index("must be") :] if "must be" in text else text)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text!r}")
+    return value
+
+
+def _positive_megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of MiB > 0, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of MiB > 0, got {text!r}")
+    return value
 
 
 def _int_argument(low: int, high: int = INT64_MAX) -> Callable[[str], int]:

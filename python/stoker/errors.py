@@ -28,6 +28,7 @@ __all__ = [
     "JobNotFoundError",
     "JobStateError",
     "LeaseExpiredError",
+    "MainModuleNotGuardedError",
     "MaxRetriesExceededError",
     "MemoryLimitExceededError",
     "MiddlewareError",
@@ -265,6 +266,15 @@ class ResultTimeoutError(StokerError, TimeoutError):
 
 class WorkerStartupError(StokerError):
     """Worker processes keep failing before they can take a job (the message holds the cause)."""
+
+
+class MainModuleNotGuardedError(WorkerStartupError):
+    """The main module sends jobs, waits for results or starts a pool when it is imported.
+
+    Worker processes start with spawn or forkserver, which import the main
+    module again in each of them; that code must run under
+    ``if __name__ == "__main__":``. Raised at once, without retries.
+    """
 
 
 # --- results --------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 ``stoker.Executor`` takes the place of a ``ProcessPoolExecutor`` in a pipeline::
 
-    with stoker.Executor(processes=4, timeout=600, max_retries=2) as pool:
+    with stoker.Executor(4, timeout=600, max_retries=2) as pool:
         for result in pool.map(simulate, seeds):
             ...
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import inspect
 import logging
 import os
 import shutil
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 from ._core import Engine
 from .errors import InvalidOptionError, JobCancelledError, JobNotFoundError, StokerError, StorageError
 from .job import FINISHED, Job
-from .queue import Queue, in_worker_process
+from .queue import Queue, in_worker_process, refuse_main_reimport
 from .task import REGISTRY, Task
 
 if TYPE_CHECKING:
@@ -52,6 +53,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 log = logging.getLogger("stoker.executor")
+
+#: Worker processes of an Executor given neither ``max_workers`` nor
+#: ``processes`` (the default of ``Queue.run_worker`` too). Unlike a
+#: ProcessPoolExecutor's default (one per CPU), it does not grow with the
+#: machine: each worker is a process with its own interpreter and memory.
+DEFAULT_PROCESSES = 2
 
 #: The name of the one task that runs every call submitted to an Executor.
 CALL_TASK_NAME = "stoker.executor.call"
@@ -165,15 +172,56 @@ class JobFuture(concurrent.futures.Future[Any]):
 #: the standard library's executors, it waits for their calls to finish).
 _LIVE: weakref.WeakSet[Executor] = weakref.WeakSet()
 
+#: Executors shut down without waiting whose settling thread has not finished
+#: (held here, so that dropping the executor does not drop it): the
+#: interpreter waits for them at exit, as for a ProcessPoolExecutor, so that
+#: the pool stops and a temporary database is deleted. The settling thread is
+#: a daemon, which the interpreter would otherwise stop mid-way.
+_RELEASING: set[Executor] = set()
+_RELEASING_LOCK = threading.Lock()
+
 
 @atexit.register
 def _shutdown_at_exit() -> None:
     for executor in list(_LIVE):
         executor.shutdown(wait=True)
+    with _RELEASING_LOCK:
+        releasing = list(_RELEASING)
+    for executor in releasing:
+        settler = executor._settler
+        if settler is not None:
+            settler.join()
+
+
+def _start_method_of(mp_context: Any) -> str:
+    """The start method of ``mp_context``; a clear error for one workers cannot use."""
+    get_start_method = getattr(mp_context, "get_start_method", None)
+    if not callable(get_start_method):
+        raise InvalidOptionError(
+            "mp_context must be a multiprocessing context (multiprocessing.get_context(...)), "
+            f"got {mp_context!r}"
+        )
+    method = str(get_start_method())
+    if method not in ("spawn", "forkserver"):
+        raise InvalidOptionError(
+            f"mp_context uses the {method!r} start method; stoker's worker processes start with 'spawn' "
+            "or 'forkserver' (a fork of the supervisor's threaded process would copy its locks and its "
+            "database handle): pass multiprocessing.get_context('forkserver') or ('spawn')"
+        )
+    return method
 
 
 class Executor(concurrent.futures.Executor):
     """Runs calls in stoker worker processes, as jobs of a durable queue.
+
+    The constructor takes ProcessPoolExecutor's: ``max_workers`` (positional,
+    the number of worker processes; ``processes=`` is the same, default 2),
+    ``mp_context`` (a ``spawn`` or ``forkserver`` context: stoker never forks
+    its workers; ``fork`` is refused), ``initializer`` and ``initargs`` (called
+    once in each worker process as it starts; if it raises, the worker fails
+    to start and, as a ProcessPoolExecutor's, the pool breaks), and
+    ``max_tasks_per_child`` (a worker process is replaced after that many jobs).
+    A :class:`~stoker.Queue` given as the first argument is taken as ``queue``.
 
     ``queue`` is the queue to send the calls to; without one, ``path`` names the
     database, and without either the database is a temporary file that
@@ -189,19 +237,52 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(
         self,
-        queue: Queue | None = None,
+        max_workers: int | Queue | None = None,
+        mp_context: Any = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
         *,
+        max_tasks_per_child: int | None = None,
+        queue: Queue | None = None,
         path: str | os.PathLike[str] | None = None,
-        processes: int = 2,
+        processes: int | None = None,
         timeout: float | None = None,
         max_retries: int = 0,
         max_crashes: int = 0,
         **supervisor_options: Any,
     ) -> None:
+        refuse_main_reimport("create an Executor")
+        if isinstance(max_workers, Queue):
+            if queue is not None:
+                raise InvalidOptionError("give the queue once: as the first argument or as queue=")
+            queue, max_workers = max_workers, None
+        if queue is not None and not isinstance(queue, Queue):
+            raise InvalidOptionError(f"queue must be a stoker.Queue, got {queue!r}")
         if queue is not None and path is not None:
             raise InvalidOptionError("give a queue or a path, not both")
-        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-            raise InvalidOptionError(f"processes must be an int >= 1, got {processes!r}")
+        for option, value in (("max_workers", max_workers), ("processes", processes)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise InvalidOptionError(f"{option} must be an int >= 1, got {value!r}")
+        if max_workers is not None and processes is not None and max_workers != processes:
+            raise InvalidOptionError(
+                f"max_workers={max_workers} and processes={processes} name the same thing: give one"
+            )
+        processes = max_workers or processes or DEFAULT_PROCESSES
+        if mp_context is not None:
+            method = _start_method_of(mp_context)
+            given = supervisor_options.get("start_method")
+            if given is not None and given != method:
+                raise InvalidOptionError(f"mp_context uses {method!r} but start_method={given!r}: give one")
+            supervisor_options["start_method"] = method
+        if max_tasks_per_child is not None:
+            if "max_tasks_per_worker" in supervisor_options:
+                raise InvalidOptionError(
+                    "max_tasks_per_child and max_tasks_per_worker name the same thing: give one"
+                )
+            supervisor_options["max_tasks_per_worker"] = max_tasks_per_child
+        if initializer is not None or initargs:
+            supervisor_options["initializer"] = initializer
+            supervisor_options["initargs"] = initargs
         self._temporary_dir: str | None = None
         if queue is None:
             if path is None:
@@ -216,6 +297,8 @@ class Executor(concurrent.futures.Executor):
         # No job is claimed ahead of a free worker: a call that has not started
         # stays pending, so Future.cancel() can always cancel it at once.
         self._supervisor_options = {"prefetch": 0, **supervisor_options}
+        # A wrong option fails here, not at the first submit.
+        self._check_supervisor_options()
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._futures: dict[int, JobFuture] = {}
@@ -224,6 +307,21 @@ class Executor(concurrent.futures.Executor):
         self._shutdown = False
         self._broken: BaseException | None = None
         _LIVE.add(self)
+
+    def _check_supervisor_options(self) -> None:
+        from .supervisor import Supervisor, _pickled_initializer
+
+        known = set(inspect.signature(Supervisor.__init__).parameters) - {"self", "queue", "processes"}
+        unknown = sorted(set(self._supervisor_options) - known)
+        if unknown:
+            raise InvalidOptionError(
+                f"Executor() got unknown option(s) {', '.join(map(repr, unknown))}; it takes "
+                "ProcessPoolExecutor's (max_workers, mp_context, initializer, initargs, "
+                "max_tasks_per_child), queue, path, processes, timeout, max_retries, max_crashes "
+                f"and the supervisor's: {', '.join(sorted(known))}"
+            )
+        options = self._supervisor_options
+        _pickled_initializer(options.get("initializer"), options.get("initargs", ()))
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "broken" if self._broken else "open"
@@ -349,6 +447,10 @@ class Executor(concurrent.futures.Executor):
             self._release()
         elif wait:
             settler.join()
+        else:
+            with _RELEASING_LOCK:
+                if settler.is_alive():
+                    _RELEASING.add(self)
 
     def _release(self) -> None:
         """Stop the worker pool and delete a temporary database."""
@@ -358,6 +460,8 @@ class Executor(concurrent.futures.Executor):
         if self._temporary_dir is not None:
             shutil.rmtree(self._temporary_dir, ignore_errors=True)
             self._temporary_dir = None
+        with _RELEASING_LOCK:
+            _RELEASING.discard(self)
 
     # --- settling futures --------------------------------------------------------------
 

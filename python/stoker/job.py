@@ -186,6 +186,24 @@ def wait_timeout(timeout: object) -> float | None:
     return None if math.isinf(timeout) else float(timeout)
 
 
+#: Why the last worker pool of this process over a database (its local_key)
+#: could not start its workers, until another one starts: a wait for a job of
+#: that database, with no supervisor of this process left to serve it, raises
+#: it instead of waiting out its timeout for workers that will not come.
+_POOL_FAILURES: dict[str, BaseException] = {}
+
+
+def pool_failed(database: str, error: BaseException) -> None:
+    """A pool over ``database`` stopped with ``error``: tell this process's waiters."""
+    _POOL_FAILURES[database] = error
+    _WATCHERS.notify(None)
+
+
+def forget_pool_failure(database: str) -> None:
+    """A pool over ``database`` starts: its waiters wait for it again."""
+    _POOL_FAILURES.pop(database, None)
+
+
 class _Waiter:
     """Paces one wait: when to look again, and whether anything changed."""
 
@@ -441,6 +459,12 @@ class Job:
         """The result bytes a supervisor of this process stored for this job, if it kept them."""
         return None if self._store is not None else _RECENT_RESULTS.get(self.queue._real_path, self.id)
 
+    def _raise_pool_failure(self) -> None:
+        """The worker pool of this process for this database could not start: say why."""
+        failure = _POOL_FAILURES.get(self.queue._real_path) if _POOL_FAILURES else None
+        if failure is not None and self._store is None and not self.queue._served_here():
+            raise type(failure)(str(failure)) from failure
+
     def _wait(self, timeout: float | None) -> tuple[str, bytes | None]:
         """Wait for the job to finish: its status, and its result bytes if a
         supervisor of this process stored and kept them (see ``notify_outcomes``)."""
@@ -457,6 +481,7 @@ class Job:
         try:
             status = engine.status(self.id)
             while status not in FINISHED:
+                self._raise_pool_failure()
                 pause = waiter.pause()
                 if woken.wait(pause):
                     woken.clear()

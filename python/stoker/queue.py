@@ -8,6 +8,7 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -144,6 +145,54 @@ def in_worker_process() -> bool:
     return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
 
 
+#: The exit code of a worker process that met, while multiprocessing imported
+#: the main module again in it, code that sends jobs, waits for results or
+#: starts a pool (a main module without ``if __name__ == "__main__":``). The
+#: supervisor takes it for that and fails at once with a
+#: :class:`~stoker.errors.MainModuleNotGuardedError`, instead of starting
+#: worker after worker. Any code other than 0, 1 and the signals' would do;
+#: this one says nothing else in stoker.
+MAIN_REIMPORT_EXIT_CODE = 86
+
+
+def importing_main_again() -> bool:
+    """Whether this is a stoker worker process still importing the main module.
+
+    Under spawn and forkserver, multiprocessing runs the main module again (as
+    ``__mp_main__``) in each new process before its target, and marks the
+    process as inheriting meanwhile (its own check against starting processes
+    there reads the same mark).
+    """
+    return in_worker_process() and bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def refuse_main_reimport(action: str) -> None:
+    """End a worker process whose main module, imported again, tries to ``action``.
+
+    Nothing it could do would help: a send or a pool started there would
+    repeat, in every worker, what the caller did, and an error raised there
+    only ends the process with the code of any failed start. So it says what
+    is wrong on stderr and exits with :data:`MAIN_REIMPORT_EXIT_CODE`, which
+    its supervisor reports to the caller at once.
+    """
+    if not importing_main_again():
+        return
+    where = "the main module"
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__") == "__mp_main__":
+            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            break
+        frame = frame.f_back  # type: ignore[assignment]
+    sys.stderr.write(
+        f"stoker: {where} tries to {action} while worker process {multiprocessing.current_process().name} "
+        "imports the main module again (the spawn and forkserver start methods import it in every "
+        'worker process); put that code under `if __name__ == "__main__":`\n'
+    )
+    sys.stderr.flush()
+    os._exit(MAIN_REIMPORT_EXIT_CODE)
+
+
 class Queue(FlowQueueMixin, ScheduleQueueMixin):
     """Jobs, their tasks, and the pool that runs them, over one database.
 
@@ -208,6 +257,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     @property
     def _engine(self) -> Engine:
         if self._engine_instance is None:
+            refuse_main_reimport("send jobs or read them")
             raise StokerError(
                 "worker processes do not open the database; send jobs from the caller "
                 "or from the supervisor's process"
@@ -652,6 +702,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def supervisor(self, processes: int = 2, **options: Any) -> Supervisor:
         """A supervisor of ``processes`` worker processes for this queue (see :class:`Supervisor`)."""
+        refuse_main_reimport("start a worker pool")
         from .supervisor import Supervisor
 
         return Supervisor(self, processes=processes, **options)

@@ -106,6 +106,7 @@ from ._wakeup import WakeListener
 from .context import PROGRESS_MAX_CHARS
 from .errors import (
     InvalidOptionError,
+    MainModuleNotGuardedError,
     MemoryLimitExceededError,
     RequeueLimitError,
     SerializationError,
@@ -115,8 +116,14 @@ from .errors import (
     WorkerStartupError,
 )
 from .events import handler_name
-from .job import forget_results, notify_outcomes
-from .queue import LOCAL_SUPERVISORS, WORKER_PROCESS_PREFIX, is_database_url, local_key
+from .job import forget_pool_failure, forget_results, notify_outcomes, pool_failed
+from .queue import (
+    LOCAL_SUPERVISORS,
+    MAIN_REIMPORT_EXIT_CODE,
+    WORKER_PROCESS_PREFIX,
+    is_database_url,
+    local_key,
+)
 from .remote_errors import CapturedError, fail_storably, qualified_name, storable, storable_text
 from .task import REGISTRY, TaskOptions, TaskScope
 from .worker import worker_main
@@ -273,6 +280,26 @@ STORAGE_RETRY_MIN = 0.01
 STORAGE_RETRY_MAX = 1.0
 
 
+def _pickled_initializer(
+    initializer: Callable[..., object] | None, initargs: tuple[Any, ...]
+) -> bytes | None:
+    """``(initializer, initargs)`` pickled once, for every worker process to call at its start."""
+    if initializer is None:
+        if initargs:
+            raise InvalidOptionError(f"initargs without an initializer: {initargs!r}")
+        return None
+    if not callable(initializer):
+        raise InvalidOptionError(f"initializer must be callable, got {initializer!r}")
+    if not isinstance(initargs, tuple):
+        raise InvalidOptionError(f"initargs must be a tuple, got {initargs!r}")
+    try:
+        return serialization.dumps((initializer, initargs))
+    except Exception as error:
+        raise InvalidOptionError(
+            f"the initializer {handler_name(initializer)} or its initargs cannot be pickled: {error}"
+        ) from error
+
+
 def jobs_ahead_for(typical_job_s: float | None) -> int:
     """How many jobs may wait in the pipe of a worker whose jobs take ``typical_job_s``."""
     if typical_job_s is None:
@@ -375,6 +402,8 @@ class Supervisor:
         max_tasks_per_worker: int | None = None,
         max_worker_memory_mb: float | None = None,
         prefetch: int = DEFAULT_PREFETCH,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
     ) -> None:
         check_int("processes", processes, low=1, high=MAX_PROCESSES)
         if max_tasks_per_worker is not None:
@@ -392,6 +421,7 @@ class Supervisor:
                 f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
                 "(plain fork is unsafe in a threaded supervisor)"
             )
+        self._initializer = _pickled_initializer(initializer, initargs)
         self.queue = queue
         self.processes = processes
         self.queues = (
@@ -452,6 +482,15 @@ class Supervisor:
         self._dispatch_serial = 0
         self._given_back: dict[int, int] = {}
         """The jobs in ``_claimed_ahead`` given back from a worker's pipe: id -> serial."""
+        self._held_marked: set[int] = set()
+        """Jobs in ``_claimed_ahead`` whose held mark is committed: sent to no worker, so if
+        this supervisor dies the lease reaper gives them back with no crash counted. Such
+        a job goes to a worker only once its unmark is committed (``_to_unmark``), so a
+        mark is never left on a job that may have run."""
+        self._to_mark: dict[int, int] = {}
+        """Jobs held in ``_claimed_ahead`` (id -> token) to mark with the next commit."""
+        self._to_unmark: dict[int, int] = {}
+        """Marked jobs (id -> token) to unmark with the next commit, so they can be sent."""
         self._next_fire = 0.0
         self._next_wal_check = 0.0
         self._reports: deque[tuple[str, Callable[[], None]]] = deque()
@@ -516,6 +555,8 @@ class Supervisor:
         restore = self._install_signal_handlers()
         local = LOCAL_SUPERVISORS.setdefault(local_key(self.queue.path), weakref.WeakSet())
         local.add(self)
+        if self._database_key:
+            forget_pool_failure(self._database_key)
         send_log_open = False
         try:
             self._start_guardian()
@@ -830,25 +871,27 @@ class Supervisor:
         limit = self._claim_limit() if self._want_claim else 0
         if limit <= 0:
             self._flush_completions()
+            self._dispatch_claimed_ahead(now)  # What an unmark just committed lets go.
+            self._mark_held()
             self._move_queued_to_idle()
             return
         batch, self._completions = self._completions, []
+        held, sent = self._take_marks()
         # Cleared before the claim, so that a send committed after the claim's
         # snapshot sees it and wakes this loop (see notify); set again below
         # if the claim came back full.
         self._want_claim = False
         try:
-            if batch:
-                applied, claimed = self.engine.complete_and_claim(
-                    batch, self.queues, limit, self.owner, self._lease_ms()
-                )
-            else:
-                applied, claimed = [], self.engine.claim(self.queues, limit, self.owner, self._lease_ms())
+            applied, claimed = self.engine.complete_and_claim(
+                batch, self.queues, limit, self.owner, self._lease_ms(), held=held, sent=sent
+            )
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._restore_marks(held, sent)
             self._want_claim = True
             raise
+        self._marks_committed(held, sent)
         self._after_completions(batch, applied)
         if len(claimed) < limit:
             # Nothing more is runnable now: sleep until a change or the next eta.
@@ -857,6 +900,7 @@ class Supervisor:
             self._want_claim = True
         self._claimed_ahead.extend(claimed)
         self._dispatch_claimed_ahead(now)
+        self._mark_held()
         self._move_queued_to_idle()
 
     def _claim_limit(self) -> int:
@@ -882,7 +926,7 @@ class Supervisor:
         free_slots = self.processes - len(self._busy_workers())
         if free_slots > 0:
             for worker in self._idle_workers()[:free_slots]:
-                if not self._claimed_ahead:
+                if not self._claimed_ahead or not self._may_send(self._claimed_ahead[0]):
                     break
                 self._dispatch(self._claimed_ahead.popleft(), worker, now)
         if self._stop_requests or len(self._busy_workers()) < self.processes:
@@ -891,6 +935,8 @@ class Supervisor:
             if not self._claimed_ahead:
                 break
             if self._takes_job_ahead(worker, now):
+                if not self._may_send(self._claimed_ahead[0]):
+                    break
                 self._dispatch(self._claimed_ahead.popleft(), worker, now, ahead=True)
 
     def _takes_job_ahead(self, w: _Worker, now: float) -> bool:
@@ -918,7 +964,57 @@ class Supervisor:
         self._given_back.clear()
         while self._claimed_ahead:
             job = self._claimed_ahead.popleft()
+            self._forget_held(job.id)
             self._store(f"release job {job.id}", functools.partial(self._release, job.id, job.token))
+
+    # Jobs held here, in _claimed_ahead, sent to no worker, cannot have started: the
+    # database marks them ("held"), so that if this supervisor dies the lease reaper gives
+    # them back with no crash counted and no error record. A job claimed and sent to a
+    # worker in the same turn, the common case, is never marked. One still held after the
+    # turn that claimed or got it back is marked with the next commit; it is unmarked with
+    # a commit before it is sent, so that no job that may have run keeps the mark.
+
+    def _mark_held(self) -> None:
+        """Mark, with the next commit, the jobs held here that are not marked."""
+        for job in self._claimed_ahead:
+            if job.id not in self._held_marked and job.id not in self._to_unmark:
+                self._to_mark.setdefault(job.id, job.token)
+
+    def _may_send(self, job: ClaimedJob) -> bool:
+        """Whether ``job``, the next held here, may go to a worker now."""
+        if self._to_mark.pop(job.id, None) is not None:
+            return True  # Its mark was not committed yet.
+        if job.id not in self._held_marked:
+            return True
+        # Unmarked with this turn's commit, then sent; with it, the others held here,
+        # which would go next.
+        for waiting in self._claimed_ahead:
+            if waiting.id in self._held_marked:
+                self._to_unmark.setdefault(waiting.id, waiting.token)
+        return False
+
+    def _take_marks(self) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """The marks and unmarks for this commit: ``(held, sent)``."""
+        held, sent = list(self._to_mark.items()), list(self._to_unmark.items())
+        self._to_mark, self._to_unmark = {}, {}
+        return held, sent
+
+    def _restore_marks(self, held: list[tuple[int, int]], sent: list[tuple[int, int]]) -> None:
+        """The commit failed: its marks and unmarks wait for the next one."""
+        self._to_mark = dict(held) | self._to_mark
+        self._to_unmark = dict(sent) | self._to_unmark
+
+    def _marks_committed(self, held: list[tuple[int, int]], sent: list[tuple[int, int]]) -> None:
+        self._held_marked.difference_update(job_id for job_id, _ in sent)
+        if held:
+            still_held = {job.id for job in self._claimed_ahead}
+            self._held_marked.update(job_id for job_id, _ in held if job_id in still_held)
+
+    def _forget_held(self, job_id: int) -> None:
+        """The job left ``_claimed_ahead`` without going to a worker (released, cancelled)."""
+        self._held_marked.discard(job_id)
+        self._to_mark.pop(job_id, None)
+        self._to_unmark.pop(job_id, None)
 
     def _dispatch(self, job: ClaimedJob, worker: _Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.find(job.task_name, self._task_scope)
@@ -1156,6 +1252,7 @@ class Supervisor:
                 # Not started yet: it ends cancelled without a worker being killed.
                 self._claimed_ahead.remove(job)
                 self._given_back.pop(job_id, None)
+                self._forget_held(job_id)
                 self._store(f"cancel job {job_id}", lambda: self._finish_cancelled(job_id, token))
                 return
         for w in self._workers:
@@ -1391,17 +1488,25 @@ class Supervisor:
                 log.exception("middleware %s.post_save raised for job %s", handler_name(middleware), job_id)
 
     def _flush_completions(self) -> None:
-        if not self._completions or self._storage_retry_at is not None:
+        if not (self._completions or self._to_mark or self._to_unmark) or self._storage_retry_at is not None:
             return
         batch, self._completions = self._completions, []
         if self._drain_deadline is not None:
             self._limit_storage_wait(time.monotonic())
+        held, sent = self._take_marks()
         try:
-            applied = self.engine.complete_many(batch)
+            if held or sent:
+                applied, _ = self.engine.complete_and_claim(
+                    batch, self.queues, 0, self.owner, self._lease_ms(), held=held, sent=sent
+                )
+            else:
+                applied = self.engine.complete_many(batch)
         except StorageError:
             # Kept for the next try; if this supervisor stops first, the jobs run again.
             self._completions = batch + self._completions
+            self._restore_marks(held, sent)
             raise
+        self._marks_committed(held, sent)
         self._after_completions(batch, applied)
 
     def _after_completions(
@@ -1531,6 +1636,15 @@ class Supervisor:
             log.warning("job %s could not be re-queued: its token %s was stale", job_id, token)
 
     def _on_startup_failure(self, w: _Worker) -> None:
+        if w.startup_error is None and w.process.exitcode == MAIN_REIMPORT_EXIT_CODE:
+            # Every worker would do the same: the main module is at fault, not the start.
+            main = getattr(sys.modules.get("__main__"), "__file__", None) or "the main module"
+            raise MainModuleNotGuardedError(
+                f"worker process {w.pid} stopped while importing {main} again: that module sends jobs, "
+                "waits for results or starts a worker pool when it is imported, and worker processes "
+                f"({self._context.get_start_method()}) import the main module again in each of them; "
+                'put that code under `if __name__ == "__main__":` (the worker\'s stderr names the line)'
+            )
         if w.startup_error is None and w.process.exitcode == -signal.SIGKILL:
             # Killed from outside (an operator, the out-of-memory killer) while it
             # started: not a sign that workers cannot start, so it is not counted.
@@ -1632,6 +1746,7 @@ class Supervisor:
                 self.task_modules,
                 self.queue._secret if "stoker.executor" in self.task_modules else None,
                 self._task_scope,
+                self._initializer,
             ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,
@@ -1789,6 +1904,9 @@ class SupervisorThread:
             self.supervisor.run()
         except BaseException as exc:
             self.error = exc
+            if isinstance(exc, WorkerStartupError) and self.supervisor._database_key:
+                # The waiters of this process for jobs it would have run learn why at once.
+                pool_failed(self.supervisor._database_key, exc)
             self.supervisor.started.set()
             raise
 

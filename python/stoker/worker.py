@@ -187,6 +187,7 @@ def worker_main(
     task_modules: list[str],
     executor_secret: bytes | None = None,
     scope: TaskScope | None = None,
+    initializer: bytes | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -194,7 +195,10 @@ def worker_main(
     it runs an Executor's calls (their task is registered here, not by a
     module of the application that would carry the secret). ``scope`` says
     which tasks the supervisor's jobs name: task names are per database (see
-    ``task.TaskRegistry``).
+    ``task.TaskRegistry``). ``initializer`` is the pickled ``(callable, args)``
+    of the supervisor's ``initializer`` option, called once after the imports,
+    before the ``worker_startup`` handlers; if it raises, the worker fails to
+    start.
     """
     os.setpgrp()
     _die_with_parent()
@@ -211,6 +215,9 @@ def worker_main(
             from .executor import register_in_worker
 
             register_in_worker(executor_secret)
+        if initializer is not None:
+            initialize, initargs = serialization.loads(initializer)
+            initialize(*initargs)
         for queue in loaded_queues():
             queue.run_event("worker_startup")
     except BaseException as exc:

@@ -61,3 +61,24 @@ def flaky(ledger: str, failures: int) -> int:
     if runs <= failures:
         raise RuntimeError(f"failure number {runs}")
     return runs
+
+
+#: Set in each worker process by ``initialize`` (an Executor's initializer).
+initialized_with: object = None
+
+
+def initialize(ledger: str, value: object) -> None:
+    """An initializer: note this process in ``ledger`` (one line per call) and keep ``value``."""
+    global initialized_with
+    with open(ledger, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    initialized_with = value
+
+
+def initialized() -> tuple[int, object]:
+    """This worker's pid and what its initializer kept."""
+    return os.getpid(), initialized_with
+
+
+def fail_to_initialize() -> None:
+    raise RuntimeError("the initializer failed")

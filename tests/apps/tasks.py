@@ -59,6 +59,13 @@ def record(ledger: str, tag: str) -> str:
     return tag
 
 
+@queue.task(name="record_uncrashable", max_retries=0, max_crashes=0)
+def record_uncrashable(ledger: str, tag: str) -> str:
+    """``record``, dead at its first lost attempt."""
+    append(ledger, f"{tag} {os.getpid()}")
+    return tag
+
+
 @queue.task(name="flaky", max_retries=3, retry_backoff=0.05, retry_backoff_max=0.2, retry_jitter=0.0)
 def flaky(ledger: str, failures: int) -> int:
     """Fail with ValueError the first ``failures`` times, then return the attempt count."""

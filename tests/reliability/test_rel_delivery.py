@@ -41,7 +41,10 @@ def test_a_sent_job_survives_sigkill_of_everything(
         supervisors.append(command)
         sender = subprocess.Popen(
             [sys.executable, "-c", SENDER, rqueue.path, str(ledger)],
-            env=dict(os.environ, PYTHONPATH=str(TESTS)),
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+            ),
             stdout=subprocess.PIPE,
         )
         assert sender.stdout is not None

@@ -149,7 +149,11 @@ def _result_unpickle_crashes_the_caller(queue: stoker.Queue, tmp: Path) -> None:
     )
     caller = subprocess.run(
         [sys.executable, "-c", script],
-        env=dict(os.environ, PYTHONPATH=str(TESTS), PYTHONFAULTHANDLER=""),
+        env=dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+            PYTHONFAULTHANDLER="",
+        ),
         capture_output=True,
         timeout=HANG_GUARD,
         check=False,

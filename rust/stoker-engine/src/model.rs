@@ -181,16 +181,20 @@ pub enum FailOutcome {
     Cancelled,
     /// The token was stale: the outcome was recorded and not applied.
     Stale,
+    /// Its supervisor held it, sent to no worker, so it never started: it
+    /// went back to pending with no failed attempt counted or recorded.
+    Returned,
 }
 
 impl FailOutcome {
-    /// `"retry"`, `"dead"`, `"cancelled"` or `"stale"`.
+    /// `"retry"`, `"dead"`, `"cancelled"`, `"stale"` or `"returned"`.
     pub const fn as_str(self) -> &'static str {
         match self {
             FailOutcome::Retry { .. } => "retry",
             FailOutcome::Dead => "dead",
             FailOutcome::Cancelled => "cancelled",
             FailOutcome::Stale => "stale",
+            FailOutcome::Returned => "returned",
         }
     }
 

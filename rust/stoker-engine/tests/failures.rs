@@ -5,7 +5,9 @@
 mod common;
 
 use common::{job, report, Fixture, START_MS};
-use stoker_engine::{EngineError, FailOutcome, FailureKind, NewJob, Status};
+use stoker_engine::{
+    ClaimRequest, ClaimedJob, Completion, EngineError, FailOutcome, FailureKind, NewJob, Status,
+};
 
 fn retrying(max_retries: i64, jitter: f64) -> NewJob {
     NewJob {
@@ -25,7 +27,125 @@ fn claim_token(fx: &Fixture, id: i64) -> i64 {
     claimed[0].token
 }
 
+/// Completes `completions` and claims up to `limit` jobs for "owner-a", after
+/// marking the jobs `held` (by the supervisor, sent to no worker) and
+/// unmarking the jobs `sent`, in one transaction.
+fn commit_turn(
+    fx: &Fixture,
+    completions: &[(i64, i64)],
+    limit: usize,
+    held: &[(i64, i64)],
+    sent: &[(i64, i64)],
+) -> Vec<ClaimedJob> {
+    let completions: Vec<Completion> = completions
+        .iter()
+        .map(|&(job_id, token)| Completion {
+            job_id,
+            token,
+            result: None,
+            usage: None,
+        })
+        .collect();
+    let queues = ["default".to_owned()];
+    let request = ClaimRequest {
+        queues: &queues,
+        limit,
+        owner: "owner-a",
+        lease_ms: 30_000,
+        held,
+        sent,
+    };
+    fx.engine
+        .complete_and_claim(&completions, &request)
+        .expect("complete_and_claim")
+        .1
+}
+
+fn uncrashable() -> NewJob {
+    NewJob {
+        max_crashes: 0,
+        ..job(0)
+    }
+}
+
 backend_tests! {
+    fn a_held_job_is_given_back_without_a_crash_when_its_lease_expires(fx) {
+        let ids = fx.engine.enqueue(&[uncrashable(), uncrashable()]).unwrap();
+        let claimed = commit_turn(&fx, &[], 2, &[], &[]);
+        assert_eq!(claimed.iter().map(|j| j.id).collect::<Vec<_>>(), ids);
+        // The first went to a worker; the supervisor held the second, then died.
+        let second = (claimed[1].id, claimed[1].token);
+        commit_turn(&fx, &[], 0, &[second], &[]);
+        fx.advance(30_001);
+        let mut reaped = fx.engine.reap_expired(10).unwrap();
+        reaped.sort_by_key(|r| r.0);
+        assert_eq!(
+            reaped,
+            vec![(ids[0], FailOutcome::Dead), (ids[1], FailOutcome::Returned)],
+            "the job sent to a worker counts a crash (max_crashes=0: dead), the held one does not"
+        );
+        let sent = fx.engine.get(ids[0]).unwrap();
+        assert_eq!((sent.crashes, fx.engine.errors(ids[0]).unwrap().len()), (1, 1));
+        let held = fx.engine.get(ids[1]).unwrap();
+        assert_eq!(held.status, Status::Pending);
+        assert_eq!((held.crashes, held.failures), (0, 0));
+        assert!(fx.engine.errors(ids[1]).unwrap().is_empty());
+        // Its next claim has a token the dead supervisor never held.
+        let again = fx.claim(1);
+        assert_eq!(again[0].id, ids[1]);
+        assert_eq!(again[0].token, claimed[1].token + 1);
+        assert!(!fx.complete(ids[1], claimed[1].token), "the old token is stale");
+        assert!(fx.complete(ids[1], again[0].token));
+    }
+
+    fn a_held_job_sent_to_a_worker_counts_a_crash_again(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        let token = (claimed[0].id, claimed[0].token);
+        commit_turn(&fx, &[], 0, &[token], &[]);
+        commit_turn(&fx, &[], 0, &[], &[token]);
+        fx.advance(30_001);
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
+        assert_eq!(fx.engine.errors(id).unwrap()[0].kind, "lease_expired");
+    }
+
+    fn only_the_owner_with_a_current_token_marks_a_job_held(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = fx
+            .engine
+            .claim(&["default".to_owned()], 1, "owner-b", 30_000)
+            .unwrap();
+        // owner-a does not hold it; a stale token marks nothing either.
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token + 1)], &[]);
+        fx.advance(30_001);
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
+    }
+
+    fn a_held_job_with_a_cancel_request_ends_cancelled_when_reaped(fx) {
+        let id = fx.enqueue_one(job(0));
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
+        fx.engine.cancel(id).unwrap();
+        fx.advance(30_001);
+        assert_eq!(
+            fx.engine.reap_expired(10).unwrap(),
+            vec![(id, FailOutcome::Cancelled)]
+        );
+        assert_eq!(fx.engine.status(id).unwrap(), Status::Cancelled);
+        assert!(fx.engine.errors(id).unwrap().is_empty());
+    }
+
+    fn a_released_held_job_is_not_held_after_its_next_claim(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = commit_turn(&fx, &[], 1, &[], &[]);
+        commit_turn(&fx, &[], 0, &[(id, claimed[0].token)], &[]);
+        assert!(fx.engine.release(id, claimed[0].token).unwrap());
+        fx.claim(1);
+        fx.advance(30_001);
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(id, FailOutcome::Dead)]);
+    }
+
     fn retries_wait_exact_backoff_without_jitter(fx) {
         let id = fx.enqueue_one(retrying(4, 0.0));
         for (n, expected_delay) in [(1, 1000), (2, 2000), (3, 3000), (4, 3000)] {
@@ -420,4 +540,50 @@ fn unknown_failure_kind_is_an_invalid_option() {
     for kind in ["error", "timeout", "crash", "lease_expired"] {
         assert_eq!(FailureKind::parse(kind).unwrap().as_str(), kind);
     }
+}
+
+/// A version-4 file knew no held jobs: its running jobs count as sent to a
+/// worker after the migration, and jobs can be marked held.
+#[test]
+fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_sent() {
+    let fx = Fixture::sqlite();
+    let running = fx.enqueue_one(uncrashable());
+    fx.claim(1);
+    let db = fx.db_path();
+    drop(fx.engine);
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch("ALTER TABLE jobs DROP COLUMN held; PRAGMA user_version = 4;")
+            .unwrap();
+    }
+    let engine = stoker_engine::Engine::open(
+        db.to_str().unwrap(),
+        common::BUSY_TIMEOUT,
+        Some(std::sync::Arc::new(fx.clock.clone())),
+    )
+    .unwrap();
+    let version: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, stoker_engine::SCHEMA_VERSION);
+    let held = engine.enqueue(&[uncrashable()]).unwrap()[0];
+    let queues = ["default".to_owned()];
+    let claimed = engine.claim(&queues, 1, "owner-b", 30_000).unwrap();
+    let request = ClaimRequest {
+        queues: &queues,
+        limit: 0,
+        owner: "owner-b",
+        lease_ms: 30_000,
+        held: &[(held, claimed[0].token)],
+        sent: &[],
+    };
+    engine.complete_and_claim(&[], &request).unwrap();
+    engine.advance_clock(30_001).unwrap();
+    let mut reaped = engine.reap_expired(10).unwrap();
+    reaped.sort_by_key(|r| r.0);
+    assert_eq!(
+        reaped,
+        vec![(running, FailOutcome::Dead), (held, FailOutcome::Returned)]
+    );
 }

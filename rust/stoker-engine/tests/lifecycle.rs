@@ -575,6 +575,8 @@ backend_tests! {
             limit: 5,
             owner: "sup-1",
             lease_ms: 10_000,
+            held: &[],
+            sent: &[],
         };
         let (applied, claimed) = fx
             .engine

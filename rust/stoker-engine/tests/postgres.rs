@@ -147,14 +147,15 @@ fn a_version_1_schema_is_migrated_in_place_and_keeps_its_jobs() {
     let Some(schema) = PgSchema::new() else {
         return;
     };
-    // Version 2 is version 1 with the two tables of large values added, so
-    // a version-1 schema is the current one without them, marked version 1,
+    // Version 2 is version 1 with the two tables of large values added, and
+    // version 3 adds a column of jobs, so a version-1 schema is the
+    // current one without them, marked version 1,
     // with its values in the job rows.
     drop(Engine::open(&schema.url(), Duration::ZERO, None).unwrap());
     let mut client = schema.client();
     client
         .batch_execute(
-            "DROP TABLE job_payloads; DROP TABLE job_results; \
+            "DROP TABLE job_payloads; DROP TABLE job_results; ALTER TABLE jobs DROP COLUMN held; \
              UPDATE stoker_meta SET value = '1' WHERE key = 'schema_version'",
         )
         .unwrap();

@@ -325,10 +325,12 @@ fn a_version_3_file_is_migrated_and_keeps_its_jobs() {
     let db = fx.db_path();
     drop(fx.engine);
     {
-        // Version 3 had no marks of send logs.
+        // Version 3 had no marks of send logs, nor of held jobs.
         let conn = Connection::open(&db).unwrap();
-        conn.execute_batch("DROP TABLE send_logs; PRAGMA user_version = 3;")
-            .unwrap();
+        conn.execute_batch(
+            "DROP TABLE send_logs; ALTER TABLE jobs DROP COLUMN held; PRAGMA user_version = 3;",
+        )
+        .unwrap();
     }
     let engine = stoker_engine::Engine::open(
         db.to_str().unwrap(),

@@ -277,7 +277,11 @@ impl Engine {
             .or_raise(py)
     }
 
-    /// ``complete_many`` and then ``claim``, in one transaction.
+    /// ``complete_many`` and then ``claim``, in one transaction; first the
+    /// jobs ``held`` (by ``owner``, sent to no worker) are marked and the
+    /// jobs ``sent`` unmarked.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (outcomes, queues, limit, owner, lease_ms, *, held = Vec::new(), sent = Vec::new()))]
     fn complete_and_claim(
         &self,
         py: Python<'_>,
@@ -286,6 +290,8 @@ impl Engine {
         limit: i64,
         owner: &str,
         lease_ms: i64,
+        held: Vec<(i64, i64)>,
+        sent: Vec<(i64, i64)>,
     ) -> PyResult<(Vec<bool>, Vec<ClaimedJob>)> {
         let completions = completions_from(&outcomes)?;
         let limit = count("limit", limit).or_raise(py)?;
@@ -294,6 +300,8 @@ impl Engine {
             limit,
             owner,
             lease_ms,
+            held: &held,
+            sent: &sent,
         };
         let engine = &self.engine;
         let (applied, claimed) = py

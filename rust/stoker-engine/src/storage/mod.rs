@@ -64,6 +64,18 @@ pub struct ClaimRequest<'a> {
     pub limit: usize,
     pub owner: &'a str,
     pub lease_ms: i64,
+    /// `(job_id, token)` of running jobs of `owner` that it holds itself,
+    /// claimed ahead and sent to no worker: they cannot have started. If the
+    /// lease of such a job expires, the reaper gives it back to pending with
+    /// no crash counted and no error record. Recorded first, in the same
+    /// transaction; a job claimed is not marked (a supervisor usually sends
+    /// it to a worker at once).
+    pub held: &'a [(i64, i64)],
+    /// `(job_id, token)` of jobs marked `held` that the supervisor is about
+    /// to send to a worker: unmarked first, in the same transaction. The
+    /// supervisor sends a marked job only once this is committed, so a mark
+    /// the reaper finds is never of a job that may have run.
+    pub sent: &'a [(i64, i64)],
 }
 
 /// Durable job state. See the module documentation for the contract every
@@ -136,6 +148,7 @@ pub trait Storage:
         claim: &ClaimRequest<'_>,
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
+        // A backend without held marks counts every claimed job as sent.
         let applied = self.complete_many(completions, now_ms)?;
         let claimed = self.claim(
             claim.queues,
@@ -182,7 +195,9 @@ pub trait Storage:
     }
 
     /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
-    /// is before `now_ms`.
+    /// is before `now_ms`. A job its supervisor held, sent to no worker
+    /// ([`ClaimRequest::held`]), goes back to pending instead
+    /// ([`FailOutcome::Returned`]: no crash counted, no error record).
     fn reap_expired(
         &self,
         limit: usize,

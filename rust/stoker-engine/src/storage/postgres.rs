@@ -103,7 +103,8 @@ pub const CLAIM_ONE_QUEUE_SQL: &str = "WITH picked AS MATERIALIZED ( \
      SELECT id FROM jobs WHERE status = 0 AND queue = $1 ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
      UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
-     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL FROM picked WHERE j.id = picked.id \
+     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
+     FROM picked WHERE j.id = picked.id \
      RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
 
 /// The claim of several queues at once; as [`CLAIM_ONE_QUEUE_SQL`].
@@ -111,7 +112,8 @@ pub const CLAIM_QUEUES_SQL: &str = "WITH picked AS MATERIALIZED ( \
      SELECT id FROM jobs WHERE status = 0 AND queue = ANY($1) ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
      UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
-     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL FROM picked WHERE j.id = picked.id \
+     lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
+     FROM picked WHERE j.id = picked.id \
      RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
 
 /// Completes a batch of attempts whose tokens are current, in one statement.
@@ -831,6 +833,46 @@ const RELEASE_SQL: &str =
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
 
+/// Marks ($4 = 1) or unmarks ($4 = 0) running jobs their owner ($3) holds,
+/// sent to no worker, whose tokens are current.
+const MARK_HELD_SQL: &str = "UPDATE jobs j SET held = $4 \
+     FROM UNNEST($1::bigint[], $2::bigint[]) AS h (id, token) \
+     WHERE j.id = h.id AND j.attempt = h.token AND j.status = 2 AND j.lease_owner = $3";
+
+/// Gives back an expired job its supervisor held, sent to no worker: pending
+/// again (cancelled if a cancel was requested), no failure or crash counted.
+/// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
+/// the token may still be alive, and the next claim must give a token it has
+/// never seen.
+const RETURN_HELD_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = $1 AND attempt = $2 AND status = 2 AND held = 1 RETURNING status";
+
+/// Gives back an expired job its supervisor held, sent to no worker
+/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
+fn return_held(
+    tx: &mut Tx<'_>,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> PgResult<Option<FailOutcome>> {
+    let returned = tx.query_opt(RETURN_HELD_SQL, &[&job_id, &token, &now_ms])?;
+    let code: Option<i64> = returned.as_ref().map(|row| row.try_get(0)).transpose()?;
+    Ok(match code {
+        None => None,
+        Some(code) if code == Status::Cancelled.code() => {
+            postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            Some(FailOutcome::Cancelled)
+        }
+        Some(_) => {
+            tx.wake = true;
+            Some(FailOutcome::Returned)
+        }
+    })
+}
+
 fn put_back(
     tx: &mut Tx<'_>,
     sql: &str,
@@ -1023,6 +1065,13 @@ impl Storage for PostgresStorage {
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
+            for (jobs, held) in [(claim.sent, 0_i64), (claim.held, 1)] {
+                if !jobs.is_empty() {
+                    let ids: Vec<i64> = jobs.iter().map(|job| job.0).collect();
+                    let tokens: Vec<i64> = jobs.iter().map(|job| job.1).collect();
+                    tx.execute(MARK_HELD_SQL, &[&ids, &tokens, &claim.owner, &held])?;
+                }
+            }
             let applied = complete_in(tx, completions, now_ms)?;
             let claimed = claim_in(
                 tx,
@@ -1195,6 +1244,10 @@ impl Storage for PostgresStorage {
             }
             let mut reaped = Vec::with_capacity(expired.len());
             for (job_id, token, owner, deadline_ms, orphaned) in expired {
+                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
+                    reaped.push((job_id, outcome));
+                    continue;
+                }
                 let owner = owner.unwrap_or_default();
                 let message = if orphaned {
                     format!(

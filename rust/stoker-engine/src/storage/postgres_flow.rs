@@ -653,7 +653,8 @@ pub(crate) fn claim_limited(
     }
     let rows = tx.query(
         "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = $2, lease_owner = $3, \
-         lease_deadline_ms = $4, cancel_requested = 0, progress = NULL WHERE id = ANY($1) AND status = 0 \
+         lease_deadline_ms = $4, cancel_requested = 0, progress = NULL, held = 0 \
+         WHERE id = ANY($1) AND status = 0 \
          RETURNING id, priority, attempt, task_name, queue, payload, timeout_ms, labels",
         &[&admitted, &now_ms, &owner, &lease_deadline_ms],
     )?;

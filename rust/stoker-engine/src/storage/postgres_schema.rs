@@ -20,8 +20,9 @@ pub const PG_APPLICATION: &str = "stoker";
 
 /// The version of the PostgreSQL schema this engine writes and reads. A new
 /// version comes with a migration from the previous one. Version 2 keeps
-/// large payloads and results in tables of their own.
-pub const PG_SCHEMA_VERSION: i64 = 2;
+/// large payloads and results in tables of their own; version 3 marks the
+/// running jobs their supervisor holds, sent to no worker.
+pub const PG_SCHEMA_VERSION: i64 = 3;
 
 /// The oldest schema version that opening migrates in place rather than
 /// refuses.
@@ -88,7 +89,9 @@ CREATE TABLE jobs (
     unique_key TEXT,
     expires_ms BIGINT,
     -- 1 when the job took its rate-limit tokens at enqueue (fail_when_limited).
-    rate_prepaid BIGINT NOT NULL DEFAULT 0
+    rate_prepaid BIGINT NOT NULL DEFAULT 0,
+    -- 1 while its supervisor holds the running job, sent to no worker.
+    held BIGINT NOT NULL DEFAULT 0
 ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.02);
 
@@ -291,6 +294,11 @@ fn migrate(tx: &mut Tx<'_>, version: i64) -> PgResult<()> {
             "UPDATE jobs SET payload = ''::bytea WHERE id IN (SELECT job_id FROM job_payloads)",
             &[],
         )?;
+    }
+    if version <= 2 {
+        // Version 3 marks the jobs their supervisor holds; the running jobs
+        // of the older version count as sent to a worker, as they did there.
+        tx.batch("ALTER TABLE jobs ADD COLUMN held BIGINT NOT NULL DEFAULT 0")?;
     }
     tx.execute(
         "UPDATE stoker_meta SET value = $1 WHERE key = 'schema_version'",

@@ -40,8 +40,9 @@ pub const APPLICATION_ID: i64 = 0x5354_4B52;
 
 /// The schema version this engine writes and reads (`PRAGMA user_version`).
 /// Version 3 keeps large payloads and results in tables of their own;
-/// version 4 adds the high-water marks of the send logs.
-pub const SCHEMA_VERSION: i64 = 4;
+/// version 4 adds the high-water marks of the send logs; version 5 marks the
+/// running jobs their supervisor holds, sent to no worker.
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The oldest schema version that opening migrates in place rather than
 /// refuses.
@@ -158,6 +159,15 @@ CREATE TABLE stale_outcomes (
 ) STRICT;
 ";
 
+/// The column of `jobs` that marks a running job its supervisor holds,
+/// claimed ahead and sent to no worker ([`ClaimRequest::held`]): the lease
+/// reaper gives such a job back without counting a crash. Part of the schema
+/// since version 5.
+const HELD_COLUMN: &str = "
+-- 1 while its supervisor holds the running job, sent to no worker.
+ALTER TABLE jobs ADD COLUMN held INTEGER NOT NULL DEFAULT 0;
+";
+
 /// The tables of payloads and results too large for the job's row (see
 /// [`INLINE_BLOB_MAX_BYTES`]): one row per job, keyed by the job's id, written
 /// when the job is enqueued or completed and deleted with the job or its
@@ -213,7 +223,7 @@ pub const PICK_PENDING_SQL: &str =
 /// Leases one picked job; the `status = 0` fence makes it a no-op on a row that
 /// another writer took first.
 pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = ?2, \
-     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL \
+     lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL, held = 0 \
      WHERE id = ?1 AND status = 0 RETURNING attempt, task_name, queue, payload, timeout_ms, labels";
 
 /// Puts a running attempt back to pending (the attempt stays counted). A job
@@ -233,6 +243,22 @@ const RELEASE_SQL: &str =
      started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
+
+/// Marks (?4 = 1) or unmarks (?4 = 0) a running job its owner (?3) holds,
+/// sent to no worker, if its token (?2) is current.
+const MARK_HELD_SQL: &str =
+    "UPDATE jobs SET held = ?4 WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_owner = ?3";
+
+/// Gives back an expired job its supervisor held, sent to no worker: pending
+/// again (cancelled if a cancel was requested), no failure or crash counted.
+/// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
+/// the token may still be alive (stopped, cut off), and the next claim must
+/// give a token it has never seen.
+const RETURN_HELD_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND held = 1 RETURNING status";
 
 /// Completes one attempt if its token is current.
 pub const COMPLETE_SQL: &str =
@@ -465,6 +491,7 @@ impl SqliteStorage {
                     tx.execute_batch(sqlite_flow::SCHEMA)?;
                     tx.execute_batch(BLOB_TABLES)?;
                     tx.execute_batch(sqlite_send_log::SCHEMA)?;
+                    tx.execute_batch(HELD_COLUMN)?;
                     tx.execute_batch(&format!(
                         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
                     ))?;
@@ -722,6 +749,28 @@ fn put_back(
     Ok(changed.is_some())
 }
 
+/// Gives back an expired job its supervisor held, sent to no worker
+/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
+fn return_held(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> Result<Option<FailOutcome>, EngineError> {
+    let returned = tx
+        .prepare_cached(RETURN_HELD_SQL)?
+        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+        .optional()?;
+    Ok(match returned {
+        None => None,
+        Some(code) if code == Status::Cancelled.code() => {
+            sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            Some(FailOutcome::Cancelled)
+        }
+        Some(_) => Some(FailOutcome::Returned),
+    })
+}
+
 /// The body of [`Storage::complete_many`], inside the caller's transaction.
 fn complete_in(
     tx: &Transaction<'_>,
@@ -783,6 +832,9 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
     }
     // Version 4 adds the send logs' marks (to any older version).
     tx.execute_batch(sqlite_send_log::SCHEMA)?;
+    // Version 5 marks the jobs their supervisor holds. The running jobs of
+    // the older version count as sent to a worker, as they did there.
+    tx.execute_batch(HELD_COLUMN)?;
     tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
     Ok(())
 }
@@ -1319,6 +1371,14 @@ impl Storage for SqliteStorage {
         now_ms: i64,
     ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
         self.write(|tx| {
+            if !claim.held.is_empty() || !claim.sent.is_empty() {
+                let mut mark = tx.prepare_cached(MARK_HELD_SQL)?;
+                for (jobs, held) in [(claim.sent, 0_i64), (claim.held, 1)] {
+                    for &(job_id, token) in jobs {
+                        mark.execute(params![job_id, token, claim.owner, held])?;
+                    }
+                }
+            }
             let applied = complete_in(tx, completions, now_ms)?;
             let claimed = claim_in(
                 tx,
@@ -1421,6 +1481,10 @@ impl Storage for SqliteStorage {
             };
             let mut reaped = Vec::with_capacity(expired.len());
             for (job_id, token, owner, deadline_ms) in expired {
+                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
+                    reaped.push((job_id, outcome));
+                    continue;
+                }
                 let owner = owner.unwrap_or_default();
                 let report = FailureReport {
                     kind: FailureKind::LeaseExpired,
