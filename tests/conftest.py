@@ -68,6 +68,16 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = HANG_GUARD, what:
         pause = min(pause * 2, 0.05)
 
 
+def database_files(db: str | os.PathLike[str]) -> set[str]:
+    """The files of a SQLite database, resolved: the main file, -wal, -shm and -journal.
+
+    Files beside them (the wake-up FIFOs, the record of the jobs workers
+    started) are not the database: a worker may hold those.
+    """
+    real = os.path.realpath(db)
+    return {real, f"{real}-wal", f"{real}-shm", f"{real}-journal"}
+
+
 @pytest.fixture
 def queue(tmp_path: Path) -> stoker.Queue:
     """A queue over a fresh database with the tasks of ``apps.tasks``."""

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -705,10 +706,10 @@ def test_worker_recycles_its_processes(
     assert [job.status for job in jobs] == ["complete"] * 6
     pids = _pids_by_job(ledger)
     assert len(pids) == 6
-    # A worker process that ran a job ran it among its first jobs_per_pid ones, then was replaced.
-    runs = [pids[i : i + jobs_per_pid] for i in range(0, 6, jobs_per_pid)]
-    assert all(len(set(run)) == 1 for run in runs), pids
-    assert len(set(pids)) == 6 // jobs_per_pid, pids
+    # No worker process ran more than jobs_per_pid jobs: each was replaced
+    # after them (which idle process takes the next job may vary).
+    assert max(Counter(pids).values()) <= jobs_per_pid, pids
+    assert len(set(pids)) >= 6 // jobs_per_pid, pids
 
 
 @pytest.mark.parametrize(
@@ -742,4 +743,4 @@ def test_worker_recycling_flags_are_checked(
     with pytest.raises(SystemExit) as exit_info:
         main(["worker", APP, *argv])
     assert exit_info.value.code == EXIT_USAGE
-    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(message)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"stoker: {message} (see stoker worker --help)"

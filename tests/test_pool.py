@@ -15,7 +15,7 @@ import pytest
 import stoker
 import stoker.supervisor as supervisor_module
 from apps.tasks import QuotaError
-from conftest import HANG_GUARD, read_ledger, wait_until, written
+from conftest import HANG_GUARD, database_files, read_ledger, wait_until, written
 
 
 def _gone(pid: int) -> bool:
@@ -44,8 +44,8 @@ def test_workers_are_separate_processes_without_a_database_handle(
     assert worker_pid != os.getpid()
     assert worker_pid in pool.supervisor.worker_pids()
     for pid in pool.supervisor.worker_pids():
-        files = [f.path for f in psutil.Process(pid).open_files()]
-        assert not any(path.startswith(queue.path) for path in files), files
+        files = {f.path for f in psutil.Process(pid).open_files()}
+        assert files & database_files(queue.path) == set(), files
 
 
 def test_priority_then_age(queue: stoker.Queue, ledger: Path) -> None:

@@ -133,6 +133,38 @@ def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_superviso
     assert [error.kind for error in long.errors] == ["lease_expired"]
 
 
+def test_a_job_in_a_busy_workers_pipe_goes_back_uncounted_after_a_supervisor_sigkill(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path, commands: list[WorkerCommand]
+) -> None:
+    marker = tmp_path / "started"
+    # Sent together: the first starts on the one worker, the second is sent
+    # ahead into its pipe. The first holds the GIL in C code, so the worker
+    # can answer no request to give the second back: it stays in the pipe.
+    long = queue.get_task("holds_the_gil").delay(str(marker))  # max_crashes=0
+    ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
+    db = Path(queue.path)
+    first = WorkerCommand(db, "-p", "1", "--lease", "1")
+    commands.append(first)
+    wait_until(written(marker), what="the long job to start")
+    wait_until(lambda: ahead.status == "running", what="the next job to be claimed")
+    descendants = first.descendants()
+    first.process.send_signal(signal.SIGKILL)
+    first.process.wait(HANG_GUARD)
+    wait_until(lambda: _all_gone(descendants), what="every worker process to exit")
+    assert read_ledger(ledger) == [], "the job in the pipe never ran"
+
+    second = WorkerCommand(db, "-p", "1", "--lease", "1")
+    commands.append(second)
+    assert ahead.result(timeout=HANG_GUARD) == "ahead"
+    record = ahead.record()
+    assert (record.status, record.crashes, record.failures) == ("complete", 0, 0)
+    assert ahead.errors == []
+    assert len(read_ledger(ledger)) == 1
+    # The long job had started: its lost lease counts (max_crashes=0: dead).
+    wait_until(lambda: long.status == "dead", what="the long job's lease to be reaped")
+    assert [error.kind for error in long.errors] == ["lease_expired"]
+
+
 def test_sigterm_lets_running_jobs_finish(
     queue: stoker.Queue, tmp_path: Path, commands: list[WorkerCommand]
 ) -> None:

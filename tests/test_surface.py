@@ -8,7 +8,6 @@ Seed counterparts: see ``tests/SEEDS.md``.
 from __future__ import annotations
 
 import asyncio
-import os
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 import stoker
 from apps import surface
-from conftest import HANG_GUARD, wait_until, written
+from conftest import HANG_GUARD, database_files, wait_until, written
 from stoker.serialization import dumps
 
 
@@ -387,8 +386,8 @@ def test_worker_processes_do_not_hold_the_database(
 ) -> None:
     task(squeue, "pid").delay().result(timeout=HANG_GUARD)
     for pid in spool.supervisor.worker_pids():
-        paths = [f.path for f in psutil.Process(pid).open_files()]
-        assert not any(p.startswith(os.fspath(squeue.path)) for p in paths), paths
+        paths = {f.path for f in psutil.Process(pid).open_files()}
+        assert paths & database_files(squeue.path) == set(), paths
 
 
 def test_one_handler_for_several_events_and_the_builder(tmp_path: Path) -> None:

@@ -467,6 +467,20 @@ class Engine:
         instead, with no crash counted and no error record (``"returned"``).
         Returns ``(job_id, "retry" | "dead" | "cancelled" | "returned")`` for each.
         """
+    def expired_leases(self, limit: int = 100) -> list[tuple[int, int, str]]:
+        """Running jobs whose lease expired, as ``(job_id, token, owner)``, earliest first; nothing changes.
+
+        The reaper of a dead supervisor's jobs reads what its workers started
+        before ``reap_expired`` counts the rest as lost.
+        """
+    def return_unstarted(self, jobs: list[tuple[int, int]]) -> list[tuple[int, str]]:
+        """Give back each ``(job_id, token)`` still running that attempt with an expired lease.
+
+        For jobs no worker started (their supervisor and workers are gone and
+        none recorded the start): pending again (``"returned"``; cancelled if
+        a cancel was requested), no crash or error record counted, the attempt
+        kept taken.
+        """
     def get(self, job_id: int) -> JobRecord:
         """The job's row; ``JobNotFoundError`` if there is none."""
     def status(self, job_id: int) -> str:

@@ -85,6 +85,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -102,6 +103,8 @@ from ._bounds import (
 )
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
+from ._start_marks import never_started, owner_directory
+from ._start_marks import remove as remove_starts
 from ._wakeup import WakeListener
 from .context import PROGRESS_MAX_CHARS
 from .errors import (
@@ -259,6 +262,8 @@ MEMORY_POLL_INTERVAL = 0.05
 MAX_REQUEUES = 3
 #: Jobs expired, and finished jobs purged past their retention, per heartbeat.
 HOUSEKEEPING_BATCH = 1000
+#: Expired leases reaped per call (the engine's default).
+REAP_BATCH = 100
 #: How long the database may keep failing (locked past the busy timeout, disk
 #: full, I/O errors) before the supervisor stops with that error. Until then it
 #: keeps its jobs' outcomes in memory and retries, first after
@@ -441,6 +446,8 @@ class Supervisor:
         self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
         self._task_scope = TaskScope.of(queue)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._starts_directory: Path | None = None
+        """Where this supervisor's workers record the jobs they start (``_start_marks``)."""
         self._context = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # The fork server must not import __main__ (its default): the user's
@@ -566,7 +573,8 @@ class Supervisor:
                 self._renew_registration(time.monotonic())
             elif self.queue.path != ":memory:":
                 self._listener = WakeListener(self.queue.path)
-            self.engine.reap_expired()
+            self._starts_directory = self._prepare_starts_directory()
+            self._reap_expired()
             flow.push_limits(self.engine, list(self.queue.tasks.values()))
             # Single sends of this process are logged from now on, and this
             # loop's next transaction stores them (storage/sqlite_send_log.rs).
@@ -591,6 +599,7 @@ class Supervisor:
                     self._listener.close()
                     self._listener = None
                 self._close_engine()
+                self._remove_starts_directory()
                 for signum, handler in restore:
                     signal.signal(signum, handler)
                 # Mark the pipe closed before closing it, so that a late notify() from
@@ -635,6 +644,50 @@ class Supervisor:
             return
         left = self._drain_deadline + STOP_STORE_GRACE - now
         self._engine.set_busy_timeout(round(min(STORAGE_BUSY_TIMEOUT, max(0.0, left)) * 1000))
+
+    # --- leases of dead supervisors ---------------------------------------------------
+
+    def _prepare_starts_directory(self) -> Path | None:
+        directory = owner_directory(self.queue.path, self.owner)
+        if directory is None:
+            return None
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            # Without it, a job of this supervisor's that never started counts
+            # as lost if the supervisor dies: what it always did.
+            log.warning("cannot record the jobs this supervisor's workers start (%s): %s", directory, error)
+            return None
+        return directory
+
+    def _remove_starts_directory(self) -> None:
+        """At the end of a stop: the record of what the workers started is kept
+        only while some outcome was left unstored, for the reaper of those leases."""
+        if self._starts_directory is not None and not (self._reports or self._completions):
+            remove_starts(self._starts_directory)
+
+    def _reap_expired(self) -> list[tuple[int, str]]:
+        """Reap expired leases; the jobs of dead supervisors that no worker of
+        theirs started go back to pending uncounted first (``_start_marks``)."""
+        returned: list[tuple[int, str]] = []
+        judged: list[tuple[str, Path]] = []
+        if self._starts_directory is not None:
+            expired = self.engine.expired_leases(REAP_BATCH)
+            if expired:
+                unstarted, judged = never_started(self.queue.path, expired)
+                if unstarted:
+                    returned = self.engine.return_unstarted(unstarted)
+        reaped = returned + self.engine.reap_expired(REAP_BATCH)
+        if judged:
+            # A dead owner's record goes once none of its jobs runs any more:
+            # the leases of the others may expire a little later.
+            running = self.engine.list_jobs(status="running", limit=HOUSEKEEPING_BATCH)
+            if len(running) < HOUSEKEEPING_BATCH:
+                owners = {record.lease_owner for record in running}
+                for owner, directory in judged:
+                    if owner not in owners:
+                        remove_starts(directory)
+        return reaped
 
     def _close_engine(self) -> None:
         """Close this supervisor's connection: the last one to a SQLite file
@@ -686,7 +739,7 @@ class Supervisor:
                 # refilled (claim) or a job expired.
                 self._next_wakeup = None
                 self._want_claim = True
-                self.engine.reap_expired()
+                self._reap_expired()
                 self.engine.expire_due(HOUSEKEEPING_BATCH)
             self._claim_and_dispatch(now)
             if self.until_idle and self._nothing_left():
@@ -1172,7 +1225,7 @@ class Supervisor:
             self.owner, socket.gethostname(), os.getpid(), round(REGISTRATION_LEASE * 1000)
         )
         self._next_registration = now + REGISTRATION_RENEW_INTERVAL
-        if self.engine.reap_expired():
+        if self._reap_expired():
             self._want_claim = True
 
     def _deregister(self) -> None:
@@ -1217,7 +1270,7 @@ class Supervisor:
             tokens = dict(leases)
             for job_id in cancels:
                 self._cancel(job_id, tokens[job_id])
-        if self.engine.reap_expired():
+        if self._reap_expired():
             self._want_claim = True
         # The sends logged by a process that died before storing them.
         if self.engine.recover_send_logs():
@@ -1747,6 +1800,7 @@ class Supervisor:
                 self.queue._secret if "stoker.executor" in self.task_modules else None,
                 self._task_scope,
                 self._initializer,
+                None if self._starts_directory is None else str(self._starts_directory),
             ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,

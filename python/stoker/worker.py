@@ -54,6 +54,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import context, serialization
+from ._start_marks import StartLog
 from .context import CancelFlag, JobContext, RequeueRequested
 from .errors import (
     JobCancelledError,
@@ -188,6 +189,7 @@ def worker_main(
     executor_secret: bytes | None = None,
     scope: TaskScope | None = None,
     initializer: bytes | None = None,
+    starts_directory: str | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -198,7 +200,8 @@ def worker_main(
     ``task.TaskRegistry``). ``initializer`` is the pickled ``(callable, args)``
     of the supervisor's ``initializer`` option, called once after the imports,
     before the ``worker_startup`` handlers; if it raises, the worker fails to
-    start.
+    start. Each job is recorded in ``starts_directory`` before it starts (see
+    ``_start_marks``).
     """
     os.setpgrp()
     _die_with_parent()
@@ -240,6 +243,7 @@ def worker_main(
     except OSError:
         os._exit(0)  # The supervisor went away while this worker started.
     runner = Runner(inbox.send, scope)
+    start_log = None if starts_directory is None else StartLog(starts_directory)
     while True:
         try:
             message = inbox.receive()
@@ -264,6 +268,8 @@ def worker_main(
         if kind == "drop":
             continue  # Of a job that already ran: nothing to give back.
         _, job_id, token, attempt, task_name, payload, labels = message
+        if start_log is not None:
+            start_log.started(job_id, token)
         try:
             outcome = runner.run(job_id, token, attempt, task_name, payload, labels)
         except BaseException as exc:  # Raised outside the task's own frames: still the job's outcome.

@@ -220,3 +220,10 @@ def done_when_released(marker: str, release: str, done: str) -> str:
         time.sleep(0.01)
     Path(done).write_text("done")
     return "released"
+
+
+@queue.task(name="holds_the_gil", max_retries=0, max_crashes=0)
+def holds_the_gil(marker: str) -> None:
+    """Say it started, then spin in the regex engine, in C code that holds the GIL, until killed."""
+    Path(marker).write_text(str(os.getpid()))
+    re.match(r"(a+)+$", "a" * 64 + "b")

@@ -19,7 +19,7 @@ import pytest
 import stoker
 from apps import reliability as reliability_app
 from apps import tasks as tasks_app
-from conftest import HANG_GUARD, TESTS
+from conftest import HANG_GUARD, TESTS, database_files
 from stoker._core import Engine
 
 #: ``make stress`` sets this too, for sizes chosen at import time (hypothesis settings).
@@ -250,7 +250,7 @@ def leftovers(parent: int = 0) -> list[str]:
 
 def open_database_files(pid: int, db: str) -> list[str]:
     """Files of the database (main file, -wal, -shm, -journal) that process ``pid`` holds open."""
-    real = os.path.realpath(db)
+    files = database_files(db)
     held = []
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -261,7 +261,7 @@ def open_database_files(pid: int, db: str) -> list[str]:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
-        if target.startswith(real):
+        if target in files:
             held.append(target)
     return held
 

@@ -226,6 +226,21 @@ impl Engine {
         self.storage.release(job_id, token, self.now_ms())
     }
 
+    /// Running jobs whose lease expired, without touching them (see
+    /// [`Storage::expired_leases`]).
+    pub fn expired_leases(&self, limit: usize) -> Result<Vec<(i64, i64, String)>, EngineError> {
+        self.storage.expired_leases(limit, self.now_ms())
+    }
+
+    /// Gives back expired jobs no worker started (see
+    /// [`Storage::return_unstarted`]).
+    pub fn return_unstarted(
+        &self,
+        jobs: &[(i64, i64)],
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
+        self.storage.return_unstarted(jobs, self.now_ms())
+    }
+
     /// Fails up to `limit` running jobs whose lease expired.
     pub fn reap_expired(&self, limit: usize) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
         let mut rng = self.jitter_source();

@@ -69,6 +69,50 @@ fn uncrashable() -> NewJob {
 }
 
 backend_tests! {
+    fn an_expired_job_no_worker_started_is_given_back_uncounted(fx) {
+        let ids = fx.engine.enqueue(&[uncrashable(), uncrashable()]).unwrap();
+        let claimed = fx.claim(2);
+        let owner = "owner-a".to_owned();
+        // Nothing has expired yet: nothing to look at, nothing given back.
+        assert!(fx.engine.expired_leases(10).unwrap().is_empty());
+        let tokens: Vec<(i64, i64)> = claimed.iter().map(|j| (j.id, j.token)).collect();
+        assert!(fx.engine.return_unstarted(&tokens).unwrap().is_empty());
+        fx.advance(30_001);
+        let mut expired = fx.engine.expired_leases(10).unwrap();
+        expired.sort();
+        assert_eq!(
+            expired,
+            tokens.iter().map(|&(id, token)| (id, token, owner.clone())).collect::<Vec<_>>()
+        );
+        // The second never started; the first did, and its lease counts as lost.
+        assert_eq!(
+            fx.engine.return_unstarted(&[tokens[1], (ids[0], tokens[0].1 + 7)]).unwrap(),
+            vec![(ids[1], FailOutcome::Returned)],
+            "a wrong token gives back nothing"
+        );
+        assert_eq!(fx.engine.reap_expired(10).unwrap(), vec![(ids[0], FailOutcome::Dead)]);
+        let returned = fx.engine.get(ids[1]).unwrap();
+        assert_eq!(returned.status, Status::Pending);
+        assert_eq!((returned.crashes, returned.failures), (0, 0));
+        assert!(fx.engine.errors(ids[1]).unwrap().is_empty());
+        let again = fx.claim(1);
+        assert_eq!((again[0].id, again[0].token), (ids[1], tokens[1].1 + 1));
+        // Given back once: the old attempt is no longer running.
+        assert!(fx.engine.return_unstarted(&[tokens[1]]).unwrap().is_empty());
+    }
+
+    fn an_expired_job_no_worker_started_with_a_cancel_request_ends_cancelled(fx) {
+        let id = fx.enqueue_one(uncrashable());
+        let claimed = fx.claim(1);
+        fx.engine.cancel(id).unwrap();
+        fx.advance(30_001);
+        assert_eq!(
+            fx.engine.return_unstarted(&[(id, claimed[0].token)]).unwrap(),
+            vec![(id, FailOutcome::Cancelled)]
+        );
+        assert_eq!(fx.engine.get(id).unwrap().status, Status::Cancelled);
+    }
+
     fn a_held_job_is_given_back_without_a_crash_when_its_lease_expires(fx) {
         let ids = fx.engine.enqueue(&[uncrashable(), uncrashable()]).unwrap();
         let claimed = commit_turn(&fx, &[], 2, &[], &[]);

@@ -405,6 +405,28 @@ impl Engine {
             .collect())
     }
 
+    /// Running jobs whose lease expired: ``(job_id, token, owner)``, earliest first; nothing changes.
+    #[pyo3(signature = (limit = 100))]
+    fn expired_leases(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<(i64, i64, String)>> {
+        let limit = count("limit", limit).or_raise(py)?;
+        let engine = &self.engine;
+        py.detach(|| engine.expired_leases(limit)).or_raise(py)
+    }
+
+    /// Give back expired jobs that no worker started: pending again, nothing counted.
+    fn return_unstarted(
+        &self,
+        py: Python<'_>,
+        jobs: Vec<(i64, i64)>,
+    ) -> PyResult<Vec<(i64, &'static str)>> {
+        let engine = &self.engine;
+        let returned = py.detach(|| engine.return_unstarted(&jobs)).or_raise(py)?;
+        Ok(returned
+            .into_iter()
+            .map(|(job_id, outcome)| (job_id, outcome.as_str()))
+            .collect())
+    }
+
     /// The job's row; ``JobNotFoundError`` if there is none.
     fn get(&self, py: Python<'_>, job_id: i64) -> PyResult<JobRecord> {
         let engine = &self.engine;

@@ -205,6 +205,28 @@ pub trait Storage:
         now_ms: i64,
     ) -> Result<Vec<(i64, FailOutcome)>, EngineError>;
 
+    /// Up to `limit` running jobs whose lease deadline is before `now_ms`,
+    /// earliest first: `(job id, token, lease owner)`. It writes nothing: the
+    /// reaper of a dead supervisor's jobs looks at what its workers started
+    /// before [`Storage::reap_expired`] counts the rest as lost.
+    fn expired_leases(
+        &self,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, i64, String)>, EngineError>;
+
+    /// Gives back, as [`FailOutcome::Returned`] (pending again, no crash and no
+    /// error record counted; cancelled if a cancel was requested), each job of
+    /// `jobs` (`(job id, token)`) that is still running that attempt with an
+    /// expired lease: the caller knows that no worker started it (its
+    /// supervisor and workers are gone, and none of them recorded its start).
+    /// The attempt stays taken, so its next claim gets a token never seen.
+    fn return_unstarted(
+        &self,
+        jobs: &[(i64, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError>;
+
     /// The job's row.
     fn get(&self, job_id: i64) -> Result<JobRecord, EngineError>;
 

@@ -850,6 +850,14 @@ const RETURN_HELD_SQL: &str =
      eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
      WHERE id = $1 AND attempt = $2 AND status = 2 AND held = 1 RETURNING status";
 
+/// Gives back an expired job that its dead supervisor's workers never
+/// started (see [`Storage::return_unstarted`]), as [`RETURN_HELD_SQL`] does.
+const RETURN_UNSTARTED_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = $1 AND attempt = $2 AND status = 2 AND lease_deadline_ms < $3 RETURNING status";
+
 /// Gives back an expired job its supervisor held, sent to no worker
 /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
 fn return_held(
@@ -858,7 +866,19 @@ fn return_held(
     token: i64,
     now_ms: i64,
 ) -> PgResult<Option<FailOutcome>> {
-    let returned = tx.query_opt(RETURN_HELD_SQL, &[&job_id, &token, &now_ms])?;
+    give_back(tx, RETURN_HELD_SQL, job_id, token, now_ms)
+}
+
+/// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
+/// [`RETURN_UNSTARTED_SQL`]) on one job; None if it did not apply.
+fn give_back(
+    tx: &mut Tx<'_>,
+    sql: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> PgResult<Option<FailOutcome>> {
+    let returned = tx.query_opt(sql, &[&job_id, &token, &now_ms])?;
     let code: Option<i64> = returned.as_ref().map(|row| row.try_get(0)).transpose()?;
     Ok(match code {
         None => None,
@@ -1274,6 +1294,40 @@ impl Storage for PostgresStorage {
                 reaped.push((job_id, outcome));
             }
             Ok(reaped)
+        })
+    }
+
+    fn expired_leases(
+        &self,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, i64, String)>, EngineError> {
+        self.read(|tx| {
+            let mut expired = Vec::new();
+            for row in tx.query(EXPIRED_SQL, &[&now_ms, &sql_count(limit)])? {
+                let owner: Option<String> = row.try_get(2)?;
+                expired.push((row.try_get(0)?, row.try_get(1)?, owner.unwrap_or_default()));
+            }
+            Ok(expired)
+        })
+    }
+
+    fn return_unstarted(
+        &self,
+        jobs: &[(i64, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let mut returned = Vec::new();
+            for &(job_id, token) in jobs {
+                if let Some(outcome) = give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)? {
+                    returned.push((job_id, outcome));
+                }
+            }
+            Ok(returned)
         })
     }
 

@@ -260,6 +260,14 @@ const RETURN_HELD_SQL: &str =
      eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
      WHERE id = ?1 AND attempt = ?2 AND status = 2 AND held = 1 RETURNING status";
 
+/// Gives back an expired job that its dead supervisor's workers never
+/// started (see [`Storage::return_unstarted`]), as [`RETURN_HELD_SQL`] does.
+const RETURN_UNSTARTED_SQL: &str =
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_deadline_ms < ?3 RETURNING status";
+
 /// Completes one attempt if its token is current.
 pub const COMPLETE_SQL: &str =
     "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, usage = ?5, \
@@ -757,8 +765,21 @@ fn return_held(
     token: i64,
     now_ms: i64,
 ) -> Result<Option<FailOutcome>, EngineError> {
+    give_back(tx, RETURN_HELD_SQL, job_id, token, now_ms)
+}
+
+/// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
+/// [`RETURN_UNSTARTED_SQL`]) on one job: pending again (cancelled if a cancel
+/// was requested) with nothing counted; None if the statement did not apply.
+fn give_back(
+    tx: &Transaction<'_>,
+    sql: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> Result<Option<FailOutcome>, EngineError> {
     let returned = tx
-        .prepare_cached(RETURN_HELD_SQL)?
+        .prepare_cached(sql)?
         .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
         .optional()?;
     Ok(match returned {
@@ -1503,6 +1524,43 @@ impl Storage for SqliteStorage {
                 reaped.push((job_id, outcome));
             }
             Ok(reaped)
+        })
+    }
+
+    fn expired_leases(
+        &self,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, i64, String)>, EngineError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare_cached(EXPIRED_SQL)?;
+            let rows = stmt.query_map(params![now_ms, sql_limit(limit)], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                ))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn return_unstarted(
+        &self,
+        jobs: &[(i64, i64)],
+        now_ms: i64,
+    ) -> Result<Vec<(i64, FailOutcome)>, EngineError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(|tx| {
+            let mut returned = Vec::new();
+            for &(job_id, token) in jobs {
+                if let Some(outcome) = give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)? {
+                    returned.push((job_id, outcome));
+                }
+            }
+            Ok(returned)
         })
     }
 
