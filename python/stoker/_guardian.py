@@ -164,12 +164,18 @@ def kill_tree(root: int, *, wait: float = TREE_KILL_WAIT) -> None:
     can be re-parented elsewhere; it is killed last, once its tree is empty.
     """
     deadline = time.monotonic() + wait
-    _signal(root, signal.SIGSTOP)
-    # The stop takes effect when the process next leaves the kernel; a process
-    # in an uninterruptible sleep stops later, and is then killed anyway.
-    while _state(root) not in (None, *_GONE_STATES, *_STOPPED_STATES) and time.monotonic() < deadline:
-        time.sleep(TREE_KILL_ROUND_PAUSE)
-    kill_descendants(root, wait=max(0.0, deadline - time.monotonic()))
+    while True:
+        _signal(root, signal.SIGSTOP)
+        # The stop takes effect when the process next leaves the kernel; a
+        # process in an uninterruptible sleep stops later, and is then killed anyway.
+        while _state(root) not in (None, *_GONE_STATES, *_STOPPED_STATES) and time.monotonic() < deadline:
+            time.sleep(TREE_KILL_ROUND_PAUSE)
+        kill_descendants(root, wait=max(0.0, deadline - time.monotonic()))
+        # The kernel continues (SIGCONT) the stopped members of a process group
+        # that its parent's death orphans, which a dying supervisor's worker may
+        # be (spawn): stopped again, its tree is read again.
+        if _state(root) in (None, *_GONE_STATES, *_STOPPED_STATES) or time.monotonic() >= deadline:
+            break
     _signal(root, signal.SIGKILL)
     # Its process group too, where the tree could not be read (no /proc).
     try:

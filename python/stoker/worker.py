@@ -133,6 +133,18 @@ def _on_cancel_signal(signum: int, frame: FrameType | None) -> None:
     CancelFlag.requested = True
 
 
+def _on_hangup(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP does not end a worker.
+
+    When a spawn worker's parent, the supervisor, dies, the worker's process
+    group is orphaned, and if the worker is stopped then (by its guardian,
+    about to kill its tree), the kernel sends the group SIGHUP and SIGCONT:
+    dying of it, the worker would hand its task's processes to init before the
+    guardian could kill them. A handler, unlike SIG_IGN, is not inherited
+    by the programs its tasks run.
+    """
+
+
 class _Inbox:
     """This worker's ends of its two pipes from the supervisor.
 
@@ -290,6 +302,7 @@ def worker_main(
     module of the application that would carry the secret). ``drops`` is the
     read end of the pipe of take-backs.
     """
+    signal.signal(signal.SIGHUP, _on_hangup)
     os.setpgrp()
     # Before anything can start a process: orphans of this worker's tasks are
     # re-parented to it, and stay in its tree.

@@ -203,3 +203,28 @@ def notes_sigterm(marker: str, note: str) -> None:
     signal.signal(signal.SIGTERM, on_term)
     Path(marker).write_text(str(os.getpid()))
     time.sleep(600)
+
+
+# --- C calls that a signal would cut short --------------------------------------------------
+
+
+@queue.task(name="c_sleep", max_retries=0, max_crashes=0)
+def c_sleep(marker: str, seconds: int) -> int:
+    """Sleep in libc (``sleep(3)``, not retried after a signal); what it did not sleep (0: all of it)."""
+    Path(marker).write_text(str(os.getpid()))
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.sleep(seconds))
+
+
+@queue.task(name="c_read", max_retries=0, max_crashes=0)
+def c_read(marker: str, fifo: str) -> tuple[int, int]:
+    """Block in libc ``read(2)`` on a FIFO until the test writes to it: (bytes read, errno)."""
+    fd = os.open(fifo, os.O_RDWR)  # Read-write: opening does not wait for a writer.
+    try:
+        Path(marker).write_text(str(os.getpid()))
+        libc = ctypes.CDLL(None, use_errno=True)
+        buffer = ctypes.create_string_buffer(64)
+        got = int(libc.read(fd, buffer, 64))
+        return got, ctypes.get_errno() if got < 0 else 0
+    finally:
+        os.close(fd)

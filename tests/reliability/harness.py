@@ -157,7 +157,10 @@ class SupervisorProcess:
     """``python -m stoker worker APP`` on a test's database, output to a file."""
 
     def __init__(self, db: Path, *extra: str, app: str = "apps.reliability:queue", log: Path | None = None):
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=str(TESTS))
+        # The stoker under test, wherever it was imported from (a source tree
+        # on PYTHONPATH, not only the installed one).
+        source = Path(stoker.__file__).resolve().parent.parent
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=os.pathsep.join([str(TESTS), str(source)]))
         self.log_path = log or db.with_name(f"supervisor-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
