@@ -19,7 +19,7 @@ import pytest
 import stoker
 from apps import reliability as reliability_app
 from apps import tasks as tasks_app
-from conftest import HANG_GUARD, TESTS
+from conftest import HANG_GUARD, child_python_path
 from stoker._core import Engine
 
 #: ``make stress`` sets this too, for sizes chosen at import time (hypothesis settings).
@@ -157,10 +157,7 @@ class SupervisorProcess:
     """``python -m stoker worker APP`` on a test's database, output to a file."""
 
     def __init__(self, db: Path, *extra: str, app: str = "apps.reliability:queue", log: Path | None = None):
-        # The stoker under test, wherever it was imported from (a source tree
-        # on PYTHONPATH, not only the installed one).
-        source = Path(stoker.__file__).resolve().parent.parent
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=os.pathsep.join([str(TESTS), str(source)]))
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
         self.log_path = log or db.with_name(f"supervisor-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(
