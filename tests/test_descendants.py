@@ -55,7 +55,7 @@ def test_a_hard_timeout_kills_every_descendant(
     rqueue: stoker.Queue, pool: stoker.SupervisorThread, tmp_path: Path, kind: str
 ) -> None:
     marker = tmp_path / "started"
-    task = rqueue.get_task("rel.leave_behind").options(timeout=2)
+    task = rqueue.get_task("rel.leave_behind").options(timeout=4)
     job = task.delay(kind, str(marker), str(tmp_path / "never"))
     worker, descendant = _started(marker)
     with pytest.raises(stoker.TaskTimeoutError):

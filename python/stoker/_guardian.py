@@ -133,21 +133,65 @@ def signal_tree(root: int, signum: int) -> None:
         _signal(pid, signum)
 
 
+def _walk(root: int, spare: frozenset[int]) -> tuple[frozenset[int], frozenset[int], bool]:
+    """One read of the tree under ``root`` (but the ``spare`` children's subtrees).
+
+    Returns the live descendants, the exited ones (zombies), and whether every
+    live one was stopped when it was read; live ones that were not are sent
+    SIGSTOP.
+    """
+    live: set[int] = set()
+    exited: set[int] = set()
+    all_stopped = True
+    todo = [pid for pid in children(root) if pid not in spare]
+    while todo:
+        pid = todo.pop()
+        state = _state(pid)
+        if state is None or state in _GONE_STATES:
+            exited.add(pid)
+            continue
+        live.add(pid)
+        if state not in _STOPPED_STATES:
+            all_stopped = False
+            _signal(pid, signal.SIGSTOP)
+        todo.extend(children(pid))
+    return frozenset(live), frozenset(exited), all_stopped
+
+
 def kill_descendants(root: int, *, wait: float = TREE_KILL_WAIT, spare: frozenset[int] = frozenset()) -> None:
     """SIGKILL every descendant of ``root`` until none is left, for ``wait`` seconds at most.
 
     ``root`` must be a child subreaper that neither forks nor reaps meanwhile
-    (stopped, or the calling process itself): a descendant whose parent dies
-    is then re-parented to ``root`` and found by the next round, and a
-    process that forks while it is killed is caught with its child. The
-    children of ``root`` listed in ``spare`` are left alone with their own
-    descendants (a worker's kept children). Zombies are left to their parent.
+    (stopped, or the calling process itself), so that a descendant whose
+    parent dies is re-parented to ``root``, where the next read finds it.
+    The tree is frozen first: every live descendant is stopped (SIGSTOP),
+    round after round, until two reads in a row find the same processes,
+    all stopped; nothing in it can fork or exit any more, so that read is
+    the whole tree, and all of it is killed at once. Rounds of kills follow
+    until none is left (a stopped process of a group orphaned by a kill is
+    continued by the kernel). The children of ``root`` listed in ``spare``
+    are left alone with their own descendants (a worker's kept children).
+    Zombies are left to their parent.
     """
     deadline = time.monotonic() + wait
+    last: tuple[frozenset[int], frozenset[int]] | None = None
+    while time.monotonic() < deadline:
+        live, exited, all_stopped = _walk(root, spare)
+        if all_stopped and last == (live, exited):
+            break
+        last = (live, exited)
+        if not all_stopped:
+            time.sleep(TREE_KILL_ROUND_PAUSE)
     while True:
-        left = [pid for pid in children(root) if pid not in spare and is_running(pid)]
+        listed = children(root)
+        left = [pid for pid in listed if pid not in spare and is_running(pid)]
         if not left:
-            return
+            # Every child listed had exited when its state was read; one that
+            # exited after the list was read may have left a child to ``root``
+            # meanwhile. The same list again means none did.
+            if sorted(children(root)) == sorted(listed) or time.monotonic() >= deadline:
+                return
+            continue
         for child in left:
             for pid in (child, *live_descendants(child)):
                 _signal(pid, signal.SIGKILL)
