@@ -145,9 +145,15 @@ def _supervisor_with_descendants(
     for pid in (kept_pid, running_pid):
         if pid not in {p.pid for p in processes}:
             processes.append(psutil.Process(pid))
-    # The guardian, two workers and a spare, the two descendants, and with
-    # forkserver the fork server and the resource tracker.
+    # The guardian, two workers and a spare, the two descendants, and the
+    # resource tracker and (forkserver) the fork server, which a daemon holding
+    # their pipes would keep alive.
     assert len(processes) >= 6, processes
+    helpers = {"multiprocessing.resource_tracker"} | (
+        {"multiprocessing.forkserver"} if start_method == "forkserver" else set()
+    )
+    command_lines = " ".join(" ".join(p.cmdline()) for p in processes)
+    assert all(helper in command_lines for helper in helpers), command_lines
     return command, processes
 
 
