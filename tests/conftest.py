@@ -49,6 +49,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def child_python_path() -> str:
+    """PYTHONPATH for a Python process a test starts: the test apps, and the stoker under test.
+
+    The stoker under test is the one this process imported, which may be a
+    source tree on PYTHONPATH rather than the installed package.
+    """
+    source = str(Path(stoker.__file__).resolve().parent.parent)
+    return os.pathsep.join([str(TESTS), source])
+
+
 #: Upper bound on any wait in the tests. It only turns a hang into a failure;
 #: no test asserts how fast something happens (benches/ does that).
 HANG_GUARD = 60.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, TESTS, read_ledger, wait_until
+from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until
 from stoker.errors import (
     DependencyFailedError,
     InvalidOptionError,
@@ -142,11 +142,7 @@ def test_a_one_shot_schedule_runs_in_the_pool(
 def test_the_cli_lists_schedules_and_limits(queue: stoker.Queue) -> None:
     queue.get_task("add").schedule_every(30, args=(1, 2), name="every-30s")
     queue.set_queue_rate_limit("default", "5/s")
-    env = dict(
-        os.environ,
-        STOKER_TEST_DB=queue.path,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-    )
+    env = dict(os.environ, STOKER_TEST_DB=queue.path, PYTHONPATH=child_python_path())
 
     def run(*args: str) -> str:
         result = subprocess.run(

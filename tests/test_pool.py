@@ -459,6 +459,36 @@ def test_a_job_sent_ahead_goes_back_when_the_job_before_it_runs_long(
     assert all(job.record().attempt == 1 and job.errors == [] for job in ahead)
 
 
+@pytest.mark.parametrize("call", ["sleep", "read"])
+def test_taking_back_a_job_sent_ahead_does_not_interrupt_the_running_tasks_c_calls(
+    queue: stoker.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    # A take-back reaches a worker while its task runs; a signal would cut
+    # short a libc sleep (never restarted) and could fail a blocking read.
+    monkeypatch.setattr(supervisor_module, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
+    marker, fifo = tmp_path / "started", tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with queue.start_worker(processes=1, drain_timeout=0.0, prefetch=1) as handle:
+        if call == "sleep":
+            running = queue.get_task("c_sleep").delay(str(marker), 3)
+        else:
+            running = queue.get_task("c_read").delay(str(marker), str(fifo))
+        wait_until(written(marker), what="the C call to start")
+        ahead = queue.get_task("add").delay(1, 2)
+        wait_until(lambda: ahead.id in _sent_ahead(handle), what="the job to be sent ahead")
+        assert ahead.cancel() == "requested"
+        # Given back by the worker while its task is inside the C call.
+        wait_until(lambda: ahead.status == "cancelled", what="the job sent ahead to be given back")
+        assert running.status == "running"
+        if call == "sleep":
+            assert running.result(timeout=HANG_GUARD) == 0  # Not a second of the sleep left out.
+        else:
+            with open(fifo, "wb") as writer:
+                writer.write(b"data")
+            assert running.result(timeout=HANG_GUARD) == (4, 0)  # The data, not an interrupted read.
+    assert ahead.errors == [] and running.errors == []
+
+
 def test_short_jobs_wait_several_deep_in_a_busy_workers_pipe_and_run_in_order(
     queue: stoker.Queue, tmp_path: Path, ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, TESTS, read_ledger, wait_until
+from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until
 
 EVERY_MS = 20
 FIRES = 300
@@ -29,11 +29,7 @@ FIRES = 300
 
 class Process:
     def __init__(self, db: Path, *args: str) -> None:
-        env = dict(
-            os.environ,
-            STOKER_TEST_DB=str(db),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-        )
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
         self.process = subprocess.Popen(
             [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

@@ -15,18 +15,14 @@ import psutil
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, TESTS, read_ledger, wait_until, written
+from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until, written
 
 
 class WorkerCommand:
     """``python -m stoker worker apps.tasks:queue`` on a test's database."""
 
     def __init__(self, db: Path, *extra: str) -> None:
-        env = dict(
-            os.environ,
-            STOKER_TEST_DB=str(db),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-        )
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
         self.process = subprocess.Popen(
             [sys.executable, "-m", "stoker", "worker", "apps.tasks:queue", "-p", "2", *extra],
             env=env,
@@ -205,11 +201,7 @@ def test_sigterm_past_the_drain_timeout_requeues_without_a_failed_attempt(
 def test_worker_command_names_a_bad_app(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "stoker", "worker", "apps.tasks:nothing"],
-        env=dict(
-            os.environ,
-            STOKER_TEST_DB=str(tmp_path / "x.db"),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-        ),
+        env=dict(os.environ, STOKER_TEST_DB=str(tmp_path / "x.db"), PYTHONPATH=child_python_path()),
         capture_output=True,
         text=True,
         timeout=HANG_GUARD,

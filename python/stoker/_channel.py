@@ -44,12 +44,20 @@ class ProtocolError(Exception):
 
 
 class Channel:
-    """Non-blocking framed messages over a connection's file descriptor."""
+    """Non-blocking framed messages over a connection's file descriptor.
 
-    def __init__(self, conn: Connection) -> None:
+    ``drops`` is the write end of the worker's second pipe, of take-backs
+    (``worker.DROP_FRAME``): a frame of 24 bytes is written whole or not at
+    all (a pipe writes up to ``PIPE_BUF`` bytes at once).
+    """
+
+    def __init__(self, conn: Connection, drops: Connection | None = None) -> None:
         self.conn = conn
         self.fd = conn.fileno()
         os.set_blocking(self.fd, False)
+        self.drops = drops
+        if drops is not None:
+            os.set_blocking(drops.fileno(), False)
         self._in = bytearray()
         self._out = bytearray()
         self.eof = False
@@ -131,5 +139,19 @@ class Channel:
             except Exception as error:
                 raise ProtocolError(f"a message could not be unpickled: {error!r}") from error
 
+    def send_drop(self, frame: bytes) -> bool:
+        """Write one take-back frame; False if it could not be written now (a full pipe).
+
+        Raises ``BrokenPipeError`` (an ``OSError``) if the worker's end is closed.
+        """
+        if self.drops is None:
+            return False
+        try:
+            return os.write(self.drops.fileno(), frame) == len(frame)
+        except BlockingIOError:
+            return False
+
     def close(self) -> None:
         self.conn.close()
+        if self.drops is not None:
+            self.drops.close()

@@ -289,6 +289,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         cancel_grace: float = 0.0,
         memory_limit_mb: float | None = None,
         store_result: bool = True,
+        keep_children: bool = False,
         rate_limit: str | None = None,
         concurrency: int | None = None,
         circuit_breaker: CircuitBreaker | tuple[int, float, float] | None = None,
@@ -310,7 +311,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         ``cancel_grace`` (seconds a running task is told of a cancel before it
         is killed; 0 kills at once), ``memory_limit_mb`` (the worker is killed
         past it: :class:`~stoker.errors.MemoryLimitExceededError`),
-        ``store_result`` (False: the job keeps no result). Flow control, enforced
+        ``store_result`` (False: the job keeps no result), ``keep_children``
+        (True: processes the task started and left running are not killed
+        when its job ends, only when its worker exits). Flow control, enforced
         across every supervisor:
         ``rate_limit`` ("10/s", "100/m"), ``concurrency`` (running at once),
         ``circuit_breaker`` (:class:`~stoker.CircuitBreaker`), ``when_limited``

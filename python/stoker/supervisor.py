@@ -24,8 +24,9 @@ What the loop acts on, in order, each time it wakes:
 - a process sentinel: the worker died. If it was running a job, the attempt
   fails as a crash with a :class:`~stoker.errors.WorkerLostError` naming the
   exit code or signal; the slot goes to the spare and a new spare starts;
-- a hard deadline: the worker's process group is killed (SIGKILL, or SIGTERM
-  and SIGKILL after ``kill_grace``), the attempt fails with a
+- a hard deadline: the worker and every process descending from it are
+  killed (SIGKILL, or SIGTERM and SIGKILL after ``kill_grace``; see
+  ``_guardian.kill_tree``), the attempt fails with a
   :class:`~stoker.errors.TaskTimeoutError`;
 - a cancel request (seen through the database's change counter, or the
   heartbeat): the worker is killed and the job ends cancelled;
@@ -48,8 +49,9 @@ stores and claims several jobs per worker in one commit. Until it starts, a
 job is in the worker's ``queued`` line: its hard timeout starts when the
 outcome of the job before it is read. A cancel, a stop, a job before it that
 runs long, or a worker left idle with nothing else to run asks for it back
-(``drop`` and SIGUSR2, which the worker handles between two bytecodes of its
-task), and the worker answers ``dropped`` if it had not started it: no job
+(a ``drop`` on the worker's second pipe, which a thread of the worker reads
+while its task runs: no signal interrupts the task), and the worker answers
+``dropped`` if it had not started it: no job
 waits behind a long one while a worker is idle, and jobs given back go to the
 next worker free in the order they were claimed. If the worker dies, the jobs
 after the last outcome read never started and go to other workers without
@@ -103,6 +105,7 @@ from ._bounds import (
 )
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
+from ._guardian import kill_tree, live_descendants, signal_tree
 from ._start_marks import never_started, owner_directory
 from ._start_marks import remove as remove_starts
 from ._wakeup import WakeListener
@@ -129,7 +132,7 @@ from .queue import (
 )
 from .remote_errors import CapturedError, fail_storably, qualified_name, storable, storable_text
 from .task import REGISTRY, TaskOptions, TaskScope
-from .worker import worker_main
+from .worker import DROP_FRAME, worker_main
 
 if TYPE_CHECKING:
     from .queue import Queue
@@ -199,8 +202,8 @@ DROP_ANSWER_WAIT = 0.1
 #: waits in a pipe behind a long one for this long at most, then goes to the
 #: next worker free. Longer keeps the gain between jobs of this length (the
 #: next job starts without waiting for the supervisor) at the cost of longer
-#: waits behind long jobs; each job asked back costs a signal to the worker
-#: and two pipe messages, so workers whose jobs run long get none ahead.
+#: waits behind long jobs; each job asked back costs two pipe messages and a
+#: moment of the GIL in the worker, so workers whose jobs run long get none ahead.
 JOB_AHEAD_MAX_WAIT = 0.1
 #: Short jobs get more than one job ahead: as many as fit in JOB_AHEAD_WORK
 #: seconds of the worker's typical job, up to JOBS_AHEAD_MAX, and the supervisor
@@ -349,6 +352,8 @@ class _Running:
     condemned: bool = False
     """Sent ahead, it started after its worker was killed for the job before it: its
     outcome counts if it comes, and if the worker dies first it goes back to pending."""
+    seq: int = 0
+    """Its place among the runs sent to its worker (the worker starts them in that order)."""
 
 
 @dataclass
@@ -377,6 +382,8 @@ class _Worker:
     """A running average of how long its jobs ran (None before its first)."""
     usage_suffix: str = field(init=False, default="")
     """``, "worker": "owner/pid"}``: what ends the usage JSON of its attempts."""
+    runs_sent: int = 0
+    """How many ``run`` messages it was sent: the ``seq`` of the last one."""
 
     def __post_init__(self) -> None:
         # Read once: the process's pid never changes, and it is asked for on
@@ -1075,9 +1082,10 @@ class Supervisor:
         if serial is None:
             self._dispatch_serial += 1
             serial = self._dispatch_serial
+        seq = worker.runs_sent + 1
         try:
             worker.channel.send(
-                ("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels)
+                ("run", job.id, job.token, job.attempt, job.task_name, job.payload, job.labels, seq)
             )
         except OSError:
             # The worker died between its last message and this one; the job never
@@ -1085,12 +1093,13 @@ class Supervisor:
             self._store(f"re-queue job {job.id}", lambda: self._requeue(job.id, job.token))
             self._want_claim = True
             return
+        worker.runs_sent = seq
         options = task.options_ if task is not None else None
         if ahead:
             # Its clock starts when the job before it ends (_start_queued).
-            worker.queued.append(_Running(job, now, None, options, serial=serial))
+            worker.queued.append(_Running(job, now, None, options, serial=serial, seq=seq))
         else:
-            worker.running = _Running(job, now, self._deadline(job, now), options, serial=serial)
+            worker.running = _Running(job, now, self._deadline(job, now), options, serial=serial, seq=seq)
 
     @staticmethod
     def _deadline(job: ClaimedJob, started: float) -> float | None:
@@ -1110,14 +1119,15 @@ class Supervisor:
 
     def _drop(self, w: _Worker, jobs: list[_Running], reason: str) -> None:
         """Ask a worker for jobs sent ahead to it back; it answers ``dropped`` for each it has not started."""
-        if not jobs:
-            return
+        # No signal: a thread of the worker reads these while its task runs,
+        # and the task is not interrupted (a signal would cut short a sleep or
+        # a blocking call in its C code).
         try:
             for queued in jobs:
+                frame = DROP_FRAME.pack(queued.seq, queued.job.id, queued.job.token)
+                if not w.channel.send_drop(frame):
+                    return  # Not taken now (a full pipe): asked again at a later turn.
                 queued.dropping = reason
-                w.channel.send(("drop", queued.job.id, queued.job.token))
-            # The worker reads its pipe now, between two bytecodes of its task.
-            os.kill(w.pid, signal.SIGUSR2)
         except OSError:
             pass  # The worker is gone: its sentinel hands the jobs back (_on_exit).
 
@@ -1345,7 +1355,7 @@ class Supervisor:
             # Nothing more can be understood from this worker: treat it as lost.
             log.error("worker process %s sent a broken message (%s); killing it", w.pid, error)
             w.channel.eof = True
-            self._signal_group(w, signal.SIGKILL)
+            self._kill_tree(w)
             return
         # An end-of-file is reported by the process sentinel, as the worker's death.
         for message in messages:
@@ -1362,7 +1372,7 @@ class Supervisor:
                     "worker process %s sent a message stoker cannot act on (%r); killing it", w.pid, error
                 )
                 w.channel.eof = True
-                self._signal_group(w, signal.SIGKILL)
+                kill_tree(w.pid)
                 return
 
     def _flush_output(self, w: _Worker) -> None:
@@ -1758,28 +1768,26 @@ class Supervisor:
                 self._kill(w, "timeout", grace=self.kill_grace)
 
     def _kill(self, w: _Worker, reason: str, *, grace: float) -> None:
-        """Kill a worker's process group; report its job once the process is gone."""
+        """Kill a worker and its descendants; report its job once the process is gone."""
         w.killed_for = reason
         if grace > 0 and w.kill_at is None:
             w.kill_at = time.monotonic() + grace
-            self._signal_group(w, signal.SIGTERM)
+            signal_tree(w.pid, signal.SIGTERM)
             return
         w.kill_at = None
-        self._signal_group(w, signal.SIGKILL)
+        self._kill_tree(w)
         w.process.join(KILL_REAP_WAIT)
         if w in self._workers:
             self._on_exit(w)
 
-    def _signal_group(self, w: _Worker, signum: int) -> None:
-        try:
-            os.killpg(w.pid, signum)
-        except (ProcessLookupError, PermissionError):
-            pass
-        # The worker may not have made its process group yet.
-        try:
-            os.kill(w.pid, signum)
-        except ProcessLookupError:
-            pass
+    def _kill_tree(self, w: _Worker) -> None:
+        """SIGKILL a worker and every process descending from it (``setsid`` and orphaned ones too).
+
+        It takes a millisecond or two (a few reads of /proc); the worker is
+        stopped first, so nothing of its tree escapes meanwhile.
+        """
+        if w.process.exitcode is None:
+            kill_tree(w.pid)
 
     def _kill_busy_for_drain(self) -> None:
         for w in self._busy_workers():
@@ -1791,6 +1799,7 @@ class Supervisor:
     def _start_worker(self) -> None:
         self._worker_serial += 1
         parent_conn, child_conn = self._context.Pipe(duplex=True)
+        drops_read, drops_write = self._context.Pipe(duplex=False)
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
             args=(
@@ -1801,14 +1810,16 @@ class Supervisor:
                 self._task_scope,
                 self._initializer,
                 None if self._starts_directory is None else str(self._starts_directory),
+                drops_read,
             ),
             name=f"{WORKER_PROCESS_PREFIX}-{self._worker_serial}",
             daemon=False,
         )
         process.start()
         child_conn.close()
+        drops_read.close()
         self._tell_guardian(f"+{process.pid}")
-        self._workers.append(_Worker(process, Channel(parent_conn)))
+        self._workers.append(_Worker(process, Channel(parent_conn, drops_write)))
 
     def _shutdown_workers(self) -> None:
         self._shutting_down = True
@@ -1818,7 +1829,7 @@ class Supervisor:
         self._limit_storage_wait(time.monotonic())
         for w in self._workers:
             if w.running is not None and not w.exited:
-                self._signal_group(w, signal.SIGKILL)
+                self._kill_tree(w)
                 w.killed_for = w.killed_for or "shutdown"
             else:
                 try:
@@ -1829,7 +1840,7 @@ class Supervisor:
         for w in list(self._workers):
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.exitcode is None:
-                self._signal_group(w, signal.SIGKILL)
+                self._kill_tree(w)
                 w.process.join(KILL_REAP_WAIT)
             if w.process.exitcode is not None:
                 self._tell_guardian(f"-{w.pid}")
@@ -1905,17 +1916,19 @@ class Supervisor:
 
 
 def _tree_rss_kib(pid: int) -> int:
-    """Resident memory of a worker and its descendants, in KiB (0 if it is gone)."""
+    """Resident memory of a worker and its descendants (``setsid`` and orphaned ones too), in KiB.
+
+    0 if it is gone.
+    """
     try:
-        process = psutil.Process(pid)
-        total = process.memory_info().rss
-        for child in process.children(recursive=True):
-            try:
-                total += child.memory_info().rss
-            except psutil.Error:
-                pass
+        total = psutil.Process(pid).memory_info().rss
     except psutil.Error:
         return 0
+    for descendant in live_descendants(pid):
+        try:
+            total += psutil.Process(descendant).memory_info().rss
+        except psutil.Error:
+            pass
     return int(total) // 1024
 
 

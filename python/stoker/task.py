@@ -80,6 +80,9 @@ class TaskOptions:
     cancel_grace: float = 0.0
     memory_limit_mb: float | None = None
     store_result: bool = True
+    keep_children: bool = False
+    """Leave the processes the task started running when its job ends (they
+    end with the worker); by default they are killed before the outcome is sent."""
     # Flow control (see flow.py): enforced by the engine across all supervisors.
     rate_limit: str | None = None
     concurrency: int | None = None
@@ -119,6 +122,8 @@ class TaskOptions:
             check_number("memory_limit_mb", self.memory_limit_mb, low=1, high=MAX_MEMORY_MB, unit="MiB")
         if not isinstance(self.store_result, bool):
             raise InvalidOptionError(f"store_result must be a bool, got {self.store_result!r}")
+        if not isinstance(self.keep_children, bool):
+            raise InvalidOptionError(f"keep_children must be a bool, got {self.keep_children!r}")
         for option in ("retry_on", "dont_retry_on"):
             for cls in getattr(self, option):
                 if not (isinstance(cls, type) and issubclass(cls, BaseException)):

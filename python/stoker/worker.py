@@ -2,11 +2,11 @@
 
 A worker is started by the supervisor with spawn or forkserver (never plain
 fork: the supervisor is multi-threaded). It never opens the database; it only
-talks to its supervisor over its own pipe::
+talks to its supervisor over its own two pipes::
 
-    supervisor ── ("run", job_id, token, attempt, task_name, payload, labels) ──▶ worker
-    supervisor ── ("drop", job_id, token) ──▶ worker (give back a job sent ahead, if not started)
+    supervisor ── ("run", job_id, token, attempt, task_name, payload, labels, seq) ──▶ worker
     supervisor ── ("stop",) ──▶ worker (runs worker_shutdown handlers, exits)
+    supervisor ── drop pipe: (seq, job_id, token) ──▶ worker (give back a job sent ahead, if not started)
     supervisor ◀── ("ready", pid) | ("startup_error", CapturedError)
                    | ("progress", job_id, token, json)            (any number, while running)
                    | ("done", job_id, token, result, usage)
@@ -16,21 +16,32 @@ talks to its supervisor over its own pipe::
                    | ("dropped", job_id, token)  ─────────────────── worker
 
 A busy worker may be sent its next ``run`` while its current job runs; the
-message waits in the pipe. A ``drop`` asks for such a job back (it was
-cancelled, the supervisor stops, or another worker is idle): SIGUSR2 follows
-it, and the handler reads the pipe between two bytecodes of the running task
-and answers ``dropped`` for a job it has not started. Before it starts a job,
-the worker also reads whatever else has arrived, so a drop is seen even when
-the signal was not handled (a task inside a long C call). A ``drop`` of a job
-already started or finished is ignored.
+message waits in the pipe. ``seq`` numbers the runs sent to this worker, in
+order, and jobs start in that order. A take-back of such a job (it was
+cancelled, the supervisor stops, or another worker is idle) comes on a second
+pipe, which a thread of the worker reads at any time, while a task runs too,
+without a signal: the running task is never interrupted, not even in a
+system call of its C code. The thread answers ``dropped`` for a job that has
+not started, and the main thread skips it when it comes to it; a take-back of
+a job already started or finished is ignored.
 
-It leads its own process group, so that a hard kill (``killpg``) also takes
-the processes the task started. It dies with its supervisor: the supervisor's
-guardian process kills its group (see ``_guardian.py``), the kernel sends it
-SIGKILL when its parent goes (``PR_SET_PDEATHSIG``), and an idle worker also
-exits at end-of-file on its pipe. SIGUSR1 from the supervisor means "a cancel
-was requested" (tasks with ``cancel_grace`` see it in ``ctx.check_cancelled()``);
-SIGUSR2 means "read your pipe" (a drop); tasks must leave both signals alone.
+Each worker is a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process a
+task starts stays in the worker's tree even if its parent dies (a
+double-forked daemon) or it leaves the session (``setsid``), so every kill of
+the worker (hard timeout, cancel, memory limit, drain, the supervisor's
+death) reaches it (``_guardian.kill_tree``). When a job ends, the processes
+its task left running are killed before its outcome is sent, unless the task
+has ``keep_children=True``; processes started by ``worker_startup`` handlers
+and kept ones live until the worker exits, which kills everything left.
+
+It also leads its own process group. It dies with its supervisor: the
+supervisor's guardian process kills its tree (see ``_guardian.py``); the
+kernel stops it when its parent goes (``PR_SET_PDEATHSIG``: SIGSTOP when
+the parent is the supervisor, so that its tree stays whole for the guardian
+to kill, SIGKILL when it is the fork server); and an idle worker also exits
+at end-of-file on its pipe. SIGUSR1 from the supervisor means "a cancel was
+requested" (tasks with ``cancel_grace`` see it in ``ctx.check_cancelled()``);
+tasks must leave it alone.
 """
 
 from __future__ import annotations
@@ -44,16 +55,17 @@ import json
 import logging
 import os
 import pickle
-import select
 import signal
+import struct
 import sys
-from collections import deque
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import context, serialization
+from ._guardian import children, is_running, kill_descendants
 from ._start_marks import StartLog
 from .context import CancelFlag, JobContext, RequeueRequested
 from .errors import (
@@ -76,17 +88,35 @@ if TYPE_CHECKING:
 log = logging.getLogger("stoker.worker")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+#: A take-back on the drop pipe: the job's ``seq`` (its place among the runs
+#: sent to this worker), its id and its token.
+DROP_FRAME = struct.Struct("!qqq")
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent exits (Linux only)."""
+def _prctl(option: int, value: int) -> bool:
+    """One prctl(2) call (Linux only); whether it succeeded."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     except (OSError, AttributeError):
-        pass
+        return False
+
+
+def _die_with_parent(supervisor_pid: int) -> None:
+    """Ask the kernel to signal this process when its parent exits (Linux only).
+
+    A parent that is the supervisor itself (spawn) stops it: killed there, it
+    would leave its task's processes to init before the guardian could kill
+    them; stopped, it keeps them in its tree, and the guardian kills it with
+    them. A parent that is the fork server kills it: the fork server outlives
+    the supervisor (every worker keeps it alive), so it only dies when it is
+    killed, and a worker of a live supervisor must then end, not stop.
+    """
+    signum = signal.SIGSTOP if os.getppid() == supervisor_pid else signal.SIGKILL
+    _prctl(_PR_SET_PDEATHSIG, signum)
 
 
 def _supervisor_alive(pid: int) -> bool:
@@ -103,78 +133,149 @@ def _on_cancel_signal(signum: int, frame: FrameType | None) -> None:
     CancelFlag.requested = True
 
 
-class _Inbox:
-    """This worker's end of its pipe, shared by the loop and the SIGUSR2 handler.
+def _on_hangup(signum: int, frame: FrameType | None) -> None:
+    """SIGHUP does not end a worker.
 
-    The handler runs between two bytecodes of whatever the main thread does,
-    possibly in the middle of a send or a receive of the loop: it then only
-    notes that it must look, and the loop looks when that send or receive is
-    over, so messages are never interleaved.
+    When a spawn worker's parent, the supervisor, dies, the worker's process
+    group is orphaned, and if the worker is stopped then (by its guardian,
+    about to kill its tree), the kernel sends the group SIGHUP and SIGCONT:
+    dying of it, the worker would hand its task's processes to init before the
+    guardian could kill them. A handler, unlike SIG_IGN, is not inherited
+    by the programs its tasks run.
     """
 
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self.backlog: deque[tuple[Any, ...]] = deque()
-        """Messages read ahead of the loop (while looking for drops), in the order they came."""
-        self._arrived = select.poll()
-        self._arrived.register(conn.fileno(), select.POLLIN)
-        self._in_pipe_call = False
-        self._look_again = False
 
-    def on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._in_pipe_call:
-            self._look_again = True
-            return
-        try:
-            self.answer_drops()
-        except (EOFError, OSError):
-            pass  # The supervisor is gone; the loop finds out.
+class _Inbox:
+    """This worker's ends of its two pipes from the supervisor.
+
+    Jobs and ``stop`` come on the message pipe, which only the main thread
+    reads. Take-backs come on the drop pipe, which a thread reads as they
+    come, while a task runs too: it needs the GIL for a few microseconds per
+    take-back and never interrupts the task. Jobs start in the order of their
+    ``seq``, so a job whose ``seq`` is after the last one started has not
+    started: its take-back is answered ``dropped``, and the main thread
+    skips the job when it reads it. Every message to the supervisor, from
+    either thread, is written whole under one lock.
+    """
+
+    def __init__(self, conn: Connection, drops: Connection | None = None) -> None:
+        self.conn = conn
+        self._drops = drops
+        self._sending = threading.Lock()
+        self._starting = threading.Lock()
+        self._last_started = 0
+        self._given_back: set[int] = set()
+        """The ``seq`` of jobs given back that the main thread has not read yet."""
+
+    def read_drops_in_background(self) -> None:
+        if self._drops is not None:
+            threading.Thread(target=self._read_drops, name="stoker-drops", daemon=True).start()
 
     def receive(self) -> tuple[Any, ...]:
-        if self.backlog:
-            return self.backlog.popleft()
-        self._in_pipe_call = True
-        try:
-            message: tuple[Any, ...] = self.conn.recv()
-        finally:
-            self._in_pipe_call = False
-        self._after_pipe_call()
+        message: tuple[Any, ...] = self.conn.recv()
         return message
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self._in_pipe_call = True
-        try:
-            self._write(message)
-        finally:
-            self._in_pipe_call = False
-        self._after_pipe_call()
-
-    def _write(self, message: tuple[Any, ...]) -> None:
         # Messages hold only plain values (see _channel.py): the standard
         # pickler takes them for less than the new ForkingPickler, with its
         # copy of the reducers, that Connection.send makes for each.
-        self.conn.send_bytes(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+        data = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        with self._sending:
+            self.conn.send_bytes(data)
 
-    def _after_pipe_call(self) -> None:
-        if self._look_again:
-            self.answer_drops()
+    def start(self, seq: int) -> bool:
+        """The main thread is about to start job ``seq``: False if it was given back."""
+        with self._starting:
+            if seq in self._given_back:
+                self._given_back.discard(seq)
+                return False
+            self._last_started = seq
+            return True
 
-    def answer_drops(self) -> None:
-        """Read what has arrived; give back every job that a drop asks for and that is still waiting."""
-        self._look_again = False
-        self._in_pipe_call = True
-        try:
-            while self._arrived.poll(0):
-                self.backlog.append(self.conn.recv())
-            for message in [m for m in self.backlog if m[0] == "drop"]:
-                _, job_id, token = message
-                waiting = [m for m in self.backlog if m[0] == "run" and m[1] == job_id and m[2] == token]
-                self.backlog.remove(message)
-                if waiting:
-                    self.backlog.remove(waiting[0])
-                    self._write(("dropped", job_id, token))
-        finally:
-            self._in_pipe_call = False
+    def give_back(self, seq: int, job_id: int, token: int) -> bool:
+        """A take-back of job ``seq``: answer ``dropped`` if it has not started."""
+        with self._starting:
+            if seq <= self._last_started or seq in self._given_back:
+                return False  # Started (or finished) already: it runs to its end.
+            self._given_back.add(seq)
+        self.send(("dropped", job_id, token))
+        return True
+
+    def _read_drops(self) -> None:
+        assert self._drops is not None
+        fd = self._drops.fileno()
+        pending = b""
+        while True:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return  # The supervisor is gone; the main thread finds out.
+            pending += chunk
+            while len(pending) >= DROP_FRAME.size:
+                seq, job_id, token = DROP_FRAME.unpack_from(pending)
+                pending = pending[DROP_FRAME.size :]
+                try:
+                    self.give_back(seq, job_id, token)
+                except OSError:
+                    return
+
+
+class _Leftovers:
+    """The processes a task left running, killed when its job ends (unless it keeps them).
+
+    Processes that were there before the job (started by ``worker_startup``
+    handlers, or kept by an earlier job with ``keep_children``) are not the
+    job's: they stay until the worker exits. A job that started no process
+    costs one ``waitid`` call here, which finds no child.
+    """
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.kept: frozenset[int] = frozenset()
+
+    def keep_current(self) -> None:
+        """Keep the children there are now (after start-up, after a job that keeps its own)."""
+        self.kept = frozenset(pid for pid in children(self.pid) if is_running(pid))
+
+    def after_job(self, task: Task[Any, Any] | None) -> None:
+        if not _has_children():
+            self.kept = frozenset()
+            return
+        if task is not None and task.options_.keep_children:
+            self.keep_current()
+            return
+        current = set(children(self.pid))
+        self.kept = self.kept & current
+        if current <= self.kept:
+            return
+        kill_descendants(self.pid, spare=self.kept)
+        self.reap()
+
+    def kill_all(self) -> None:
+        """The worker exits: nothing it started outlives it."""
+        kill_descendants(self.pid)
+        self.kept = frozenset()
+        self.reap()
+
+    def reap(self) -> None:
+        """Collect the children that exited, but for the kept ones (their owner may wait for them)."""
+        for pid in children(self.pid):
+            if pid not in self.kept and not is_running(pid):
+                try:
+                    os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+
+def _has_children() -> bool:
+    """Whether this process has any child, alive or exited, without collecting one."""
+    try:
+        os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:
+        return False
+    return True
 
 
 def loaded_queues() -> list[Queue]:
@@ -190,6 +291,7 @@ def worker_main(
     scope: TaskScope | None = None,
     initializer: bytes | None = None,
     starts_directory: str | None = None,
+    drops: Connection | None = None,
 ) -> None:
     """Entry point of a worker process.
 
@@ -201,12 +303,33 @@ def worker_main(
     of the supervisor's ``initializer`` option, called once after the imports,
     before the ``worker_startup`` handlers; if it raises, the worker fails to
     start. Each job is recorded in ``starts_directory`` before it starts (see
-    ``_start_marks``).
+    ``_start_marks``). ``drops`` is the read end of the pipe of take-backs.
     """
+    signal.signal(signal.SIGHUP, _on_hangup)
     os.setpgrp()
-    _die_with_parent()
+    # Before anything can start a process: orphans of this worker's tasks are
+    # re-parented to it, and stay in its tree.
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _die_with_parent(supervisor_pid)
     if not _supervisor_alive(supervisor_pid):
         os._exit(0)
+    leftovers = _Leftovers()
+    try:
+        _serve(conn, drops, task_modules, executor_secret, leftovers, scope, initializer, starts_directory)
+    finally:
+        leftovers.kill_all()
+
+
+def _serve(
+    conn: Connection,
+    drops: Connection | None,
+    task_modules: list[str],
+    executor_secret: bytes | None,
+    leftovers: _Leftovers,
+    scope: TaskScope | None,
+    initializer: bytes | None,
+    starts_directory: str | None,
+) -> None:
     # Ctrl-C in a terminal reaches the supervisor's process group only; the
     # supervisor decides what happens to running jobs.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -227,37 +350,28 @@ def worker_main(
         try:
             conn.send(("startup_error", capture(exc)))
         finally:
+            leftovers.kill_all()
             os._exit(1)
     # What start-up loaded (modules, the task's globals) lives as long as the
     # process: moved out of the collector's reach, it is not traversed again by
     # every full collection that the tasks' allocations trigger.
     gc.freeze()
-    # Before "ready": the supervisor may signal a worker from then on.
-    inbox = _Inbox(conn)
-    signal.signal(signal.SIGUSR2, inbox.on_signal)
-    # A task blocked in a system call of C code is not interrupted by it (the
-    # call restarts); the handler runs when the task is back in Python.
-    signal.siginterrupt(signal.SIGUSR2, False)
+    if _has_children():
+        leftovers.keep_current()
+    inbox = _Inbox(conn, drops)
+    inbox.read_drops_in_background()
     try:
-        conn.send(("ready", os.getpid()))
+        inbox.send(("ready", os.getpid()))
     except OSError:
-        os._exit(0)  # The supervisor went away while this worker started.
+        return  # The supervisor went away while this worker started.
     runner = Runner(inbox.send, scope)
     start_log = None if starts_directory is None else StartLog(starts_directory)
     while True:
         try:
             message = inbox.receive()
-            kind = message[0]
-            if kind == "run":
-                # A drop of this job sent while it waited in the pipe is in
-                # the pipe by now, even if its signal was missed: look first.
-                inbox.backlog.appendleft(message)
-                inbox.answer_drops()
-                if not inbox.backlog or inbox.backlog[0] is not message:
-                    continue  # Given back.
-                inbox.backlog.popleft()
         except (EOFError, OSError):
             return  # The supervisor is gone.
+        kind = message[0]
         if kind == "stop":
             for queue in loaded_queues():
                 try:
@@ -265,15 +379,25 @@ def worker_main(
                 except Exception:
                     log.exception("a worker_shutdown handler failed")
             return
-        if kind == "drop":
-            continue  # Of a job that already ran: nothing to give back.
-        _, job_id, token, attempt, task_name, payload, labels = message
+        if kind != "run":
+            continue
+        _, job_id, token, attempt, task_name, payload, labels, seq = message
+        if not inbox.start(seq):
+            continue  # Given back before it started.
         if start_log is not None:
             start_log.started(job_id, token)
         try:
             outcome = runner.run(job_id, token, attempt, task_name, payload, labels)
         except BaseException as exc:  # Raised outside the task's own frames: still the job's outcome.
-            outcome = ("failed", job_id, token, capture(exc, _sealer(REGISTRY.get(task_name))), True, None)
+            outcome = (
+                "failed",
+                job_id,
+                token,
+                capture(exc, _sealer(REGISTRY.find(task_name, scope))),
+                True,
+                None,
+            )
+        leftovers.after_job(REGISTRY.find(task_name, scope))
         try:
             inbox.send(outcome)
         except OSError:

@@ -363,3 +363,94 @@ def _caught(spec: dict[str, Any]) -> BaseException:
 @queue.task(name="rel.raise_described", max_retries=0, max_crashes=0)
 def raise_described_task(spec: dict[str, Any]) -> None:
     raise_described(spec)
+
+
+# --- processes that try to outlive their job (escaped descendants) --------------------------
+
+#: How a task starts a process meant to outlive its job: a plain child, a child
+#: in a session of its own (``setsid``: no process-group kill reaches it), and a
+#: double-forked daemon (its parent exits: it is nobody's child, and it holds
+#: every descriptor the worker had, the fork server's and resource tracker's pipes too).
+DESCENDANT_KINDS = ("child", "setsid", "daemon")
+
+
+def start_descendant(kind: str) -> int:
+    """Start a process of ``kind`` that sleeps for ten minutes; its pid."""
+    if kind == "child":
+        return subprocess.Popen(["sleep", "600"]).pid
+    if kind == "setsid":
+        return subprocess.Popen(["sleep", "600"], start_new_session=True).pid
+    if kind != "daemon":
+        raise AssertionError(kind)
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        try:
+            os.close(read_end)
+            os.setsid()
+            if os.fork() == 0:
+                os.write(write_end, str(os.getpid()).encode())
+                os.close(write_end)
+                time.sleep(600)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    os.waitpid(middle, 0)
+    pid = b""
+    while chunk := os.read(read_end, 64):
+        pid += chunk
+    os.close(read_end)
+    return int(pid)
+
+
+@queue.task(name="rel.leave_behind", max_retries=0, max_crashes=0)
+def leave_behind(kind: str, marker: str, release: str | None = None, ledger: str | None = None) -> int:
+    """Start a descendant of ``kind``, write ``worker_pid descendant_pid`` to ``marker``.
+
+    Then wait for ``release`` (a file; only a kill ends the job if it never
+    comes), or return at once without it, leaving the descendant behind.
+    """
+    pid = start_descendant(kind)
+    Path(marker).write_text(f"{os.getpid()} {pid}")
+    if release is not None:
+        while not Path(release).exists():
+            time.sleep(0.005)
+    if ledger is not None:
+        log_execution(ledger)
+    return pid
+
+
+@queue.task(name="rel.keep_behind", max_retries=0, max_crashes=0, keep_children=True)
+def keep_behind(kind: str, marker: str) -> int:
+    """Like ``rel.leave_behind`` without waiting, for a task that keeps its processes."""
+    pid = start_descendant(kind)
+    Path(marker).write_text(f"{os.getpid()} {pid}")
+    return pid
+
+
+@queue.task(name="rel.leave_behind_and_hog", max_retries=0, max_crashes=0, memory_limit_mb=200)
+def leave_behind_and_hog(kind: str, marker: str) -> None:
+    """Start a descendant of ``kind``, then hold far more memory than the task's limit until killed."""
+    pid = start_descendant(kind)
+    Path(marker).write_text(f"{os.getpid()} {pid}")
+    held = b"x" * (400 * 1024 * 1024)
+    time.sleep(600)
+    del held
+
+
+@queue.task(name="rel.escape", max_retries=0, max_crashes=10, retry_backoff=0.0, retry_backoff_max=0.0)
+def escape(kind: str, fate: str, descendants: str, ledger: str) -> int:
+    """Start a descendant of ``kind`` and append ``job attempt worker descendant`` to ``descendants``.
+
+    ``fate`` "end": log the execution and return, leaving the descendant
+    behind; anything else: wait until killed (a timeout, a cancel, the
+    supervisor's death).
+    """
+    job_id, attempt = current_job()
+    pid = start_descendant(kind)
+    append(descendants, f"{job_id} {attempt} {os.getpid()} {pid}")
+    if fate == "end":
+        log_execution(ledger)
+        return pid
+    time.sleep(600)
+    raise AssertionError("a job meant to be killed was not")

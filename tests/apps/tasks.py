@@ -227,3 +227,28 @@ def holds_the_gil(marker: str) -> None:
     """Say it started, then spin in the regex engine, in C code that holds the GIL, until killed."""
     Path(marker).write_text(str(os.getpid()))
     re.match(r"(a+)+$", "a" * 64 + "b")
+
+
+# --- C calls that a signal would cut short --------------------------------------------------
+
+
+@queue.task(name="c_sleep", max_retries=0, max_crashes=0)
+def c_sleep(marker: str, seconds: int) -> int:
+    """Sleep in libc (``sleep(3)``, not retried after a signal); what it did not sleep (0: all of it)."""
+    Path(marker).write_text(str(os.getpid()))
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.sleep(seconds))
+
+
+@queue.task(name="c_read", max_retries=0, max_crashes=0)
+def c_read(marker: str, fifo: str) -> tuple[int, int]:
+    """Block in libc ``read(2)`` on a FIFO until the test writes to it: (bytes read, errno)."""
+    fd = os.open(fifo, os.O_RDWR)  # Read-write: opening does not wait for a writer.
+    try:
+        Path(marker).write_text(str(os.getpid()))
+        libc = ctypes.CDLL(None, use_errno=True)
+        buffer = ctypes.create_string_buffer(64)
+        got = int(libc.read(fd, buffer, 64))
+        return got, ctypes.get_errno() if got < 0 else 0
+    finally:
+        os.close(fd)

@@ -24,7 +24,7 @@ import pytest
 import stoker
 from apps import reliability as reliability_app
 from apps import tasks as tasks_app
-from conftest import HANG_GUARD, TESTS, psql, wait_until
+from conftest import HANG_GUARD, TESTS, child_python_path, psql, wait_until
 from reliability.harness import SupervisorProcess, audit
 
 ROOT = TESTS.parent
@@ -262,7 +262,7 @@ def test_results_errors_and_the_cli_work_on_postgresql(
     with pytest.raises(tasks_app.QuotaError) as caught:
         failing.result(timeout=HANG_GUARD)
     assert caught.value.limit == 3
-    env = dict(os.environ, STOKER_TEST_DB=pg_queue.path, PYTHONPATH=str(TESTS))
+    env = dict(os.environ, STOKER_TEST_DB=pg_queue.path, PYTHONPATH=child_python_path())
     done = subprocess.run(
         [sys.executable, "-m", "stoker", "info", "apps.tasks:queue", "--json"],
         env=env,

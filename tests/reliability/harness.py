@@ -19,7 +19,7 @@ import pytest
 import stoker
 from apps import reliability as reliability_app
 from apps import tasks as tasks_app
-from conftest import HANG_GUARD, TESTS, database_files
+from conftest import HANG_GUARD, child_python_path, database_files
 from stoker._core import Engine
 
 #: ``make stress`` sets this too, for sizes chosen at import time (hypothesis settings).
@@ -157,11 +157,7 @@ class SupervisorProcess:
     """``python -m stoker worker APP`` on a test's database, output to a file."""
 
     def __init__(self, db: Path, *extra: str, app: str = "apps.reliability:queue", log: Path | None = None):
-        env = dict(
-            os.environ,
-            STOKER_TEST_DB=str(db),
-            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-        )
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
         self.log_path = log or db.with_name(f"supervisor-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.process = subprocess.Popen(

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 import stoker
-from conftest import HANG_GUARD, TESTS, wait_until
+from conftest import HANG_GUARD, child_python_path, wait_until
 from reliability.harness import Scale, SupervisorProcess, audit, read_executions
 
 SEED = int(os.environ.get("STOKER_SEED", "13"))
@@ -41,10 +41,7 @@ def test_a_sent_job_survives_sigkill_of_everything(
         supervisors.append(command)
         sender = subprocess.Popen(
             [sys.executable, "-c", SENDER, rqueue.path, str(ledger)],
-            env=dict(
-                os.environ,
-                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-            ),
+            env=dict(os.environ, PYTHONPATH=child_python_path()),
             stdout=subprocess.PIPE,
         )
         assert sender.stdout is not None

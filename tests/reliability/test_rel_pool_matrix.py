@@ -20,7 +20,7 @@ import pytest
 import stoker
 from apps import reliability as rel
 from apps.reliability import SetstateTrap, Trap
-from conftest import HANG_GUARD, TESTS
+from conftest import HANG_GUARD, child_python_path
 from reliability.harness import Scale, worker_pids_under
 
 
@@ -149,11 +149,7 @@ def _result_unpickle_crashes_the_caller(queue: stoker.Queue, tmp: Path) -> None:
     )
     caller = subprocess.run(
         [sys.executable, "-c", script],
-        env=dict(
-            os.environ,
-            PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-            PYTHONFAULTHANDLER="",
-        ),
+        env=dict(os.environ, PYTHONPATH=child_python_path(), PYTHONFAULTHANDLER=""),
         capture_output=True,
         timeout=HANG_GUARD,
         check=False,
