@@ -175,3 +175,49 @@ def test_after_a_sigkill_of_the_supervisor_no_process_is_left(
     command, processes = _supervisor_with_descendants(rqueue, tmp_path, supervisors, kind, start_method)
     command.kill()
     wait_until(lambda: all_gone(processes), what="every process of the killed supervisor to end")
+
+
+@pytest.mark.parametrize("start_method", ["forkserver", "spawn"])
+@pytest.mark.parametrize("kind", DESCENDANT_KINDS)
+def test_what_a_crashed_workers_task_left_running_is_killed(
+    rqueue: stoker.Queue, tmp_path: Path, supervisors: list[SupervisorProcess], kind: str, start_method: str
+) -> None:
+    # The worker dies on its own, so nothing of it kills its tree: its task's
+    # descendants are re-parented to the supervisor's process (stoker worker
+    # makes itself a subreaper), which kills them.
+    marker = tmp_path / "started"
+    command = SupervisorProcess(Path(rqueue.path), "-p", "1", "--start-method", start_method)
+    supervisors.append(command)
+    job = rqueue.get_task("rel.leave_behind_and_crash").delay(kind, str(marker))
+    # Read without checking it is still alive: it may be killed at once.
+    worker, descendant = map(int, wait_until(written(marker), what="the task to start it").split())
+    with pytest.raises(stoker.WorkerLostError, match="exited with code 3"):
+        job.result(timeout=HANG_GUARD)
+    _wait_gone(worker, descendant)
+    # The supervisor goes on: the next job runs.
+    assert rqueue.get_task("rel.add").delay(2, 3).result(timeout=HANG_GUARD) == 5
+
+
+def test_a_worker_that_crashes_is_seen_dead_while_a_daemon_it_forked_holds_its_pipes(
+    rqueue: stoker.Queue, tmp_path: Path
+) -> None:
+    # With spawn, multiprocessing's sentinel of a worker is a pipe that a
+    # process it forked without exec keeps open: the worker's death is seen
+    # through a pidfd instead.
+    marker = tmp_path / "started"
+    handle = rqueue.start_worker(processes=1, start_method="spawn", drain_timeout=0.0)
+    try:
+        assert handle.wait_started(HANG_GUARD), handle.error
+        job = rqueue.get_task("rel.leave_behind_and_crash").delay("daemon", str(marker))
+        with pytest.raises(stoker.WorkerLostError, match="exited with code 3"):
+            job.result(timeout=HANG_GUARD)
+    finally:
+        handle.stop(HANG_GUARD)
+        # A pool in a program's own process does not adopt orphans: the
+        # daemon of the crashed worker is this test's to end.
+        if marker.exists():
+            descendant = int(marker.read_text().split()[1])
+            try:
+                psutil.Process(descendant).kill()
+            except psutil.NoSuchProcess:
+                pass

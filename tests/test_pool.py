@@ -630,6 +630,7 @@ def test_jobs_sent_ahead_that_started_as_their_worker_was_killed_are_not_run_aga
         usage_suffix="",
         process=SimpleNamespace(exitcode=-9, join=lambda timeout: None),
         channel=SimpleNamespace(receive=lambda: messages, close=lambda: None, eof=False),
+        close=lambda: None,
     )
     supervisor._workers.append(worker)  # type: ignore[arg-type]
     # Driven by hand, not run: no worker process is started.

@@ -340,6 +340,9 @@ def _worker(args: argparse.Namespace) -> int:
         prefetch=args.prefetch,
         max_tasks_per_worker=args.max_tasks_per_worker,
         max_worker_memory_mb=args.max_worker_memory_mb,
+        # This process only supervises: what a worker that crashed left running
+        # is re-parented to it, and killed.
+        adopt_orphans=True,
     )
     return EXIT_OK
 

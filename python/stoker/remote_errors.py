@@ -13,7 +13,7 @@ worker sent): text that UTF-8 cannot encode (a lone surrogate, from a file
 name decoded with ``os.fsdecode``) is stored with those characters written as
 ``\\udcXX`` (the ``backslashreplace`` policy), and on PostgreSQL, whose
 text cannot hold them, NUL characters as ``\\x00``; text beyond
-``MESSAGE_MAX_CHARS`` or ``TRACEBACK_MAX_CHARS`` (tens of millions of
+``MESSAGE_MAX_CHARS`` or ``TRACEBACK_MAX_CHARS`` (tens to hundreds of millions of
 characters) is cut, saying how much was left out. The text columns are for
 people, and show every character faithfully (a backslash the message really
 had is not doubled, so the escape is for reading, not for decoding back); the
@@ -52,13 +52,14 @@ log = logging.getLogger("stoker.supervisor")
 #: The longest message and traceback an error record keeps, in characters,
 #: and the largest pickled exception; past them, text is cut (with a note of
 #: how much) and a pickle is left out (the caller then gets a RemoteTaskError
-#: stand-in). Anything below crosses whole (a 10 MB message does). The bounds
-#: keep a whole record (up to 4 bytes a character in UTF-8) well under the
-#: 10**9 bytes SQLite takes in one row, past which the record could not be
-#: stored at all; lower bounds would cost less database per failed attempt
-#: and cut more.
+#: stand-in). Anything below crosses whole (a 10 MB message does, and so does
+#: a traceback that chains several exceptions with such messages: each is
+#: printed in it). The bounds keep a whole record of ASCII text well under the
+#: 10**9 bytes SQLite takes in one row (a record of wider characters past it is
+#: stored as the plain record of ``fail_storably``); lower bounds would cost
+#: less database per failed attempt and cut more.
 MESSAGE_MAX_CHARS = 32 * 2**20
-TRACEBACK_MAX_CHARS = 32 * 2**20
+TRACEBACK_MAX_CHARS = 128 * 2**20
 EXCEPTION_PICKLE_MAX_BYTES = 256 * 2**20
 #: What a stored type name of an unnamable class says.
 UNKNOWN_TYPE = "<unknown type>"

@@ -105,7 +105,7 @@ from ._bounds import (
 )
 from ._channel import Channel, ProtocolError
 from ._core import ClaimedJob, Engine
-from ._guardian import kill_tree, live_descendants, signal_tree
+from ._guardian import become_subreaper, children, kill_tree, live_descendants, signal_tree
 from ._start_marks import never_started, owner_directory
 from ._start_marks import remove as remove_starts
 from ._wakeup import WakeListener
@@ -375,7 +375,8 @@ class _Worker:
     """Told to stop after its last task (recycling); it takes no more jobs."""
     pid: int = field(init=False)
     sentinel: int = field(init=False)
-    """The process's sentinel, readable once it has exited."""
+    """Readable once the process has exited: a pidfd where the kernel has them."""
+    pidfd: int | None = field(init=False, default=None)
     last_job_s: float = 0.0
     """How long its last job ran, as this loop saw it."""
     typical_job_s: float | None = None
@@ -390,9 +391,26 @@ class _Worker:
         # every message.
         assert self.process.pid is not None
         self.pid = self.process.pid
+        # multiprocessing's sentinel is a pipe that the process holds open, and
+        # so does every process it forked without exec (a task's daemon): one
+        # of those would hide the worker's death for as long as it lives. A
+        # pidfd is readable the moment the worker itself exits.
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd_open is not None:
+            try:
+                self.pidfd = pidfd_open(self.pid)
+            except OSError:
+                self.pidfd = None
         # Read once too: the property checks that the process object is
         # still open every time, and the loop polls it on every wake-up.
-        self.sentinel = self.process.sentinel
+        self.sentinel = self.process.sentinel if self.pidfd is None else self.pidfd
+
+    def close(self) -> None:
+        """Close its pipes and its pidfd (it has exited, and its end is handled)."""
+        self.channel.close()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
 
 
 class Supervisor:
@@ -416,6 +434,7 @@ class Supervisor:
         prefetch: int = DEFAULT_PREFETCH,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] = (),
+        adopt_orphans: bool = False,
     ) -> None:
         check_int("processes", processes, low=1, high=MAX_PROCESSES)
         if max_tasks_per_worker is not None:
@@ -449,6 +468,14 @@ class Supervisor:
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory_mb = max_worker_memory_mb
         self.prefetch = prefetch
+        if not isinstance(adopt_orphans, bool):
+            raise InvalidOptionError(f"adopt_orphans must be a bool, got {adopt_orphans!r}")
+        self.adopt_orphans = adopt_orphans
+        """Make this process a child subreaper, and kill what a worker that died
+        on its own left running (``_kill_orphans``): for a process that runs the
+        supervisor alone, as ``stoker worker`` does. Off in a program's own
+        process, whose other children it must not touch."""
+        self._children_before: set[int] = set()
         modules = {t.func.__module__ for t in queue.tasks.values()} | set(imports or ())
         self.task_modules = sorted(modules - {"__main__", "__mp_main__"})
         self._task_scope = TaskScope.of(queue)
@@ -581,6 +608,10 @@ class Supervisor:
             elif self.queue.path != ":memory:":
                 self._listener = WakeListener(self.queue.path)
             self._starts_directory = self._prepare_starts_directory()
+            if self.adopt_orphans and become_subreaper():
+                self._children_before = set(children(os.getpid()))
+            else:
+                self.adopt_orphans = False
             self._reap_expired()
             flow.push_limits(self.engine, list(self.queue.tasks.values()))
             # Single sends of this process are logged from now on, and this
@@ -1626,7 +1657,7 @@ class Supervisor:
         w.exited = True
         self._tell_guardian(f"-{w.pid}")
         self._workers.remove(w)
-        w.channel.close()
+        w.close()
         running, w.running = w.running, None
         self._return_all_unstarted(w)
         if running is not None:
@@ -1634,8 +1665,29 @@ class Supervisor:
             self._want_claim = True
         elif not w.ready and w.killed_for is None and not w.retiring:
             self._on_startup_failure(w)
+        self._kill_orphans()
         if not self._stop_requests:
             self._top_up_workers(time.monotonic())
+
+    def _kill_orphans(self) -> None:
+        """Kill what a worker that died on its own (a segfault, an OOM kill,
+        ``os._exit``) left running: with this process a subreaper, its task's
+        orphans were re-parented here. Every child that is not a worker, the
+        guardian, multiprocessing's fork server or resource tracker, or one this
+        process had before it started supervising, is one of them."""
+        if not self.adopt_orphans:
+            return
+        known = self._children_before | {w.pid for w in self._workers} | _multiprocessing_helpers()
+        if self._guardian is not None:
+            known.add(self._guardian.pid)
+        for pid in children(os.getpid()):
+            if pid in known:
+                continue
+            kill_tree(pid)
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
     def _report_end_of_killed_or_lost(self, w: _Worker, running: _Running) -> None:
         job = running.job
@@ -1852,8 +1904,9 @@ class Supervisor:
                 w.running = None
             if self._engine is not None:
                 self._return_all_unstarted(w)
-            w.channel.close()
+            w.close()
         self._workers.clear()
+        self._kill_orphans()
         self._storage_retry_at = None
         self._release_claimed_ahead()
         try:
@@ -1913,6 +1966,17 @@ class Supervisor:
             restore.append((signum, signal.getsignal(signum)))
             signal.signal(signum, on_signal)
         return restore
+
+
+def _multiprocessing_helpers() -> set[int]:
+    """The pids of multiprocessing's fork server and resource tracker of this process, where running."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None),
+        getattr(getattr(resource_tracker, "_resource_tracker", None), "_pid", None),
+    }
+    return {pid for pid in pids if isinstance(pid, int)}
 
 
 def _tree_rss_kib(pid: int) -> int:

@@ -420,6 +420,15 @@ def leave_behind(kind: str, marker: str, release: str | None = None, ledger: str
     return pid
 
 
+@queue.task(name="rel.leave_behind_and_crash", max_retries=0, max_crashes=0)
+def leave_behind_and_crash(kind: str, marker: str) -> None:
+    """Start a descendant of ``kind``, write ``worker_pid descendant_pid`` to ``marker``, then
+    end the worker process at once (a crash: nothing of stoker's runs after it)."""
+    pid = start_descendant(kind)
+    Path(marker).write_text(f"{os.getpid()} {pid}")
+    os._exit(3)
+
+
 @queue.task(name="rel.keep_behind", max_retries=0, max_crashes=0, keep_children=True)
 def keep_behind(kind: str, marker: str) -> int:
     """Like ``rel.leave_behind`` without waiting, for a task that keeps its processes."""
