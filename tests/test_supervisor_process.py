@@ -7,7 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 
@@ -97,20 +97,23 @@ def _held_in_database(db: Path, job_id: int) -> bool:
     return bool(status == 2 and held == 1)
 
 
-def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_supervisor_sigkill(
-    queue: stoker.Queue, tmp_path: Path, ledger: Path, commands: list[WorkerCommand]
+def _sigkill_with_a_job_ahead(
+    db: Path,
+    commands: list[WorkerCommand],
+    ledger: Path,
+    long: stoker.Job,
+    ahead: stoker.Job,
+    marker: Path,
+    claimed: Callable[[], bool],
+    what: str,
 ) -> None:
-    marker, release = tmp_path / "started", tmp_path / "release"
-    # One worker: the long job keeps it busy; the next one is claimed ahead for
-    # it, taken back from its pipe once the long job has run JOB_AHEAD_MAX_WAIT,
-    # and held by the supervisor, which marks it so in the database.
-    long = queue.get_task("exit_when_released").delay(str(marker), str(release))  # max_crashes=0
-    ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
-    db = Path(queue.path)
+    """Run ``long`` (it writes ``marker``) on one worker with ``ahead`` claimed behind it,
+    SIGKILL the supervisor once ``claimed()``, and check that another one runs ``ahead``
+    once, uncounted, and that the long job's lost lease counts (max_crashes=0: dead)."""
     first = WorkerCommand(db, "-p", "1", "--lease", "1")
     commands.append(first)
     wait_until(written(marker), what="the long job to start")
-    wait_until(lambda: _held_in_database(db, ahead.id), what="the next job to be held by the supervisor")
+    wait_until(claimed, what=what)
     descendants = first.descendants()
     first.process.send_signal(signal.SIGKILL)
     first.process.wait(HANG_GUARD)
@@ -124,9 +127,30 @@ def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_superviso
     assert (record.status, record.crashes, record.failures) == ("complete", 0, 0)
     assert ahead.errors == []
     assert len(read_ledger(ledger)) == 1
-    # The long job had started: its lost lease counts (max_crashes=0: dead).
-    assert long.record().status == "dead"
+    wait_until(lambda: long.status == "dead", what="the long job's lease to be reaped")
     assert [error.kind for error in long.errors] == ["lease_expired"]
+
+
+def test_a_job_claimed_ahead_never_started_goes_back_uncounted_after_a_supervisor_sigkill(
+    queue: stoker.Queue, tmp_path: Path, ledger: Path, commands: list[WorkerCommand]
+) -> None:
+    marker, release = tmp_path / "started", tmp_path / "release"
+    # One worker: the long job keeps it busy; the next one is claimed ahead for
+    # it, taken back from its pipe once the long job has run JOB_AHEAD_MAX_WAIT,
+    # and held by the supervisor, which marks it so in the database.
+    long = queue.get_task("exit_when_released").delay(str(marker), str(release))  # max_crashes=0
+    ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
+    db = Path(queue.path)
+    _sigkill_with_a_job_ahead(
+        db,
+        commands,
+        ledger,
+        long,
+        ahead,
+        marker,
+        lambda: _held_in_database(db, ahead.id),
+        "the next job to be held by the supervisor",
+    )
 
 
 def test_a_job_in_a_busy_workers_pipe_goes_back_uncounted_after_a_supervisor_sigkill(
@@ -138,27 +162,16 @@ def test_a_job_in_a_busy_workers_pipe_goes_back_uncounted_after_a_supervisor_sig
     # can answer no request to give the second back: it stays in the pipe.
     long = queue.get_task("holds_the_gil").delay(str(marker))  # max_crashes=0
     ahead = queue.get_task("record_uncrashable").delay(str(ledger), "ahead")  # max_crashes=0
-    db = Path(queue.path)
-    first = WorkerCommand(db, "-p", "1", "--lease", "1")
-    commands.append(first)
-    wait_until(written(marker), what="the long job to start")
-    wait_until(lambda: ahead.status == "running", what="the next job to be claimed")
-    descendants = first.descendants()
-    first.process.send_signal(signal.SIGKILL)
-    first.process.wait(HANG_GUARD)
-    wait_until(lambda: _all_gone(descendants), what="every worker process to exit")
-    assert read_ledger(ledger) == [], "the job in the pipe never ran"
-
-    second = WorkerCommand(db, "-p", "1", "--lease", "1")
-    commands.append(second)
-    assert ahead.result(timeout=HANG_GUARD) == "ahead"
-    record = ahead.record()
-    assert (record.status, record.crashes, record.failures) == ("complete", 0, 0)
-    assert ahead.errors == []
-    assert len(read_ledger(ledger)) == 1
-    # The long job had started: its lost lease counts (max_crashes=0: dead).
-    wait_until(lambda: long.status == "dead", what="the long job's lease to be reaped")
-    assert [error.kind for error in long.errors] == ["lease_expired"]
+    _sigkill_with_a_job_ahead(
+        Path(queue.path),
+        commands,
+        ledger,
+        long,
+        ahead,
+        marker,
+        lambda: ahead.status == "running",
+        "the next job to be claimed",
+    )
 
 
 def test_sigterm_lets_running_jobs_finish(

@@ -200,21 +200,27 @@ def kill_descendants(root: int, *, wait: float = TREE_KILL_WAIT, spare: frozense
         time.sleep(TREE_KILL_ROUND_PAUSE)
 
 
-def become_subreaper() -> bool:
-    """Make this process a child subreaper (Linux): orphans of its descendants
-    are re-parented to it instead of to init. Whether it is one now."""
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def prctl(option: int, value: int) -> bool:
+    """One prctl(2) call (Linux only); whether it succeeded."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 
 
-_PR_SET_CHILD_SUBREAPER = 36
+def become_subreaper() -> bool:
+    """Make this process a child subreaper (Linux): orphans of its descendants
+    are re-parented to it instead of to init. Whether it is one now."""
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
 
 
 def kill_tree(root: int, *, wait: float = TREE_KILL_WAIT) -> None:

@@ -37,6 +37,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
+from ._guardian import is_running
+
 #: One record: the job id and the token (attempt) of a job a worker started.
 RECORD = struct.Struct("<qq")
 #: The directory of a database's start records, beside the database file.
@@ -73,18 +75,6 @@ class StartLog:
         os.write(self._fd, RECORD.pack(job_id, token))
 
 
-def _gone(pid: int) -> bool:
-    """Whether no running process has this pid (a zombie has ended too)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[-1].split()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    return bool(fields) and fields[0] == b"Z"
-
-
 def _owner_pid(owner: str) -> int | None:
     """The pid of the supervisor ``owner`` if it ran on this host, else None."""
     parts = owner.rsplit(":", 2)
@@ -97,7 +87,7 @@ def _started_jobs(directory: Path) -> set[tuple[int, int]] | None:
     """The jobs the workers recorded, or None if one of those workers may still run."""
     started: set[tuple[int, int]] = set()
     for entry in directory.iterdir():
-        if not entry.name.isdigit() or not _gone(int(entry.name)):
+        if not entry.name.isdigit() or is_running(int(entry.name)):
             return None
         data = entry.read_bytes()
         # A record cut short (the disk filled up) is ignored: its job counts as started below.
@@ -122,7 +112,7 @@ def never_started(
     for owner, jobs in by_owner.items():
         pid = _owner_pid(owner)
         directory = owner_directory(database, owner)
-        if pid is None or directory is None or not _gone(pid) or not directory.is_dir():
+        if pid is None or directory is None or is_running(pid) or not directory.is_dir():
             continue
         started = _started_jobs(directory)
         if started is None:

@@ -293,7 +293,8 @@ def fail_storably(
     retryable = retryable is True  # From a worker's message: nothing else than a bool is taken for one.
     if usage is not None and (type(usage) is not str or not usage.isascii()):
         usage = None  # Written by the worker's meter as ASCII JSON; anything else is not its.
-    try:
+
+    def store(record: CapturedError, worker: str, usage: str | None) -> str:
         outcome, _ = engine.fail(
             job_id,
             token,
@@ -307,6 +308,9 @@ def fail_storably(
             usage=usage,
         )
         return outcome
+
+    try:
+        return store(record, worker, usage)
     except StorageBusyError:
         raise
     except Exception as refused:
@@ -322,19 +326,7 @@ def fail_storably(
         traceback=_ascii(record.traceback, PLAIN_RECORD_CHARS),
         exc_pickle=None,
     )
-    outcome, _ = engine.fail(
-        job_id,
-        token,
-        kind=kind,
-        exc_type=plain.exc_type,
-        message=plain.message,
-        traceback=plain.traceback,
-        exc_pickle=None,
-        worker=_ascii(worker, PLAIN_RECORD_CHARS),
-        retryable=retryable,
-        usage=None,
-    )
-    return outcome
+    return store(plain, _ascii(worker, PLAIN_RECORD_CHARS), None)
 
 
 #: How much of an error's text the plain record keeps when the record as sent was refused.

@@ -47,7 +47,6 @@ tasks must leave it alone.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import gc
 import importlib
 import inspect
@@ -57,7 +56,6 @@ import os
 import pickle
 import signal
 import struct
-import sys
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
@@ -65,7 +63,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from . import context, serialization
-from ._guardian import children, is_running, kill_descendants
+from ._guardian import PR_SET_PDEATHSIG, become_subreaper, children, is_running, kill_descendants, prctl
 from ._start_marks import StartLog
 from .context import CancelFlag, JobContext, RequeueRequested
 from .errors import (
@@ -87,22 +85,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stoker.worker")
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 #: A take-back on the drop pipe: the job's ``seq`` (its place among the runs
 #: sent to this worker), its id and its token.
 DROP_FRAME = struct.Struct("!qqq")
-
-
-def _prctl(option: int, value: int) -> bool:
-    """One prctl(2) call (Linux only); whether it succeeded."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(option, value, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 def _die_with_parent(supervisor_pid: int) -> None:
@@ -116,7 +101,7 @@ def _die_with_parent(supervisor_pid: int) -> None:
     killed, and a worker of a live supervisor must then end, not stop.
     """
     signum = signal.SIGSTOP if os.getppid() == supervisor_pid else signal.SIGKILL
-    _prctl(_PR_SET_PDEATHSIG, signum)
+    prctl(PR_SET_PDEATHSIG, signum)
 
 
 def _supervisor_alive(pid: int) -> bool:
@@ -239,10 +224,11 @@ class _Leftovers:
         """Keep the children there are now (after start-up, after a job that keeps its own)."""
         self.kept = frozenset(pid for pid in children(self.pid) if is_running(pid))
 
-    def after_job(self, task: Task[Any, Any] | None) -> None:
+    def after_job(self, task_name: str, scope: TaskScope | None) -> None:
         if not _has_children():
             self.kept = frozenset()
             return
+        task = REGISTRY.find(task_name, scope)
         if task is not None and task.options_.keep_children:
             self.keep_current()
             return
@@ -309,7 +295,7 @@ def worker_main(
     os.setpgrp()
     # Before anything can start a process: orphans of this worker's tasks are
     # re-parented to it, and stay in its tree.
-    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    become_subreaper()
     _die_with_parent(supervisor_pid)
     if not _supervisor_alive(supervisor_pid):
         os._exit(0)
@@ -397,7 +383,7 @@ def _serve(
                 True,
                 None,
             )
-        leftovers.after_job(REGISTRY.find(task_name, scope))
+        leftovers.after_job(task_name, scope)
         try:
             inbox.send(outcome)
         except OSError:

@@ -839,24 +839,32 @@ const MARK_HELD_SQL: &str = "UPDATE jobs j SET held = $4 \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS h (id, token) \
      WHERE j.id = h.id AND j.attempt = h.token AND j.status = 2 AND j.lease_owner = $3";
 
+/// A give-back statement: pending again (cancelled if a cancel was
+/// requested), no failure or crash counted, the lease dropped, for the job
+/// ($1) still running the attempt ($2) when `$condition` holds.
+macro_rules! give_back_sql {
+    ($condition:literal) => {
+        concat!(
+            "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+             finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+             eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+             WHERE id = $1 AND attempt = $2 AND status = 2 AND ",
+            $condition,
+            " RETURNING status"
+        )
+    };
+}
+
 /// Gives back an expired job its supervisor held, sent to no worker: pending
 /// again (cancelled if a cancel was requested), no failure or crash counted.
 /// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
 /// the token may still be alive, and the next claim must give a token it has
 /// never seen.
-const RETURN_HELD_SQL: &str =
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
-     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-     WHERE id = $1 AND attempt = $2 AND status = 2 AND held = 1 RETURNING status";
+const RETURN_HELD_SQL: &str = give_back_sql!("held = 1");
 
 /// Gives back an expired job that its dead supervisor's workers never
 /// started (see [`Storage::return_unstarted`]), as [`RETURN_HELD_SQL`] does.
-const RETURN_UNSTARTED_SQL: &str =
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-     finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
-     eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-     WHERE id = $1 AND attempt = $2 AND status = 2 AND lease_deadline_ms < $3 RETURNING status";
+const RETURN_UNSTARTED_SQL: &str = give_back_sql!("lease_deadline_ms < $3");
 
 /// Gives back an expired job its supervisor held, sent to no worker
 /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
