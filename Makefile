@@ -1,7 +1,7 @@
 # One way in: these targets are what people and CI run.
 #   make demo   - set everything up and run the demo pipeline
 #   make test   - set everything up and run the whole test suite (cargo test + pytest)
-#   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, stubtest
+#   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, import layers, stubtest
 #   make bench  - the benchmarks in benches/ (bench-postgres: the PostgreSQL ones alone)
 #   make stress - the reliability tests (tests/reliability) at their full sizes
 #   make soak   - loop the reliability mix for SOAK_HOURS hours, checking resources stay flat
@@ -23,7 +23,7 @@ $(PY):
 $(DEPS): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "maturin>=1.7,<2" "cloudpickle>=2.1" "psutil>=5.9" "rich>=13" \
-	    pytest pytest-timeout hypothesis ruff mypy
+	    pytest pytest-timeout hypothesis ruff mypy import-linter
 	touch $@
 
 # Builds the extension in release mode and installs the package in editable form.
@@ -61,6 +61,7 @@ lint: build
 	$(VENV)/bin/ruff check $(PY_TREES)
 	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy --strict python/stoker
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m mypy.stubtest stoker._core --allowlist stubtest-allowlist.txt
 
 # Full sizes: 10,000 jobs under 50 worker and 3 supervisor kills, 100,000 jobs

@@ -5,7 +5,7 @@ child and a grandchild, a task spinning in C with the GIL held, and two tasks
 whose descendants escaped their worker's session (a ``setsid`` child, a
 double-forked daemon), SIGKILLs the supervisor (``--stop``: SIGTERM, with no
 drain time), and times until every one of those processes has exited.
-tests/reliability/test_rel_orphans.py and tests/test_descendants.py check the
+tests/reliability/test_rel_orphans.py and tests/pool/test_descendants.py check the
 same without timing.
 
     python benches/reliability_orphans.py --rounds 20 --start-method forkserver [--stop]

@@ -23,8 +23,8 @@ import pytest
 import stoker
 import stoker.executor
 import stoker.testing
-from stoker.context import JobContext
-from stoker.events import SendMessage, State
+from stoker.client.context import JobContext
+from stoker.client.events import SendMessage, State
 from stoker.executor import JobFuture
 
 ROOT = Path(__file__).parent.parent

@@ -16,10 +16,10 @@ import pytest
 import stoker
 from apps import executor_funcs as funcs
 from conftest import HANG_GUARD, TESTS, wait_until
-from stoker import signing
+from stoker._base import signing
 from stoker._core import Engine
+from stoker.client.task import REGISTRY
 from stoker.executor import CALL_TASK_NAME, Executor, JobFuture, call
-from stoker.task import REGISTRY
 
 MakeExecutor = Callable[..., Executor]
 
@@ -52,7 +52,7 @@ def test_a_worker_process_finds_the_call_task_once_it_imports_the_module(tmp_pat
         "import multiprocessing, os\n"
         "multiprocessing.current_process().name = 'stoker-worker-1'\n"
         "import stoker.executor\n"
-        "from stoker.task import REGISTRY\n"
+        "from stoker.client.task import REGISTRY\n"
         "task = REGISTRY[stoker.executor.CALL_TASK_NAME]\n"
         "assert task.func is stoker.executor.call, task\n"
         "assert not os.listdir('.'), 'a worker opened a database'\n"

@@ -18,7 +18,7 @@ import pytest
 import stoker
 from apps import surface
 from conftest import HANG_GUARD, database_files, wait_until, written
-from stoker.serialization import dumps
+from stoker._base.serialization import dumps
 
 
 @pytest.fixture

@@ -16,7 +16,11 @@
 
 from ._core import SCHEMA_VERSION
 from ._core import __version__ as __version__
-from .context import JobContext, current_job
+from .client.context import JobContext, current_job
+from .client.events import Middleware, SendMessage, State, worker_state
+from .client.job import AttemptError, Job, Outcome, Progress, gather, gather_async
+from .client.queue import DeadLetter, Queue
+from .client.task import Sender, Task, TaskOptions
 from .errors import (
     CircuitBreakerOpenError,
     DependencyFailedError,
@@ -60,14 +64,10 @@ from .errors import (
     WorkerLostError,
     WorkerStartupError,
 )
-from .events import Middleware, SendMessage, State, worker_state
 from .executor import Executor
-from .flow import CircuitBreaker
-from .job import AttemptError, Job, Outcome, Progress, gather, gather_async
-from .queue import DeadLetter, Queue
-from .schedule import Schedule, ScheduleSource
-from .supervisor import Supervisor, SupervisorThread
-from .task import Sender, Task, TaskOptions
+from .flow.limits import CircuitBreaker
+from .flow.schedule import Schedule, ScheduleSource
+from .pool.supervisor import Supervisor, SupervisorThread
 
 __all__ = [
     "SCHEMA_VERSION",

@@ -41,13 +41,13 @@ from concurrent.futures._base import CANCELLED, PENDING
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._core import Engine
+from .client.job import FINISHED, Job
+from .client.queue import Queue, in_worker_process, refuse_main_reimport
+from .client.task import REGISTRY, Task
 from .errors import InvalidOptionError, JobCancelledError, JobNotFoundError, StokerError, StorageError
-from .job import FINISHED, Job
-from .queue import Queue, in_worker_process, refuse_main_reimport
-from .task import REGISTRY, Task
 
 if TYPE_CHECKING:
-    from .supervisor import SupervisorThread
+    from .pool.supervisor import SupervisorThread
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -309,7 +309,7 @@ class Executor(concurrent.futures.Executor):
         _LIVE.add(self)
 
     def _check_supervisor_options(self) -> None:
-        from .supervisor import Supervisor, _pickled_initializer
+        from .pool.supervisor import Supervisor, _pickled_initializer
 
         known = set(inspect.signature(Supervisor.__init__).parameters) - {"self", "queue", "processes"}
         unknown = sorted(set(self._supervisor_options) - known)

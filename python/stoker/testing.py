@@ -38,8 +38,8 @@ from typing import Any
 
 import pytest
 
-from .queue import Queue
-from .supervisor import SupervisorThread
+from .client.queue import Queue
+from .pool.supervisor import SupervisorThread
 
 #: How long ``stoker_pool_factory`` waits for the worker processes to start,
 #: and at teardown for the pool to stop. Only a hang reaches it.

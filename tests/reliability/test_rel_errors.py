@@ -4,7 +4,7 @@ type name, message and chained traceback, and the original class when it can cro
 Hypothesis describes exception classes (custom constructors, keyword-only
 arguments, unpicklable attributes, cause and context chains, exception groups,
 10 MB messages); ``apps.reliability.build_exception`` makes them at run time.
-Most go through ``stoker.remote_errors.capture``/``rebuild``; a bounded number
+Most go through ``stoker._base.remote_errors.capture``/``rebuild``; a bounded number
 go through real worker processes.
 """
 
@@ -25,7 +25,7 @@ from apps import reliability as rel
 from apps.reliability import BASES, BIG_MESSAGE, build_exception, message_of, raise_described
 from conftest import HANG_GUARD
 from reliability.harness import STRESS
-from stoker.remote_errors import capture, qualified_name, rebuild
+from stoker._base.remote_errors import capture, qualified_name, rebuild
 
 BIG = 10 * 1024 * 1024
 messages = st.one_of(st.text(max_size=40), st.just(BIG_MESSAGE))

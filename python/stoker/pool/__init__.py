@@ -1,0 +1,3 @@
+"""The pool: the supervisor loop, dispatch, outcomes, worker processes and
+housekeeping.
+"""

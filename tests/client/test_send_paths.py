@@ -1,0 +1,142 @@
+"""Plain sends (``delay`` and ``map`` without per-call options) store the task's
+template with each call's payload; they must store exactly the jobs the
+general path (``Queue._send_many``, one job built per call) stores."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import stoker
+from stoker._base import serialization, signing
+from stoker.client.task import DEFAULT_CALL, Task
+
+# Columns that hold a time: compared relative to the job's creation time.
+TIME_COLUMNS = ("eta_ms", "expires_ms")
+
+
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return args, kwargs
+
+
+def make_queue(path: Path, **queue_options: Any) -> tuple[stoker.Queue, Task[Any, Any], Task[Any, Any]]:
+    queue = stoker.Queue(path, **queue_options)
+    plain = queue.task(name="sends.plain")(echo)
+    rich = queue.task(
+        name="sends.rich",
+        queue="reports",
+        priority=3,
+        max_retries=2,
+        max_crashes=4,
+        retry_backoff=0.5,
+        retry_backoff_max=10,
+        retry_jitter=0.1,
+        timeout=5,
+        result_ttl=60,
+        expires=30,
+    )(echo)
+    return queue, plain, rich
+
+
+def stored_rows(path: Path, ids: list[int]) -> list[dict[str, Any]]:
+    """The rows of jobs ``ids``, in that order, without their id and with times relative to creation."""
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        rows = []
+        for job_id in ids:
+            row = dict(db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+            del row["id"]
+            for column in TIME_COLUMNS:
+                if row[column] is not None:
+                    row[column] -= row["created_ms"]
+            del row["created_ms"]
+            rows.append(row)
+    return rows
+
+
+def general_path(queue: stoker.Queue, task: Task[Any, Any], calls: list[tuple[Any, ...]]) -> list[int]:
+    """The jobs of ``calls``, sent one job built per call."""
+    jobs = [queue._send_many([(task, task.options_, DEFAULT_CALL, args, {})])[0] for args in calls]
+    return [job.id for job in jobs]
+
+
+# Small arguments, one larger than a small row, and ones only cloudpickle takes.
+CALLS: list[tuple[Any, ...]] = [(i, "x" * i) for i in range(20)] + [(b"y" * 5000,), (lambda v: v,), ()]
+
+
+@pytest.mark.parametrize("task_name", ["sends.plain", "sends.rich"])
+def test_a_plain_delay_stores_the_job_the_general_path_builds(tmp_path: Path, task_name: str) -> None:
+    queue, *_ = make_queue(tmp_path / "jobs.db")
+    task = queue.get_task(task_name)
+    plain = [task.delay(*args).id for args in CALLS]
+    general = general_path(queue, task, CALLS)
+    assert stored_rows(tmp_path / "jobs.db", plain) == stored_rows(tmp_path / "jobs.db", general)
+
+
+@pytest.mark.parametrize("task_name", ["sends.plain", "sends.rich"])
+def test_a_plain_map_stores_the_jobs_the_general_path_builds(tmp_path: Path, task_name: str) -> None:
+    queue, *_ = make_queue(tmp_path / "jobs.db")
+    task = queue.get_task(task_name)
+    calls = [(i,) for i in range(150)] + CALLS
+    plain = [job.id for job in task.map(calls)]
+    assert plain == sorted(plain)
+    general = general_path(queue, task, calls)
+    assert stored_rows(tmp_path / "jobs.db", plain) == stored_rows(tmp_path / "jobs.db", general)
+
+
+def test_plain_sends_of_a_signed_queue_are_sealed_as_the_general_path_seals(tmp_path: Path) -> None:
+    queue, plain, _ = make_queue(tmp_path / "signed.db", secret="k")
+    ids = [plain.delay(1, key="v").id, *(job.id for job in plain.map([(2,), (3,)]))]
+    engine = stoker._core.Engine(str(tmp_path / "signed.db"))
+    stored = [engine.get(job_id).payload for job_id in ids]
+    assert all(payload.startswith(signing.MAGIC) for payload in stored)
+    unsealed = [queue._unseal(p, job_id=i, what="payload") for p, i in zip(stored, ids, strict=True)]
+    assert [serialization.loads(p) for p in unsealed] == [((1,), {"key": "v"}), ((2,), {}), ((3,), {})]
+
+
+def test_a_middleware_sees_every_plain_send(tmp_path: Path) -> None:
+    queue, plain, _ = make_queue(tmp_path / "jobs.db")
+    seen: list[tuple[Any, ...]] = []
+
+    class Recorder(stoker.Middleware):
+        def pre_send(self, message: stoker.SendMessage) -> None:
+            seen.append(message.args)
+            message.labels["seen"] = True
+
+    queue.add_middleware(Recorder())
+    job = plain.delay(1)
+    plain.map([(2,), (3,)])
+    assert seen == [(1,), (2,), (3,)]
+    assert job.record().labels == '{"seen": true}'
+
+
+def test_a_unique_task_sent_twice_while_live_is_one_job(tmp_path: Path) -> None:
+    queue = stoker.Queue(tmp_path / "jobs.db")
+    unique = queue.task(name="sends.unique", unique=True)(echo)
+    first, second, other = unique.delay(1), unique.delay(1), unique.delay(2)
+    assert first == second
+    assert other != first
+    again, new = unique.map([(1,), (3,)])
+    assert again == first
+    assert new not in (first, other)
+
+
+def test_plain_sends_follow_a_change_of_the_task_options(tmp_path: Path) -> None:
+    _, plain, _ = make_queue(tmp_path / "jobs.db")
+    assert plain.delay(1).record().priority == 0
+    plain.options_ = replace(plain.options_, priority=9)
+    assert plain.delay(1).record().priority == 9
+    assert plain.map([(1,), (2,)])[1].record().priority == 9
+
+
+def test_plain_sends_in_test_mode_run_at_once(tmp_path: Path) -> None:
+    queue, plain, _ = make_queue(tmp_path / "jobs.db")
+    with queue.test_mode() as outcomes:
+        plain.delay(1)
+        plain.map([(2,), (3,)])
+    assert [outcome.value for outcome in outcomes] == [((1,), {}), ((2,), {}), ((3,), {})]
+    assert queue.stats()["pending"] == 0
