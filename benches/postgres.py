@@ -125,7 +125,7 @@ def drain_rate(db: str, task: str, jobs: int, supervisors: int) -> float:
         wait_until(lambda: queue.stats()["complete"] >= jobs, f"{jobs} jobs")
     finally:
         stop(processes)
-    records = [r for r in queue._engine.list_jobs(status="complete", limit=jobs * 2) if r.id in ids]
+    records = [r for r in queue.engine.list_jobs(status="complete", limit=jobs * 2) if r.id in ids]
     first = min(r.started_ms for r in records if r.started_ms is not None)
     last = max(r.finished_ms for r in records if r.finished_ms is not None)
     return jobs / max(0.001, (last - first) / 1000)
@@ -135,7 +135,7 @@ def recovery_seconds(db: str) -> float:
     """From a supervisor's SIGKILL to its jobs starting on another supervisor."""
     tasks = load_queue(db)
     queue = tasks.queue
-    engine = queue._engine
+    engine = queue.engine
     victim = start_supervisor(db, "-p", "2")
     survivor: subprocess.Popen[bytes] | None = None
     try:
@@ -159,7 +159,7 @@ def wakeup_latencies(db: str, samples: int) -> tuple[list[float], list[float]]:
     (its commit), which leaves out the cost of the commit itself."""
     tasks = load_queue(db)
     queue = tasks.queue
-    engine = queue._engine
+    engine = queue.engine
     process = start_supervisor(db, "-p", "2")
     from_send: list[float] = []
     from_commit: list[float] = []

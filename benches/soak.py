@@ -122,10 +122,10 @@ def main() -> int:
             command = start()
         for job in jobs:
             job.wait(timeout=600)
-        checked = audit(queue._engine, [j.id for j in jobs], ledger, allow_cancelled=True)
+        checked = audit(queue.engine, [j.id for j in jobs], ledger, allow_cancelled=True)
         total.add(checked)
         ledger.unlink(missing_ok=True)
-        while queue._engine.purge_jobs(["complete", "dead", "cancelled"], limit=10_000):
+        while queue.engine.purge_jobs(["complete", "dead", "cancelled"], limit=10_000):
             pass
         samples.append(sample(steady, db))
         if cycles % 10 == 0:

@@ -351,7 +351,7 @@ def test_signed_payloads_run_and_forged_ones_are_refused_unread(tmp_path: Path) 
     with q.start_worker(processes=1, drain_timeout=0.0) as handle:
         assert handle.wait_started(HANG_GUARD)
         assert q.get_task("surface.signed_add").delay(2, 3).result(timeout=HANG_GUARD) == 5
-        (forged_id,) = q._engine.enqueue([stoker._core.NewJob("surface.signed_add", forged_payload)])
+        (forged_id,) = q.engine.enqueue([stoker._core.NewJob("surface.signed_add", forged_payload)])
         forged = q.get_job(forged_id)
         with pytest.raises(stoker.SecurityError, match="payload"):
             forged.result(timeout=HANG_GUARD)
@@ -362,7 +362,7 @@ def test_signed_payloads_run_and_forged_ones_are_refused_unread(tmp_path: Path) 
 def test_a_result_without_the_signature_is_refused(tmp_path: Path) -> None:
     q = stoker.Queue(tmp_path / "signed.db", secret="surface-secret")
     q.include(surface.signed)
-    engine = q._engine
+    engine = q.engine
     (job_id,) = engine.enqueue([stoker._core.NewJob("surface.signed_add", b"x")])
     claimed = engine.claim(["default"], 1, "forger", 60_000)[0]
     engine.complete(job_id, claimed.token, pickle.dumps(surface.Tripwire(str(tmp_path / "trip"))))

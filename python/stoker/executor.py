@@ -120,8 +120,8 @@ def register_in_worker(secret: bytes | None = None) -> None:
     task = REGISTRY.get(CALL_TASK_NAME)
     if task is None:
         register_call_task(Queue(secret=secret))
-    elif secret is not None and task.queue._secret is None:
-        task.queue._secret = secret
+    elif secret is not None and task.queue.sealer.secret is None:
+        task.queue.sealer.secret = secret
 
 
 if in_worker_process():
@@ -438,7 +438,7 @@ class Executor(concurrent.futures.Executor):
             settler = self._settler
         _LIVE.discard(self)
         if cancel_futures and outstanding:
-            statuses = self.queue._engine.statuses([f.job.id for f in outstanding])
+            statuses = self.queue.engine.statuses([f.job.id for f in outstanding])
             for future, status in zip(outstanding, statuses, strict=True):
                 if status in ("pending", "scheduled"):
                     future.cancel()

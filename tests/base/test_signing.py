@@ -136,5 +136,5 @@ def test_an_error_record_signed_with_the_secret_comes_back_whole(tmp_path: Path)
         with pytest.raises(ValueError, match="signed and sound") as raised:
             job.result(timeout=HANG_GUARD)
     assert type(raised.value) is ValueError
-    (record,) = queue._engine.errors(job.id)
+    (record,) = queue.engine.errors(job.id)
     assert record.exc_pickle is not None and record.exc_pickle.startswith(stoker._base.signing.MAGIC)

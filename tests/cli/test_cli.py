@@ -64,7 +64,7 @@ def run_all(queue: stoker.Queue) -> None:
 
 def stored_job(queue: stoker.Queue, payload: bytes, **options: Any) -> int:
     """Enqueue a job of the ``add`` task with a payload of our own (and labels, say)."""
-    (job_id,) = queue._engine.enqueue([NewJob("add", payload, **options)])
+    (job_id,) = queue.engine.enqueue([NewJob("add", payload, **options)])
     return job_id
 
 
@@ -134,7 +134,7 @@ def test_jobs_lists_newest_first_with_filters(queue: stoker.Queue, cli: Run) -> 
 
 
 def test_show_gives_options_labels_arguments_progress_usage_and_result(queue: stoker.Queue, cli: Run) -> None:
-    engine = queue._engine
+    engine = queue.engine
     job_id = stored_job(
         queue,
         serialization.dumps(((2, 3), {})),

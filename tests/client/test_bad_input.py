@@ -163,7 +163,7 @@ def test_the_largest_flow_limits_are_stored_as_a_supervisor_stores_them_at_start
         rate_limit=f"{MAX_RATE_COUNT}/s",
         circuit_breaker=(INT64_MAX, MAX_DURATION_S, MAX_DURATION_S),
     )(_noop)
-    flow.push_limits(queue._engine, [task])
+    flow.push_limits(queue.engine, [task])
     (limit,) = [limit for limit in queue.limits() if limit.key == "task:limited"]
     assert limit.concurrency == INT64_MAX
     assert limit.breaker == (INT64_MAX, MAX_DURATION_S * 1000, MAX_DURATION_S * 1000)

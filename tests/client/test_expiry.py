@@ -91,7 +91,7 @@ def _wait_past_retention(queue: stoker.Queue, job: stoker.Job) -> None:
     record = job.record()
     assert record.finished_ms is not None and record.result_ttl_ms is not None
     end = record.finished_ms + record.result_ttl_ms
-    wait_until(lambda: queue._engine.now_ms() >= end, what="the retention to end")
+    wait_until(lambda: queue.engine.now_ms() >= end, what="the retention to end")
 
 
 OTHER_PROCESS = """
@@ -133,7 +133,7 @@ def test_an_expired_result_raises_result_expired_error_everywhere_before_and_aft
     expired = f"ResultExpiredError the result of job {job.id} cannot be read: it expired at "
     for purged in (False, True):
         if purged:
-            assert pqueue._engine.purge_expired_results(100) == 1
+            assert pqueue.engine.purge_expired_results(100) == 1
         said = _everywhere(pqueue, job)
         assert said[0].startswith(expired), (purged, said)
         assert said[1].startswith(expired), (purged, said)

@@ -206,7 +206,10 @@ def test_map_of_plain_calls_on_a_signed_queue_seals_each_payload(tmp_path: Path)
     for i, job in enumerate(jobs):
         payload = engine.get(job.id).payload
         assert payload.startswith(signing.MAGIC)
-        assert serialization.loads(queue._unseal(payload, job_id=job.id, what="payload")) == ((i, 1), {})
+        assert serialization.loads(queue.sealer.unseal(payload, job_id=job.id, what="payload")) == (
+            (i, 1),
+            {},
+        )
 
 
 def test_map_with_a_middleware_still_calls_it_per_job(queue: stoker.Queue) -> None:

@@ -94,7 +94,7 @@ def test_plain_sends_of_a_signed_queue_are_sealed_as_the_general_path_seals(tmp_
     engine = stoker._core.Engine(str(tmp_path / "signed.db"))
     stored = [engine.get(job_id).payload for job_id in ids]
     assert all(payload.startswith(signing.MAGIC) for payload in stored)
-    unsealed = [queue._unseal(p, job_id=i, what="payload") for p, i in zip(stored, ids, strict=True)]
+    unsealed = [queue.sealer.unseal(p, job_id=i, what="payload") for p, i in zip(stored, ids, strict=True)]
     assert [serialization.loads(p) for p in unsealed] == [((1,), {"key": "v"}), ((2,), {}), ((3,), {})]
 
 

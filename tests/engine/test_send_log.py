@@ -22,7 +22,7 @@ def log_files(db: Path) -> list[Path]:
 
 def live_counts(queue: stoker.Queue) -> dict[str, int]:
     """How many jobs of the database are in each status, leaving out zeros."""
-    return {status: count for status, count in queue._engine.stats().items() if count}
+    return {status: count for status, count in queue.engine.stats().items() if count}
 
 
 def run_all(queue: stoker.Queue, job_ids: list[int]) -> list[object]:
@@ -90,7 +90,7 @@ def test_sends_a_dead_process_logged_are_stored_once_by_the_next_opener(tmp_path
     sent = run_child(
         db,
         """
-        queue._engine.open_send_log()
+        queue.engine.open_send_log()
         for i in range(50):
             print(add.delay(i, 100).id, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)

@@ -70,7 +70,7 @@ def test_when_limited_fail_raises_at_send(queue: stoker.Queue) -> None:
 
 def test_an_expired_job_raises_job_expired(queue: stoker.Queue) -> None:
     job = queue.get_task("add").options(expires=0.001, delay=3600).delay(1, 2)
-    wait_until(lambda: queue._engine.expire_due() or job.status == "expired", what="the expiry")
+    wait_until(lambda: queue.engine.expire_due() or job.status == "expired", what="the expiry")
     assert job.status == "expired" and job.done()
     with pytest.raises(JobExpiredError):
         job.result(timeout=0)

@@ -67,7 +67,7 @@ def owner_pid(owner: str | None) -> int | None:
 
 def running_of(queue: stoker.Queue, pid: int) -> list[int]:
     """Ids of the running jobs leased by the supervisor with ``pid``."""
-    records = queue._engine.list_jobs(status="running", limit=10_000)
+    records = queue.engine.list_jobs(status="running", limit=10_000)
     return [r.id for r in records if owner_pid(r.lease_owner) == pid]
 
 
@@ -77,7 +77,7 @@ def finished(queue: stoker.Queue) -> int:
 
 
 def check_audit(queue: stoker.Queue, ids: list[int], ledger: Path) -> None:
-    result = audit(queue._engine, ids, ledger)
+    result = audit(queue.engine, ids, ledger)
     assert not result.problems, result.summary() + "\n" + "\n".join(result.problems[:20])
     assert result.complete == len(ids), result.summary()
 
@@ -125,7 +125,7 @@ def test_a_killed_supervisors_jobs_run_elsewhere_after_its_registration_expires(
     wait_until(lambda: finished(pg_queue) >= len(jobs), what="every job finished")
     check_audit(pg_queue, [job.id for job in jobs], ledger)
     for job in jobs:
-        errors = pg_queue._engine.errors(job.id)
+        errors = pg_queue.engine.errors(job.id)
         assert [(e.attempt, e.kind) for e in errors] == [(1, "lease_expired")], errors
         assert "stopped renewing its registration" in errors[0].message, errors[0].message
 
@@ -144,18 +144,18 @@ def test_a_stopped_supervisors_late_outcomes_are_refused_and_recorded(
     # the job again, under a new token.
     wait_until((markers / "attempt-2").exists, what="the second attempt to start")
     release.write_text("go")
-    wait_until(lambda: pg_queue._engine.status(job.id) == "complete", what="the job to complete")
+    wait_until(lambda: pg_queue.engine.status(job.id) == "complete", what="the job to complete")
     os.kill(stopped.pid, signal.SIGCONT)
     # Both attempts ran to their end; the first one's result comes back to
     # the resumed supervisor and is refused.
     wait_until(
         lambda: any(
             s.job_id == job.id and s.token == 1 and s.outcome == "complete"
-            for s in pg_queue._engine.stale_outcomes(limit=100)
+            for s in pg_queue.engine.stale_outcomes(limit=100)
         ),
         what="the late completion to be refused",
     )
-    record = pg_queue._engine.get(job.id)
+    record = pg_queue.engine.get(job.id)
     assert (record.status, record.attempt) == ("complete", 2)
     assert pickle_loads(record.result) == (2, int((markers / "attempt-2").read_text()))
     check_audit(pg_queue, [job.id], ledger)
@@ -174,7 +174,7 @@ def test_jobs_still_flow_when_the_listening_backend_is_terminated(
     ledger = tmp_path / "ledger"
     start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "1")
     first = pg_queue.get_task("rel.work").delay(str(ledger))
-    wait_until(lambda: pg_queue._engine.status(first.id) == "complete", what="the first job")
+    wait_until(lambda: pg_queue.engine.status(first.id) == "complete", what="the first job")
     schema = schema_of(pg_queue.path)
     listening = f"SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN \"stoker_wake_{schema}\"'"
     base = os.environ["STOKER_PG_URL"]
@@ -237,7 +237,7 @@ def test_a_schedule_fires_each_slot_once_across_three_supervisors(
         start_supervisor(pg_queue, pg_supervisors, tmp_path, "-p", "1")
 
     def fires() -> list[stoker._core.ScheduleFire]:
-        return pg_queue._engine.schedule_fires(schedule.id, limit=100_000)
+        return pg_queue.engine.schedule_fires(schedule.id, limit=100_000)
 
     wait_until(lambda: len(fires()) >= slots, timeout=HANG_GUARD * 2, what=f"{slots} fires")
     schedule.pause()
@@ -250,7 +250,7 @@ def test_a_schedule_fires_each_slot_once_across_three_supervisors(
     assert set(outcomes) <= {"enqueued", "missed"}, outcomes
     enqueued = [f for f in records if f.outcome == "enqueued"]
     assert len({f.job_id for f in enqueued}) == len(enqueued)
-    assert pg_queue._engine.get_schedule(schedule.id).enqueued == len(enqueued)
+    assert pg_queue.engine.get_schedule(schedule.id).enqueued == len(enqueued)
 
 
 def test_results_errors_and_the_cli_work_on_postgresql(

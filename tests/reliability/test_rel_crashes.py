@@ -46,7 +46,7 @@ def test_a_job_that_kills_its_worker_ends_dead_after_its_crash_bound(
     assert sorted(e.attempt for e in read_executions(ledger)) == list(range(1, attempts + 1))
     record = poison.record()
     assert (record.status, record.crashes, record.failures) == ("dead", attempts, 0)
-    result = audit(rqueue._engine, [j.id for j in before + after], others_ledger)
+    result = audit(rqueue.engine, [j.id for j in before + after], others_ledger)
     assert result.problems == []
     assert (result.complete, result.duplicates) == (others_count, 0)
 

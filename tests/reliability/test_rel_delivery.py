@@ -58,7 +58,7 @@ def test_a_sent_job_survives_sigkill_of_everything(
         sender.stdout.close()
         # Every id the sender was given back (delay() returned) is stored.
         acknowledged += [int(line) for line in lines]
-        statuses = rqueue._engine.statuses(acknowledged)
+        statuses = rqueue.engine.statuses(acknowledged)
         assert len(statuses) == len(acknowledged)
     with sqlite3.connect(rqueue.path) as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
@@ -70,7 +70,7 @@ def test_a_sent_job_survives_sigkill_of_everything(
     assert set(acknowledged) <= set(stored)
     for job_id in stored:
         rqueue.get_job(job_id).wait(timeout=HANG_GUARD)
-    result = audit(rqueue._engine, stored, ledger)
+    result = audit(rqueue.engine, stored, ledger)
     print(f"\ndurable send: {len(acknowledged)} acknowledged sends over {rounds} kills; {result.summary()}")
     assert result.problems == []
     assert result.complete == len(stored)
@@ -157,6 +157,6 @@ def test_drain_finishes_running_jobs_and_requeues_the_rest_without_a_failure(
     supervisors.append(SupervisorProcess(Path(rqueue.path), "-p", "2"))
     for job in [b, *waiting]:
         job.wait(timeout=HANG_GUARD)
-    result = audit(rqueue._engine, [a.id, b.id, *(j.id for j in waiting)], ledger)
+    result = audit(rqueue.engine, [a.id, b.id, *(j.id for j in waiting)], ledger)
     assert result.problems == [] and result.complete == 12
     assert b.record().attempt == 2

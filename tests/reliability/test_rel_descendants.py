@@ -112,7 +112,7 @@ def test_no_descendant_survives_timeouts_cancels_and_supervisor_kills(
     assert current.process.wait(guard) == 0, current.output()
     wait_until(lambda: all_gone(everything), timeout=guard, what="the stopped supervisor's processes to go")
 
-    result = audit(rqueue._engine, [job.id for job in jobs], ledger, allow_cancelled=True)
+    result = audit(rqueue.engine, [job.id for job in jobs], ledger, allow_cancelled=True)
     print(
         f"\n{len(descendants.started)} attempts started a descendant, "
         f"{supervisor_kills} supervisor kills; {result.summary()}"

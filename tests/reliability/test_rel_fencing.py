@@ -32,18 +32,18 @@ def test_a_stopped_supervisors_late_outcome_is_refused(
     release.touch()
     wait_until(lambda: job.status == "complete", what="the second run to complete")
     assert job.result() == (2, int((markers / "attempt-2").read_text()))
-    stale_before = rqueue._engine.stale_outcomes(1000)
+    stale_before = rqueue.engine.stale_outcomes(1000)
 
     first.process.send_signal(signal.SIGCONT)
     wait_until(
         lambda: any(
             s.job_id == job.id and s.token == 1 and s.outcome == "complete"
-            for s in rqueue._engine.stale_outcomes(1000)
+            for s in rqueue.engine.stale_outcomes(1000)
         ),
         what="the first run's late completion to be refused and recorded",
     )
     # Everything the first supervisor said about the job afterwards carried token 1.
-    stale_after = rqueue._engine.stale_outcomes(1000)
+    stale_after = rqueue.engine.stale_outcomes(1000)
     refused = stale_after[: len(stale_after) - len(stale_before)]
     assert refused and all((s.job_id, s.token) == (job.id, 1) for s in refused), refused
     # Never applied: the stored result and attempt are still the second run's.
@@ -53,6 +53,6 @@ def test_a_stopped_supervisors_late_outcome_is_refused(
     (error,) = job.errors
     assert (error.attempt, error.kind) == (1, "lease_expired")
     # Both runs executed (the first was presumed lost), each attempt once.
-    result = audit(rqueue._engine, [job.id], ledger)
+    result = audit(rqueue.engine, [job.id], ledger)
     assert result.problems == []
     assert (result.executions, result.duplicates) == (2, 1)

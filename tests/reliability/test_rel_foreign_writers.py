@@ -132,7 +132,7 @@ def test_sends_and_runs_lose_nothing_while_other_programs_write(
     # A fresh engine on the file agrees with what this process saw.
     fresh = stoker.Queue(rqueue.path)
     assert {fresh.get_job(job.id).status for job in jobs} == {"complete"}
-    result = audit(rqueue._engine, [job.id for job in jobs], Path(ledger))
+    result = audit(rqueue.engine, [job.id for job in jobs], Path(ledger))
     print(
         f"\nforeign writers: {len(jobs)} jobs, {foreign_thread.transactions} transactions of "
         f"Python's SQLite here, {foreign_kills} kills of the other writer; {result.summary()}"

@@ -75,7 +75,7 @@ def test_nothing_lost_under_worker_and_supervisor_sigkills(
             current = start()
     _wait_finished(rqueue, jobs_count, guard)
 
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     print(f"\nsigkills: {killed_workers} workers, {supervisor_kills} supervisors; {result.summary()}")
     assert result.problems == [], result.problems[:20]
     assert result.complete + result.dead == jobs_count
@@ -108,7 +108,7 @@ def test_nothing_lost_or_doubled_under_sigstop_and_sigcont_of_workers(
         signal_quietly(victim, signal.SIGCONT)
     _wait_finished(rqueue, jobs_count, guard)
 
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     print(f"\nsigstops: {stops}; {result.summary()}")
     assert result.problems == [], result.problems[:20]
     # Nothing was killed, so every job ran exactly once.
@@ -133,7 +133,7 @@ def test_worker_kills_in_process_pool(
             signal_quietly(rng.choice(pids), signal.SIGKILL)
         _wait_finished(rqueue, jobs_count, HANG_GUARD * scale(1, 10))
         assert handle.error is None
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     assert result.problems == [], result.problems[:20]
     assert result.complete + result.dead == jobs_count
     assert worker_pids_under(os.getpid()) == []

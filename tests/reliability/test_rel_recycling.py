@@ -25,7 +25,7 @@ def test_recycling_after_every_task_loses_nothing(rqueue: stoker.Queue, tmp_path
         assert handle.error is None
     finally:
         handle.stop(HANG_GUARD)
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     assert result.problems == [] and result.complete == count
     assert all(j.result() == j.id + len(payload) for j in jobs[:10])
     # A fresh process for every task.

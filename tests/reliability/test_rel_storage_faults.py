@@ -96,7 +96,7 @@ def test_injected_busy_errors_and_errors_after_commit_lose_nothing(
         faulty.enabled = False
         handle.stop(HANG_GUARD)
     assert not handle.is_alive()
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     print(f"\ninjected {sum(faulty.injected.values())} faults {dict(faulty.injected)}; {result.summary()}")
     assert result.problems == [], result.problems[:20]
     assert sum(faulty.injected.values()) > 0
@@ -139,7 +139,7 @@ def test_a_database_locked_past_the_busy_timeout_is_survived(
         for job in second:
             job.wait(timeout=HANG_GUARD)
         assert handle.error is None and handle.is_alive()
-    result = audit(rqueue._engine, [j.id for j in [*first, running, *second]], ledger)
+    result = audit(rqueue.engine, [j.id for j in [*first, running, *second]], ledger)
     assert result.problems == [] and result.complete == 101
 
 
@@ -182,14 +182,14 @@ def test_a_full_disk_loses_nothing_and_the_supervisor_recovers(
             acknowledged.append(work.delay(str(ledger), 0.0, b"p" * 20_000).id)
     assert acknowledged
     # Whatever a send acknowledged is stored, whatever the disk says now.
-    assert len(queue._engine.statuses(acknowledged)) == len(acknowledged)
+    assert len(queue.engine.statuses(acknowledged)) == len(acknowledged)
     wait_until(lambda: "full" in command.output(), what="the supervisor to meet the full disk")
     # Room comes back, the way an operator makes some.
     filler.unlink()
     for job_id in acknowledged:
         queue.get_job(job_id).wait(timeout=HANG_GUARD)
     assert command.process.poll() is None, command.output()[-3000:]
-    result = audit(queue._engine, acknowledged, ledger)
+    result = audit(queue.engine, acknowledged, ledger)
     print(f"\nfull disk: {len(acknowledged)} acknowledged sends; {result.summary()}")
     assert result.problems == [] and result.complete == len(acknowledged)
     assert queue.stats()["running"] == 0
@@ -220,5 +220,5 @@ def test_a_supervisor_whose_storage_keeps_failing_stops_with_a_clear_error(
     with rqueue.start_worker(processes=2, lease=1.0, drain_timeout=0.0):
         for job in jobs:
             job.wait(timeout=HANG_GUARD)
-    result = audit(rqueue._engine, [j.id for j in jobs], ledger)
+    result = audit(rqueue.engine, [j.id for j in jobs], ledger)
     assert result.problems == [] and result.complete == len(jobs)

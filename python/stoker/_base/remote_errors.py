@@ -157,7 +157,7 @@ def _type_name(exc: BaseException) -> str:
 def capture(exc: BaseException, seal: Callable[[bytes], bytes] | None = None) -> CapturedError:
     """Describe ``exc`` so that it can be stored and re-raised elsewhere; never raises.
 
-    ``seal`` signs the pickled exception (``Queue._seal`` of a signed queue).
+    ``seal`` signs the pickled exception (``Queue.sealer.seal`` of a signed queue).
     Every part is taken on its own: an exception whose ``__str__``,
     ``__repr__`` or ``__reduce__`` raises still leaves a record of what could
     be read.
@@ -202,7 +202,7 @@ def _pickle_if_it_round_trips(exc: BaseException) -> bytes | None:
         return None
 
 
-#: Checks and strips a stored pickle's signature: ``Queue._unseal``.
+#: Checks and strips a stored pickle's signature: ``Queue.sealer.unseal``.
 Unseal = Callable[..., bytes]
 
 

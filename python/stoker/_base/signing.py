@@ -40,6 +40,30 @@ def unseal(secret: bytes, sealed: bytes, *, job_id: int | None, what: str) -> by
     return data
 
 
+class Sealer:
+    """Signs and checks the pickles of one queue: one object for every layer that stores or reads them.
+
+    Without a secret it leaves bytes as they are; :attr:`secret` is what a
+    worker process is given to do the same.
+    """
+
+    __slots__ = ("secret",)
+
+    def __init__(self, secret: bytes | None) -> None:
+        self.secret = secret
+
+    @property
+    def signs(self) -> bool:
+        """Whether this queue signs its pickles."""
+        return self.secret is not None
+
+    def seal(self, data: bytes) -> bytes:
+        return data if self.secret is None else seal(self.secret, data)
+
+    def unseal(self, data: bytes, *, job_id: int | None, what: str) -> bytes:
+        return data if self.secret is None else unseal(self.secret, data, job_id=job_id, what=what)
+
+
 def as_secret(secret: str | bytes | None) -> bytes | None:
     if secret is None:
         return None

@@ -150,7 +150,7 @@ def _display_path(path: str) -> str:
 
 
 def _engine(queue: Queue) -> Engine:
-    return queue._engine
+    return queue.engine
 
 
 # --- formatting --------------------------------------------------------------------
@@ -194,10 +194,7 @@ def _short_repr(value: Any) -> str:
 
 def _unpickle(queue: Queue, data: bytes, *, job_id: int, what: str) -> Any:
     """Unpickle a payload or a result, checking its signature first when the queue signs them."""
-    unseal = getattr(queue, "_unseal", None)
-    if unseal is not None:
-        data = unseal(data, job_id=job_id, what=what)
-    return serialization.loads(data)
+    return serialization.loads(queue.sealer.unseal(data, job_id=job_id, what=what))
 
 
 def _arguments(queue: Queue, record: JobRecord) -> dict[str, Any]:

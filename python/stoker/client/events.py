@@ -122,6 +122,23 @@ def handler_name(obj: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+class Hooks:
+    """What a queue runs around its jobs: middlewares, success and failure hooks, plugin handlers.
+
+    The worker process and test mode read them from here; ``Queue`` methods
+    (``add_middleware``, ``on_success``, ``on_failure``, ``on_plugin_trigger``)
+    fill them.
+    """
+
+    __slots__ = ("middlewares", "on_failure", "on_success", "plugin_handlers")
+
+    def __init__(self) -> None:
+        self.middlewares: list[Middleware] = []
+        self.on_success: list[Callable[..., Any]] = []
+        self.on_failure: list[Callable[..., Any]] = []
+        self.plugin_handlers: list[Callable[..., Any]] = []
+
+
 class SendMessage:
     """What a ``pre_send`` middleware sees and may change before a job is stored."""
 

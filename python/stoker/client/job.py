@@ -288,7 +288,7 @@ class AttemptError:
     worker: str
     _exc_pickle: bytes | None
     _unseal: Unseal | None = field(default=None, repr=False, compare=False)
-    """Checks the pickle's signature first, on a signed queue (``Queue._unseal``)."""
+    """Checks the pickle's signature first, on a signed queue (``Queue.sealer``)."""
 
     @classmethod
     def from_record(cls, record: ErrorRecord, queue: Queue | None = None) -> AttemptError:
@@ -305,7 +305,7 @@ class AttemptError:
             failed_at=failed_at,
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
-            _unseal=queue._unseal if queue is not None and queue._secret is not None else None,
+            _unseal=queue.sealer.unseal if queue is not None and queue.sealer.secret is not None else None,
         )
 
     @property
@@ -385,7 +385,7 @@ class Job:
 
     @property
     def _engine(self) -> Engine:
-        return self._store if self._store is not None else self.queue._engine
+        return self._store if self._store is not None else self.queue.engine
 
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
@@ -606,7 +606,7 @@ class Job:
 
     def _load_result(self, stored: bytes) -> Any:
         """The value of a complete job's stored result bytes."""
-        data = self.queue._unseal(stored, job_id=self.id, what="result")
+        data = self.queue.sealer.unseal(stored, job_id=self.id, what="result")
         try:
             return serialization.loads(data)
         except Exception as error:

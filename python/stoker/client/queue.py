@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from .._base import signing
 from .._base.bounds import INT64_MAX, INT64_MIN, check_int
 from .._base.serialization import dumps_call, dumps_positional_calls, positional_args
+from .._base.signing import Sealer
 from .._base.wakeup import CHANGED, NEW_WORK, WakeSender
 from .._core import Engine
 from ..errors import (
@@ -33,6 +34,7 @@ from ..flow.schedule import ScheduleQueueMixin
 from .events import (
     EVENTS,
     EventHandler,
+    Hooks,
     Middleware,
     SendMessage,
     call_maybe_async,
@@ -216,14 +218,13 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         # queue has a database of its own.
         self._registry_key = f":memory:#{id(self)}" if self.path == ":memory:" else self._real_path
         self._tasks: dict[str, Task[Any, Any]] = {}
-        self._secret = signing.as_secret(secret)
-        self._middlewares: list[Middleware] = []
+        #: Signs and checks every pickle this queue stores or reads.
+        self.sealer = Sealer(signing.as_secret(secret))
+        #: Middlewares and hooks, run by the workers around each job.
+        self.hooks = Hooks()
         for middleware in middlewares:
             self.add_middleware(middleware)
         self._event_handlers: dict[str, list[EventHandler]] = {event: [] for event in EVENTS}
-        self._success_hooks: list[Callable[..., Any]] = []
-        self._failure_hooks: list[Callable[..., Any]] = []
-        self._plugin_handlers: list[Callable[..., Any]] = []
         self._test_results: list[Outcome] | None = None
         self._engine_instance: Engine | None = None
         self._wake_sender: WakeSender | None = None
@@ -255,7 +256,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         return self.path != ":memory:" and other.path != ":memory:" and other._real_path == self._real_path
 
     @property
-    def _engine(self) -> Engine:
+    def engine(self) -> Engine:
         if self._engine_instance is None:
             refuse_main_reimport("send jobs or read them")
             raise StokerError(
@@ -360,13 +361,13 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
             # task with this queue's secret and extensions.
             REGISTRY.register(copy)
             self._tasks[name] = copy
-        self._middlewares.extend(m for m in other._middlewares if m not in self._middlewares)
+        self.hooks.middlewares.extend(m for m in other.hooks.middlewares if m not in self.hooks.middlewares)
         for event, handlers in other._event_handlers.items():
             self._event_handlers[event].extend(h for h in handlers if h not in self._event_handlers[event])
         for mine, theirs in (
-            (self._success_hooks, other._success_hooks),
-            (self._failure_hooks, other._failure_hooks),
-            (self._plugin_handlers, other._plugin_handlers),
+            (self.hooks.on_success, other.hooks.on_success),
+            (self.hooks.on_failure, other.hooks.on_failure),
+            (self.hooks.plugin_handlers, other.hooks.plugin_handlers),
         ):
             mine.extend(h for h in theirs if h not in mine)
 
@@ -408,7 +409,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         Middlewares see and may change each call, and test mode runs each
         job, so with either a plain send takes the general path.
         """
-        if self._middlewares or self._test_results is not None:
+        if self.hooks.middlewares or self._test_results is not None:
             return None
         return task._plain_template()
 
@@ -438,9 +439,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def _store_copies(self, template: NewJob, payloads: list[bytes]) -> list[Job]:
         """One job per payload, each a copy of ``template`` but for it, in one transaction."""
-        if self._secret is not None:
-            payloads = [self._seal(payload) for payload in payloads]
-        ids = self._engine.enqueue_payloads(template, payloads)
+        if self.sealer.secret is not None:
+            payloads = [self.sealer.seal(payload) for payload in payloads]
+        ids = self.engine.enqueue_payloads(template, payloads)
         self._wake_supervisors()
         return [Job(self, job_id) for job_id in ids]
 
@@ -452,7 +453,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         new_jobs = []
         for task, options, call, args, kwargs in calls:
             message = SendMessage(task.name, args, kwargs, dict(call.labels or {}))
-            for middleware in self._middlewares:
+            for middleware in self.hooks.middlewares:
                 try:
                     middleware.pre_send(message)
                 except Exception as error:
@@ -462,7 +463,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
             if message.labels:
                 _check_labels(message.labels)
             new_jobs.append(task._new_job(call, message.args, message.kwargs, options, message.labels))
-        engine = self._engine
+        engine = self.engine
         private = engine if self._test_results is not None else None
         jobs = [Job(self, job_id, private) for job_id in engine.enqueue(new_jobs)]
         if self._test_results is not None:
@@ -473,7 +474,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         else:
             self._wake_supervisors()
         for job in jobs:
-            for middleware in self._middlewares:
+            for middleware in self.hooks.middlewares:
                 try:
                     middleware.post_send(job)
                 except Exception:
@@ -492,7 +493,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         dependencies or send-time limit check asks for per-call work.
         """
         task, options, call, _, _ = calls[0]
-        if self._middlewares or self._test_results is not None:
+        if self.hooks.middlewares or self._test_results is not None:
             return False
         if call.labels or call.unique_key or call.depends_on or options.unique:
             return False
@@ -533,38 +534,30 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
             self._wake_sender = WakeSender(self.path)
         self._wake_sender.notify(NEW_WORK if new_work else CHANGED, skip_own_process=bool(local))
 
-    # --- signing ---------------------------------------------------------------------
-
-    def _seal(self, data: bytes) -> bytes:
-        return data if self._secret is None else signing.seal(self._secret, data)
-
-    def _unseal(self, data: bytes, *, job_id: int | None, what: str) -> bytes:
-        return data if self._secret is None else signing.unseal(self._secret, data, job_id=job_id, what=what)
-
     # --- middlewares, hooks, plugins ---------------------------------------------------------
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a :class:`~stoker.client.events.Middleware`; they run in the order added."""
         if not isinstance(middleware, Middleware):
             raise InvalidOptionError(f"middlewares must be stoker.Middleware instances, got {middleware!r}")
-        self._middlewares.append(middleware)
+        self.hooks.middlewares.append(middleware)
 
     @property
     def middlewares(self) -> list[Middleware]:
-        return list(self._middlewares)
+        return list(self.hooks.middlewares)
 
     def on_success(
         self, hook: Callable[[str, tuple[Any, ...], dict[str, Any], Any], Any]
     ) -> Callable[..., Any]:
         """Register ``hook(task_name, args, kwargs, result)``; it runs in the worker after a success."""
-        self._success_hooks.append(hook)
+        self.hooks.on_success.append(hook)
         return hook
 
     def on_failure(
         self, hook: Callable[[str, tuple[Any, ...], dict[str, Any], BaseException], Any]
     ) -> Callable[..., Any]:
         """Register ``hook(task_name, args, kwargs, error)``; it runs in the worker after a failed attempt."""
-        self._failure_hooks.append(hook)
+        self.hooks.on_failure.append(hook)
         return hook
 
     def on_plugin_trigger(self, handler: Callable[..., Any]) -> Callable[..., Any]:
@@ -574,7 +567,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         returns something other than None supplies the job's result. With
         none, the :class:`~stoker.errors.PluginTriggerError` stands.
         """
-        self._plugin_handlers.append(handler)
+        self.hooks.plugin_handlers.append(handler)
         return handler
 
     # --- events -------------------------------------------------------------------------
@@ -674,21 +667,21 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def get_job(self, job_id: int) -> Job:
         """A handle on an existing job; ``JobNotFoundError`` (a ``KeyError``) if none."""
-        self._engine.status(_stored_id(job_id))
+        self.engine.status(_stored_id(job_id))
         return Job(self, job_id)
 
     def stats(self) -> dict[str, int]:
         """Job counts by status (pending, scheduled, running, complete, dead, cancelled, expired, waiting)."""
-        return self._engine.stats()
+        return self.engine.stats()
 
     def dead_letters(self, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
         """Jobs that failed for good, most recent first, with their last error."""
         letters = []
         check_int("limit", limit, low=0)
         check_int("offset", offset, low=0)
-        now_ms = self._engine.now_ms()
-        for record in self._engine.dead_letters(limit, offset):
-            errors = self._engine.errors(record.id)
+        now_ms = self.engine.now_ms()
+        for record in self.engine.dead_letters(limit, offset):
+            errors = self.engine.errors(record.id)
             if retention_ended(record, now_ms) is not None:
                 errors = []  # Expired (result_ttl), whether purged yet or not.
             last = AttemptError.from_record(errors[-1], self) if errors else None
@@ -697,7 +690,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
 
     def replay(self, job_id: int) -> Job:
         """Send a dead job again as a new job, with the same task, arguments and options."""
-        job = Job(self, self._engine.replay(_stored_id(job_id)))
+        job = Job(self, self.engine.replay(_stored_id(job_id)))
         self._wake_supervisors()
         return job
 

@@ -333,7 +333,7 @@ class Task(Schedulable, Generic[P, R]):
         arguments = dumps_call(self.name, self.func, args, kwargs)
         # The uniqueness key hashes the arguments, not the signed bytes.
         unique_key = call.unique_key or (unique_key_of(opts.name, arguments) if opts.unique else None)
-        payload = self.queue._seal(arguments)
+        payload = self.queue.sealer.seal(arguments)
         if opts.when_limited == "fail":
             ensure_limits_pushed(self.queue, self)
         return NewJob(

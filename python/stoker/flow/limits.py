@@ -134,7 +134,7 @@ def ensure_limits_pushed(queue: Queue, task: Task[Any, Any]) -> None:
     """Before a send that fails when limited: make sure the engine knows the task's limits."""
     pushed = _PUSHED.setdefault(queue, set())
     if task.name not in pushed:
-        push_limits(queue._engine, [task])
+        push_limits(queue.engine, [task])
         pushed.add(task.name)
 
 
@@ -149,7 +149,7 @@ class FlowQueueMixin:
     if TYPE_CHECKING:
 
         @property
-        def _engine(self) -> Engine: ...
+        def engine(self) -> Engine: ...
 
     def set_queue_rate_limit(self, queue_name: str, rate_limit: str | None) -> None:
         """Limit how fast the jobs of one queue start, across all tasks (None removes the limit).
@@ -160,16 +160,16 @@ class FlowQueueMixin:
         if rate_limit is not None:
             count, per_ms = parse_rate_limit("rate_limit", rate_limit)
             rate = (count, per_ms, 1)
-        self._engine.set_limits("queue", queue_name, rate=rate)
+        self.engine.set_limits("queue", queue_name, rate=rate)
 
     def limits(self) -> list[LimitState]:
         """Every stored limit (``task:NAME``, ``queue:NAME``) with its tokens, running jobs and breaker."""
-        return self._engine.limits()
+        return self.engine.limits()
 
     def breakers(self) -> dict[str, str]:
         """The circuit breaker state of each task that has one: closed, open or half_open."""
         return {
             limit.key.removeprefix("task:"): limit.breaker_state
-            for limit in self._engine.limits()
+            for limit in self.engine.limits()
             if limit.breaker is not None
         }

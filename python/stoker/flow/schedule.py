@@ -91,7 +91,7 @@ class Schedule:
 
     def record(self) -> ScheduleRecord:
         """The stored row, read now."""
-        self._record = self.queue._engine.get_schedule(self.id)
+        self._record = self.queue.engine.get_schedule(self.id)
         return self._record
 
     def _cached(self) -> ScheduleRecord:
@@ -126,20 +126,20 @@ class Schedule:
 
     def pause(self) -> None:
         """Stop firing until resumed."""
-        self.queue._engine.pause_schedule(self.id, True)
+        self.queue.engine.pause_schedule(self.id, True)
 
     def resume(self) -> None:
         """Fire again; fires missed while paused follow the schedule's missed policy."""
-        self.queue._engine.pause_schedule(self.id, False)
+        self.queue.engine.pause_schedule(self.id, False)
         self.queue._wake_supervisors(new_work=False)
 
     def delete(self) -> bool:
         """Delete the schedule and its fire records; False if it was already gone."""
-        return self.queue._engine.delete_schedule(self.id)
+        return self.queue.engine.delete_schedule(self.id)
 
     def fires(self, limit: int = 100) -> list[ScheduleFire]:
         """The recorded fires, newest first: outcome, job id, missed count, supervisor."""
-        return self.queue._engine.schedule_fires(self.id, check_int("limit", limit, low=0))
+        return self.queue.engine.schedule_fires(self.id, check_int("limit", limit, low=0))
 
 
 def create(
@@ -164,7 +164,7 @@ def create(
         labels_text = json.dumps(labels or {}, sort_keys=True)
     except TypeError as error:
         raise InvalidOptionError(f"labels must be JSON-serializable, got {labels!r}: {error}") from None
-    schedule_id = queue._engine.create_schedule(
+    schedule_id = queue.engine.create_schedule(
         new_job,
         kind=kind,
         cron=cron,
@@ -347,24 +347,24 @@ class ScheduleQueueMixin:
     if TYPE_CHECKING:
 
         @property
-        def _engine(self) -> Engine: ...
+        def engine(self) -> Engine: ...
 
     def schedules(self) -> list[Schedule]:
         """Every schedule, by id (each handle holds the row it was listed with)."""
         queue = cast("Queue", self)
-        return [Schedule(queue, record.id, record) for record in self._engine.schedules()]
+        return [Schedule(queue, record.id, record) for record in self.engine.schedules()]
 
     def get_schedule(self, schedule: int | str) -> Schedule:
         """A schedule by id or name; ``ScheduleNotFoundError`` (a ``KeyError``) if none."""
         queue = cast("Queue", self)
         if isinstance(schedule, str):
-            for record in self._engine.schedules():
+            for record in self.engine.schedules():
                 if record.name == schedule:
                     return Schedule(queue, record.id, record)
             raise ScheduleNotFoundError(schedule)
         if isinstance(schedule, int) and not INT64_MIN <= schedule <= INT64_MAX:
             raise ScheduleNotFoundError(schedule)  # Ids are 64-bit: no schedule has this one.
-        return Schedule(queue, schedule, self._engine.get_schedule(schedule))
+        return Schedule(queue, schedule, self.engine.get_schedule(schedule))
 
     def add_schedule_source(self, name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:
         """Register a source (an object with ``pre_send(schedule)``, or a callable) under ``name``."""

@@ -29,7 +29,7 @@ OWNER = "test-mode"
 def run_eagerly(queue: Queue, job: Job) -> Outcome:
     from .supervisor import MAX_REQUEUES
 
-    engine = queue._engine
+    engine = queue.engine
     requeues = 0
     while True:
         record = engine.get(job.id)
@@ -72,7 +72,7 @@ def run_eagerly(queue: Queue, job: Job) -> Outcome:
                     engine,
                     current.id,
                     current.token,
-                    capture(error, queue._seal),
+                    capture(error, queue.sealer.seal),
                     retryable=False,
                     usage=None,
                 )

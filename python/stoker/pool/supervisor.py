@@ -1577,7 +1577,7 @@ class Supervisor:
 
     def _post_save(self, job_id: int, status: str) -> None:
         self._stored_outcomes.append(job_id)
-        for middleware in self.queue._middlewares:
+        for middleware in self.queue.hooks.middlewares:
             try:
                 middleware.post_save(job_id, status)
             except Exception:
@@ -1860,7 +1860,7 @@ class Supervisor:
                 child_conn,
                 os.getpid(),
                 self.task_modules,
-                self.queue._secret if "stoker.executor" in self.task_modules else None,
+                self.queue.sealer.secret if "stoker.executor" in self.task_modules else None,
                 self._task_scope,
                 self._initializer,
                 None if self._starts_directory is None else str(self._starts_directory),

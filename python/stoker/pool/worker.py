@@ -414,7 +414,7 @@ class Runner:
             return self._failed(job_id, token, unknown, meter, retryable=False, task=None)
         queue = task.queue
         try:
-            args, kwargs = serialization.loads(queue._unseal(payload, job_id=job_id, what="payload"))
+            args, kwargs = serialization.loads(queue.sealer.unseal(payload, job_id=job_id, what="payload"))
         except SecurityError as refused:
             return self._failed(job_id, token, refused, meter, retryable=False, task=task)
         except BaseException as exc:  # sys.exit() in a __reduce__ is a bad payload too.
@@ -451,12 +451,12 @@ class Runner:
         finally:
             ctx.flush_progress()
             context.leave(entered)
-        for hook in queue._success_hooks:
+        for hook in queue.hooks.on_success:
             _call_hook(hook, task_name, args, kwargs, value)
         if not task.options_.store_result:
             return ("done", job_id, token, None, meter.json())
         try:
-            result = queue._seal(serialization.dumps(value))
+            result = queue.sealer.seal(serialization.dumps(value))
         except BaseException as exc:  # sys.exit() in a __reduce__ is a bad result too.
             pickling = SerializationError(
                 f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
@@ -478,7 +478,7 @@ class Runner:
         queue = task.queue
         if task.context_parameter is not None:
             kwargs = {**kwargs, task.context_parameter: ctx}
-        for middleware in queue._middlewares:
+        for middleware in queue.hooks.middlewares:
             _stage(middleware, "pre_execute", ctx, ctx, args, kwargs)
         try:
             value = task.func(*args, **kwargs)
@@ -486,14 +486,14 @@ class Runner:
                 value = self._event_loop().run_until_complete(value)
         except PluginTriggerError as trigger:
             value = self._plugin_result(task, trigger, args, kwargs)
-        for middleware in queue._middlewares:
+        for middleware in queue.hooks.middlewares:
             _stage(middleware, "post_execute", ctx, ctx, value)
         return value
 
     def _plugin_result(
         self, task: Task[Any, Any], trigger: PluginTriggerError, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        for handler in task.queue._plugin_handlers:
+        for handler in task.queue.hooks.plugin_handlers:
             try:
                 value = handler(trigger, task_name=task.name, args=args, kwargs=kwargs)
             except Exception as error:
@@ -514,14 +514,14 @@ class Runner:
         kwargs: dict[str, Any],
         exc: BaseException,
     ) -> None:
-        for middleware in task.queue._middlewares:
+        for middleware in task.queue.hooks.middlewares:
             try:
                 middleware.on_error(ctx, exc)
             except Exception:
                 log.exception(
                     "middleware %s.on_error raised for job %s", handler_name(middleware), ctx.job_id
                 )
-        for hook in task.queue._failure_hooks:
+        for hook in task.queue.hooks.on_failure:
             _call_hook(hook, task.name, args, kwargs, exc)
 
     def _failed(
@@ -546,8 +546,8 @@ class Runner:
 def _sealer(task: Task[Any, Any] | None) -> Callable[[bytes], bytes] | None:
     """How the pickled exception of a job of ``task`` is signed (None: its queue does not sign)."""
     if task is not None:
-        return task.queue._seal
-    if any(queue._secret is not None for queue in loaded_queues()):
+        return task.queue.sealer.seal
+    if any(queue.sealer.secret is not None for queue in loaded_queues()):
         return _unsignable
     return None
 
