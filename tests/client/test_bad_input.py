@@ -18,7 +18,6 @@ import pytest
 
 import stoker
 from apps import tasks as app
-from stoker import cli
 from stoker._base.bounds import (
     INT64_MAX,
     INT64_MIN,
@@ -27,6 +26,7 @@ from stoker._base.bounds import (
     MAX_TIMESTAMP_S,
 )
 from stoker._core import NewJob
+from stoker.cli import display
 from stoker.flow import limits as flow
 
 HUGE_INT = 10**30
@@ -147,7 +147,7 @@ def test_the_bounds_themselves_are_accepted_and_stored(queue: stoker.Queue) -> N
     assert (high.priority, high.timeout_ms, high.max_retries) == (INT64_MAX, MAX_DURATION_S * 1000, INT64_MAX)
     assert (low.priority, low.eta_ms) == (INT64_MIN, MAX_TIMESTAMP_S * 1000)
     # The CLI shows the times: the latest one still is a datetime.
-    assert cli._iso(low.eta_ms) == "9999-12-31T23:59:59.000+00:00"
+    assert display.iso(low.eta_ms) == "9999-12-31T23:59:59.000+00:00"
 
 
 def test_the_duration_bound_is_the_engines(queue: stoker.Queue) -> None:
