@@ -102,6 +102,22 @@ def test_purge_needs_yes_or_dry_run_and_keeps_what_it_should(queue: stoker.Queue
     assert queue.get_job(waiting.id).status == "scheduled"
 
 
+def test_purge_removes_expired_jobs_when_named(queue: stoker.Queue, cli: Run) -> None:
+    expired = queue.get_task("add").options(expires=0.001, delay=3600).delay(1, 2)
+    wait_until(lambda: queue.engine.expire_due() or expired.status == "expired", what="the expiry")
+    done = queue.get_task("add").delay(3, 4)
+    run_all(queue)
+
+    # Without --status, purge keeps to complete, dead and cancelled jobs.
+    assert run_json(cli, "purge", "--dry-run")["jobs"] == 1
+    assert run_json(cli, "purge", "--dry-run", "--status", "expired")["jobs"] == 1
+    code, out, _ = cli("purge", "--status", "expired", "--yes")
+    assert (code, out.strip()) == (EXIT_OK, "purged 1 job(s) (expired)")
+    with pytest.raises(stoker.JobNotFoundError):
+        queue.get_job(expired.id)
+    assert queue.get_job(done.id).status == "complete"
+
+
 def test_purge_refuses_unfinished_statuses(cli: Run) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["purge", APP, "--status", "pending", "--yes"])

@@ -11,6 +11,7 @@ import pytest
 import stoker
 from apps import tasks as app
 from cli.running import APP, Run, run_all, run_json, stored_job
+from conftest import wait_until
 from stoker._base import serialization
 from stoker.cli import (
     EXIT_OK,
@@ -38,6 +39,8 @@ def test_info_shows_counts_path_and_schema_version(queue: stoker.Queue, cli: Run
         "complete": "1",
         "dead": "1",
         "cancelled": "0",
+        "expired": "0",
+        "waiting": "0",
         "total": "3",
     }
 
@@ -77,6 +80,47 @@ def test_jobs_lists_newest_first_with_filters(queue: stoker.Queue, cli: Run) -> 
 
     code, out, _ = cli("jobs", "--status", "running")
     assert (code, out.strip()) == (EXIT_OK, "no jobs")
+
+
+def _expired_job(queue: stoker.Queue) -> stoker.Job:
+    """A job whose expiry passed before it could run: it ends expired without running."""
+    job = queue.get_task("add").options(expires=0.001, delay=3600).delay(1, 2)
+    wait_until(lambda: queue.engine.expire_due() or job.status == "expired", what="the expiry")
+    return job
+
+
+def test_info_and_jobs_show_a_job_waiting_on_a_dependency(queue: stoker.Queue, cli: Run) -> None:
+    add = queue.get_task("add")
+    later = add.options(delay=3600).delay(1, 1)
+    waiting = add.options(depends_on=[later]).delay(2, 2)
+    assert waiting.status == "waiting"
+
+    code, out, _ = cli("info")
+    assert code == EXIT_OK
+    counts = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:]}
+    assert (counts["waiting"], counts["scheduled"], counts["total"]) == ("1", "1", "2")
+    assert run_json(cli, "info")["counts"]["waiting"] == 1
+
+    assert [j["id"] for j in run_json(cli, "jobs", "--status", "waiting")] == [waiting.id]
+    code, out, _ = cli("jobs", "--status", "waiting")
+    assert code == EXIT_OK
+    assert [row.split()[:3] for row in out.splitlines()[1:]] == [[str(waiting.id), "waiting", "add"]]
+
+
+def test_info_and_jobs_show_an_expired_job(queue: stoker.Queue, cli: Run) -> None:
+    expired = _expired_job(queue)
+    queue.get_task("add").delay(3, 3)
+
+    code, out, _ = cli("info")
+    assert code == EXIT_OK
+    counts = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:]}
+    assert (counts["expired"], counts["pending"], counts["total"]) == ("1", "1", "2")
+    assert run_json(cli, "info")["counts"]["expired"] == 1
+
+    assert [j["id"] for j in run_json(cli, "jobs", "--status", "expired")] == [expired.id]
+    code, out, _ = cli("jobs", "--status", "expired")
+    assert code == EXIT_OK
+    assert [row.split()[:3] for row in out.splitlines()[1:]] == [[str(expired.id), "expired", "add"]]
 
 
 # --- show, errors -------------------------------------------------------------

@@ -68,7 +68,7 @@ def test_wait_drain_until_nothing_is_left(
     assert progress, out
     finished, total = progress[-1].split()[1].split("/")
     assert finished == total
-    assert "complete 20, dead 1, cancelled 0 in all" in last
+    assert "complete 20, dead 1, cancelled 0, expired 0 in all" in last
 
     document = run_json(cli, "wait", "--drain")
     assert document["drained"] is True and document["timed_out"] is False
@@ -79,10 +79,22 @@ def test_wait_drain_times_out(queue: stoker.Queue, cli: Run) -> None:
     queue.get_task("add").options(delay=3600).delay(1, 1)
     code, out, err = cli("wait", "--drain", "--timeout", "0")
     assert code == EXIT_TIMEOUT
-    assert "finished 0/1 (pending 0, scheduled 1, running 0)" in out
+    assert "finished 0/1 (pending 0, scheduled 1, running 0, waiting 0)" in out
     assert "1 job(s) still unfinished" in err
     document = run_json(cli, "wait", "--drain", "--timeout", "0", expect=EXIT_TIMEOUT)
     assert document["timed_out"] is True and document["total"] == 1
+
+
+def test_wait_drain_counts_jobs_waiting_on_a_dependency_as_unfinished(queue: stoker.Queue, cli: Run) -> None:
+    add = queue.get_task("add")
+    later = add.options(delay=3600).delay(1, 1)
+    add.options(depends_on=[later]).delay(2, 2)
+    code, out, err = cli("wait", "--drain", "--timeout", "0")
+    assert code == EXIT_TIMEOUT
+    assert "finished 0/2 (pending 0, scheduled 1, running 0, waiting 1)" in out
+    assert "2 job(s) still unfinished" in err
+    document = run_json(cli, "wait", "--drain", "--timeout", "0", expect=EXIT_TIMEOUT)
+    assert (document["total"], document["counts"]["waiting"]) == (2, 1)
 
 
 def test_wait_drain_shows_a_progress_bar_on_a_terminal(

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from .._base.bounds import INT64_MAX, INT64_MIN, MAX_PREFETCH, MAX_PROCESSES
+from .._base.statuses import STATUSES
 from ..errors import JobNotFoundError, StokerError
 from . import admin, inspect, serve, waiting
 from .app import raised
@@ -58,7 +59,7 @@ from .arguments import (
     positive_megabytes,
     positive_seconds,
 )
-from .display import STATUSES, print_json
+from .display import print_json
 from .exit_codes import (
     EXIT_CANCELLED,
     EXIT_DEAD,
@@ -224,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         "wait",
         waiting.wait,
         "block until a job finishes (exit code: 0 complete, 3 dead, 4 cancelled, 5 timed out), "
-        "or with --drain until no job is pending, scheduled or running",
+        "or with --drain until no job is pending, scheduled, running or waiting",
     )
     wait.add_argument("job_id", type=int, nargs="?", default=None, metavar="JOB_ID")
     wait.add_argument("--drain", action="store_true", help="wait for every job of the database")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from .._base.statuses import FINISHED, STATUSES
 from .app import load_queue
-from .display import FINISHED, STATUSES, print_json
+from .display import print_json
 from .exit_codes import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 #: are purged when ``--status expired`` names them.
 PURGE_DEFAULT_STATUSES = ("complete", "dead", "cancelled")
 #: What ``purge --status`` accepts: the finished statuses, whose jobs never change again.
-PURGEABLE_STATUSES = PURGE_DEFAULT_STATUSES
+PURGEABLE_STATUSES = tuple(status for status in STATUSES if status in FINISHED)
 #: ``purge`` deletes in transactions of at most this many jobs, so that workers
 #: writing to the same database are never locked out for long.
 PURGE_BATCH = 1000

@@ -9,16 +9,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .._base import serialization
-from ..client.job import FINISHED, retention_ended
+from ..client.job import retention_ended
 from ..client.queue import Queue
 from ..errors import ResultExpiredError
 
 if TYPE_CHECKING:
     from .._core import JobRecord
-
-STATUSES = ("pending", "scheduled", "running", "complete", "dead", "cancelled")
-UNFINISHED = ("pending", "scheduled", "running")
-__all__ = ["FINISHED", "STATUSES", "UNFINISHED"]
 
 #: Arguments and results are shown as a repr cut to this many characters.
 SUMMARY_CHARS = 300

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from .._base.statuses import STATUSES
 from .._core import __version__ as stoker_version
 from ..client.job import retention_ended
 from ..client.queue import Queue
 from .app import load_queue
 from .display import (
-    STATUSES,
     SUMMARY_CHARS,
     compact,
     indent,

@@ -7,11 +7,12 @@ import sys
 import time
 from collections.abc import Collection
 
+from .._base.statuses import FINISHED, STATUSES, UNFINISHED
 from ..client.job import AttemptError, retention_ended
 from ..client.queue import Queue
 from ..errors import ResultExpiredError, ResultTimeoutError
 from .app import load_queue
-from .display import FINISHED, STATUSES, UNFINISHED, indent, print_json, result
+from .display import indent, print_json, result
 from .exit_codes import EXIT_CANCELLED, EXIT_DEAD, EXIT_OK, EXIT_TIMEOUT, UsageError
 
 #: ``wait --drain`` looks at the database's change counter after this pause,
