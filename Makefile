@@ -1,7 +1,7 @@
 # One way in: these targets are what people and CI run.
 #   make demo   - set everything up and run the demo pipeline
 #   make test   - set everything up and run the whole test suite (cargo test + pytest)
-#   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, import layers, stubtest
+#   make lint   - clippy -D warnings, rustfmt, ruff, mypy --strict, import layers, size ceilings, stubtest
 #   make bench  - the benchmarks in benches/ (bench-postgres: the PostgreSQL ones alone)
 #   make stress - the reliability tests (tests/reliability) at their full sizes
 #   make soak   - loop the reliability mix for SOAK_HOURS hours, checking resources stay flat
@@ -62,6 +62,7 @@ lint: build
 	$(VENV)/bin/ruff format --check $(PY_TREES)
 	$(VENV)/bin/mypy --strict python/stoker
 	$(VENV)/bin/lint-imports --no-cache
+	$(PY) scripts/check-layout
 	$(PY) -m mypy.stubtest stoker._core --allowlist stubtest-allowlist.txt
 
 # Full sizes: 10,000 jobs under 50 worker and 3 supervisor kills, 100,000 jobs
