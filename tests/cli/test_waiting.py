@@ -8,6 +8,7 @@ import pytest
 
 import stoker
 from cli.running import APP, Run, run_all, run_json
+from conftest import wait_until
 from stoker.cli import (
     EXIT_CANCELLED,
     EXIT_DEAD,
@@ -46,6 +47,16 @@ def test_wait_exit_codes_tell_the_outcome(queue: stoker.Queue, cli: Run) -> None
     assert f"job {never.id} did not finish" in err
     document = run_json(cli, "wait", str(never.id), "--timeout", "0", expect=EXIT_TIMEOUT)
     assert document == {"id": never.id, "status": "scheduled", "timed_out": True}
+
+
+def test_wait_on_an_expired_job_says_it_expired(queue: stoker.Queue, cli: Run) -> None:
+    expired = queue.get_task("add").options(expires=0.001, delay=3600).delay(1, 2)
+    wait_until(lambda: queue.engine.expire_due() or expired.status == "expired", what="the expiry")
+    code, out, err = cli("wait", str(expired.id))
+    assert (code, out) == (EXIT_DEAD, "")
+    assert err == f"job {expired.id} expired before it ran: it never will\n"
+    document = run_json(cli, "wait", str(expired.id), expect=EXIT_DEAD)
+    assert (document["status"], document["error"]) == ("expired", None)
 
 
 def test_wait_blocks_until_the_pool_finishes_the_job(

@@ -31,7 +31,7 @@ Exit codes:
   imported: the error and where), an error stoker did not foresee;
 - 2: wrong usage (unknown option, missing argument, a number out of range
   such as ``--lease nan``, ``purge`` without ``--yes`` or ``--dry-run``);
-- 3: ``wait``: the job ended dead;
+- 3: ``wait``: the job ended dead (or expired before it ran);
 - 4: ``wait``: the job was cancelled;
 - 5: ``wait``: the job (or, with ``--drain``, the queue) did not finish within
   ``--timeout``.

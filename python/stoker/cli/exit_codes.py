@@ -12,7 +12,7 @@ EXIT_FAILED = 1
 #: Wrong usage: an unknown option, a missing argument, a number out of range,
 #: options that do not go together (``purge`` without ``--yes`` or ``--dry-run``).
 EXIT_USAGE = 2
-#: ``wait``: the job ended dead.
+#: ``wait``: the job ended dead, or expired before it ran (no result, ever).
 EXIT_DEAD = 3
 #: ``wait``: the job was cancelled.
 EXIT_CANCELLED = 4

@@ -64,6 +64,14 @@ def wait(args: argparse.Namespace) -> int:
         else:
             print(f"job {job.id} was cancelled", file=sys.stderr)
         return EXIT_CANCELLED
+    if status == "expired":
+        # Its expiry passed before it ran; like a dead job it has no result
+        # and never will, so it ends with the same exit code.
+        if args.json:
+            print_json({**document, "error": None})
+        else:
+            print(f"job {job.id} expired before it ran: it never will", file=sys.stderr)
+        return EXIT_DEAD
     errors = job.errors
     last: AttemptError | None = errors[-1] if errors else None
     document["error"] = (
