@@ -16,6 +16,14 @@ unpickled) and the :class:`~stoker.Queue` it holds gives the database::
     stoker purge   APP [--status S]... [--older-than SECONDS] (--yes | --dry-run)
     stoker wait    APP JOB_ID [--timeout SECONDS]
     stoker wait    APP --drain [--timeout SECONDS]
+    stoker schedules APP                  schedules with their next fire time
+    stoker breakers  APP                  rate and concurrency limits, circuit breakers
+
+This module holds the parser and :func:`main`; the commands live in
+``inspect`` (they only look), ``admin`` (they change jobs), ``waiting``
+(``wait``) and ``serve`` (``worker``), with ``display`` for what they print,
+``app`` to load ``MODULE:QUEUE``, ``arguments`` for the types of the numeric
+options and ``exit_codes`` for the codes below.
 
 Every command but ``worker`` takes ``--json``: it then prints one JSON document
 on stdout (on failure, ``{"error": {"type": ..., "message": ...}}``). Every
