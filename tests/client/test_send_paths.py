@@ -1,6 +1,6 @@
 """Plain sends (``delay`` and ``map`` without per-call options) store the task's
 template with each call's payload; they must store exactly the jobs the
-general path (``Queue._send_many``, one job built per call) stores."""
+general path (``send.send_calls``, one job built per call) stores."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ import pytest
 
 import stoker
 from stoker._base import serialization, signing
-from stoker.client.task import DEFAULT_CALL, Task
+from stoker.client import send
+from stoker.client.options import DEFAULT_CALL
+from stoker.client.task import Task
 
 # Columns that hold a time: compared relative to the job's creation time.
 TIME_COLUMNS = ("eta_ms", "expires_ms")
@@ -60,7 +62,7 @@ def stored_rows(path: Path, ids: list[int]) -> list[dict[str, Any]]:
 
 def general_path(queue: stoker.Queue, task: Task[Any, Any], calls: list[tuple[Any, ...]]) -> list[int]:
     """The jobs of ``calls``, sent one job built per call."""
-    jobs = [queue._send_many([(task, task.options_, DEFAULT_CALL, args, {})])[0] for args in calls]
+    jobs = [send.send_calls(queue, [(task, task.options_, DEFAULT_CALL, args, {})])[0] for args in calls]
     return [job.id for job in jobs]
 
 
