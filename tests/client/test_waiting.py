@@ -1,4 +1,5 @@
-"""Waking the waiters of this process: only those of the jobs that finished."""
+"""Waiting for jobs (``client/waiting.py``): waking the waiters of this process,
+only those of the jobs that finished, and the timeouts a wait accepts."""
 
 from __future__ import annotations
 
