@@ -1,4 +1,5 @@
-"""Handles on stored jobs: status, result, error history, cancellation."""
+"""Handles on stored jobs: status, result, error history, cancellation, and
+``gather``. How a wait is paced and woken is ``waiting.py``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,11 @@
-"""The user's entry point: a queue of jobs stored in one database."""
+"""The user's entry point: a queue of jobs stored in one database.
+
+:class:`Queue` is a facade. It registers tasks (``options.py``,
+``registry.py``, ``task.py``) and holds what the other layers use of it:
+``engine``, ``sealer``, ``hooks`` and ``database`` (``local.py``). Sending is
+``send.py``, job handles ``job.py``, limits and schedules ``flow/``; the pool
+(``start_worker``, ``run_worker``) and test mode are started from here.
+"""
 
 from __future__ import annotations
 
