@@ -15,10 +15,12 @@ from stoker._base.bounds import (
     MAX_DURATION_S,
     MAX_TIMESTAMP_S,
 )
+from stoker._core import Engine, NewJob
 from stoker.errors import (
     InvalidOptionError,
     ScheduleNotFoundError,
 )
+from stoker.flow import schedule
 
 
 def test_schedule_handles(queue: stoker.Queue) -> None:
@@ -82,3 +84,28 @@ def test_schedule_times_out_of_range_are_refused(queue: stoker.Queue, when: floa
     with pytest.raises(stoker.InvalidOptionError, match="start"):
         add.schedule_every(60, args=(1, 2), start=when)
     assert queue.schedules() == []
+
+
+class _View:
+    """A queue as the flow layer sees it (``flow/host.py``): an engine, and a wake-up that records."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.database = self
+        self.wakes: list[bool] = []
+
+    def wake(self, *, new_work: bool = True) -> None:
+        self.wakes.append(new_work)
+
+
+def test_schedules_need_only_an_engine_and_a_wake_up(tmp_path: Path) -> None:
+    view = _View(Engine(str(tmp_path / "jobs.db")))
+    created = schedule.create(view, NewJob("t", b"payload"), kind="interval", every_ms=60_000, name="n")
+    # A supervisor sleeping until its next fire is told to look again, not to claim.
+    assert view.wakes == [False]
+    created.pause()
+    created.resume()
+    assert view.wakes == [False, False]
+    assert [s.id for s in schedule.schedules(view)] == [created.id]
+    assert schedule.get_schedule(view, "n") == created
+    assert schedule.get_schedule(view, "n").paused is False
