@@ -99,7 +99,7 @@ class Database:
         self.key = local_key(path)
         self.registry_key = f":memory:#{owner_id}" if path == ":memory:" else self.key
         #: While test mode is on (``Queue.test_mode``): the outcomes of the
-        #: jobs sent, each run at once (``send.dispatch``) in a private
+        #: jobs sent, each run at once (``send.send_calls``) in a private
         #: in-memory database. None otherwise.
         self.test_outcomes: list[Outcome] | None = None
         self._wake_sender: WakeSender | None = None

@@ -11,9 +11,11 @@ Every send of the client comes here (``Task.delay``, ``Task.map``,
    payload (``Engine.enqueue_payloads``); a batch that differs only in its
    arguments (:func:`_uniform`) does the same;
 2. the engine stores it (one transaction for a whole ``map``);
-3. :func:`dispatch`: the supervisors of the database are woken
+3. the dispatch: the supervisors of the database are woken
    (``Database.wake``), or, in test mode, each job runs at once in this
-   process (``pool/eager.py``).
+   process (``pool/eager.py``). Test mode always takes the general path
+   (:func:`send_calls`), which holds both branches; a plain send
+   (:func:`_store_copies`) only wakes.
 
 Middlewares' ``pre_send`` runs before step 1 of each call, ``post_send``
 after step 3.
@@ -186,10 +188,20 @@ def send_calls(queue: Queue, calls: list[Call]) -> list[Job]:
             check_labels(message.labels)
         new_jobs.append(new_job(task, call, message.args, message.kwargs, options, message.labels))
     engine = queue.engine
+    outcomes = queue.database.test_outcomes
     # Test mode hands out jobs of its private database; they keep reading it.
-    private = engine if queue.database.test_outcomes is not None else None
+    private = engine if outcomes is not None else None
     jobs = [Job(queue, job_id, private) for job_id in engine.enqueue(new_jobs)]
-    dispatch(queue, jobs)
+    # The dispatch (written here, not called, to add no call to a send).
+    if outcomes is None:
+        queue.database.wake()
+    else:
+        # The one place the client runs the pool's code: test mode runs each
+        # job now, through the worker's Runner (``Queue.test_mode``).
+        from ..pool.eager import run_eagerly
+
+        for job in jobs:
+            outcomes.append(run_eagerly(queue, job))
     for job in jobs:
         for middleware in middlewares:
             try:
@@ -227,17 +239,3 @@ def _store_copies(queue: Queue, template: NewJob, payloads: list[bytes]) -> list
     # supervisors, before the handles are made.
     queue.database.wake()
     return [Job(queue, job_id) for job_id in ids]
-
-
-def dispatch(queue: Queue, jobs: list[Job]) -> None:
-    """After the jobs are stored: wake the supervisors, or, in test mode, run each job here now."""
-    outcomes = queue.database.test_outcomes
-    if outcomes is None:
-        queue.database.wake()
-        return
-    # The one place the client starts the pool's code: test mode runs jobs
-    # through the worker's Runner (``Queue.test_mode``).
-    from ..pool.eager import run_eagerly
-
-    for job in jobs:
-        outcomes.append(run_eagerly(queue, job))
