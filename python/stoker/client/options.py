@@ -71,7 +71,7 @@ class TaskOptions:
     def validated(self) -> TaskOptions:
         """Return self, or raise InvalidOptionError naming the first wrong option and its range.
 
-        The ranges are the engine's (see ``_bounds.py``): a value it cannot
+        The ranges are the engine's (see ``_base/bounds.py``): a value it cannot
         store is refused here, at the decorator or ``options()`` that gave it,
         rather than at every send.
         """
