@@ -88,6 +88,15 @@ def database_files(db: str | os.PathLike[str]) -> set[str]:
     return {real, f"{real}-wal", f"{real}-shm", f"{real}-journal"}
 
 
+#: An int no 64-bit field of the engine can hold.
+HUGE_INT = 10**30
+
+
+def noop(x: int = 0) -> int:
+    """A task body for tests that only register or send (``queue.task(...)(noop)``)."""
+    return x
+
+
 @pytest.fixture
 def queue(tmp_path: Path) -> stoker.Queue:
     """A queue over a fresh database with the tasks of ``apps.tasks``."""
@@ -110,6 +119,17 @@ def pool(queue: stoker.Queue) -> Iterator[stoker.SupervisorThread]:
     yield handle
     handle.stop(HANG_GUARD)
     assert not handle.is_alive()
+
+
+@pytest.fixture
+def pqueue(tmp_path: Path) -> stoker.Queue:
+    """A queue of its own database with the tasks of ``apps.poison`` (results and
+    errors that break pickling or rebuilding)."""
+    from apps import poison
+
+    q = stoker.Queue(tmp_path / "jobs.db")
+    q.include(poison.queue)
+    return q
 
 
 def read_ledger(path: Path) -> list[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from stoker._base.statuses import FINISHED, STATUSES, UNFINISHED
 
 import stoker
+from stoker._base.statuses import FINISHED, STATUSES, UNFINISHED
 from stoker._core import Engine
 
 

@@ -1,4 +1,11 @@
-"""The user's entry point: a queue of jobs stored in one database."""
+"""The user's entry point: a queue of jobs stored in one database.
+
+:class:`Queue` is a facade. It registers tasks (``options.py``,
+``registry.py``, ``task.py``) and holds what the other layers use of it:
+``engine``, ``sealer``, ``hooks`` and ``database`` (``local.py``). Sending is
+``send.py``, job handles ``job.py``, limits and schedules ``flow/``; the pool
+(``start_worker``, ``run_worker``) and test mode are started from here.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,7 @@ import asyncio
 import atexit
 import json
 import logging
-import multiprocessing
 import os
-import sys
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -17,48 +22,40 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from .._base import signing
 from .._base.bounds import INT64_MAX, INT64_MIN, check_int
-from .._base.serialization import dumps_call, dumps_positional_calls, positional_args
 from .._base.signing import Sealer
-from .._base.wakeup import CHANGED, NEW_WORK, WakeSender
 from .._core import Engine
-from ..errors import (
-    InvalidOptionError,
-    JobNotFoundError,
-    SendError,
-    StokerError,
-    StorageError,
-    UnknownTaskError,
-)
-from ..flow.limits import CircuitBreaker, FlowQueueMixin, as_circuit_breaker
-from ..flow.schedule import ScheduleQueueMixin
-from .events import (
-    EVENTS,
-    EventHandler,
-    Hooks,
-    Middleware,
-    SendMessage,
-    call_maybe_async,
-    handler_name,
-    worker_state,
-)
+from ..errors import InvalidOptionError, JobNotFoundError, StokerError, StorageError, UnknownTaskError
+from ..flow import limits as _limits
+from ..flow import schedule as _schedule
+from ..flow.limits import CircuitBreaker, as_circuit_breaker
+from .events import EVENTS, EventHandler, Hooks, Middleware, call_maybe_async, worker_state
 from .job import AttemptError, Job, Outcome, retention_ended
-from .task import (
-    DEFAULT_CALL,
+
+# The names imported as themselves are re-exported: the pool and the executor
+# import them from here.
+from .local import LOCAL_SUPERVISORS as LOCAL_SUPERVISORS
+from .local import MAIN_REIMPORT_EXIT_CODE as MAIN_REIMPORT_EXIT_CODE
+from .local import WORKER_PROCESS_PREFIX as WORKER_PROCESS_PREFIX
+from .local import Database, database_path
+from .local import in_worker_process as in_worker_process
+from .local import is_database_url as is_database_url
+from .local import local_key as local_key
+from .local import refuse_main_reimport as refuse_main_reimport
+from .options import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_RETRY_BACKOFF,
     DEFAULT_RETRY_BACKOFF_MAX,
     DEFAULT_RETRY_JITTER,
-    REGISTRY,
-    CallOptions,
-    Task,
     TaskOptions,
-    _check_labels,
     as_exception_types,
 )
+from .registry import REGISTRY
+from .task import Task
 
 if TYPE_CHECKING:
-    from .._core import JobRecord, NewJob
+    from .._core import JobRecord, LimitState
+    from ..flow.schedule import Schedule, ScheduleSource
     from ..pool.supervisor import Supervisor, SupervisorThread
 
 log = logging.getLogger("stoker.queue")
@@ -68,58 +65,6 @@ R = TypeVar("R")
 
 #: The database file a ``Queue()`` uses when given no path: in the working directory.
 DEFAULT_PATH = "stoker.db"
-
-#: Worker processes are named with this prefix. A queue created while a worker
-#: imports the user's module sees it and never opens the database: only the
-#: supervisor writes storage.
-WORKER_PROCESS_PREFIX = "stoker-worker"
-
-
-#: Supervisors running in this process, by the real path of their database. A
-#: send wakes them at once through their pipe; supervisors in other processes
-#: are woken through their FIFOs (``_wakeup.py``).
-LOCAL_SUPERVISORS: dict[str, weakref.WeakSet[Supervisor]] = {}
-
-
-def is_database_url(path: str) -> bool:
-    """Whether ``path`` names a PostgreSQL database rather than a SQLite file."""
-    return path.startswith(("postgresql://", "postgres://"))
-
-
-def local_key(path: str) -> str:
-    """The key under which the supervisors of one database meet in a process:
-    the resolved file path, or the URL as given."""
-    return path if is_database_url(path) else os.path.realpath(path)
-
-
-def database_path(path: object) -> str:
-    """The path of a SQLite file, or a PostgreSQL URL, as the text the engine opens.
-
-    A str, bytes or an ``os.PathLike`` of either; bytes are decoded as the
-    file system does (``os.fsdecode``). SQLite and PostgreSQL take UTF-8
-    names, so a path that is not valid UTF-8 is refused here, naming it.
-    """
-    try:
-        text = os.fsdecode(path)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidOptionError(
-            "a Queue's path must be a str, bytes or os.PathLike (a file path or a "
-            f"postgresql:// URL), got {path!r}"
-        ) from None
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidOptionError(
-            f"a Queue's path must be valid UTF-8 (SQLite and PostgreSQL take UTF-8 names), got {path!r}"
-        ) from None
-    return text
-
-
-def notify_local_supervisors(path: str, *, new_work: bool = False) -> None:
-    """Wake the supervisors of this process that serve the database at ``path``."""
-    for supervisor in LOCAL_SUPERVISORS.get(path, ()):
-        supervisor.notify(new_work=new_work)
-
 
 #: The queues of this process whose database is open: closed at exit, so that
 #: the last connection to a SQLite file folds the write-ahead log into it and
@@ -142,60 +87,7 @@ def _close_queues_at_exit() -> None:
 atexit.register(_close_queues_at_exit)
 
 
-def in_worker_process() -> bool:
-    """Whether this process is a stoker worker (its name is set before any import)."""
-    return multiprocessing.current_process().name.startswith(WORKER_PROCESS_PREFIX)
-
-
-#: The exit code of a worker process that met, while multiprocessing imported
-#: the main module again in it, code that sends jobs, waits for results or
-#: starts a pool (a main module without ``if __name__ == "__main__":``). The
-#: supervisor takes it for that and fails at once with a
-#: :class:`~stoker.errors.MainModuleNotGuardedError`, instead of starting
-#: worker after worker. Any code other than 0, 1 and the signals' would do;
-#: this one says nothing else in stoker.
-MAIN_REIMPORT_EXIT_CODE = 86
-
-
-def importing_main_again() -> bool:
-    """Whether this is a stoker worker process still importing the main module.
-
-    Under spawn and forkserver, multiprocessing runs the main module again (as
-    ``__mp_main__``) in each new process before its target, and marks the
-    process as inheriting meanwhile (its own check against starting processes
-    there reads the same mark).
-    """
-    return in_worker_process() and bool(getattr(multiprocessing.current_process(), "_inheriting", False))
-
-
-def refuse_main_reimport(action: str) -> None:
-    """End a worker process whose main module, imported again, tries to ``action``.
-
-    Nothing it could do would help: a send or a pool started there would
-    repeat, in every worker, what the caller did, and an error raised there
-    only ends the process with the code of any failed start. So it says what
-    is wrong on stderr and exits with :data:`MAIN_REIMPORT_EXIT_CODE`, which
-    its supervisor reports to the caller at once.
-    """
-    if not importing_main_again():
-        return
-    where = "the main module"
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_globals.get("__name__") == "__mp_main__":
-            where = f"{frame.f_code.co_filename}:{frame.f_lineno}"
-            break
-        frame = frame.f_back  # type: ignore[assignment]
-    sys.stderr.write(
-        f"stoker: {where} tries to {action} while worker process {multiprocessing.current_process().name} "
-        "imports the main module again (the spawn and forkserver start methods import it in every "
-        'worker process); put that code under `if __name__ == "__main__":`\n'
-    )
-    sys.stderr.flush()
-    os._exit(MAIN_REIMPORT_EXIT_CODE)
-
-
-class Queue(FlowQueueMixin, ScheduleQueueMixin):
+class Queue:
     """Jobs, their tasks, and the pool that runs them, over one database.
 
     ``Queue("jobs.db")`` opens (or creates) the SQLite database; a file that is
@@ -213,10 +105,9 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         middlewares: Iterable[Middleware] = (),
     ) -> None:
         self.path = database_path(path)
-        self._real_path = local_key(self.path)
-        # Task names are per database (task.TaskRegistry); every ":memory:"
-        # queue has a database of its own.
-        self._registry_key = f":memory:#{id(self)}" if self.path == ":memory:" else self._real_path
+        #: This process's side of the database: where its supervisors meet,
+        #: how a send wakes them, test mode's outcomes.
+        self.database = Database(self.path, id(self))
         self._tasks: dict[str, Task[Any, Any]] = {}
         #: Signs and checks every pickle this queue stores or reads.
         self.sealer = Sealer(signing.as_secret(secret))
@@ -225,9 +116,7 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         for middleware in middlewares:
             self.add_middleware(middleware)
         self._event_handlers: dict[str, list[EventHandler]] = {event: [] for event in EVENTS}
-        self._test_results: list[Outcome] | None = None
         self._engine_instance: Engine | None = None
-        self._wake_sender: WakeSender | None = None
         if not in_worker_process():
             self._engine_instance = Engine(self.path)
             _OPEN_QUEUES.add(self)
@@ -247,13 +136,6 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         _OPEN_QUEUES.discard(self)
         if self._engine_instance is not None:
             self._engine_instance.close()
-
-    def _same_database(self, other: Queue) -> bool:
-        """Whether ``other`` stores its jobs in this database (a job id means the same job in both)."""
-        if other is self:
-            return True
-        # Every ":memory:" queue has a database of its own.
-        return self.path != ":memory:" and other.path != ":memory:" and other._real_path == self._real_path
 
     @property
     def engine(self) -> Engine:
@@ -393,147 +275,6 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         """``send`` for async code."""
         return await self.get_task(task_name).delay_async(*args, **kwargs)
 
-    def _send_call(
-        self,
-        task: Task[Any, Any],
-        options: TaskOptions,
-        call: CallOptions,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Job:
-        return self._send_many([(task, options, call, args, kwargs)])[0]
-
-    def _plain_template(self, task: Task[Any, Any]) -> NewJob | None:
-        """The task's template for plain sends, when nothing here asks for per-call work.
-
-        Middlewares see and may change each call, and test mode runs each
-        job, so with either a plain send takes the general path.
-        """
-        if self.hooks.middlewares or self._test_results is not None:
-            return None
-        return task._plain_template()
-
-    def _send_plain(self, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Job:
-        """``task.delay(*args, **kwargs)``: one job, committed before this returns.
-
-        A plain send stores the task's template with this call's payload,
-        which is the job the general path (``_send_many``) would build, without
-        building it again for every call.
-        """
-        template = self._plain_template(task)
-        if template is None:
-            return self._send_many([(task, task.options_, DEFAULT_CALL, args, kwargs)])[0]
-        return self._store_copies(template, [dumps_call(task.name, task.func, args, kwargs)])[0]
-
-    def _send_plain_many(self, task: Task[Any, Any], calls: Iterable[tuple[Any, ...]]) -> list[Job]:
-        """``task.map(calls)``: one job per call, all committed in one transaction."""
-        template = self._plain_template(task)
-        if template is None:
-            return self._send_many(
-                [
-                    (task, task.options_, DEFAULT_CALL, positional_args(task.name, index, args), {})
-                    for index, args in enumerate(calls)
-                ]
-            )
-        return self._store_copies(template, dumps_positional_calls(task.name, task.func, calls))
-
-    def _store_copies(self, template: NewJob, payloads: list[bytes]) -> list[Job]:
-        """One job per payload, each a copy of ``template`` but for it, in one transaction."""
-        if self.sealer.secret is not None:
-            payloads = [self.sealer.seal(payload) for payload in payloads]
-        ids = self.engine.enqueue_payloads(template, payloads)
-        self._wake_supervisors()
-        return [Job(self, job_id) for job_id in ids]
-
-    def _send_many(
-        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
-    ) -> list[Job]:
-        if len(calls) > 1 and self._uniform(calls):
-            return self._send_uniform(calls)
-        new_jobs = []
-        for task, options, call, args, kwargs in calls:
-            message = SendMessage(task.name, args, kwargs, dict(call.labels or {}))
-            for middleware in self.hooks.middlewares:
-                try:
-                    middleware.pre_send(message)
-                except Exception as error:
-                    raise SendError(
-                        task.name, f"middleware {handler_name(middleware)}.pre_send raised {error!r}"
-                    ) from error
-            if message.labels:
-                _check_labels(message.labels)
-            new_jobs.append(task._new_job(call, message.args, message.kwargs, options, message.labels))
-        engine = self.engine
-        private = engine if self._test_results is not None else None
-        jobs = [Job(self, job_id, private) for job_id in engine.enqueue(new_jobs)]
-        if self._test_results is not None:
-            from ..pool.eager import run_eagerly
-
-            for job in jobs:
-                self._test_results.append(run_eagerly(self, job))
-        else:
-            self._wake_supervisors()
-        for job in jobs:
-            for middleware in self.hooks.middlewares:
-                try:
-                    middleware.post_send(job)
-                except Exception:
-                    log.exception(
-                        "middleware %s.post_send raised for job %s", handler_name(middleware), job.id
-                    )
-        return jobs
-
-    def _uniform(
-        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
-    ) -> bool:
-        """Whether the calls differ only in their arguments, with nothing to do per call.
-
-        Such a batch (``map``) is stored as copies of one job that differ
-        only in their payload: no middleware, labels, uniqueness,
-        dependencies or send-time limit check asks for per-call work.
-        """
-        task, options, call, _, _ = calls[0]
-        if self.hooks.middlewares or self._test_results is not None:
-            return False
-        if call.labels or call.unique_key or call.depends_on or options.unique:
-            return False
-        if options.when_limited == "fail":
-            return False
-        return all(c[0] is task and c[1] is options and c[2] is call and not c[4] for c in calls)
-
-    def _send_uniform(
-        self, calls: list[tuple[Task[Any, Any], TaskOptions, CallOptions, tuple[Any, ...], dict[str, Any]]]
-    ) -> list[Job]:
-        task, options, call, _, _ = calls[0]
-        template = task._new_job(call, (), {}, options, None)
-        return self._store_copies(
-            template, dumps_positional_calls(task.name, task.func, [c[3] for c in calls])
-        )
-
-    def _served_here(self) -> bool:
-        """Whether a supervisor of this process serves this database (it wakes waiters)."""
-        return bool(LOCAL_SUPERVISORS.get(self._real_path))
-
-    def _wake_supervisors(self, *, new_work: bool = True) -> None:
-        """Tell the supervisors of this database that there is something to act on.
-
-        ``new_work``: jobs were sent (they claim); otherwise something else
-        changed (a cancel request, a schedule: they look at the database).
-        Supervisors of this process are woken through their pipe, the others
-        through their FIFOs; both cost a write or two, so every send does it.
-        """
-        local = LOCAL_SUPERVISORS.get(self._real_path)
-        if local:
-            notify_local_supervisors(self._real_path, new_work=new_work)
-        if self._test_results is not None or self.path == ":memory:":
-            return
-        if is_database_url(self.path):
-            # PostgreSQL: the transaction's NOTIFY wakes the supervisors of every host.
-            return
-        if self._wake_sender is None:
-            self._wake_sender = WakeSender(self.path)
-        self._wake_sender.notify(NEW_WORK if new_work else CHANGED, skip_own_process=bool(local))
-
     # --- middlewares, hooks, plugins ---------------------------------------------------------
 
     def add_middleware(self, middleware: Middleware) -> None:
@@ -651,16 +392,16 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
         timeouts, crashes and memory limits need a real worker process and
         are not enforced here.
         """
-        if self._test_results is not None:
+        if self.database.test_outcomes is not None:
             raise StokerError("test_mode() is already active on this queue")
         saved = self._engine_instance
         self._engine_instance = Engine(":memory:", clock_ms=int(time.time() * 1000))
         results: list[Outcome] = []
-        self._test_results = results
+        self.database.test_outcomes = results
         try:
             yield results
         finally:
-            self._test_results = None
+            self.database.test_outcomes = None
             self._engine_instance = saved
 
     # --- inspection --------------------------------------------------------------
@@ -691,8 +432,37 @@ class Queue(FlowQueueMixin, ScheduleQueueMixin):
     def replay(self, job_id: int) -> Job:
         """Send a dead job again as a new job, with the same task, arguments and options."""
         job = Job(self, self.engine.replay(_stored_id(job_id)))
-        self._wake_supervisors()
+        self.database.wake()
         return job
+
+    # --- flow control and schedules (flow/limits.py, flow/schedule.py) ---------------------
+
+    def set_queue_rate_limit(self, queue_name: str, rate_limit: str | None) -> None:
+        """Limit how fast the jobs of one queue start, across all tasks (None removes the limit).
+
+        Stored in the database: it holds for every supervisor until changed.
+        """
+        _limits.set_queue_rate_limit(self.engine, queue_name, rate_limit)
+
+    def limits(self) -> list[LimitState]:
+        """Every stored limit (``task:NAME``, ``queue:NAME``) with its tokens, running jobs and breaker."""
+        return self.engine.limits()
+
+    def breakers(self) -> dict[str, str]:
+        """The circuit breaker state of each task that has one: closed, open or half_open."""
+        return _limits.breakers(self.engine.limits())
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule, by id (each handle holds the row it was listed with)."""
+        return _schedule.schedules(self)
+
+    def get_schedule(self, schedule: int | str) -> Schedule:
+        """A schedule by id or name; ``ScheduleNotFoundError`` (a ``KeyError``) if none."""
+        return _schedule.get_schedule(self, schedule)
+
+    def add_schedule_source(self, name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:
+        """Register a source (an object with ``pre_send(schedule)``, or a callable) under ``name``."""
+        _schedule.add_source(name, source)
 
     # --- workers --------------------------------------------------------------
 

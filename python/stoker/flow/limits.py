@@ -6,7 +6,8 @@ and enforced by the engine, inside its claims, across every supervisor that
 shares the database: a supervisor writes the limits of its tasks to the
 database when it starts, and a process that sends with
 ``when_limited="fail"`` writes them before its first send of the task.
-Queue-wide rate limits are set with :meth:`FlowQueueMixin.set_queue_rate_limit`.
+Queue-wide rate limits are set with :func:`set_queue_rate_limit`
+(``Queue.set_queue_rate_limit``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import hashlib
 import re
 import weakref
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._base.bounds import MAX_DURATION_S, MAX_RATE_COUNT, check_int, check_seconds
 from ..errors import InvalidOptionError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from .._core import Engine, LimitState
-    from ..client.queue import Queue
-    from ..client.task import Task, TaskOptions
+    from .host import QueueView
 
 #: ``when_limited`` values: jobs over a limit wait (stay pending), or the send fails.
 WHEN_LIMITED = ("wait", "fail")
@@ -85,7 +87,31 @@ def as_circuit_breaker(value: object) -> CircuitBreaker | None:
     )
 
 
-def validate_flow_options(options: TaskOptions) -> None:
+class FlowOptions(Protocol):
+    """The flow-control options of a task (``TaskOptions`` has them)."""
+
+    @property
+    def rate_limit(self) -> str | None: ...
+    @property
+    def concurrency(self) -> int | None: ...
+    @property
+    def circuit_breaker(self) -> CircuitBreaker | None: ...
+    @property
+    def when_limited(self) -> str: ...
+    @property
+    def unique(self) -> bool: ...
+
+
+class LimitedTask(Protocol):
+    """A task whose limits are written to the database (``Task`` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def options_(self) -> FlowOptions: ...
+
+
+def validate_flow_options(options: FlowOptions) -> None:
     """Check the flow-control options of a task (called by ``TaskOptions.validated``)."""
     if options.rate_limit is not None:
         parse_rate_limit("rate_limit", options.rate_limit)
@@ -107,7 +133,7 @@ def check_when_limited(value: object) -> None:
         raise InvalidOptionError(f"when_limited must be 'wait' or 'fail', got {value!r}")
 
 
-def limits_of(options: TaskOptions) -> dict[str, Any]:
+def limits_of(options: FlowOptions) -> dict[str, Any]:
     """The keyword arguments of ``Engine.set_limits`` for a task's options."""
     rate = None
     if options.rate_limit is not None:
@@ -120,22 +146,22 @@ def limits_of(options: TaskOptions) -> dict[str, Any]:
     return {"rate": rate, "concurrency": options.concurrency, "breaker": breaker}
 
 
-def push_limits(engine: Engine, tasks: list[Task[Any, Any]]) -> None:
+def push_limits(engine: Engine, tasks: Iterable[LimitedTask]) -> None:
     """Write the limits of these tasks to the database (removing those of tasks that have none)."""
     for task in tasks:
         engine.set_limits("task", task.name, **limits_of(task.options_))
 
 
 #: Tasks whose limits this process already wrote, per queue.
-_PUSHED: weakref.WeakKeyDictionary[Queue, set[str]] = weakref.WeakKeyDictionary()
+_PUSHED: weakref.WeakKeyDictionary[QueueView, set[str]] = weakref.WeakKeyDictionary()
 
 
-def ensure_limits_pushed(queue: Queue, task: Task[Any, Any]) -> None:
+def ensure_limits_pushed(queue: QueueView, task_name: str, options: FlowOptions) -> None:
     """Before a send that fails when limited: make sure the engine knows the task's limits."""
     pushed = _PUSHED.setdefault(queue, set())
-    if task.name not in pushed:
-        push_limits(queue.engine, [task])
-        pushed.add(task.name)
+    if task_name not in pushed:
+        queue.engine.set_limits("task", task_name, **limits_of(options))
+        pushed.add(task_name)
 
 
 def unique_key_of(task_name: str, payload: bytes) -> str:
@@ -143,33 +169,17 @@ def unique_key_of(task_name: str, payload: bytes) -> str:
     return f"{task_name}:{hashlib.sha256(payload).hexdigest()}"
 
 
-class FlowQueueMixin:
-    """The flow-control methods of :class:`~stoker.Queue`."""
+def set_queue_rate_limit(engine: Engine, queue_name: str, rate_limit: str | None) -> None:
+    """Limit how fast the jobs of one queue start, across all tasks (None removes the limit)."""
+    rate = None
+    if rate_limit is not None:
+        count, per_ms = parse_rate_limit("rate_limit", rate_limit)
+        rate = (count, per_ms, 1)
+    engine.set_limits("queue", queue_name, rate=rate)
 
-    if TYPE_CHECKING:
 
-        @property
-        def engine(self) -> Engine: ...
-
-    def set_queue_rate_limit(self, queue_name: str, rate_limit: str | None) -> None:
-        """Limit how fast the jobs of one queue start, across all tasks (None removes the limit).
-
-        Stored in the database: it holds for every supervisor until changed.
-        """
-        rate = None
-        if rate_limit is not None:
-            count, per_ms = parse_rate_limit("rate_limit", rate_limit)
-            rate = (count, per_ms, 1)
-        self.engine.set_limits("queue", queue_name, rate=rate)
-
-    def limits(self) -> list[LimitState]:
-        """Every stored limit (``task:NAME``, ``queue:NAME``) with its tokens, running jobs and breaker."""
-        return self.engine.limits()
-
-    def breakers(self) -> dict[str, str]:
-        """The circuit breaker state of each task that has one: closed, open or half_open."""
-        return {
-            limit.key.removeprefix("task:"): limit.breaker_state
-            for limit in self.engine.limits()
-            if limit.breaker is not None
-        }
+def breakers(limits: Iterable[LimitState]) -> dict[str, str]:
+    """The circuit breaker state of each task among ``limits`` that has one: closed, open or half_open."""
+    return {
+        limit.key.removeprefix("task:"): limit.breaker_state for limit in limits if limit.breaker is not None
+    }

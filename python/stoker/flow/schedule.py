@@ -21,7 +21,7 @@ Missed fires (every supervisor was down for at least a whole period):
 schedule whose time passed fires as soon as a supervisor runs.
 
 A *schedule source* vetoes fires: an object with ``pre_send(schedule)``,
-registered by name with :meth:`ScheduleQueueMixin.add_schedule_source` in the
+registered by name with :func:`add_source` (``Queue.add_schedule_source``) in the
 module the workers import. Before each fire of a schedule created with
 ``source=NAME``, the supervisor calls it; raising
 :class:`~stoker.errors.ScheduleCancelledError` skips that fire only, recorded
@@ -36,7 +36,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._base.bounds import INT64_MAX, INT64_MIN, check_int, check_seconds, check_timestamp
 from .._base.remote_errors import MESSAGE_MAX_CHARS, storable_text
@@ -45,8 +45,7 @@ from ..errors import InvalidOptionError, ScheduleCancelledError, ScheduleNotFoun
 if TYPE_CHECKING:
     from .._core import Engine, NewJob, ScheduleFire
     from .._core import Schedule as ScheduleRecord
-    from ..client.queue import Queue
-    from ..client.task import CallOptions, Task, TaskOptions
+    from .host import QueueView
 
 log = logging.getLogger("stoker.schedule")
 
@@ -75,7 +74,7 @@ class Schedule:
 
     __slots__ = ("_record", "id", "queue")
 
-    def __init__(self, queue: Queue, schedule_id: int, record: ScheduleRecord | None = None) -> None:
+    def __init__(self, queue: QueueView, schedule_id: int, record: ScheduleRecord | None = None) -> None:
         self.queue = queue
         self.id = schedule_id
         self._record = record
@@ -131,7 +130,7 @@ class Schedule:
     def resume(self) -> None:
         """Fire again; fires missed while paused follow the schedule's missed policy."""
         self.queue.engine.pause_schedule(self.id, False)
-        self.queue._wake_supervisors(new_work=False)
+        self.queue.database.wake(new_work=False)
 
     def delete(self) -> bool:
         """Delete the schedule and its fire records; False if it was already gone."""
@@ -143,7 +142,7 @@ class Schedule:
 
 
 def create(
-    queue: Queue,
+    queue: QueueView,
     new_job: NewJob,
     *,
     kind: str,
@@ -177,7 +176,7 @@ def create(
         labels=labels_text,
     )
     # A supervisor sleeping until its next fire looks at the new schedule now.
-    queue._wake_supervisors(new_work=False)
+    queue.database.wake(new_work=False)
     return Schedule(queue, schedule_id)
 
 
@@ -208,7 +207,7 @@ def time_ms(option: str, when: object) -> int:
     raise InvalidOptionError(f"{option} must be a datetime or a Unix timestamp, got {when!r}")
 
 
-def fire_due(engine: Engine, queue: Queue, owner: str) -> int:
+def fire_due(engine: Engine, queue: QueueView, owner: str) -> int:
     """Fire every due schedule (asking sources first); how many jobs were enqueued."""
     enqueued = 0
     for _ in range(1000):
@@ -230,7 +229,7 @@ def fire_due(engine: Engine, queue: Queue, owner: str) -> int:
     return enqueued
 
 
-def _ask_source(queue: Queue, record: ScheduleRecord) -> tuple[str | None, str | None]:
+def _ask_source(queue: QueueView, record: ScheduleRecord) -> tuple[str | None, str | None]:
     """``(veto, error)`` messages from the schedule's source, if it has one."""
     if record.source is None:
         return None, None
@@ -270,22 +269,17 @@ class Schedulable:
     ``when_limited="fail"`` do not apply to scheduled jobs.
     """
 
-    def _schedule_parts(self) -> tuple[Task[Any, Any], TaskOptions, CallOptions]:
+    def _scheduled(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[QueueView, NewJob, dict[str, Any] | None]:
+        """The queue, the job every fire enqueues, and the labels of a schedule of this call."""
         raise NotImplementedError
 
     def _schedule(
         self, kind: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None, **spec: Any
     ) -> Schedule:
-        from dataclasses import replace
-
-        task, options, call = self._schedule_parts()
-        if call.delay is not None or call.eta is not None or call.depends_on:
-            raise InvalidOptionError("delay, eta and depends_on do not apply to a schedule")
-        # A schedule's labels are also the labels of every job it fires.
-        new_job = task._new_job(
-            call, tuple(args), dict(kwargs or {}), replace(options, when_limited="wait"), call.labels
-        )
-        return create(task.queue, new_job, kind=kind, labels=call.labels, **spec)
+        queue, new_job, labels = self._scheduled(tuple(args), dict(kwargs or {}))
+        return create(queue, new_job, kind=kind, labels=labels, **spec)
 
     def schedule_by_cron(
         self,
@@ -341,37 +335,28 @@ class Schedulable:
         return self._schedule("once", args, kwargs, at_ms=time_ms("time", time), name=name, source=source)
 
 
-class ScheduleQueueMixin:
-    """The schedule methods of :class:`~stoker.Queue`."""
+def schedules(queue: QueueView) -> list[Schedule]:
+    """Every schedule, by id (each handle holds the row it was listed with)."""
+    return [Schedule(queue, record.id, record) for record in queue.engine.schedules()]
 
-    if TYPE_CHECKING:
 
-        @property
-        def engine(self) -> Engine: ...
+def get_schedule(queue: QueueView, schedule: int | str) -> Schedule:
+    """A schedule by id or name; ``ScheduleNotFoundError`` (a ``KeyError``) if none."""
+    engine = queue.engine
+    if isinstance(schedule, str):
+        for record in engine.schedules():
+            if record.name == schedule:
+                return Schedule(queue, record.id, record)
+        raise ScheduleNotFoundError(schedule)
+    if isinstance(schedule, int) and not INT64_MIN <= schedule <= INT64_MAX:
+        raise ScheduleNotFoundError(schedule)  # Ids are 64-bit: no schedule has this one.
+    return Schedule(queue, schedule, engine.get_schedule(schedule))
 
-    def schedules(self) -> list[Schedule]:
-        """Every schedule, by id (each handle holds the row it was listed with)."""
-        queue = cast("Queue", self)
-        return [Schedule(queue, record.id, record) for record in self.engine.schedules()]
 
-    def get_schedule(self, schedule: int | str) -> Schedule:
-        """A schedule by id or name; ``ScheduleNotFoundError`` (a ``KeyError``) if none."""
-        queue = cast("Queue", self)
-        if isinstance(schedule, str):
-            for record in self.engine.schedules():
-                if record.name == schedule:
-                    return Schedule(queue, record.id, record)
-            raise ScheduleNotFoundError(schedule)
-        if isinstance(schedule, int) and not INT64_MIN <= schedule <= INT64_MAX:
-            raise ScheduleNotFoundError(schedule)  # Ids are 64-bit: no schedule has this one.
-        return Schedule(queue, schedule, self.engine.get_schedule(schedule))
-
-    def add_schedule_source(self, name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:
-        """Register a source (an object with ``pre_send(schedule)``, or a callable) under ``name``."""
-        if not isinstance(name, str) or not name:
-            raise InvalidOptionError(f"a schedule source needs a non-empty name, got {name!r}")
-        if not (hasattr(source, "pre_send") or callable(source)):
-            raise InvalidOptionError(
-                f"a schedule source has pre_send(schedule) or is callable, got {source!r}"
-            )
-        SOURCES[name] = source
+def add_source(name: str, source: ScheduleSource | Callable[[Schedule], None]) -> None:
+    """Register a source (an object with ``pre_send(schedule)``, or a callable) under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise InvalidOptionError(f"a schedule source needs a non-empty name, got {name!r}")
+    if not (hasattr(source, "pre_send") or callable(source)):
+        raise InvalidOptionError(f"a schedule source has pre_send(schedule) or is callable, got {source!r}")
+    SOURCES[name] = source

@@ -1,4 +1,5 @@
-"""What a caller gets once a lease or a result's retention (``result_ttl``) has run out."""
+"""Job handles (``client/job.py``): lookup, cancel, and what a caller gets once
+a lease or a result's retention (``result_ttl``) has run out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import psutil
 import pytest
 
 import stoker
-from apps import poison
 from conftest import HANG_GUARD, TESTS, wait_until
 
 
@@ -30,13 +30,6 @@ def _run(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, *args], env=_env(db), capture_output=True, text=True, timeout=HANG_GUARD, check=False
     )
-
-
-@pytest.fixture
-def pqueue(tmp_path: Path) -> stoker.Queue:
-    q = stoker.Queue(tmp_path / "jobs.db")
-    q.include(poison.queue)
-    return q
 
 
 # --- leases --------------------------------------------------------------------------------
@@ -169,3 +162,31 @@ def test_the_heartbeat_purges_an_expired_result(pqueue: stoker.Queue) -> None:
         wait_until(lambda: job.record().result is None, what="the purge")
     with pytest.raises(stoker.ResultExpiredError):
         job.result()
+
+
+# --- handles ------------------------------------------------------------------------------------
+
+
+def test_unknown_job_id_is_a_key_error(queue: stoker.Queue) -> None:
+    with pytest.raises(stoker.JobNotFoundError) as info:
+        queue.get_job(123456)
+    assert isinstance(info.value, KeyError)
+    assert info.value.job_id == 123456
+    assert "123456" in str(info.value)
+
+
+def test_cancel_pending_job(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    assert job.cancel() == "cancelled"
+    assert job.status == "cancelled"
+    with pytest.raises(stoker.JobCancelledError):
+        job.result(timeout=1)
+    assert job.cancel() == "cancelled"
+
+
+def test_result_timeout_names_the_job(queue: stoker.Queue) -> None:
+    job = queue.get_task("add").delay(1, 2)
+    with pytest.raises(stoker.ResultTimeoutError) as info:
+        job.result(timeout=0.01)
+    assert info.value.job_id == job.id
+    assert isinstance(info.value, TimeoutError)

@@ -1,4 +1,5 @@
-"""The user's side of schedules and flow control: task options, schedule handles, the CLI."""
+"""The user's side of flow control (``flow/limits.py``): limit options, unique
+sends, expiry, dependencies, and the CLI's listing of schedules and limits."""
 
 from __future__ import annotations
 
@@ -6,24 +7,24 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until
+from conftest import HANG_GUARD, HUGE_INT, child_python_path, noop, wait_until
+from stoker._base.bounds import (
+    INT64_MAX,
+    MAX_DURATION_S,
+    MAX_RATE_COUNT,
+)
 from stoker.errors import (
     DependencyFailedError,
     InvalidOptionError,
     JobExpiredError,
     RateLimitExceededError,
-    ScheduleNotFoundError,
 )
-
-
-def _noop(x: int = 0) -> int:
-    return x
+from stoker.flow import limits as flow
 
 
 @pytest.mark.parametrize(
@@ -41,11 +42,11 @@ def _noop(x: int = 0) -> int:
 )
 def test_wrong_flow_options_name_the_option(queue: stoker.Queue, option: str, value: object) -> None:
     with pytest.raises(InvalidOptionError, match=option):
-        queue.task(name="t", **{option: value})(_noop)
+        queue.task(name="t", **{option: value})(noop)
 
 
 def test_unique_tasks_return_the_live_job(queue: stoker.Queue) -> None:
-    task = queue.task(name="unique_noop", unique=True)(_noop)
+    task = queue.task(name="uniquenoop", unique=True)(noop)
     first = task.delay(1)
     assert task.delay(1) == first
     assert task.delay(2) != first, "other arguments, another key"
@@ -56,16 +57,16 @@ def test_unique_tasks_return_the_live_job(queue: stoker.Queue) -> None:
 
 
 def test_when_limited_fail_raises_at_send(queue: stoker.Queue) -> None:
-    task = queue.task(name="limited_noop", rate_limit="1/h", when_limited="fail")(_noop)
+    task = queue.task(name="limitednoop", rate_limit="1/h", when_limited="fail")(noop)
     task.delay()
     with pytest.raises(RateLimitExceededError) as caught:
         task.delay()
-    assert caught.value.key == "task:limited_noop" and caught.value.retry_after > 3000
+    assert caught.value.key == "task:limitednoop" and caught.value.retry_after > 3000
     waiting = task.options(when_limited="wait").delay()
     assert waiting.status == "pending", "a waiting send is stored"
-    assert [limit.key for limit in queue.limits()] == ["task:limited_noop"]
+    assert [limit.key for limit in queue.limits()] == ["task:limitednoop"]
     queue.set_queue_rate_limit("default", "10/s")
-    assert {limit.key for limit in queue.limits()} == {"task:limited_noop", "queue:default"}
+    assert {limit.key for limit in queue.limits()} == {"task:limitednoop", "queue:default"}
 
 
 def test_an_expired_job_raises_job_expired(queue: stoker.Queue) -> None:
@@ -93,52 +94,6 @@ def test_dependencies_run_in_order_and_a_failure_names_the_dependency(
     assert str(failing.id) in str(caught.value)
 
 
-def test_schedule_handles(queue: stoker.Queue) -> None:
-    add = queue.get_task("add")
-    every = add.schedule_every(60, args=(1, 2), name="minutely", missed="catch_up")
-    cron = add.options(priority=5, labels={"team": "ops"}).schedule_by_cron(
-        "0 3 * * *", args=(3, 4), timezone="Europe/Berlin"
-    )
-    once = add.schedule_by_time(time.time() + 3600, kwargs={"a": 1, "b": 2})
-    assert [s.id for s in queue.schedules()] == [every.id, cron.id, once.id]
-    assert queue.get_schedule("minutely") == every
-    assert cron.labels == {"team": "ops"} and cron.record().kind == "cron"
-    assert every.next_fire_at is not None
-    assert add.schedule_every(60, args=(9, 9), name="minutely") == every, "a name is updated, not duplicated"
-    every.pause()
-    assert every.paused
-    every.resume()
-    assert not every.paused
-    assert once.delete() and not once.delete()
-    with pytest.raises(ScheduleNotFoundError):
-        queue.get_schedule(once.id)
-    with pytest.raises(ScheduleNotFoundError):
-        queue.get_schedule("nothing")
-    with pytest.raises(InvalidOptionError, match="missed"):
-        add.schedule_every(1, missed="sometimes")
-    with pytest.raises(InvalidOptionError, match="every"):
-        add.schedule_every(0)
-    # Labels label the jobs of a schedule, and a direct send alike.
-    assert add.options(labels={"a": 1}).delay(1, 2).labels == {"a": 1}
-
-
-def test_a_one_shot_schedule_runs_in_the_pool(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, ledger: Path
-) -> None:
-    once = (
-        queue.get_task("record")
-        .options(labels={"origin": "schedule"})
-        .schedule_by_time(time.time() - 1, args=(str(ledger), "once"))
-    )
-    wait_until(lambda: read_ledger(ledger), what="the scheduled job to run")
-    (fire,) = once.fires()
-    assert fire.outcome == "enqueued" and fire.owner == pool.supervisor.owner
-    assert fire.job_id is not None
-    # The schedule's labels are its job's labels.
-    assert queue.get_job(fire.job_id).labels == {"origin": "schedule"}
-    assert once.next_fire_at is None
-
-
 def test_the_cli_lists_schedules_and_limits(queue: stoker.Queue) -> None:
     queue.get_task("add").schedule_every(30, args=(1, 2), name="every-30s")
     queue.set_queue_rate_limit("default", "5/s")
@@ -161,3 +116,23 @@ def test_the_cli_lists_schedules_and_limits(queue: stoker.Queue) -> None:
     assert "every-30s" in run("schedules")
     (limit,) = json.loads(run("breakers", "--json"))
     assert (limit["key"], limit["rate"], limit["tokens"]) == ("queue:default", [5, 1000, 1], 1)
+
+
+def test_the_largest_flow_limits_are_stored_as_a_supervisor_stores_them_at_start(queue: stoker.Queue) -> None:
+    task = queue.task(
+        name="limited",
+        concurrency=INT64_MAX,
+        rate_limit=f"{MAX_RATE_COUNT}/s",
+        circuit_breaker=(INT64_MAX, MAX_DURATION_S, MAX_DURATION_S),
+    )(noop)
+    flow.push_limits(queue.engine, [task])
+    (limit,) = [limit for limit in queue.limits() if limit.key == "task:limited"]
+    assert limit.concurrency == INT64_MAX
+    assert limit.breaker == (INT64_MAX, MAX_DURATION_S * 1000, MAX_DURATION_S * 1000)
+
+
+@pytest.mark.parametrize("rate", [f"{HUGE_INT}/s", f"{MAX_RATE_COUNT + 1}/m", "1/99999999999999999999999h"])
+def test_a_queue_rate_limit_out_of_range_is_refused(queue: stoker.Queue, rate: str) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match="rate_limit"):
+        queue.set_queue_rate_limit("default", rate)
+    assert queue.limits() == []

@@ -1,23 +1,22 @@
-"""Values out of range are refused at the call that gives them, naming the option and its range.
+"""Task and call options (``client/options.py``, ``_base/bounds.py``): values out of
+range are refused at the call that gives them, naming the option and its range.
 
 Counts and priorities are signed 64-bit integers in the engine, durations and
 times milliseconds; a value beyond them once failed later and elsewhere (a
 bare ``OverflowError`` at every send, a supervisor dying at start). Each
 reproduction here was an ``OverflowError``, a silent acceptance or a hang
-before the checks of ``stoker/_bounds.py``.
+before the checks of ``stoker/_base/bounds.py``.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 import stoker
 from apps import tasks as app
+from conftest import HUGE_INT, noop
 from stoker._base.bounds import (
     INT64_MAX,
     INT64_MIN,
@@ -27,15 +26,9 @@ from stoker._base.bounds import (
 )
 from stoker._core import NewJob
 from stoker.cli import display
-from stoker.flow import limits as flow
 
-HUGE_INT = 10**30
 NAN = math.nan
 INF = math.inf
-
-
-def _noop(x: int = 0) -> int:
-    return x
 
 
 # --- task options, at decoration ---------------------------------------------------------
@@ -83,7 +76,7 @@ def test_a_task_option_out_of_range_is_refused_at_decoration(
     queue: stoker.Queue, option: str, value: object
 ) -> None:
     with pytest.raises(stoker.InvalidOptionError, match=f"^{option}") as info:
-        queue.task(name="bounded", **{option: value})(_noop)
+        queue.task(name="bounded", **{option: value})(noop)
     assert isinstance(info.value, ValueError)
     assert "bounded" not in queue.tasks
 
@@ -100,7 +93,7 @@ def test_a_task_option_out_of_range_is_refused_at_decoration(
 )
 def test_the_error_names_the_range(queue: stoker.Queue, option: str, value: object, range_text: str) -> None:
     with pytest.raises(stoker.InvalidOptionError) as info:
-        queue.task(name="bounded", **{option: value})(_noop)
+        queue.task(name="bounded", **{option: value})(noop)
     assert str(info.value).startswith(f"{option} must be")
     assert range_text in str(info.value)
 
@@ -156,46 +149,6 @@ def test_the_duration_bound_is_the_engines(queue: stoker.Queue) -> None:
         NewJob("add", b"", timeout_ms=MAX_DURATION_S * 1000 + 1)
 
 
-def test_the_largest_flow_limits_are_stored_as_a_supervisor_stores_them_at_start(queue: stoker.Queue) -> None:
-    task = queue.task(
-        name="limited",
-        concurrency=INT64_MAX,
-        rate_limit=f"{MAX_RATE_COUNT}/s",
-        circuit_breaker=(INT64_MAX, MAX_DURATION_S, MAX_DURATION_S),
-    )(_noop)
-    flow.push_limits(queue.engine, [task])
-    (limit,) = [limit for limit in queue.limits() if limit.key == "task:limited"]
-    assert limit.concurrency == INT64_MAX
-    assert limit.breaker == (INT64_MAX, MAX_DURATION_S * 1000, MAX_DURATION_S * 1000)
-
-
-# --- queue-level limits, schedules ----------------------------------------------------------
-
-
-@pytest.mark.parametrize("rate", [f"{HUGE_INT}/s", f"{MAX_RATE_COUNT + 1}/m", "1/99999999999999999999999h"])
-def test_a_queue_rate_limit_out_of_range_is_refused(queue: stoker.Queue, rate: str) -> None:
-    with pytest.raises(stoker.InvalidOptionError, match="rate_limit"):
-        queue.set_queue_rate_limit("default", rate)
-    assert queue.limits() == []
-
-
-@pytest.mark.parametrize("every", [1e300, NAN, INF, 0.0001, MAX_DURATION_S + 1])
-def test_schedule_every_out_of_range_is_refused(queue: stoker.Queue, every: float) -> None:
-    with pytest.raises(stoker.InvalidOptionError, match="every"):
-        queue.get_task("add").schedule_every(every, args=(1, 2))
-    assert queue.schedules() == []
-
-
-@pytest.mark.parametrize("when", [1e300, NAN, INF, MAX_TIMESTAMP_S + 1])
-def test_schedule_times_out_of_range_are_refused(queue: stoker.Queue, when: float) -> None:
-    add = queue.get_task("add")
-    with pytest.raises(stoker.InvalidOptionError, match="time"):
-        add.schedule_by_time(when, args=(1, 2))
-    with pytest.raises(stoker.InvalidOptionError, match="start"):
-        add.schedule_every(60, args=(1, 2), start=when)
-    assert queue.schedules() == []
-
-
 # --- the supervisor's options ------------------------------------------------------------------
 
 
@@ -222,81 +175,7 @@ def test_a_supervisor_option_out_of_range_is_refused(queue: stoker.Queue, option
         queue.supervisor(**{option: value})
 
 
-# --- depends_on --------------------------------------------------------------------------------------
-
-
-def test_a_job_of_another_database_is_refused_as_a_dependency(queue: stoker.Queue, tmp_path: Path) -> None:
-    other = stoker.Queue(tmp_path / "other.db")
-    other.include(app.queue)
-    foreign = other.get_task("add").delay(1, 2)
-    # A job of this database with the same id: the foreign job must not be
-    # taken for it.
-    assert queue.get_task("add").delay(5, 5).id == foreign.id
-    with pytest.raises(stoker.InvalidOptionError, match="depends_on") as info:
-        queue.get_task("add").options(depends_on=[foreign])
-    message = str(info.value)
-    assert f"job {foreign.id}" in message
-    assert repr(other.path) in message and repr(queue.path) in message
-    assert queue.stats().get("waiting", 0) == 0
-
-
-def test_a_job_of_another_queue_object_on_the_same_file_is_a_dependency(
-    queue: stoker.Queue, tmp_path: Path
-) -> None:
-    same_file = stoker.Queue(os.path.relpath(queue.path))
-    same_file.include(app.queue)
-    first = same_file.get_task("add").delay(1, 2)
-    job = queue.get_task("add").options(depends_on=[first]).delay(3, 4)
-    assert job.status == "waiting"
-    assert [(dep.id, status) for dep, status in job.dependencies()] == [(first.id, "pending")]
-
-
-def test_in_memory_queues_are_separate_databases() -> None:
-    one, two = stoker.Queue(":memory:"), stoker.Queue(":memory:")
-    one.include(app.queue)
-    two.include(app.queue)
-    job = one.get_task("add").delay(1, 2)
-    with pytest.raises(stoker.InvalidOptionError, match="depends_on"):
-        two.get_task("add").options(depends_on=[job])
-    one.get_task("add").options(depends_on=[job])
-
-
-# --- the queue's path --------------------------------------------------------------------------------
-
-
-def test_a_path_given_as_bytes_opens_the_same_database(tmp_path: Path) -> None:
-    path = tmp_path / "bytes.db"
-    by_bytes = stoker.Queue(os.fsencode(path))
-    assert by_bytes.path == str(path)
-    by_bytes.include(app.queue)
-    job = by_bytes.get_task("add").delay(1, 2)
-    assert stoker.Queue(path).get_job(job.id).status == "pending"
-
-
-class _BytesPath:
-    def __init__(self, path: bytes) -> None:
-        self.path = path
-
-    def __fspath__(self) -> bytes:
-        return self.path
-
-
-def test_a_path_like_of_bytes_is_accepted(tmp_path: Path) -> None:
-    assert stoker.Queue(_BytesPath(os.fsencode(tmp_path / "like.db"))).path == str(tmp_path / "like.db")  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    ("path", "named"),
-    [
-        (42, "str, bytes or os.PathLike"),
-        (None, "str, bytes or os.PathLike"),
-        (b"caf\xe9.db", "UTF-8"),
-    ],
-)
-def test_a_path_that_is_not_one_is_refused_naming_it(path: Any, named: str) -> None:
-    with pytest.raises(stoker.InvalidOptionError, match=named) as info:
-        stoker.Queue(path)
-    assert repr(path) in str(info.value)
+# --- ids and listing bounds --------------------------------------------------------------------------------
 
 
 def test_a_job_id_beyond_64_bits_is_not_found(queue: stoker.Queue) -> None:
@@ -316,3 +195,34 @@ def test_listing_limits_beyond_64_bits_are_refused(queue: stoker.Queue) -> None:
         schedule.fires(HUGE_INT)
     with pytest.raises(stoker.ScheduleNotFoundError):
         queue.get_schedule(HUGE_INT)
+
+
+# --- wrong values, named ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_retries": -1}, "max_retries"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": "soon"}, "timeout"),
+        ({"priority": 1.5}, "priority"),
+        ({"retry_jitter": 2}, "retry_jitter"),
+        ({"retry_backoff": 10, "retry_backoff_max": 1}, "retry_backoff"),
+        ({"queue": ""}, "queue"),
+        ({"retry_on": [42]}, "retry_on"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_wrong_task_options_are_named(queue: stoker.Queue, options: dict[str, object], named: str) -> None:
+    with pytest.raises(stoker.InvalidOptionError, match=named) as info:
+        queue.task(**options)(app.add.func)  # type: ignore[arg-type]
+    assert isinstance(info.value, ValueError)
+
+
+def test_wrong_per_call_options_are_named(queue: stoker.Queue) -> None:
+    task = queue.get_task("add")
+    with pytest.raises(stoker.InvalidOptionError, match="delay"):
+        task.options(delay=-1)
+    with pytest.raises(stoker.InvalidOptionError, match="delay or eta"):
+        task.options(delay=1, eta=2)

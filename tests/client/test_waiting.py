@@ -1,4 +1,5 @@
-"""Waking the waiters of this process: only those of the jobs that finished."""
+"""Waiting for jobs (``client/waiting.py``): waking the waiters of this process,
+only those of the jobs that finished, and the timeouts a wait accepts."""
 
 from __future__ import annotations
 
@@ -12,19 +13,19 @@ import pytest
 
 import stoker
 from conftest import HANG_GUARD, wait_until
-from stoker.client.job import (
-    _RECENT_RESULTS,
-    _WATCHERS,
-    Job,
-    _RecentResults,
-    _Watchers,
+from stoker.client.job import Job
+from stoker.client.waiting import (
+    RECENT_RESULTS,
+    WATCHERS,
+    RecentResults,
+    Watchers,
     forget_results,
     notify_outcomes,
 )
 
 
 def test_a_notification_wakes_only_the_waiters_of_its_jobs() -> None:
-    watchers = _Watchers()
+    watchers = Watchers()
     first = watchers.watch([1])
     both = watchers.watch([1, 2])
     other = watchers.watch([3])
@@ -37,7 +38,7 @@ def test_a_notification_wakes_only_the_waiters_of_its_jobs() -> None:
 
 
 def test_a_notification_without_jobs_wakes_every_waiter() -> None:
-    watchers = _Watchers()
+    watchers = Watchers()
     events = [watchers.watch([job_id]) for job_id in (1, 2, 3)]
 
     watchers.notify(None)
@@ -46,7 +47,7 @@ def test_a_notification_without_jobs_wakes_every_waiter() -> None:
 
 
 def test_a_waiter_that_stopped_watching_is_not_woken() -> None:
-    watchers = _Watchers()
+    watchers = Watchers()
     gone = watchers.watch([1, 2])
     staying = watchers.watch([2])
     watchers.unwatch([1, 2], gone)
@@ -61,20 +62,20 @@ def test_a_waiter_that_stopped_watching_is_not_woken() -> None:
 
 
 def test_results_handed_over_are_keyed_by_database_and_job() -> None:
-    waiter = _WATCHERS.watch([1])
-    other_job = _WATCHERS.watch([2])
+    waiter = WATCHERS.watch([1])
+    other_job = WATCHERS.watch([2])
     try:
         notify_outcomes([1, 2], {1: b"value"}, "/db/a")
 
         assert waiter.is_set()
-        assert _RECENT_RESULTS.get("/db/a", 1) == b"value"
-        assert _RECENT_RESULTS.get("/db/b", 1) is None, "only a waiter of the same database finds it"
+        assert RECENT_RESULTS.get("/db/a", 1) == b"value"
+        assert RECENT_RESULTS.get("/db/b", 1) is None, "only a waiter of the same database finds it"
         # Job 2 completed without a result to hand over: its waiter looks itself.
         assert other_job.is_set()
-        assert _RECENT_RESULTS.get("/db/a", 2) is None
+        assert RECENT_RESULTS.get("/db/a", 2) is None
     finally:
-        _WATCHERS.unwatch([1], waiter)
-        _WATCHERS.unwatch([2], other_job)
+        WATCHERS.unwatch([1], waiter)
+        WATCHERS.unwatch([2], other_job)
         forget_results("/db/a")
 
 
@@ -89,7 +90,7 @@ def test_a_result_stored_by_this_process_reaches_its_waiter_without_a_read(
     outcome: dict[str, object] = {}
     waiter = threading.Thread(target=lambda: outcome.update(value=job.result(timeout=HANG_GUARD)))
     waiter.start()
-    wait_until(lambda: job.id in _WATCHERS._events, what="the waiter watching the job")
+    wait_until(lambda: job.id in WATCHERS._events, what="the waiter watching the job")
     wait_until(marker.exists, what="the job running")
     release.touch()
     waiter.join(HANG_GUARD)
@@ -107,7 +108,7 @@ def test_a_result_stored_by_this_process_reaches_its_waiter_without_a_read(
 
 
 def test_kept_results_drop_the_oldest_past_their_bounds() -> None:
-    kept = _RecentResults(max_bytes=10, max_jobs=3)
+    kept = RecentResults(max_bytes=10, max_jobs=3)
     kept.add("a", {1: b"1234", 2: b"5678"})
     kept.add("a", {3: b"90ab"})
     # 12 bytes: the oldest goes.
