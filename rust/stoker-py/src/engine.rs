@@ -13,14 +13,13 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
-use stoker_engine::storage::postgres::mask_password;
 use stoker_engine::{
-    is_postgres_url, ClaimRequest, Clock, EngineError, LimitScope, ManualClock, MissedFires,
-    NewSchedule,
+    ClaimRequest, Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule,
 };
 
 use crate::errors::OrRaise;
 use crate::flow::{self, LimitState, Schedule, ScheduleFire};
+use crate::open::{self, Backend};
 use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 
 /// Durable job state over one SQLite database file (WAL mode) or one
@@ -29,7 +28,7 @@ use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 pub struct Engine {
     engine: Arc<stoker_engine::Engine>,
     path: String,
-    postgres: bool,
+    backend: Backend,
 }
 
 /// Completions from ``(job_id, token, result[, usage])`` tuples.
@@ -86,40 +85,26 @@ impl Engine {
             None => None,
         };
         let target = path.to_string_lossy().into_owned();
-        let postgres = is_postgres_url(&target);
-        let engine = py
-            .detach(|| stoker_engine::Engine::open(&target, busy_timeout, clock))
+        let opened = py
+            .detach(|| open::open(&target, busy_timeout, clock))
             .or_raise(py)?;
-        let shown = if postgres {
-            mask_password(&target)
-        } else {
-            target
-        };
         Ok(Self {
-            engine: Arc::new(engine),
-            path: shown,
-            postgres,
+            engine: Arc::new(opened.engine),
+            path: opened.shown,
+            backend: opened.backend,
         })
     }
 
     /// ``"postgresql"`` or ``"sqlite"``.
     #[getter]
     fn backend(&self) -> &'static str {
-        if self.postgres {
-            "postgresql"
-        } else {
-            "sqlite"
-        }
+        self.backend.name()
     }
 
     /// The schema version of the database's backend.
     #[getter]
     fn schema_version(&self) -> i64 {
-        if self.postgres {
-            stoker_engine::PG_SCHEMA_VERSION
-        } else {
-            stoker_engine::SCHEMA_VERSION
-        }
+        self.backend.schema_version()
     }
 
     /// A descriptor that becomes readable when jobs may have become runnable

@@ -8,12 +8,12 @@
 //! may lose the last commits, never corrupt them).
 //!
 //! Needs `STOKER_PG_URL`; `make bench` starts a server. Run alone with
-//! `STOKER_PG_URL=... cargo bench -p stoker-engine --bench pg_claim`.
+//! `STOKER_PG_URL=... cargo bench -p stoker-tests --bench pg_claim`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use stoker_engine::{Completion, Engine, ManualClock, NewJob};
+use stoker_engine::{Completion, ManualClock, NewJob};
 
 /// Jobs drained per measurement.
 const JOBS: usize = 40_000;
@@ -48,7 +48,7 @@ fn run(base: &str, durable: bool) -> f64 {
         .expect("create schema");
     let url = schema_url(base, &schema, durable);
     let clock = Arc::new(ManualClock::new(1_700_000_000_000));
-    let engine = Engine::open(&url, std::time::Duration::ZERO, Some(clock.clone())).expect("open");
+    let engine = stoker_postgres::open_engine(&url, Some(clock.clone())).expect("open");
     let mut left = JOBS;
     while left > 0 {
         let chunk = left.min(FILL_CHUNK);
@@ -63,8 +63,7 @@ fn run(base: &str, durable: bool) -> f64 {
     let started = Instant::now();
     let threads: Vec<_> = (0..CLAIMERS)
         .map(|n| {
-            let engine =
-                Engine::open(&url, std::time::Duration::ZERO, Some(clock.clone())).expect("open");
+            let engine = stoker_postgres::open_engine(&url, Some(clock.clone())).expect("open");
             std::thread::spawn(move || {
                 let owner = format!("bench-{n}");
                 let queues = ["default".to_owned()];

@@ -9,13 +9,11 @@ use std::time::Duration;
 
 use common::{job, Fixture, TempDir, BUSY_TIMEOUT};
 use rusqlite::Connection;
-use stoker_engine::storage::sqlite::HOT_STATEMENTS;
-use stoker_engine::{
-    Engine, EngineError, ManualClock, NewJob, SqliteStorage, APPLICATION_ID, SCHEMA_VERSION,
-};
+use stoker_engine::{Engine, EngineError, ManualClock, NewJob};
+use stoker_sqlite::{SqliteStorage, APPLICATION_ID, HOT_STATEMENTS, SCHEMA_VERSION};
 
 fn open(path: &std::path::Path) -> Result<Engine, EngineError> {
-    Engine::open_sqlite(path, BUSY_TIMEOUT, Arc::new(ManualClock::new(0)))
+    stoker_sqlite::open_engine(path, BUSY_TIMEOUT, Arc::new(ManualClock::new(0)))
 }
 
 #[test]
@@ -293,7 +291,7 @@ backend_tests! {
 fn hot_statements_use_indexes_without_scans_or_sorts() {
     let dir = TempDir::new();
     let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
-    let flow = stoker_engine::storage::sqlite_flow::HOT_STATEMENTS;
+    let flow = stoker_sqlite::flow::HOT_STATEMENTS;
     for (name, sql) in HOT_STATEMENTS.iter().chain(flow) {
         let plan = storage.explain_query_plan(sql).unwrap();
         let text = plan.join(" | ");
@@ -314,7 +312,7 @@ fn hot_statements_use_indexes_without_scans_or_sorts() {
         );
     }
     let pick = storage
-        .explain_query_plan(stoker_engine::storage::sqlite::PICK_PENDING_SQL)
+        .explain_query_plan(stoker_sqlite::PICK_PENDING_SQL)
         .unwrap()
         .join(" | ");
     assert!(
@@ -322,7 +320,7 @@ fn hot_statements_use_indexes_without_scans_or_sorts() {
         "the claim reads the pending index: {pick}"
     );
     let promote = storage
-        .explain_query_plan(stoker_engine::storage::sqlite::PROMOTE_DUE_SQL)
+        .explain_query_plan(stoker_sqlite::PROMOTE_DUE_SQL)
         .unwrap()
         .join(" | ");
     assert!(
@@ -335,7 +333,7 @@ fn hot_statements_use_indexes_without_scans_or_sorts() {
 fn hot_statements_are_not_compiled_again_for_new_values() {
     let dir = TempDir::new();
     let storage = SqliteStorage::open(dir.file("plans.db"), BUSY_TIMEOUT).unwrap();
-    let flow = stoker_engine::storage::sqlite_flow::HOT_STATEMENTS;
+    let flow = stoker_sqlite::flow::HOT_STATEMENTS;
     for (name, sql) in HOT_STATEMENTS.iter().chain(flow) {
         // Each run binds a new time, as successive claims do.
         let runs: Vec<i64> = (1..=5).map(|i| 1_700_000_000_000 + i * 1_000).collect();
@@ -382,8 +380,8 @@ fn compact_log_truncates_the_wal_unless_a_reader_holds_it() {
 
 #[test]
 fn commits_leave_checkpoints_to_the_background_thread() {
-    use stoker_engine::storage::sqlite_checkpoint::CHECKPOINT_PAGES;
     use stoker_engine::Storage;
+    use stoker_sqlite::checkpoint::CHECKPOINT_PAGES;
 
     let dir = TempDir::new();
     let storage = SqliteStorage::open(dir.file("checkpoint.db"), BUSY_TIMEOUT).unwrap();

@@ -8,7 +8,7 @@
 //! not grow with depth: what remains is locality, since with mixed priorities
 //! the rows a batch takes lie on more distinct pages in a deeper queue.
 //!
-//! Run with `cargo bench -p stoker-engine --bench claim_depth`.
+//! Run with `cargo bench -p stoker-tests --bench claim_depth`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -116,9 +116,12 @@ fn main() {
     for priorities in PRIORITY_MIXES {
         for depth in DEPTHS {
             let path = dir.join(format!("depth-{depth}-{priorities}.db"));
-            let engine =
-                Engine::open_sqlite(&path, Duration::from_secs(5), Arc::new(ManualClock::new(0)))
-                    .expect("open bench database");
+            let engine = stoker_sqlite::open_engine(
+                &path,
+                Duration::from_secs(5),
+                Arc::new(ManualClock::new(0)),
+            )
+            .expect("open bench database");
             let fill_started = Instant::now();
             fill(&engine, depth, priorities, &mut rng);
             eprintln!(

@@ -1,4 +1,4 @@
-//! The send log (`storage/sqlite_send_log.rs`): single sends appended to a
+//! The send log (`stoker-sqlite/src/send_log.rs`): single sends appended to a
 //! file of this process, moved into the database by its next transaction,
 //! and recovered exactly once from the log of a process that died.
 
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use common::{job, Fixture};
 use rusqlite::Connection;
-use stoker_engine::storage::sqlite_send_log::{decode_all, encode, log_dir, Record};
 use stoker_engine::{JobRecord, NewJob, Status};
+use stoker_sqlite::send_log::{decode_all, encode, log_dir, Record};
 
 /// A template with every option a plain send carries.
 fn template() -> NewJob {
@@ -213,10 +213,10 @@ fn the_log_of_a_dead_process_is_moved_in_exactly_once() {
         )
         .unwrap();
     let db = fx.db_path();
-    let reopened = stoker_engine::Engine::open(
-        db.to_str().unwrap(),
+    let reopened = stoker_sqlite::open_engine(
+        &db,
         common::BUSY_TIMEOUT,
-        Some(std::sync::Arc::new(fx.clock.clone())),
+        std::sync::Arc::new(fx.clock.clone()),
     )
     .unwrap();
     // Opening recovered it; nothing is left for the next look.
@@ -332,17 +332,17 @@ fn a_version_3_file_is_migrated_and_keeps_its_jobs() {
         )
         .unwrap();
     }
-    let engine = stoker_engine::Engine::open(
-        db.to_str().unwrap(),
+    let engine = stoker_sqlite::open_engine(
+        &db,
         common::BUSY_TIMEOUT,
-        Some(std::sync::Arc::new(fx.clock.clone())),
+        std::sync::Arc::new(fx.clock.clone()),
     )
     .unwrap();
     let version: i64 = Connection::open(&db)
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, stoker_engine::SCHEMA_VERSION);
+    assert_eq!(version, stoker_sqlite::SCHEMA_VERSION);
     assert_eq!(engine.status(kept).unwrap(), Status::Pending);
     engine.open_send_log().unwrap();
     let logged = engine.enqueue_copies(&job(0), &[b"x".as_slice()]).unwrap()[0];
@@ -361,9 +361,7 @@ fn a_forked_child_leaves_the_parents_log_alone() {
     fx.engine
         .enqueue_copies(&job(0), &[b"pending".as_slice()])
         .unwrap();
-    let log = stoker_engine::storage::sqlite_send_log::for_database(
-        &fx.db_path().canonicalize().unwrap(),
-    );
+    let log = stoker_sqlite::send_log::for_database(&fx.db_path().canonicalize().unwrap());
     assert!(log.accepting() && log.has_pending());
     // SAFETY: the child only reads the log's pid and exits; it takes no lock
     // another thread could have held at the fork.

@@ -23,17 +23,24 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
-use crate::error::EngineError;
-use crate::model::{
+use stoker_engine::error::EngineError;
+use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use crate::retry::backoff_ms;
-use crate::storage::sqlite_checkpoint::Checkpointer;
-use crate::storage::sqlite_flow;
-use crate::storage::sqlite_locks;
-use crate::storage::sqlite_send_log::{self, SendLog};
-use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
+use stoker_engine::retry::backoff_ms;
+use stoker_engine::storage::{
+    stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES, LEASE_EXPIRED_EXC_TYPE,
+};
+use stoker_engine::{Clock, Engine};
+
+use crate::checkpoint::Checkpointer;
+use crate::send_log::SendLog;
+
+pub mod checkpoint;
+pub mod flow;
+pub mod locks;
+pub mod send_log;
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
 pub const APPLICATION_ID: i64 = 0x5354_4B52;
@@ -47,9 +54,6 @@ pub const SCHEMA_VERSION: i64 = 5;
 /// The oldest schema version that opening migrates in place rather than
 /// refuses.
 pub const MIGRATABLE_SINCE: i64 = 2;
-
-/// The exception type recorded for an attempt whose lease expired.
-pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
 
 /// At most this many scheduled jobs are promoted to pending by one claim. A
 /// larger batch makes priority order exact even after a burst of jobs falls due
@@ -315,8 +319,41 @@ pub const HOT_STATEMENTS: &[(&str, &str)] = &[
     ("next_deadline", NEXT_DEADLINE_SQL),
 ];
 
-impl From<rusqlite::Error> for EngineError {
+/// An error of this storage: SQLite's own, or the engine's.
+#[derive(Debug)]
+pub(crate) enum SqlError {
+    Db(rusqlite::Error),
+    Engine(EngineError),
+}
+
+impl From<rusqlite::Error> for SqlError {
     fn from(error: rusqlite::Error) -> Self {
+        SqlError::Db(error)
+    }
+}
+
+impl From<EngineError> for SqlError {
+    fn from(error: EngineError) -> Self {
+        SqlError::Engine(error)
+    }
+}
+
+impl From<SqlError> for EngineError {
+    fn from(error: SqlError) -> Self {
+        match error {
+            SqlError::Db(error) => engine_error(error),
+            SqlError::Engine(error) => error,
+        }
+    }
+}
+
+/// The results of this storage's internal steps.
+pub(crate) type SqlResult<T> = Result<T, SqlError>;
+
+/// SQLite's error as the engine's: a lock held past the busy timeout is
+/// [`EngineError::Busy`], anything else [`EngineError::Storage`].
+pub(crate) fn engine_error(error: rusqlite::Error) -> EngineError {
+    {
         match error.sqlite_error_code() {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
                 EngineError::Busy(format!(
@@ -362,6 +399,19 @@ pub struct SqliteStorage {
     closed: AtomicBool,
 }
 
+/// An engine over the SQLite database at `path` (created if missing) that
+/// reads the time from `clock`; writers wait up to `busy_timeout` for the lock.
+pub fn open_engine(
+    path: impl AsRef<Path>,
+    busy_timeout: Duration,
+    clock: Arc<dyn Clock>,
+) -> Result<Engine, EngineError> {
+    Ok(Engine::new(
+        Box::new(SqliteStorage::open(path, busy_timeout)?),
+        clock,
+    ))
+}
+
 impl SqliteStorage {
     /// Opens the database at `path`, creating it if the file does not exist
     /// (its directory must), and checks that it is a stoker database of this
@@ -389,24 +439,26 @@ impl SqliteStorage {
         }
         // Before the first connection of the process: every lock it takes
         // must hold against another SQLite in the process too.
-        sqlite_locks::install();
+        locks::install();
         let mut conn = Connection::open(path).map_err(|error| {
             EngineError::Storage(format!("cannot open the database {shown:?}: {error}"))
         })?;
         let busy_limit = Arc::new(AtomicU64::new(duration_micros(busy_timeout)));
-        conn.busy_handler(Some(busy_waiter(Arc::clone(&busy_limit))))?;
+        conn.busy_handler(Some(busy_waiter(Arc::clone(&busy_limit))))
+            .map_err(engine_error)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
         // Plans must not depend on the values bound to a statement: without
         // this, SQLite compiles a statement again whenever a bound value (the
         // current time, on every claim) could let it pick another plan, and
         // that compilation cost more than the rest of a claim.
-        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+            .map_err(engine_error)?;
         // The checkpoint thread opens its own connection, so it needs a path that
         // still names the file if the process changes directory.
         let absolute = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
         let in_memory = shown == ":memory:" || shown.is_empty();
-        let send_log = (!in_memory).then(|| sqlite_send_log::for_database(&absolute));
-        let checkpointer = Checkpointer::install(&mut conn, absolute)?;
+        let send_log = (!in_memory).then(|| send_log::for_database(&absolute));
+        let checkpointer = Checkpointer::install(&mut conn, absolute).map_err(engine_error)?;
         let mut storage = Self {
             conn: Mutex::new(conn),
             path: shown,
@@ -436,19 +488,20 @@ impl SqliteStorage {
     /// The query plan SQLite chooses for `sql` on this database, one line per
     /// step (the `detail` column of `EXPLAIN QUERY PLAN`).
     pub fn explain_query_plan(&self, sql: &str) -> Result<Vec<String>, EngineError> {
-        let conn = self.lock()?;
-        let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-        // The plan does not depend on parameter values here (there are no
-        // statistics to consult), so every parameter is bound to NULL.
-        for index in 1..=stmt.parameter_count() {
-            stmt.raw_bind_parameter(index, rusqlite::types::Null)?;
-        }
-        let mut rows = stmt.raw_query();
-        let mut plan = Vec::new();
-        while let Some(row) = rows.next()? {
-            plan.push(row.get::<_, String>(3)?);
-        }
-        Ok(plan)
+        self.with_conn(|conn| {
+            let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            // The plan does not depend on parameter values here (there are no
+            // statistics to consult), so every parameter is bound to NULL.
+            for index in 1..=stmt.parameter_count() {
+                stmt.raw_bind_parameter(index, rusqlite::types::Null)?;
+            }
+            let mut rows = stmt.raw_query();
+            let mut plan = Vec::new();
+            while let Some(row) = rows.next()? {
+                plan.push(row.get::<_, String>(3)?);
+            }
+            Ok(plan)
+        })
     }
 
     /// How many times SQLite compiled `sql` again while running it once per
@@ -456,22 +509,23 @@ impl SqliteStorage {
     /// transaction that is rolled back. A statement compiled again on every
     /// run pays for its compilation on every call.
     pub fn recompilations(&self, sql: &str, runs: &[i64]) -> Result<i32, EngineError> {
-        let mut conn = self.lock()?;
-        let tx = conn.transaction()?;
-        let mut stmt = tx.prepare(sql)?;
-        for &value in runs {
-            for index in 1..=stmt.parameter_count() {
-                stmt.raw_bind_parameter(index, value)?;
+        self.with_conn(|conn| {
+            let tx = conn.transaction()?;
+            let mut stmt = tx.prepare(sql)?;
+            for &value in runs {
+                for index in 1..=stmt.parameter_count() {
+                    stmt.raw_bind_parameter(index, value)?;
+                }
+                let mut rows = stmt.raw_query();
+                while rows.next()?.is_some() {}
             }
-            let mut rows = stmt.raw_query();
-            while rows.next()?.is_some() {}
-        }
-        Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+            Ok(stmt.get_status(rusqlite::StatementStatus::RePrepare))
+        })
     }
 
     /// Checks what the file is, creates the schema in an empty one, and sets
     /// the connection's pragmas.
-    fn initialize(&mut self) -> Result<(), EngineError> {
+    fn initialize(&mut self) -> SqlResult<()> {
         let path = self.path.clone();
         let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
         // Nothing is written before the file is known to be ours or empty, so a
@@ -483,7 +537,8 @@ impl SqliteStorage {
         if !mode.eq_ignore_ascii_case("wal") && !mode.eq_ignore_ascii_case("memory") {
             return Err(EngineError::Storage(format!(
                 "cannot switch the database {path:?} to WAL mode (it stays in {mode} mode)"
-            )));
+            ))
+            .into());
         }
         // With WAL, synchronous=NORMAL syncs at checkpoints rather than at every
         // commit: after a power loss or OS crash the last transactions may roll
@@ -504,9 +559,9 @@ impl SqliteStorage {
                 Identity::Ours => {}
                 Identity::Empty => {
                     tx.execute_batch(SCHEMA)?;
-                    tx.execute_batch(sqlite_flow::SCHEMA)?;
+                    tx.execute_batch(flow::SCHEMA)?;
                     tx.execute_batch(BLOB_TABLES)?;
-                    tx.execute_batch(sqlite_send_log::SCHEMA)?;
+                    tx.execute_batch(send_log::SCHEMA)?;
                     tx.execute_batch(HELD_COLUMN)?;
                     tx.execute_batch(&format!(
                         "PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
@@ -529,11 +584,11 @@ impl SqliteStorage {
         payload: &[u8],
         now_ms: i64,
         reserve: bool,
-    ) -> Result<Option<i64>, EngineError> {
+    ) -> SqlResult<Option<i64>> {
         let Some(log) = self.send_log.as_deref() else {
             return Ok(None);
         };
-        if !sqlite_send_log::loggable(template) || !log.accepting() {
+        if !send_log::loggable(template) || !log.accepting() {
             return Ok(None);
         }
         let id = match log.take_id() {
@@ -541,7 +596,7 @@ impl SqliteStorage {
             None if !reserve => return Ok(None),
             None => {
                 let (first, last) =
-                    self.write(|tx| sqlite_send_log::reserve_ids(tx, sqlite_send_log::ID_BLOCK))?;
+                    self.write(|tx| send_log::reserve_ids(tx, send_log::ID_BLOCK))?;
                 log.add_ids(first, last);
                 match log.take_id() {
                     Some(id) => id,
@@ -558,7 +613,7 @@ impl SqliteStorage {
 
     /// The connection, for a read outside a transaction, once this process's
     /// logged sends are in the database.
-    pub(crate) fn reader(&self) -> Result<MutexGuard<'_, Connection>, EngineError> {
+    pub(crate) fn reader(&self) -> SqlResult<MutexGuard<'_, Connection>> {
         if self.send_log.as_deref().is_some_and(SendLog::has_pending) {
             self.write(|_| Ok(()))?;
         }
@@ -566,7 +621,7 @@ impl SqliteStorage {
     }
 
     /// The connection, unless the storage was closed.
-    pub(crate) fn lock(&self) -> Result<MutexGuard<'_, Connection>, EngineError> {
+    pub(crate) fn lock(&self) -> SqlResult<MutexGuard<'_, Connection>> {
         // A panic while the lock was held dropped its transaction, which rolled
         // back, so the connection is still in a clean state.
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
@@ -574,21 +629,24 @@ impl SqliteStorage {
             return Err(EngineError::Storage(format!(
                 "the database {:?} was closed in this process",
                 self.path
-            )));
+            ))
+            .into());
         }
         Ok(conn)
     }
 
     pub(crate) fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
+        f: impl FnOnce(&Transaction<'_>) -> SqlResult<T>,
     ) -> Result<T, EngineError> {
         // The sends this process logged are inserted first, by whichever of
-        // its transactions comes next (see `sqlite_send_log`).
+        // its transactions comes next (see `send_log`).
         let log = self.send_log.as_deref();
         let moving = log.and_then(SendLog::lock_for_moving);
         let mut conn = self.lock()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(engine_error)?;
         let batch = match (log, &moving) {
             (Some(log), Some(_)) => log.take_pending(),
             _ => None,
@@ -597,22 +655,43 @@ impl SqliteStorage {
             batch.insert(&tx)?;
         }
         let value = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(engine_error)?;
         if let (Some(log), Some(batch)) = (log, &batch) {
             log.moved(batch);
         }
         Ok(value)
     }
 
+    /// Runs `f` on the connection, after this process's logged sends are
+    /// moved into the database (see [`SqliteStorage::reader`]).
+    pub(crate) fn with_reader<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> SqlResult<T>,
+    ) -> Result<T, EngineError> {
+        let conn = self.reader()?;
+        Ok(f(&conn)?)
+    }
+
+    /// Runs `f` on the connection, unless the storage was closed.
+    pub(crate) fn with_conn<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> SqlResult<T>,
+    ) -> Result<T, EngineError> {
+        let mut conn = self.lock()?;
+        Ok(f(&mut conn)?)
+    }
+
     pub(crate) fn read<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, EngineError>,
+        f: impl FnOnce(&Transaction<'_>) -> SqlResult<T>,
     ) -> Result<T, EngineError> {
         // This process reads its own logged sends: they are moved first.
         let mut conn = self.reader()?;
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(engine_error)?;
         let value = f(&tx)?;
-        tx.commit()?;
+        tx.commit().map_err(engine_error)?;
         Ok(value)
     }
 }
@@ -654,7 +733,7 @@ fn claim_in(
     owner: &str,
     lease_ms: i64,
     now_ms: i64,
-) -> Result<Vec<ClaimedJob>, EngineError> {
+) -> SqlResult<Vec<ClaimedJob>> {
     if limit == 0 || queues.is_empty() {
         return Ok(Vec::new());
     }
@@ -666,8 +745,8 @@ fn claim_in(
             .execute(params![now_ms, PROMOTE_BATCH])?;
     }
     // Expired jobs never run; limits decide which picked jobs are taken.
-    sqlite_flow::expire_due_in(tx, now_ms)?;
-    let mut gate = sqlite_flow::Gate::load(tx, now_ms)?;
+    flow::expire_due_in(tx, now_ms)?;
+    let mut gate = flow::Gate::load(tx, now_ms)?;
     let scan = gate.scan_limit(limit);
     // Each queue is read through its own slice of the partial index and
     // the slices are merged here: one ordered index range per queue is
@@ -724,7 +803,7 @@ fn claim_in(
 
 /// The payload stored aside for a job whose row holds an empty one, if any
 /// (an empty payload of its own has no side row).
-fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> Result<Option<Vec<u8>>, EngineError> {
+fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> SqlResult<Option<Vec<u8>>> {
     Ok(tx
         .prepare_cached(PAYLOAD_ASIDE_SQL)?
         .query_row([job_id], |row| row.get(0))
@@ -733,7 +812,7 @@ fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> Result<Option<Vec<u8>>, E
 
 /// Whether the first value `sql` (a time, from one index probe) is at or
 /// before `now_ms`.
-pub(crate) fn first_due(tx: &Transaction<'_>, sql: &str, now_ms: i64) -> Result<bool, EngineError> {
+pub(crate) fn first_due(tx: &Transaction<'_>, sql: &str, now_ms: i64) -> SqlResult<bool> {
     let first: Option<i64> = tx
         .prepare_cached(sql)?
         .query_row([], |row| row.get(0))
@@ -750,7 +829,7 @@ fn put_back(
     job_id: i64,
     token: i64,
     now_ms: i64,
-) -> Result<bool, EngineError> {
+) -> SqlResult<bool> {
     let changed = tx
         .prepare_cached(sql)?
         .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
@@ -758,7 +837,7 @@ fn put_back(
     match changed {
         None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
         Some(code) if code == Status::Cancelled.code() => {
-            sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
         }
         Some(_) => {}
     }
@@ -772,7 +851,7 @@ fn return_held(
     job_id: i64,
     token: i64,
     now_ms: i64,
-) -> Result<Option<FailOutcome>, EngineError> {
+) -> SqlResult<Option<FailOutcome>> {
     give_back(tx, RETURN_HELD_SQL, job_id, token, now_ms)
 }
 
@@ -785,7 +864,7 @@ fn give_back(
     job_id: i64,
     token: i64,
     now_ms: i64,
-) -> Result<Option<FailOutcome>, EngineError> {
+) -> SqlResult<Option<FailOutcome>> {
     let returned = tx
         .prepare_cached(sql)?
         .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
@@ -793,7 +872,7 @@ fn give_back(
     Ok(match returned {
         None => None,
         Some(code) if code == Status::Cancelled.code() => {
-            sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
             Some(FailOutcome::Cancelled)
         }
         Some(_) => Some(FailOutcome::Returned),
@@ -805,7 +884,7 @@ fn complete_in(
     tx: &Transaction<'_>,
     completions: &[Completion],
     now_ms: i64,
-) -> Result<Vec<bool>, EngineError> {
+) -> SqlResult<Vec<bool>> {
     let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
     let mut applied = Vec::with_capacity(completions.len());
     for completion in completions {
@@ -832,7 +911,7 @@ fn complete_in(
                 tx.prepare_cached(INSERT_RESULT_SQL)?
                     .execute(params![completion.job_id, result])?;
             }
-            sqlite_flow::on_completed(tx, completion.job_id, now_ms)?;
+            flow::on_completed(tx, completion.job_id, now_ms)?;
         }
         applied.push(changed > 0);
     }
@@ -841,7 +920,7 @@ fn complete_in(
 
 /// Brings a database of schema `version` to [`SCHEMA_VERSION`] inside `tx`
 /// (a `BEGIN IMMEDIATE` transaction): either all of it happens or none.
-fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
+fn migrate(tx: &Transaction<'_>, version: i64) -> SqlResult<()> {
     if version == 2 {
         // Version 3 adds the tables of large payloads and results. The large
         // payloads of jobs that have not finished move there, because their
@@ -860,7 +939,7 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
         )?;
     }
     // Version 4 adds the send logs' marks (to any older version).
-    tx.execute_batch(sqlite_send_log::SCHEMA)?;
+    tx.execute_batch(send_log::SCHEMA)?;
     // Version 5 marks the jobs their supervisor holds. The running jobs of
     // the older version count as sent to a worker, as they did there.
     tx.execute_batch(HELD_COLUMN)?;
@@ -869,7 +948,7 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> Result<(), EngineError> {
 }
 
 /// Reads the identity of the file without writing to it.
-fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
+fn identify(conn: &Connection, path: &str) -> SqlResult<Identity> {
     let read = || -> rusqlite::Result<(i64, i64, Vec<String>)> {
         let application_id: i64 = conn.query_row("PRAGMA application_id", [], |row| row.get(0))?;
         let user_version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
@@ -887,7 +966,7 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
     let (application_id, user_version, tables) = match read() {
         Ok(found) => found,
         Err(error) if error.sqlite_error_code() == Some(ErrorCode::NotADatabase) => {
-            return Err(not_ours("the file is not an SQLite database".to_owned()));
+            return Err(not_ours("the file is not an SQLite database".to_owned()).into());
         }
         Err(error) => return Err(error.into()),
     };
@@ -902,13 +981,14 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
             path: path.to_owned(),
             found: user_version,
             expected: SCHEMA_VERSION,
-        });
+        }
+        .into());
     }
     if application_id != 0 {
         return Err(not_ours(format!(
             "it is an SQLite database of another application (application_id {application_id:#010x}, \
              stoker's is {APPLICATION_ID:#010x})"
-        )));
+        )).into());
     }
     if !tables.is_empty() {
         const SHOWN_TABLES: usize = 5;
@@ -924,12 +1004,14 @@ fn identify(conn: &Connection, path: &str) -> Result<Identity, EngineError> {
         return Err(not_ours(format!(
             "it is an SQLite database with {} table(s) ({shown}) but no stoker application_id",
             tables.len()
-        )));
+        ))
+        .into());
     }
     if user_version != 0 {
         return Err(not_ours(format!(
             "it is an SQLite database with user_version {user_version} but no stoker application_id"
-        )));
+        ))
+        .into());
     }
     Ok(Identity::Empty)
 }
@@ -986,7 +1068,7 @@ fn record_stale(
     owner: &str,
     outcome: &str,
     now_ms: i64,
-) -> Result<(), EngineError> {
+) -> SqlResult<()> {
     tx.prepare_cached(
         "INSERT INTO stale_outcomes (job_id, token, owner, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
@@ -1002,7 +1084,7 @@ fn refuse_stale(
     token: i64,
     outcome: &str,
     now_ms: i64,
-) -> Result<(), EngineError> {
+) -> SqlResult<()> {
     let owner: Option<Option<String>> = tx
         .prepare_cached("SELECT lease_owner FROM jobs WHERE id = ?1")?
         .query_row([job_id], |row| row.get(0))
@@ -1036,7 +1118,7 @@ fn fail_in(
     report: &FailureReport,
     jitter: Jitter<'_>,
     now_ms: i64,
-) -> Result<FailOutcome, EngineError> {
+) -> SqlResult<FailOutcome> {
     let state = tx
         .prepare_cached(
             "SELECT status, attempt, failures, crashes, max_retries, max_crashes, backoff_base_ms, \
@@ -1082,7 +1164,7 @@ fn fail_in(
     ])?;
     tx.prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
         .execute(params![job_id, report.usage])?;
-    sqlite_flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
+    flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
     let (mut failures, mut crashes) = (state.failures, state.crashes);
     let (count, bound) = if report.kind.is_crash() {
         crashes += 1;
@@ -1097,7 +1179,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
         )?
         .execute(params![job_id, now_ms, failures, crashes, token])?;
-        sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+        flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
         Ok(FailOutcome::Cancelled)
     } else if report.retryable && count <= bound {
         let n = u32::try_from(count).unwrap_or(u32::MAX);
@@ -1126,7 +1208,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
         )?
         .execute(params![job_id, now_ms, failures, crashes, token])?;
-        sqlite_flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
+        flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
         Ok(FailOutcome::Dead)
     }
 }
@@ -1141,7 +1223,7 @@ fn fail_in(
 const COPY_CHUNK_ROWS: [usize; 3] = [64, 8, 1];
 
 /// Copies with a payload larger than this are stored one at a time by
-/// [`sqlite_flow::insert_job`], the path every other job takes. Writing a
+/// [`flow::insert_job`], the path every other job takes. Writing a
 /// large payload costs far more than the per-statement work a multi-row
 /// statement saves, so only small rows gain from it.
 const COPY_PAYLOAD_MAX_BYTES: usize = 1024;
@@ -1187,7 +1269,7 @@ fn copies_sql(rows: usize) -> &'static str {
 const COPY_SHARED_PARAMS: usize = 15;
 
 /// Stores one copy of `template` per payload inside `tx`, as
-/// [`sqlite_flow::insert_job`] would store each; their ids, in order.
+/// [`flow::insert_job`] would store each; their ids, in order.
 ///
 /// Copies of a template with no per-job work (a uniqueness key, dependencies,
 /// a rate-limit check at send) differ only in their payload, so runs of small
@@ -1198,7 +1280,7 @@ fn insert_copies(
     template: &NewJob,
     payloads: &[&[u8]],
     now_ms: i64,
-) -> Result<Vec<i64>, EngineError> {
+) -> SqlResult<Vec<i64>> {
     let plain = template.unique_key.is_none()
         && template.depends_on.is_empty()
         && !template.fail_when_limited;
@@ -1226,7 +1308,7 @@ fn insert_copies(
                 payload: first.to_vec(),
                 ..template.clone()
             };
-            ids.push(sqlite_flow::insert_job(tx, &job, now_ms)?.0);
+            ids.push(flow::insert_job(tx, &job, now_ms)?.0);
             rest = &rest[1..];
             continue;
         }
@@ -1259,7 +1341,8 @@ fn insert_copies(
         if inserted != rows {
             return Err(EngineError::Storage(format!(
                 "a multi-row insert of {rows} jobs inserted {inserted}"
-            )));
+            ))
+            .into());
         }
         // The rows are inserted in the order of VALUES, and AUTOINCREMENT
         // gives each the next id after the largest ever used, under the write
@@ -1279,7 +1362,7 @@ impl Storage for SqliteStorage {
         self.write(|tx| {
             let mut ids = Vec::with_capacity(jobs.len());
             for job in jobs {
-                ids.push(sqlite_flow::insert_job(tx, job, now_ms)?.0);
+                ids.push(flow::insert_job(tx, job, now_ms)?.0);
             }
             Ok(ids)
         })
@@ -1305,7 +1388,7 @@ impl Storage for SqliteStorage {
         payload: &[u8],
         now_ms: i64,
     ) -> Result<Option<i64>, EngineError> {
-        self.log_send(template, payload, now_ms, false)
+        Ok(self.log_send(template, payload, now_ms, false)?)
     }
 
     fn open_send_log(&self) -> Result<(), EngineError> {
@@ -1322,7 +1405,7 @@ impl Storage for SqliteStorage {
         if log.release() {
             self.write(|_| Ok(()))?;
             if let Some(name) = log.close() {
-                self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+                self.write(|tx| send_log::forget(tx, &name))?;
             }
         }
         Ok(())
@@ -1333,13 +1416,13 @@ impl Storage for SqliteStorage {
             return Ok(0);
         };
         let mut recovered = 0;
-        for orphan in sqlite_send_log::orphans(log.dir())? {
+        for orphan in send_log::orphans(log.dir())? {
             recovered += self.write(|tx| orphan.insert(tx))?;
             let name = orphan.name.clone();
             // The mark goes after the file: a crash in between leaves a mark
             // that names no file, never a file without its mark.
             orphan.remove();
-            self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+            self.write(|tx| send_log::forget(tx, &name))?;
         }
         Ok(recovered)
     }
@@ -1445,7 +1528,7 @@ impl Storage for SqliteStorage {
                         "UPDATE jobs SET status = 5, finished_ms = ?2 WHERE id = ?1",
                     )?
                     .execute(params![job_id, now_ms])?;
-                    sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+                    flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
                     Ok(CancelOutcome::Cancelled)
                 }
                 Status::Running => {
@@ -1477,7 +1560,7 @@ impl Storage for SqliteStorage {
             if changed == 0 {
                 refuse_stale(tx, job_id, token, "cancel", now_ms)?;
             } else {
-                sqlite_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+                flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
             }
             Ok(changed > 0)
         })
@@ -1573,12 +1656,13 @@ impl Storage for SqliteStorage {
     }
 
     fn get(&self, job_id: i64) -> Result<JobRecord, EngineError> {
-        let conn = self.reader()?;
-        let mut stmt =
-            conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
-        stmt.query_row([job_id], job_from_row)
-            .optional()?
-            .ok_or(EngineError::NotFound(job_id))
+        self.with_reader(|conn| {
+            let mut stmt =
+                conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+            stmt.query_row([job_id], job_from_row)
+                .optional()?
+                .ok_or(EngineError::NotFound(job_id).into())
+        })
     }
 
     fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError> {
@@ -1629,28 +1713,32 @@ impl Storage for SqliteStorage {
     fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError> {
         // This counts every row, so its cost grows with the table; it serves
         // dashboards and tests, never the claim path.
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
-        let rows = stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
-        let mut counts: Vec<(Status, i64)> =
-            Status::ALL.iter().map(|&status| (status, 0)).collect();
-        for row in rows {
-            let (code, count) = row?;
-            let status = status_from_code(code, 0)?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
-                slot.1 = count;
+        self.with_reader(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT status, count(*) FROM jobs GROUP BY status")?;
+            let rows =
+                stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)))?;
+            let mut counts: Vec<(Status, i64)> =
+                Status::ALL.iter().map(|&status| (status, 0)).collect();
+            for row in rows {
+                let (code, count) = row?;
+                let status = status_from_code(code, 0)?;
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                    slot.1 = count;
+                }
             }
-        }
-        Ok(counts)
+            Ok(counts)
+        })
     }
 
     fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
-        ))?;
-        let rows = stmt.query_map(params![sql_limit(limit), sql_limit(offset)], job_from_row)?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
+            ))?;
+            let rows = stmt.query_map(params![sql_limit(limit), sql_limit(offset)], job_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     fn replay(&self, job_id: i64, now_ms: i64) -> Result<i64, EngineError> {
@@ -1666,7 +1754,7 @@ impl Storage for SqliteStorage {
                     job_id,
                     status: status.as_str().to_owned(),
                     operation: "replay".to_owned(),
-                });
+                }.into());
             }
             tx.prepare_cached(
                 "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, max_crashes, \
@@ -1688,20 +1776,21 @@ impl Storage for SqliteStorage {
     }
 
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT ?1",
-        )?;
-        let rows = stmt.query_map([sql_limit(limit)], |row| {
-            Ok(StaleOutcome {
-                job_id: row.get(0)?,
-                token: row.get(1)?,
-                owner: row.get(2)?,
-                outcome: row.get(3)?,
-                at_ms: row.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map([sql_limit(limit)], |row| {
+                Ok(StaleOutcome {
+                    job_id: row.get(0)?,
+                    token: row.get(1)?,
+                    owner: row.get(2)?,
+                    outcome: row.get(3)?,
+                    at_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError> {
@@ -1714,14 +1803,13 @@ impl Storage for SqliteStorage {
                 .prepare_cached(NEXT_DEADLINE_SQL)?
                 .query_row([], |row| row.get(0))
                 .optional()?;
-            let flow = sqlite_flow::next_flow_wakeup(tx)?;
+            let flow = flow::next_flow_wakeup(tx)?;
             Ok([eta, deadline, flow].into_iter().flatten().min())
         })
     }
 
     fn data_version(&self) -> Result<i64, EngineError> {
-        let conn = self.lock()?;
-        Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+        self.with_conn(|conn| Ok(conn.query_row("PRAGMA data_version", [], |row| row.get(0))?))
     }
 
     fn set_busy_timeout(&self, timeout: Duration) {
@@ -1741,37 +1829,40 @@ impl Storage for SqliteStorage {
             // Another storage of this process may still log to it; then it
             // stays open, and its last user removes it.
             if let Some(name) = log.close() {
-                self.write(|tx| sqlite_send_log::forget(tx, &name))?;
+                self.write(|tx| send_log::forget(tx, &name))?;
             }
         }
         let mut conn = self.lock()?;
         // The checkpoint thread's connection goes first: SQLite removes the
         // -wal and -shm files only when it closes the last connection.
         self.checkpointer.stop();
-        let in_memory = Connection::open_in_memory()?;
+        let in_memory = Connection::open_in_memory().map_err(engine_error)?;
         let file = std::mem::replace(&mut *conn, in_memory);
         self.closed.store(true, Ordering::Release);
         drop(conn);
-        file.close().map_err(|(_, error)| EngineError::from(error))
+        file.close().map_err(|(_, error)| engine_error(error))
     }
 
     fn compact_log(&self, wait: Duration) -> Result<bool, EngineError> {
-        let conn = self.lock()?;
-        // A truncating checkpoint waits for readers still using the log and
-        // holds new writers back meanwhile, so it gets a short wait of its
-        // own instead of the writers' busy timeout.
-        self.busy_limit
-            .store(duration_micros(wait), Ordering::Relaxed);
-        let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-            row.get::<_, i64>(0)
-        });
-        self.busy_limit
-            .store(self.busy_timeout.load(Ordering::Relaxed), Ordering::Relaxed);
-        match outcome {
-            Ok(busy) => Ok(busy == 0),
-            Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => Ok(false),
-            Err(error) => Err(error.into()),
-        }
+        self.with_conn(|conn| {
+            // A truncating checkpoint waits for readers still using the log and
+            // holds new writers back meanwhile, so it gets a short wait of its
+            // own instead of the writers' busy timeout.
+            self.busy_limit
+                .store(duration_micros(wait), Ordering::Relaxed);
+            let outcome = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+            self.busy_limit
+                .store(self.busy_timeout.load(Ordering::Relaxed), Ordering::Relaxed);
+            match outcome {
+                Ok(busy) => Ok(busy == 0),
+                Err(error) if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy) => {
+                    Ok(false)
+                }
+                Err(error) => Err(error.into()),
+            }
+        })
     }
 
     fn set_progress(
@@ -1803,23 +1894,24 @@ impl Storage for SqliteStorage {
         // A listing serves people and scripts, not the claim path: it may scan.
         // No index is kept for it, because every index is paid for by every
         // status change of every job.
-        let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
-             AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR queue = ?3) \
-             ORDER BY id DESC LIMIT ?4 OFFSET ?5"
-        ))?;
-        let rows = stmt.query_map(
-            params![
-                filter.status.map(Status::code),
-                filter.task_name,
-                filter.queue,
-                sql_limit(limit),
-                sql_limit(offset)
-            ],
-            job_from_row,
-        )?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.with_reader(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE (?1 IS NULL OR status = ?1) \
+                 AND (?2 IS NULL OR task_name = ?2) AND (?3 IS NULL OR queue = ?3) \
+                 ORDER BY id DESC LIMIT ?4 OFFSET ?5"
+            ))?;
+            let rows = stmt.query_map(
+                params![
+                    filter.status.map(Status::code),
+                    filter.task_name,
+                    filter.queue,
+                    sql_limit(limit),
+                    sql_limit(offset)
+                ],
+                job_from_row,
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
     }
 
     fn purge_jobs(
@@ -1882,13 +1974,13 @@ impl Storage for SqliteStorage {
         if limit == 0 {
             return Ok(0);
         }
-        self.write(|tx| sqlite_flow::purge_retention_in(tx, sql_limit(limit), now_ms))
+        self.write(|tx| flow::purge_retention_in(tx, sql_limit(limit), now_ms))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::model::Status;
+    use stoker_engine::model::Status;
 
     /// The SQL of this module writes status codes as literals; they must match.
     #[test]

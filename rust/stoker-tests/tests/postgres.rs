@@ -10,10 +10,11 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use common::{job, Fixture, PgSchema, START_MS};
-use stoker_engine::storage::postgres::{CLAIM_ONE_QUEUE_SQL, HOT_STATEMENTS};
 use stoker_engine::{
-    Clock, Engine, EngineError, FailOutcome, LimitScope, Limits, ManualClock, PostgresStorage,
-    ServerClock, Status, SystemClock, PG_SCHEMA_VERSION,
+    Clock, Engine, EngineError, FailOutcome, LimitScope, Limits, ManualClock, Status, SystemClock,
+};
+use stoker_postgres::{
+    PostgresStorage, ServerClock, CLAIM_ONE_QUEUE_SQL, HOT_STATEMENTS, PG_SCHEMA_VERSION,
 };
 
 /// How long a test waits for something another thread or the server does.
@@ -33,12 +34,8 @@ fn pg_fixture() -> Option<Fixture> {
 
 #[test]
 fn a_bad_url_is_an_invalid_option_naming_it_without_its_password() {
-    let error = Engine::open(
-        "postgresql://user:hunter2@host:notaport/db",
-        Duration::ZERO,
-        None,
-    )
-    .expect_err("a port must be a number");
+    let error = stoker_postgres::open_engine("postgresql://user:hunter2@host:notaport/db", None)
+        .expect_err("a port must be a number");
     match error {
         EngineError::InvalidOption(message) => {
             assert!(
@@ -54,9 +51,8 @@ fn a_bad_url_is_an_invalid_option_naming_it_without_its_password() {
 #[test]
 fn an_unreachable_server_is_a_storage_error_naming_host_and_port() {
     // Port 1 on the loopback interface refuses connections at once.
-    let error = Engine::open(
+    let error = stoker_postgres::open_engine(
         "postgresql://stoker:secret@127.0.0.1:1/stoker?connect_timeout=5",
-        Duration::ZERO,
         None,
     )
     .expect_err("nothing listens on port 1");
@@ -78,7 +74,7 @@ fn a_schema_with_other_tables_is_not_ours_and_is_left_alone() {
         .client()
         .batch_execute("CREATE TABLE invoices (id int); CREATE TABLE customers (id int)")
         .unwrap();
-    match Engine::open(&schema.url(), Duration::ZERO, None) {
+    match stoker_postgres::open_engine(&schema.url(), None) {
         Err(EngineError::NotOurDatabase { path, reason }) => {
             assert!(reason.contains("customers, invoices"), "{reason}");
             assert!(path.contains(&schema.name), "{path}");
@@ -107,7 +103,7 @@ fn another_schema_version_is_refused() {
         .client()
         .batch_execute("UPDATE stoker_meta SET value = '99' WHERE key = 'schema_version'")
         .unwrap();
-    match Engine::open(&fx.target, Duration::ZERO, None) {
+    match stoker_postgres::open_engine(&fx.target, None) {
         Err(EngineError::SchemaVersion {
             found, expected, ..
         }) => assert_eq!((found, expected), (99, PG_SCHEMA_VERSION)),
@@ -127,7 +123,7 @@ fn another_application_in_the_marker_is_refused() {
         .batch_execute("UPDATE stoker_meta SET value = 'other' WHERE key = 'application'")
         .unwrap();
     assert!(matches!(
-        Engine::open(&fx.target, Duration::ZERO, None),
+        stoker_postgres::open_engine(&fx.target, None),
         Err(EngineError::NotOurDatabase { reason, .. }) if reason.contains("\"other\"")
     ));
 }
@@ -151,7 +147,7 @@ fn a_version_1_schema_is_migrated_in_place_and_keeps_its_jobs() {
     // version 3 adds a column of jobs, so a version-1 schema is the
     // current one without them, marked version 1,
     // with its values in the job rows.
-    drop(Engine::open(&schema.url(), Duration::ZERO, None).unwrap());
+    drop(stoker_postgres::open_engine(&schema.url(), None).unwrap());
     let mut client = schema.client();
     client
         .batch_execute(
@@ -176,12 +172,8 @@ fn a_version_1_schema_is_migrated_in_place_and_keeps_its_jobs() {
     let pending = insert(0, &large_pending, None);
     let done = insert(3, &large_done, Some(&large_done));
 
-    let engine = Engine::open(
-        &schema.url(),
-        Duration::ZERO,
-        Some(Arc::new(ManualClock::new(10))),
-    )
-    .unwrap();
+    let engine =
+        stoker_postgres::open_engine(&schema.url(), Some(Arc::new(ManualClock::new(10)))).unwrap();
     let mut client = schema.client();
     let version: String = client
         .query_one(

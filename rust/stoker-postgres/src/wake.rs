@@ -1,6 +1,6 @@
 //! Wake-ups from PostgreSQL notifications, as a readable file descriptor.
 //!
-//! A [`WakeListener`] owns one dedicated connection (never a pooled one: a
+//! A [`PgWakeListener`] owns one dedicated connection (never a pooled one: a
 //! pooled connection would stop listening when handed to another call) on a
 //! thread that LISTENs on the storage's channel and writes a byte to a pipe
 //! for each notification, so that a supervisor can wait on the pipe in the
@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 
-use crate::error::EngineError;
-use crate::storage::postgres::WakeSource;
+use stoker_engine::error::EngineError;
+use stoker_engine::storage::WakeListener;
+
+use crate::WakeSource;
 
 /// How long the listener waits for a notification before it checks whether
 /// it was asked to stop; the longest a dropped engine keeps its thread.
@@ -48,13 +50,13 @@ const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
 /// A thread listening for notifications and the pipe it signals on.
 #[derive(Debug)]
-pub struct WakeListener {
+pub struct PgWakeListener {
     reader: UnixStream,
     stop: Arc<AtomicBool>,
     connected: Arc<AtomicBool>,
 }
 
-impl WakeListener {
+impl PgWakeListener {
     /// Starts listening on `source`'s channel.
     pub fn start(source: WakeSource) -> Result<Self, EngineError> {
         let (reader, writer) = UnixStream::pair().map_err(|error| {
@@ -82,14 +84,14 @@ impl WakeListener {
             connected,
         })
     }
+}
 
-    /// The descriptor that becomes readable on a wake-up.
-    pub fn fd(&self) -> RawFd {
+impl WakeListener for PgWakeListener {
+    fn fd(&self) -> RawFd {
         self.reader.as_raw_fd()
     }
 
-    /// Empties the pipe; how many wake-ups it held.
-    pub fn drain(&self) -> usize {
+    fn drain(&self) -> usize {
         let mut buffer = [0u8; 256];
         let mut total = 0;
         loop {
@@ -102,13 +104,12 @@ impl WakeListener {
         }
     }
 
-    /// Whether the listening connection is currently up.
-    pub fn is_connected(&self) -> bool {
+    fn is_connected(&self) -> bool {
         self.connected.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for WakeListener {
+impl Drop for PgWakeListener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }

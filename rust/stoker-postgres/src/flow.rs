@@ -1,5 +1,5 @@
 //! The PostgreSQL side of flow control and schedules: the same rules as
-//! `sqlite_flow.rs` (see `flow.rs` and `schedule.rs`), with the row locks
+//! `stoker-sqlite/src/flow.rs` (see the engine's `flow.rs` and `schedule.rs`), with the row locks
 //! that make them hold across concurrent transactions of many hosts:
 //! - claims of a database with limits lock every `flow_limits` row first, so
 //!   the running counts and token buckets they read cannot change under them
@@ -15,20 +15,20 @@ use std::collections::{BTreeSet, HashMap};
 
 use postgres::Row;
 
-use crate::error::EngineError;
-use crate::flow::{
+use crate::{sql_count, status_of, PgResult, PostgresStorage, Tx};
+use stoker_engine::error::EngineError;
+use stoker_engine::flow::{
     BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
     TOKEN_SCALE,
 };
-use crate::model::{ClaimedJob, FailureKind, NewJob, Status};
-use crate::schedule::{
+use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
+use stoker_engine::schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
     Verdict, FIRE_LOG_KEEP,
 };
-use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
-use crate::storage::postgres::{sql_count, status_of, PgResult, PostgresStorage, Tx};
-use crate::storage::sqlite_flow::LIMITED_SCAN_EXTRA;
-use crate::storage::stored_aside;
+use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
+use stoker_engine::storage::stored_aside;
+use stoker_engine::storage::LIMITED_SCAN_EXTRA;
 
 /// At most this many jobs are expired by one claim.
 const EXPIRE_BATCH: i64 = 1000;

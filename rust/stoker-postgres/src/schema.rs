@@ -8,12 +8,12 @@
 //! opening one empty database at once serialise on an advisory lock and the
 //! later ones find the schema made.
 //!
-//! Status codes are the integer literals of [`crate::model::Status::code`], as
+//! Status codes are the integer literals of [`stoker_engine::model::Status::code`], as
 //! for SQLite, so that partial indexes match the queries' WHERE clauses.
 
-use crate::error::EngineError;
-use crate::storage::postgres::{describe, sql_count, PgError, PgResult, Shared, Tx};
-use crate::storage::INLINE_BLOB_MAX_BYTES;
+use crate::{describe, sql_count, PgError, PgResult, Shared, Tx};
+use stoker_engine::error::EngineError;
+use stoker_engine::storage::INLINE_BLOB_MAX_BYTES;
 
 /// The name this engine writes into `stoker_meta` under `application`.
 pub const PG_APPLICATION: &str = "stoker";

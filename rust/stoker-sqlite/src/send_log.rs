@@ -40,9 +40,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use crate::error::EngineError;
-use crate::model::{NewJob, Status};
-use crate::storage::sqlite_flow::insert_row;
+use crate::flow::insert_row;
+use crate::SqlResult;
+use stoker_engine::error::EngineError;
+use stoker_engine::model::{NewJob, Status};
 
 /// Ids taken from the database per trip. A larger block makes fewer sends
 /// pay for a transaction; the ids left in it when the process ends are never
@@ -239,7 +240,7 @@ impl SendLog {
         Ok(true)
     }
 
-    fn create_file(&self) -> Result<OpenLog, EngineError> {
+    fn create_file(&self) -> SqlResult<OpenLog> {
         let failed = |what: &str, error: std::io::Error| {
             EngineError::Storage(format!(
                 "cannot {what} the send log in {:?}: {error}",
@@ -337,7 +338,7 @@ impl SendLog {
 
 impl PendingBatch {
     /// Inserts the records inside `tx` and stores the log's high-water mark.
-    pub fn insert(&self, tx: &Transaction<'_>) -> Result<(), EngineError> {
+    pub(crate) fn insert(&self, tx: &Transaction<'_>) -> SqlResult<()> {
         for record in &self.records {
             insert_record(tx, record)?;
         }
@@ -349,7 +350,7 @@ impl PendingBatch {
 }
 
 /// Reserves `count` ids for a log inside `tx`: the first and the last.
-pub fn reserve_ids(tx: &Transaction<'_>, count: i64) -> Result<(i64, i64), EngineError> {
+pub(crate) fn reserve_ids(tx: &Transaction<'_>, count: i64) -> SqlResult<(i64, i64)> {
     let seq: i64 = tx
         .prepare_cached("SELECT seq FROM sqlite_sequence WHERE name = 'jobs'")?
         .query_row([], |row| row.get(0))
@@ -372,7 +373,7 @@ pub fn reserve_ids(tx: &Transaction<'_>, count: i64) -> Result<(i64, i64), Engin
 
 /// Inserts one logged send as the job it would have been had it been
 /// stored when it was sent.
-fn insert_record(tx: &Transaction<'_>, record: &Record) -> Result<(), EngineError> {
+fn insert_record(tx: &Transaction<'_>, record: &Record) -> SqlResult<()> {
     let job = &record.job;
     let status = if job.eta_at(record.now_ms) <= record.now_ms {
         Status::Pending
@@ -383,7 +384,7 @@ fn insert_record(tx: &Transaction<'_>, record: &Record) -> Result<(), EngineErro
     Ok(())
 }
 
-fn high_water(tx: &Transaction<'_>, name: &str) -> Result<u64, EngineError> {
+fn high_water(tx: &Transaction<'_>, name: &str) -> SqlResult<u64> {
     let seq: Option<i64> = tx
         .prepare_cached("SELECT last_seq FROM send_logs WHERE name = ?1")?
         .query_row([name], |row| row.get(0))
@@ -391,7 +392,7 @@ fn high_water(tx: &Transaction<'_>, name: &str) -> Result<u64, EngineError> {
     Ok(seq.map_or(0, |seq| u64::try_from(seq).unwrap_or(0)))
 }
 
-fn set_high_water(tx: &Transaction<'_>, name: &str, seq: u64) -> Result<(), EngineError> {
+fn set_high_water(tx: &Transaction<'_>, name: &str, seq: u64) -> SqlResult<()> {
     tx.prepare_cached(
         "INSERT INTO send_logs (name, last_seq) VALUES (?1, ?2) \
          ON CONFLICT (name) DO UPDATE SET last_seq = excluded.last_seq",
@@ -401,7 +402,7 @@ fn set_high_water(tx: &Transaction<'_>, name: &str, seq: u64) -> Result<(), Engi
 }
 
 /// Removes the high-water mark of a log whose file is gone.
-pub fn forget(tx: &Transaction<'_>, name: &str) -> Result<(), EngineError> {
+pub(crate) fn forget(tx: &Transaction<'_>, name: &str) -> SqlResult<()> {
     tx.prepare_cached("DELETE FROM send_logs WHERE name = ?1")?
         .execute([name])?;
     Ok(())
@@ -465,7 +466,7 @@ pub fn orphans(dir: &Path) -> Result<Vec<Orphan>, EngineError> {
 impl Orphan {
     /// Inserts, inside `tx`, the records past the log's high-water mark, and
     /// raises the mark; how many were inserted.
-    pub fn insert(&self, tx: &Transaction<'_>) -> Result<usize, EngineError> {
+    pub(crate) fn insert(&self, tx: &Transaction<'_>) -> SqlResult<usize> {
         let done = high_water(tx, &self.name)?;
         let mut inserted = 0;
         let mut stored = tx.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?;

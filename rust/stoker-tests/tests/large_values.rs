@@ -10,10 +10,8 @@ use std::sync::Arc;
 use common::{report, Backend, Fixture, TempDir, BUSY_TIMEOUT};
 use rusqlite::Connection;
 use stoker_engine::storage::INLINE_BLOB_MAX_BYTES;
-use stoker_engine::{
-    Completion, Engine, FailureKind, JobFilter, ManualClock, NewJob, Status, APPLICATION_ID,
-    SCHEMA_VERSION,
-};
+use stoker_engine::{Completion, FailureKind, JobFilter, ManualClock, NewJob, Status};
+use stoker_sqlite::{APPLICATION_ID, SCHEMA_VERSION};
 
 /// A value well above the inline limit, as a task's large argument would be.
 const LARGE: usize = 1 << 20;
@@ -323,7 +321,8 @@ fn a_version_2_file_is_migrated_in_place_and_keeps_its_jobs() {
     let done = insert_v2_job(&conn, 3, &large_done, Some(&large_result), Some(5));
     drop(conn);
 
-    let engine = Engine::open_sqlite(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(10))).unwrap();
+    let engine =
+        stoker_sqlite::open_engine(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(10))).unwrap();
     let conn = Connection::open(&path).unwrap();
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |row| row.get(0))
@@ -356,7 +355,7 @@ fn a_version_2_file_is_migrated_in_place_and_keeps_its_jobs() {
     assert!(claimed == vec![(pending, &large_pending[..]), (small, &b"small"[..])]);
     drop(engine);
     // Opening again finds the current version and changes nothing.
-    Engine::open_sqlite(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(10))).unwrap();
+    stoker_sqlite::open_engine(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(10))).unwrap();
 }
 
 #[test]
@@ -366,7 +365,7 @@ fn a_version_1_file_is_still_refused() {
     let conn = create_v2_file(&path);
     conn.execute_batch("PRAGMA user_version = 1").unwrap();
     drop(conn);
-    match Engine::open_sqlite(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(0))) {
+    match stoker_sqlite::open_engine(&path, BUSY_TIMEOUT, Arc::new(ManualClock::new(0))) {
         Err(stoker_engine::EngineError::SchemaVersion {
             found, expected, ..
         }) => assert_eq!((found, expected), (1, SCHEMA_VERSION)),

@@ -632,7 +632,7 @@ backend_tests! {
 #[test]
 fn the_system_clock_cannot_be_advanced() {
     let dir = common::TempDir::new();
-    let engine = stoker_engine::Engine::open_sqlite(
+    let engine = stoker_sqlite::open_engine(
         dir.file("db"),
         common::BUSY_TIMEOUT,
         std::sync::Arc::new(stoker_engine::SystemClock),

@@ -600,17 +600,17 @@ fn a_version_4_file_is_migrated_and_its_running_jobs_count_as_sent() {
         conn.execute_batch("ALTER TABLE jobs DROP COLUMN held; PRAGMA user_version = 4;")
             .unwrap();
     }
-    let engine = stoker_engine::Engine::open(
-        db.to_str().unwrap(),
+    let engine = stoker_sqlite::open_engine(
+        &db,
         common::BUSY_TIMEOUT,
-        Some(std::sync::Arc::new(fx.clock.clone())),
+        std::sync::Arc::new(fx.clock.clone()),
     )
     .unwrap();
     let version: i64 = rusqlite::Connection::open(&db)
         .unwrap()
         .query_row("PRAGMA user_version", [], |row| row.get(0))
         .unwrap();
-    assert_eq!(version, stoker_engine::SCHEMA_VERSION);
+    assert_eq!(version, stoker_sqlite::SCHEMA_VERSION);
     let held = engine.enqueue(&[uncrashable()]).unwrap()[0];
     let queues = ["default".to_owned()];
     let claimed = engine.claim(&queues, 1, "owner-b", 30_000).unwrap();

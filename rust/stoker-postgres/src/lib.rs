@@ -34,17 +34,23 @@ use postgres::error::SqlState;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
-use crate::clock::Clock;
-use crate::error::EngineError;
-use crate::model::{
+use stoker_engine::clock::{Clock, SystemClock};
+use stoker_engine::error::EngineError;
+use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use crate::retry::backoff_ms;
-use crate::storage::postgres_flow;
-use crate::storage::postgres_schema;
-use crate::storage::sqlite::LEASE_EXPIRED_EXC_TYPE;
-use crate::storage::{stored_aside, ClaimRequest, Jitter, Storage};
+use stoker_engine::retry::backoff_ms;
+use stoker_engine::storage::{
+    stored_aside, ClaimRequest, Jitter, Storage, WakeListener, LEASE_EXPIRED_EXC_TYPE,
+};
+use stoker_engine::Engine;
+
+pub mod flow;
+pub mod schema;
+pub mod wake;
+
+pub use schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
 
 /// How many times a transaction that lost a race (serialization failure,
 /// deadlock, unique-key conflict) is run again before the error is returned
@@ -77,7 +83,7 @@ const CLOCK_SYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them,
 /// from `jobs`. An empty payload or result in the row stands for one stored
-/// aside (see [`crate::storage::INLINE_BLOB_MAX_BYTES`]), read from its
+/// aside (see [`stoker_engine::storage::INLINE_BLOB_MAX_BYTES`]), read from its
 /// table; `octet_length` does not fetch a value stored out of line.
 pub(crate) const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
      CASE WHEN octet_length(payload) = 0 THEN \
@@ -406,6 +412,17 @@ pub(crate) fn describe(error: &postgres::Error) -> String {
     }
 }
 
+/// An engine over the PostgreSQL database at `url`; without a `clock`, it
+/// follows the server's clock (see [`ServerClock`]).
+pub fn open_engine(url: &str, clock: Option<Arc<dyn Clock>>) -> Result<Engine, EngineError> {
+    let storage = PostgresStorage::open(url)?;
+    let clock: Arc<dyn Clock> = match clock {
+        Some(clock) => clock,
+        None => Arc::new(ServerClock::new(&storage, Arc::new(SystemClock))?),
+    };
+    Ok(Engine::new(Box::new(storage), clock))
+}
+
 /// Whether `target` names a PostgreSQL database rather than a file.
 pub fn is_postgres_url(target: &str) -> bool {
     target.starts_with("postgresql://") || target.starts_with("postgres://")
@@ -475,7 +492,7 @@ impl PostgresStorage {
             endpoint: format!("{host}:{port}"),
             pool: Mutex::new(Vec::new()),
         });
-        let schema = postgres_schema::initialize(&shared)?;
+        let schema = schema::initialize(&shared)?;
         Ok(Self {
             shared,
             channel: format!("{CHANNEL_PREFIX}{schema}"),
@@ -748,7 +765,7 @@ fn fail_in(
         "UPDATE jobs SET usage = $2 WHERE id = $1",
         &[&job_id, &report.usage],
     )?;
-    postgres_flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
+    flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
     let (count, bound) = if report.kind.is_crash() {
         crashes += 1;
         (crashes, max_crashes)
@@ -762,7 +779,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = $1 AND attempt = $5 AND status = 2",
             &[&job_id, &now_ms, &failures, &crashes, &token],
         )?;
-        postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+        flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
         Ok(FailOutcome::Cancelled)
     } else if report.retryable && count <= bound {
         let n = u32::try_from(count).unwrap_or(u32::MAX);
@@ -786,7 +803,7 @@ fn fail_in(
              lease_deadline_ms = NULL WHERE id = $1 AND attempt = $5 AND status = 2",
             &[&job_id, &now_ms, &failures, &crashes, &token],
         )?;
-        postgres_flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
+        flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
         Ok(FailOutcome::Dead)
     }
 }
@@ -891,7 +908,7 @@ fn give_back(
     Ok(match code {
         None => None,
         Some(code) if code == Status::Cancelled.code() => {
-            postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
             Some(FailOutcome::Cancelled)
         }
         Some(_) => {
@@ -914,7 +931,7 @@ fn put_back(
     match code {
         None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
         Some(code) if code == Status::Cancelled.code() => {
-            postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
         }
         Some(_) => tx.wake = true,
     }
@@ -939,10 +956,10 @@ fn claim_in(
     let lease_deadline_ms = now_ms.saturating_add(lease_ms);
     tx.execute(PROMOTE_DUE_SQL, &[&now_ms, &PROMOTE_BATCH])?;
     // Expired jobs never run; limits decide which picked jobs are taken.
-    postgres_flow::expire_due_in(tx, now_ms)?;
-    if postgres_flow::any_limits(tx)? {
+    flow::expire_due_in(tx, now_ms)?;
+    if flow::any_limits(tx)? {
         let mut claimed =
-            postgres_flow::claim_limited(tx, &unique, limit, owner, lease_deadline_ms, now_ms)?;
+            flow::claim_limited(tx, &unique, limit, owner, lease_deadline_ms, now_ms)?;
         fill_payloads_aside(tx, &mut claimed)?;
         return Ok(claimed);
     }
@@ -1057,7 +1074,7 @@ fn complete_in(tx: &mut Tx<'_>, completions: &[Completion], now_ms: i64) -> PgRe
         }
         applied.push(fresh);
     }
-    postgres_flow::on_completed_many(tx, &finished, now_ms)?;
+    flow::on_completed_many(tx, &finished, now_ms)?;
     Ok(applied)
 }
 
@@ -1066,7 +1083,7 @@ impl Storage for PostgresStorage {
         self.write(|tx| {
             let mut ids = Vec::with_capacity(jobs.len());
             for job in jobs {
-                ids.push(postgres_flow::insert_job(tx, job, now_ms)?.0);
+                ids.push(flow::insert_job(tx, job, now_ms)?.0);
             }
             Ok(ids)
         })
@@ -1180,7 +1197,7 @@ impl Storage for PostgresStorage {
                         "UPDATE jobs SET status = 5, finished_ms = $2 WHERE id = $1",
                         &[&job_id, &now_ms],
                     )?;
-                    postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+                    flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
                     Ok(CancelOutcome::Cancelled)
                 }
                 Status::Running => {
@@ -1220,7 +1237,7 @@ impl Storage for PostgresStorage {
             if changed == 0 {
                 refuse_stale(tx, job_id, token, "cancel", now_ms)?;
             } else {
-                postgres_flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+                flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
             }
             Ok(changed > 0)
         })
@@ -1497,7 +1514,7 @@ impl Storage for PostgresStorage {
             let eta: Option<i64> = row.try_get(0)?;
             let deadline: Option<i64> = row.try_get(1)?;
             let orphaned: Option<i64> = row.try_get(2)?;
-            let flow = postgres_flow::next_flow_wakeup(tx)?;
+            let flow = flow::next_flow_wakeup(tx)?;
             Ok([eta, deadline, orphaned, flow].into_iter().flatten().min())
         })
     }
@@ -1616,7 +1633,7 @@ impl Storage for PostgresStorage {
         if limit == 0 {
             return Ok(0);
         }
-        self.write(|tx| postgres_flow::purge_retention_in(tx, sql_count(limit), now_ms))
+        self.write(|tx| flow::purge_retention_in(tx, sql_count(limit), now_ms))
     }
 
     fn register_supervisor(
@@ -1646,11 +1663,12 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn wake_channel(&self) -> Option<WakeSource> {
-        Some(WakeSource {
+    fn start_wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>, EngineError> {
+        let source = WakeSource {
             shared: Arc::clone(&self.shared),
             channel: self.channel.clone(),
-        })
+        };
+        Ok(Some(Box::new(wake::PgWakeListener::start(source)?)))
     }
 }
 

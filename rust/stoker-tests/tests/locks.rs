@@ -1,5 +1,5 @@
 //! The locks of this process's SQLite hold against another copy of SQLite in
-//! the same process (`storage/sqlite_locks.rs`). That other copy takes POSIX
+//! the same process (`stoker-sqlite/src/locks.rs`). That other copy takes POSIX
 //! record locks; they are taken here with `fcntl` directly, on the bytes of
 //! the `-shm` file where SQLite keeps the WAL write lock.
 
@@ -16,7 +16,8 @@ use std::time::Duration;
 
 use common::{job, TempDir};
 use rusqlite::Connection;
-use stoker_engine::{EngineError, SqliteStorage, Storage};
+use stoker_engine::{EngineError, Storage};
+use stoker_sqlite::SqliteStorage;
 
 /// Where SQLite's WAL write lock lives in the `-shm` file (its
 /// `WALINDEX_LOCK_OFFSET`, 120, plus `WAL_WRITE_LOCK`, 0).

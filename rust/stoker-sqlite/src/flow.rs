@@ -1,6 +1,6 @@
 //! The SQLite side of flow control and schedules (see `flow.rs` and
 //! `schedule.rs` for the rules): its part of the schema, the helpers the job
-//! transitions of `sqlite.rs` call inside their transactions, and the
+//! transitions of `lib.rs` call inside their transactions, and the
 //! [`FlowStorage`] and [`ScheduleStorage`] operations.
 //!
 //! The helpers, and where they are called:
@@ -16,24 +16,24 @@ use std::collections::{BTreeSet, HashMap};
 
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
-use crate::error::EngineError;
-use crate::flow::{
+use crate::{
+    sql_limit, status_from_code, SqlResult, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
+};
+use stoker_engine::error::EngineError;
+use stoker_engine::flow::{
     BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
     TOKEN_SCALE,
 };
-use crate::model::{FailureKind, NewJob, Status};
-use crate::schedule::{
+use stoker_engine::model::{FailureKind, NewJob, Status};
+use stoker_engine::schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
     Verdict, FIRE_LOG_KEEP,
 };
-use crate::storage::flow_storage::{FlowStorage, ScheduleStorage};
-use crate::storage::sqlite::{
-    sql_limit, status_from_code, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
-};
-use crate::storage::stored_aside;
+use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
+use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 
 /// The flow-control and schedule part of the schema, run right after the job
-/// schema of `sqlite.rs` when a database is created. The flow columns of
+/// schema of `lib.rs` when a database is created. The flow columns of
 /// `jobs` are added here, so that the job table's own definition stays as the
 /// job life needs it.
 pub const SCHEMA: &str = "
@@ -178,21 +178,15 @@ pub const HOT_STATEMENTS: &[(&str, &str)] = &[
 /// At most this many jobs are expired by one claim.
 const EXPIRE_BATCH: i64 = 1000;
 
-/// With limits configured, a claim reads this many candidates per queue
-/// beyond its limit, so that jobs held back by a limit do not hide runnable
-/// jobs of other tasks behind them. Beyond that many held-back jobs at the
-/// head of a queue, the others wait for a later claim.
-pub const LIMITED_SCAN_EXTRA: usize = 256;
-
 // --- jobs: enqueue -----------------------------------------------------------
 
 /// Inserts one job inside `tx`, applying its flow options; its id, and
 /// whether it was created (false: a live job with its unique key exists).
-pub fn insert_job(
+pub(crate) fn insert_job(
     tx: &Transaction<'_>,
     job: &NewJob,
     now_ms: i64,
-) -> Result<(i64, bool), EngineError> {
+) -> SqlResult<(i64, bool)> {
     if let Some(key) = &job.unique_key {
         let existing: Option<i64> = tx
             .prepare_cached(UNIQUE_LIVE_SQL)?
@@ -266,7 +260,7 @@ pub(crate) fn insert_row(
     status: Status,
     now_ms: i64,
     prepaid: bool,
-) -> Result<i64, EngineError> {
+) -> SqlResult<i64> {
     let aside = stored_aside(job.payload.len());
     let in_row: &[u8] = if aside { &[] } else { &job.payload };
     tx.prepare_cached(INSERT_JOB_SQL)?.execute(params![
@@ -308,7 +302,7 @@ fn fail_waiting(
     dep: i64,
     dep_status: Status,
     now_ms: i64,
-) -> Result<bool, EngineError> {
+) -> SqlResult<bool> {
     let changed = tx
         .prepare_cached(
             "UPDATE jobs SET status = 4, finished_ms = ?2 WHERE id = ?1 AND status = 7",
@@ -333,12 +327,12 @@ fn fail_waiting(
 /// Called inside every transition that finishes a job: sets the retention
 /// deadline of a job that finished without a result, and resolves the jobs
 /// that depend on it, transitively.
-pub fn on_finished(
+pub(crate) fn on_finished(
     tx: &Transaction<'_>,
     job_id: i64,
     status: Status,
     now_ms: i64,
-) -> Result<(), EngineError> {
+) -> SqlResult<()> {
     let mut work = vec![(job_id, status)];
     while let Some((id, status)) = work.pop() {
         if status != Status::Complete {
@@ -377,7 +371,7 @@ pub fn on_finished(
 }
 
 /// Called when an attempt completed: a half-open breaker of its task closes.
-pub fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> Result<(), EngineError> {
+pub(crate) fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> SqlResult<()> {
     let any_half_open: bool = tx
         .prepare_cached("SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_state = 2)")?
         .query_row([], |row| row.get(0))?;
@@ -399,12 +393,12 @@ pub fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> Result<()
 
 /// Called when an attempt failed (before the retry policy is applied): counts
 /// the failure against its task's breaker, which may open.
-pub fn on_attempt_failed(
+pub(crate) fn on_attempt_failed(
     tx: &Transaction<'_>,
     job_id: i64,
     kind: FailureKind,
     now_ms: i64,
-) -> Result<(), EngineError> {
+) -> SqlResult<()> {
     if kind == FailureKind::LeaseExpired {
         return Ok(());
     }
@@ -454,7 +448,7 @@ pub fn on_attempt_failed(
     Ok(())
 }
 
-fn task_key_of(tx: &Transaction<'_>, job_id: i64) -> Result<String, EngineError> {
+fn task_key_of(tx: &Transaction<'_>, job_id: i64) -> SqlResult<String> {
     let task: String = tx
         .prepare_cached("SELECT task_name FROM jobs WHERE id = ?1")?
         .query_row([job_id], |row| row.get(0))
@@ -464,7 +458,7 @@ fn task_key_of(tx: &Transaction<'_>, job_id: i64) -> Result<String, EngineError>
 }
 
 /// Expires up to `limit` due jobs inside `tx`; their ids.
-fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> Result<Vec<i64>, EngineError> {
+fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> SqlResult<Vec<i64>> {
     let expired: Vec<i64> = {
         let mut stmt = tx.prepare_cached(EXPIRE_DUE_SQL)?;
         let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
@@ -477,9 +471,9 @@ fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> Result<Vec<i64>, 
 }
 
 /// Expires the due jobs a claim must not pick.
-pub fn expire_due_in(tx: &Transaction<'_>, now_ms: i64) -> Result<(), EngineError> {
+pub(crate) fn expire_due_in(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<()> {
     // As with promotion, the update runs only when the earliest expiry came.
-    if !super::sqlite::first_due(tx, NEXT_EXPIRY_SQL, now_ms)? {
+    if !crate::first_due(tx, NEXT_EXPIRY_SQL, now_ms)? {
         return Ok(());
     }
     expire_in(tx, EXPIRE_BATCH, now_ms).map(|_| ())
@@ -487,11 +481,11 @@ pub fn expire_due_in(tx: &Transaction<'_>, now_ms: i64) -> Result<(), EngineErro
 
 /// Drops the results and error histories of up to `limit` finished jobs
 /// whose retention ended; how many jobs.
-pub fn purge_retention_in(
+pub(crate) fn purge_retention_in(
     tx: &Transaction<'_>,
     limit: i64,
     now_ms: i64,
-) -> Result<usize, EngineError> {
+) -> SqlResult<usize> {
     let due: Vec<i64> = {
         let mut stmt = tx.prepare_cached(RETENTION_DUE_SQL)?;
         let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
@@ -510,7 +504,7 @@ pub fn purge_retention_in(
 }
 
 /// The earliest time a limit or an expiry wants a claim.
-pub fn next_flow_wakeup(tx: &Transaction<'_>) -> Result<Option<i64>, EngineError> {
+pub(crate) fn next_flow_wakeup(tx: &Transaction<'_>) -> SqlResult<Option<i64>> {
     let hint: Option<i64> = tx
         .prepare_cached("SELECT min(wake_ms) FROM flow_limits")?
         .query_row([], |row| row.get(0))?;
@@ -599,10 +593,7 @@ impl LimitRow {
 const LIMIT_COLUMNS: &str = "key, rate_count, rate_per_ms, burst, tokens, refilled_ms, concurrency, \
      breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state, open_until_ms, wake_ms";
 
-fn load_limits(
-    tx: &Transaction<'_>,
-    now_ms: i64,
-) -> Result<HashMap<String, LimitRow>, EngineError> {
+fn load_limits(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<HashMap<String, LimitRow>> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {LIMIT_COLUMNS} FROM flow_limits"))?;
     let rows = stmt.query_map([], |row| LimitRow::from_row(row, now_ms))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -618,7 +609,7 @@ pub struct Gate {
 
 impl Gate {
     /// The limits as they stand at `now_ms`.
-    pub fn load(tx: &Transaction<'_>, now_ms: i64) -> Result<Gate, EngineError> {
+    pub(crate) fn load(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<Gate> {
         Ok(Gate {
             limits: load_limits(tx, now_ms)?,
             running: HashMap::new(),
@@ -627,12 +618,12 @@ impl Gate {
     }
 
     /// Whether any limit is configured (otherwise every job is admitted).
-    pub fn active(&self) -> bool {
+    pub(crate) fn active(&self) -> bool {
         !self.limits.is_empty()
     }
 
     /// How many candidates a claim of `limit` jobs should read per queue.
-    pub fn scan_limit(&self, limit: usize) -> usize {
+    pub(crate) fn scan_limit(&self, limit: usize) -> usize {
         if self.active() {
             limit.saturating_add(LIMITED_SCAN_EXTRA)
         } else {
@@ -640,7 +631,7 @@ impl Gate {
         }
     }
 
-    fn running_of(&mut self, tx: &Transaction<'_>, task: &str) -> Result<i64, EngineError> {
+    fn running_of(&mut self, tx: &Transaction<'_>, task: &str) -> SqlResult<i64> {
         if let Some(&count) = self.running.get(task) {
             return Ok(count);
         }
@@ -653,7 +644,7 @@ impl Gate {
 
     /// Whether the pending job `job_id` may be taken now; if so, its tokens
     /// are taken and it counts as running.
-    pub fn admit(&mut self, tx: &Transaction<'_>, job_id: i64) -> Result<bool, EngineError> {
+    pub(crate) fn admit(&mut self, tx: &Transaction<'_>, job_id: i64) -> SqlResult<bool> {
         if !self.active() {
             return Ok(true);
         }
@@ -724,7 +715,7 @@ impl Gate {
     }
 
     /// Writes back the limits this claim changed.
-    pub fn store(self, tx: &Transaction<'_>) -> Result<(), EngineError> {
+    pub(crate) fn store(self, tx: &Transaction<'_>) -> SqlResult<()> {
         store_limits(tx, &self.limits, self.now_ms)
     }
 }
@@ -733,7 +724,7 @@ fn store_limits(
     tx: &Transaction<'_>,
     limits: &HashMap<String, LimitRow>,
     now_ms: i64,
-) -> Result<(), EngineError> {
+) -> SqlResult<()> {
     let mut update = tx.prepare_cached(
         "UPDATE flow_limits SET tokens = ?2, refilled_ms = ?3, breaker_state = ?4, \
          open_until_ms = ?5, wake_ms = ?6 WHERE key = ?1",
@@ -754,12 +745,7 @@ fn store_limits(
 /// For an enqueue that fails rather than waits: refuses it if the task's
 /// breaker is open or a bucket is empty, else takes the tokens now. Whether
 /// tokens were taken (the claim then takes none).
-fn admit_at_send(
-    tx: &Transaction<'_>,
-    task: &str,
-    queue: &str,
-    now_ms: i64,
-) -> Result<bool, EngineError> {
+fn admit_at_send(tx: &Transaction<'_>, task: &str, queue: &str, now_ms: i64) -> SqlResult<bool> {
     let mut limits = load_limits(tx, now_ms)?;
     let task_key = format!("task:{task}");
     let queue_key = format!("queue:{queue}");
@@ -768,7 +754,8 @@ fn admit_at_send(
             return Err(EngineError::BreakerOpen {
                 task_name: task.to_owned(),
                 open_until_ms: limit.open_until_ms.unwrap_or(now_ms),
-            });
+            }
+            .into());
         }
     }
     let mut prepaid = false;
@@ -779,7 +766,8 @@ fn admit_at_send(
                     return Err(EngineError::RateLimited {
                         key: key.clone(),
                         retry_after_ms: rate.ms_until_token(limit.tokens),
-                    });
+                    }
+                    .into());
                 }
                 prepaid = true;
             }
@@ -976,7 +964,7 @@ fn spec_columns(spec: &ScheduleSpec) -> (Option<&str>, Option<&str>, Option<i64>
     }
 }
 
-fn get_schedule_in(tx: &Transaction<'_>, id: i64) -> Result<Option<ScheduleRecord>, EngineError> {
+fn get_schedule_in(tx: &Transaction<'_>, id: i64) -> SqlResult<Option<ScheduleRecord>> {
     Ok(tx
         .prepare_cached(&format!(
             "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = ?1"
@@ -1078,7 +1066,7 @@ impl ScheduleStorage for SqliteStorage {
     }
 
     fn get_schedule(&self, id: i64) -> Result<ScheduleRecord, EngineError> {
-        self.read(|tx| get_schedule_in(tx, id)?.ok_or(EngineError::ScheduleNotFound(id)))
+        self.read(|tx| get_schedule_in(tx, id)?.ok_or(EngineError::ScheduleNotFound(id).into()))
     }
 
     fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), EngineError> {
@@ -1087,7 +1075,7 @@ impl ScheduleStorage for SqliteStorage {
                 .prepare_cached("UPDATE schedules SET paused = ?2 WHERE id = ?1")?
                 .execute(params![id, i64::from(paused)])?;
             if changed == 0 {
-                return Err(EngineError::ScheduleNotFound(id));
+                return Err(EngineError::ScheduleNotFound(id).into());
             }
             Ok(())
         })

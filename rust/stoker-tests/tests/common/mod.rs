@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stoker_engine::{Completion, Engine, FailureKind, FailureReport, ManualClock, NewJob};
+use stoker_engine::{
+    Clock, Completion, Engine, EngineError, FailureKind, FailureReport, ManualClock, NewJob,
+};
 
 /// The time the manual clock starts at: an arbitrary realistic epoch time.
 pub const START_MS: i64 = 1_700_000_000_000;
@@ -60,6 +62,19 @@ impl Drop for TempDir {
 pub enum Backend {
     Sqlite,
     Postgres,
+}
+
+/// An engine over `backend`'s database at `target` (a file path or a URL),
+/// reading `clock`.
+pub fn open_engine(
+    backend: Backend,
+    target: &str,
+    clock: Arc<dyn Clock>,
+) -> Result<Engine, EngineError> {
+    match backend {
+        Backend::Sqlite => stoker_sqlite::open_engine(target, BUSY_TIMEOUT, clock),
+        Backend::Postgres => stoker_postgres::open_engine(target, Some(clock)),
+    }
 }
 
 /// The server URL for PostgreSQL tests, or `None` to skip them; panics when
@@ -175,7 +190,7 @@ impl Fixture {
 
     fn open(backend: Backend, dir: TempDir, target: String, schema: Option<PgSchema>) -> Self {
         let clock = ManualClock::new(START_MS);
-        let engine = Engine::open(&target, BUSY_TIMEOUT, Some(Arc::new(clock.clone())))
+        let engine = open_engine(backend, &target, Arc::new(clock.clone()))
             .expect("open engine")
             .with_seed(7);
         Self {
@@ -191,7 +206,7 @@ impl Fixture {
     /// Another engine (another connection, as another process would have)
     /// over the same database, reading `clock`.
     pub fn other_engine(&self, clock: Arc<dyn stoker_engine::Clock>) -> Engine {
-        Engine::open(&self.target, BUSY_TIMEOUT, Some(clock)).expect("open another engine")
+        open_engine(self.backend, &self.target, clock).expect("open another engine")
     }
 
     pub fn db_path(&self) -> PathBuf {
