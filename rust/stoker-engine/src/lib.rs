@@ -11,11 +11,13 @@
 //! binding (`stoker._core`) is the only place that knows they are pickles.
 
 pub mod clock;
+pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod model;
 pub mod retry;
+pub mod rows;
 pub mod schedule;
 pub mod storage;
 

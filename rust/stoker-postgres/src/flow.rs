@@ -15,11 +15,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use postgres::Row;
 
+use crate::rows::PgRow;
 use crate::{sql_count, status_of, PgResult, PostgresStorage, Tx};
+use stoker_engine::decide::{
+    self, breaker_opens, counts_against_breaker, limit_from_row, Gate, LimitRow, SendAdmission,
+    LIMIT_COLUMNS,
+};
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{
-    BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
-    TOKEN_SCALE,
+    BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE, TOKEN_SCALE,
 };
 use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
 use stoker_engine::schedule::{
@@ -280,7 +284,7 @@ pub(crate) fn on_attempt_failed(
     kind: FailureKind,
     now_ms: i64,
 ) -> PgResult<()> {
-    if kind == FailureKind::LeaseExpired {
+    if !counts_against_breaker(kind) {
         return Ok(());
     }
     let any_breaker: bool = tx
@@ -313,16 +317,15 @@ pub(crate) fn on_attempt_failed(
         "DELETE FROM flow_failures WHERE key = $1 AND at_ms <= $2",
         &[&key, &now_ms.saturating_sub(window_ms)],
     )?;
-    let open = match BreakerState::from_code(state) {
-        BreakerState::Open => false,
-        BreakerState::HalfOpen => true,
-        BreakerState::Closed => {
-            let recent: i64 = tx
+    let open = breaker_opens(
+        BreakerState::from_code(state),
+        threshold,
+        || -> PgResult<i64> {
+            Ok(tx
                 .query_one("SELECT count(*) FROM flow_failures WHERE key = $1", &[&key])?
-                .try_get(0)?;
-            recent >= threshold
-        }
-    };
+                .try_get(0)?)
+        },
+    )?;
     if open {
         let until = now_ms.saturating_add(cooldown_ms);
         tx.execute(
@@ -404,80 +407,6 @@ pub(crate) fn next_flow_wakeup(tx: &mut Tx<'_>) -> PgResult<Option<i64>> {
 
 // --- limits: the claim-time gate ---------------------------------------------
 
-#[derive(Debug)]
-struct LimitRow {
-    rate: Option<RateLimit>,
-    tokens: i64,
-    concurrency: Option<i64>,
-    breaker: Option<BreakerConfig>,
-    state: BreakerState,
-    open_until_ms: Option<i64>,
-    wake_ms: Option<i64>,
-    probe_taken: bool,
-    dirty: bool,
-}
-
-impl LimitRow {
-    fn from_row(row: &Row, now_ms: i64) -> PgResult<(String, LimitRow)> {
-        let key: String = row.try_get(0)?;
-        let rate = match (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?) {
-            (Some(count), Some(per_ms), Some(burst)) => Some(RateLimit {
-                count,
-                per_ms,
-                burst,
-            }),
-            _ => None,
-        };
-        let breaker = match (row.try_get(7)?, row.try_get(8)?, row.try_get(9)?) {
-            (Some(failures), Some(window_ms), Some(cooldown_ms)) => Some(BreakerConfig {
-                failures,
-                window_ms,
-                cooldown_ms,
-            }),
-            _ => None,
-        };
-        let stored_tokens: i64 = row.try_get(4)?;
-        let refilled_ms: i64 = row.try_get(5)?;
-        let tokens = rate.map_or(stored_tokens, |rate| {
-            rate.refill(stored_tokens, now_ms - refilled_ms)
-        });
-        let mut limit = LimitRow {
-            rate,
-            tokens,
-            concurrency: row.try_get(6)?,
-            breaker,
-            state: BreakerState::from_code(row.try_get(10)?),
-            open_until_ms: row.try_get(11)?,
-            wake_ms: row.try_get(12)?,
-            probe_taken: false,
-            dirty: false,
-        };
-        if limit.state == BreakerState::Open
-            && !matches!(limit.open_until_ms, Some(t) if t > now_ms)
-        {
-            limit.state = BreakerState::HalfOpen;
-            limit.open_until_ms = None;
-            limit.dirty = true;
-        }
-        if limit.wake_ms.is_some_and(|t| t <= now_ms) {
-            limit.wake_ms = None;
-            limit.dirty = true;
-        }
-        Ok((key, limit))
-    }
-
-    fn hint(&mut self, at_ms: i64) {
-        if !matches!(self.wake_ms, Some(t) if t <= at_ms) {
-            self.wake_ms = Some(at_ms);
-            self.dirty = true;
-        }
-    }
-}
-
-const LIMIT_COLUMNS: &str = "key, rate_count, rate_per_ms, burst, tokens, refilled_ms, concurrency, \
-     breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state, open_until_ms, wake_ms";
-
-/// Every limit row, locked for the rest of the transaction when `lock`.
 fn load_limits(tx: &mut Tx<'_>, now_ms: i64, lock: bool) -> PgResult<HashMap<String, LimitRow>> {
     let sql = if lock {
         format!("SELECT {LIMIT_COLUMNS} FROM flow_limits ORDER BY key FOR UPDATE")
@@ -486,7 +415,7 @@ fn load_limits(tx: &mut Tx<'_>, now_ms: i64, lock: bool) -> PgResult<HashMap<Str
     };
     tx.query(&sql, &[])?
         .iter()
-        .map(|row| LimitRow::from_row(row, now_ms))
+        .map(|row| limit_from_row(&PgRow(row), now_ms))
         .collect()
 }
 
@@ -495,91 +424,6 @@ pub(crate) fn any_limits(tx: &mut Tx<'_>) -> PgResult<bool> {
     Ok(tx
         .query_one("SELECT EXISTS (SELECT 1 FROM flow_limits)", &[])?
         .try_get(0)?)
-}
-
-/// Decides, inside one claim, which picked jobs their limits let run.
-struct Gate {
-    limits: HashMap<String, LimitRow>,
-    running: HashMap<String, i64>,
-    now_ms: i64,
-}
-
-impl Gate {
-    fn running_of(&mut self, tx: &mut Tx<'_>, task: &str) -> PgResult<i64> {
-        if let Some(&count) = self.running.get(task) {
-            return Ok(count);
-        }
-        let count: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
-                &[&task],
-            )?
-            .try_get(0)?;
-        self.running.insert(task.to_owned(), count);
-        Ok(count)
-    }
-
-    fn admit(&mut self, tx: &mut Tx<'_>, task: &str, queue: &str, prepaid: bool) -> PgResult<bool> {
-        let task_key = format!("task:{task}");
-        let queue_key = format!("queue:{queue}");
-        let now_ms = self.now_ms;
-        let mut probe = false;
-        if self.limits.contains_key(&task_key) {
-            let running = self.running_of(tx, task)?;
-            let Some(limit) = self.limits.get_mut(&task_key) else {
-                return Ok(false);
-            };
-            if limit.breaker.is_some() {
-                match limit.state {
-                    BreakerState::Open => {
-                        if let Some(until) = limit.open_until_ms {
-                            limit.hint(until);
-                        }
-                        return Ok(false);
-                    }
-                    BreakerState::HalfOpen => {
-                        if running > 0 || limit.probe_taken {
-                            return Ok(false);
-                        }
-                        probe = true;
-                    }
-                    BreakerState::Closed => {}
-                }
-            }
-            if limit.concurrency.is_some_and(|k| running >= k) {
-                return Ok(false);
-            }
-        }
-        if !prepaid {
-            for key in [&task_key, &queue_key] {
-                if let Some(limit) = self.limits.get_mut(key) {
-                    if let Some(rate) = limit.rate {
-                        if limit.tokens < TOKEN_SCALE {
-                            let wait = rate.ms_until_token(limit.tokens);
-                            limit.hint(now_ms.saturating_add(wait));
-                            return Ok(false);
-                        }
-                    }
-                }
-            }
-            for key in [&task_key, &queue_key] {
-                if let Some(limit) = self.limits.get_mut(key) {
-                    if limit.rate.is_some() {
-                        limit.tokens -= TOKEN_SCALE;
-                        limit.dirty = true;
-                    }
-                }
-            }
-        }
-        if let Some(limit) = self.limits.get_mut(&task_key) {
-            if probe {
-                limit.probe_taken = true;
-                limit.dirty = true;
-            }
-        }
-        *self.running.entry(task.to_owned()).or_insert(0) += 1;
-        Ok(true)
-    }
 }
 
 fn store_limits(tx: &mut Tx<'_>, limits: &HashMap<String, LimitRow>, now_ms: i64) -> PgResult<()> {
@@ -613,11 +457,7 @@ pub(crate) fn claim_limited(
     lease_deadline_ms: i64,
     now_ms: i64,
 ) -> PgResult<Vec<ClaimedJob>> {
-    let mut gate = Gate {
-        limits: load_limits(tx, now_ms, true)?,
-        running: HashMap::new(),
-        now_ms,
-    };
+    let mut gate = Gate::new(load_limits(tx, now_ms, true)?, now_ms);
     let scan = limit.saturating_add(LIMITED_SCAN_EXTRA);
     let mut picked: Vec<(i64, i64, String, String, bool)> = Vec::new();
     for queue in queues {
@@ -643,11 +483,19 @@ pub(crate) fn claim_limited(
         if admitted.len() >= limit {
             break;
         }
-        if gate.admit(tx, task, queue, *prepaid)? {
+        let admit = gate.admit(task, queue, *prepaid, |task| -> PgResult<i64> {
+            Ok(tx
+                .query_one(
+                    "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
+                    &[&task],
+                )?
+                .try_get(0)?)
+        })?;
+        if admit {
             admitted.push(*id);
         }
     }
-    store_limits(tx, &gate.limits, now_ms)?;
+    store_limits(tx, gate.limits(), now_ms)?;
     if admitted.is_empty() {
         return Ok(Vec::new());
     }
@@ -680,47 +528,14 @@ pub(crate) fn claim_limited(
     Ok(claimed.into_iter().map(|(_, job)| job).collect())
 }
 
-/// For an enqueue that fails rather than waits: refuses it if the task's
-/// breaker is open or a bucket is empty, else takes the tokens now. Whether
-/// tokens were taken (the claim then takes none).
+/// For an enqueue that fails rather than waits (see
+/// [`stoker_engine::decide::admit_at_send`]): whether tokens were taken (the
+/// claim then takes none).
 fn admit_at_send(tx: &mut Tx<'_>, task: &str, queue: &str, now_ms: i64) -> PgResult<bool> {
     let mut limits = load_limits(tx, now_ms, true)?;
-    let task_key = format!("task:{task}");
-    let queue_key = format!("queue:{queue}");
-    if let Some(limit) = limits.get(&task_key) {
-        if limit.breaker.is_some() && limit.state == BreakerState::Open {
-            return Err(EngineError::BreakerOpen {
-                task_name: task.to_owned(),
-                open_until_ms: limit.open_until_ms.unwrap_or(now_ms),
-            }
-            .into());
-        }
-    }
-    let mut prepaid = false;
-    for key in [&task_key, &queue_key] {
-        if let Some(limit) = limits.get(key) {
-            if let Some(rate) = limit.rate {
-                if limit.tokens < TOKEN_SCALE {
-                    return Err(EngineError::RateLimited {
-                        key: key.clone(),
-                        retry_after_ms: rate.ms_until_token(limit.tokens),
-                    }
-                    .into());
-                }
-                prepaid = true;
-            }
-        }
-    }
-    for key in [&task_key, &queue_key] {
-        if let Some(limit) = limits.get_mut(key) {
-            if limit.rate.is_some() {
-                limit.tokens -= TOKEN_SCALE;
-                limit.dirty = true;
-            }
-        }
-    }
+    let admission = decide::admit_at_send(&mut limits, task, queue, now_ms)?;
     store_limits(tx, &limits, now_ms)?;
-    Ok(prepaid)
+    Ok(admission == SendAdmission::Prepaid)
 }
 
 // --- FlowStorage --------------------------------------------------------------

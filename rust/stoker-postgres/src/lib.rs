@@ -35,20 +35,25 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
 use stoker_engine::clock::{Clock, SystemClock};
+use stoker_engine::decide::{
+    decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
+};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use stoker_engine::retry::backoff_ms;
 use stoker_engine::storage::{
     stored_aside, ClaimRequest, Jitter, Storage, WakeListener, LEASE_EXPIRED_EXC_TYPE,
 };
 use stoker_engine::Engine;
 
 pub mod flow;
+mod rows;
 pub mod schema;
 pub mod wake;
+
+use crate::rows::PgRow;
 
 pub use schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
 
@@ -710,8 +715,9 @@ fn refuse_stale(
     )
 }
 
-/// Records a failed attempt and applies the retry policy, inside `tx`. The
-/// job row is locked first, so the state read here is the state written.
+/// Records a failed attempt and applies the retry policy, inside `tx`: reads
+/// the job's failure state under a row lock, lets [`decide_failure`] rule,
+/// writes the result.
 fn fail_in(
     tx: &mut Tx<'_>,
     job_id: i64,
@@ -722,29 +728,17 @@ fn fail_in(
 ) -> PgResult<FailOutcome> {
     let row = tx
         .query_opt(
-            "SELECT status, attempt, failures, crashes, max_retries, max_crashes, backoff_base_ms, \
-             backoff_cap_ms, jitter, lease_owner, cancel_requested FROM jobs WHERE id = $1 FOR UPDATE",
+            &format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
             &[&job_id],
         )?
         .ok_or(EngineError::NotFound(job_id))?;
-    let status = status_of(row.try_get(0)?)?;
-    let attempt: i64 = row.try_get(1)?;
-    if status != Status::Running || attempt != token {
-        let owner: Option<String> = row.try_get(9)?;
-        record_stale(
-            tx,
-            job_id,
-            token,
-            &owner.unwrap_or_default(),
-            "fail",
-            now_ms,
-        )?;
+    let state = failure_state_from_row(&PgRow(&row))?;
+    let decision = decide_failure(&state, token, report, jitter, now_ms);
+    if decision == FailureDecision::Stale {
+        let owner = state.lease_owner.unwrap_or_default();
+        record_stale(tx, job_id, token, &owner, "fail", now_ms)?;
         return Ok(FailOutcome::Stale);
     }
-    let (mut failures, mut crashes): (i64, i64) = (row.try_get(2)?, row.try_get(3)?);
-    let (max_retries, max_crashes): (i64, i64) = (row.try_get(4)?, row.try_get(5)?);
-    let (base, cap, spread): (i64, i64, f64) = (row.try_get(6)?, row.try_get(7)?, row.try_get(8)?);
-    let cancel_requested = row.try_get::<_, i64>(10)? != 0;
     tx.execute(
         "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
          usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -766,46 +760,35 @@ fn fail_in(
         &[&job_id, &report.usage],
     )?;
     flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
-    let (count, bound) = if report.kind.is_crash() {
-        crashes += 1;
-        (crashes, max_crashes)
-    } else {
-        failures += 1;
-        (failures, max_retries)
-    };
-    if cancel_requested {
-        tx.execute(
-            "UPDATE jobs SET status = 5, finished_ms = $2, failures = $3, crashes = $4, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = $1 AND attempt = $5 AND status = 2",
-            &[&job_id, &now_ms, &failures, &crashes, &token],
-        )?;
-        flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-        Ok(FailOutcome::Cancelled)
-    } else if report.retryable && count <= bound {
-        let n = u32::try_from(count).unwrap_or(u32::MAX);
-        let delay = backoff_ms(n, base, cap, spread, jitter());
-        let eta_ms = now_ms.saturating_add(delay);
-        let status = if delay == 0 {
-            tx.wake = true;
-            Status::Pending
-        } else {
-            Status::Scheduled
-        };
-        tx.execute(
-            "UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = 2",
-            &[&job_id, &status.code(), &eta_ms, &failures, &crashes, &token],
-        )?;
-        Ok(FailOutcome::Retry { eta_ms })
-    } else {
-        tx.execute(
-            "UPDATE jobs SET status = 4, finished_ms = $2, failures = $3, crashes = $4, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = $1 AND attempt = $5 AND status = 2",
-            &[&job_id, &now_ms, &failures, &crashes, &token],
-        )?;
-        flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
-        Ok(FailOutcome::Dead)
+    match decision {
+        FailureDecision::Stale => {}
+        FailureDecision::Finish {
+            status,
+            failures,
+            crashes,
+        } => {
+            tx.execute(
+                "UPDATE jobs SET status = $2, finished_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = 2",
+                &[&job_id, &status.code(), &now_ms, &failures, &crashes, &token],
+            )?;
+            flow::on_finished(tx, job_id, status, now_ms)?;
+        }
+        FailureDecision::Retry {
+            status,
+            eta_ms,
+            failures,
+            crashes,
+        } => {
+            tx.wake |= status == Status::Pending;
+            tx.execute(
+                "UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = 2",
+                &[&job_id, &status.code(), &eta_ms, &failures, &crashes, &token],
+            )?;
+        }
     }
+    Ok(decision.outcome())
 }
 
 fn claimed_from_row(row: &Row, lease_deadline_ms: i64) -> PgResult<(i64, ClaimedJob)> {

@@ -19,10 +19,13 @@ use rusqlite::{params, OptionalExtension, Row, Transaction};
 use crate::{
     sql_limit, status_from_code, SqlResult, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
 };
+use stoker_engine::decide::{
+    self, breaker_opens, counts_against_breaker, limit_from_row, Gate, LimitRow, SendAdmission,
+    LIMIT_COLUMNS,
+};
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{
-    BreakerConfig, BreakerState, LimitState, Limits, RateLimit, DEPENDENCY_FAILED_EXC_TYPE,
-    TOKEN_SCALE,
+    BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE, TOKEN_SCALE,
 };
 use stoker_engine::model::{FailureKind, NewJob, Status};
 use stoker_engine::schedule::{
@@ -30,6 +33,8 @@ use stoker_engine::schedule::{
     Verdict, FIRE_LOG_KEEP,
 };
 use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
+
+use crate::rows::SqlRow;
 use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 
 /// The flow-control and schedule part of the schema, run right after the job
@@ -399,7 +404,7 @@ pub(crate) fn on_attempt_failed(
     kind: FailureKind,
     now_ms: i64,
 ) -> SqlResult<()> {
-    if kind == FailureKind::LeaseExpired {
+    if !counts_against_breaker(kind) {
         return Ok(());
     }
     let any_breaker: bool = tx
@@ -427,16 +432,15 @@ pub(crate) fn on_attempt_failed(
         .execute(params![key, now_ms])?;
     tx.prepare_cached("DELETE FROM flow_failures WHERE key = ?1 AND at_ms <= ?2")?
         .execute(params![key, now_ms.saturating_sub(window_ms)])?;
-    let open = match BreakerState::from_code(state) {
-        BreakerState::Open => false,
-        BreakerState::HalfOpen => true,
-        BreakerState::Closed => {
-            let recent: i64 = tx
+    let open = breaker_opens(
+        BreakerState::from_code(state),
+        threshold,
+        || -> SqlResult<i64> {
+            Ok(tx
                 .prepare_cached("SELECT count(*) FROM flow_failures WHERE key = ?1")?
-                .query_row([&key], |row| row.get(0))?;
-            recent >= threshold
-        }
-    };
+                .query_row([&key], |row| row.get(0))?)
+        },
+    )?;
     if open {
         let until = now_ms.saturating_add(cooldown_ms);
         tx.prepare_cached(
@@ -520,204 +524,47 @@ pub(crate) fn next_flow_wakeup(tx: &Transaction<'_>) -> SqlResult<Option<i64>> {
 
 // --- limits: the claim-time gate ---------------------------------------------
 
-#[derive(Debug)]
-struct LimitRow {
-    rate: Option<RateLimit>,
-    tokens: i64,
-    concurrency: Option<i64>,
-    breaker: Option<BreakerConfig>,
-    state: BreakerState,
-    open_until_ms: Option<i64>,
-    wake_ms: Option<i64>,
-    probe_taken: bool,
-    dirty: bool,
-}
-
-impl LimitRow {
-    fn from_row(row: &Row<'_>, now_ms: i64) -> rusqlite::Result<(String, LimitRow)> {
-        let key: String = row.get(0)?;
-        let rate = match (row.get(1)?, row.get(2)?, row.get(3)?) {
-            (Some(count), Some(per_ms), Some(burst)) => Some(RateLimit {
-                count,
-                per_ms,
-                burst,
-            }),
-            _ => None,
-        };
-        let breaker = match (row.get(7)?, row.get(8)?, row.get(9)?) {
-            (Some(failures), Some(window_ms), Some(cooldown_ms)) => Some(BreakerConfig {
-                failures,
-                window_ms,
-                cooldown_ms,
-            }),
-            _ => None,
-        };
-        let stored_tokens: i64 = row.get(4)?;
-        let refilled_ms: i64 = row.get(5)?;
-        let tokens = rate.map_or(stored_tokens, |rate| {
-            rate.refill(stored_tokens, now_ms - refilled_ms)
-        });
-        let mut limit = LimitRow {
-            rate,
-            tokens,
-            concurrency: row.get(6)?,
-            breaker,
-            state: BreakerState::from_code(row.get(10)?),
-            open_until_ms: row.get(11)?,
-            wake_ms: row.get(12)?,
-            probe_taken: false,
-            dirty: false,
-        };
-        if limit.state == BreakerState::Open
-            && !matches!(limit.open_until_ms, Some(t) if t > now_ms)
-        {
-            limit.state = BreakerState::HalfOpen;
-            limit.open_until_ms = None;
-            limit.dirty = true;
-        }
-        if limit.wake_ms.is_some_and(|t| t <= now_ms) {
-            limit.wake_ms = None;
-            limit.dirty = true;
-        }
-        Ok((key, limit))
-    }
-
-    fn hint(&mut self, at_ms: i64) {
-        if !matches!(self.wake_ms, Some(t) if t <= at_ms) {
-            self.wake_ms = Some(at_ms);
-            self.dirty = true;
-        }
-    }
-}
-
-const LIMIT_COLUMNS: &str = "key, rate_count, rate_per_ms, burst, tokens, refilled_ms, concurrency, \
-     breaker_failures, breaker_window_ms, breaker_cooldown_ms, breaker_state, open_until_ms, wake_ms";
-
 fn load_limits(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<HashMap<String, LimitRow>> {
     let mut stmt = tx.prepare_cached(&format!("SELECT {LIMIT_COLUMNS} FROM flow_limits"))?;
-    let rows = stmt.query_map([], |row| LimitRow::from_row(row, now_ms))?;
+    let rows = stmt.query_map([], |row| limit_from_row(&SqlRow(row), now_ms))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Decides, inside one claim, which picked jobs their limits let run.
-#[derive(Debug)]
-pub struct Gate {
-    limits: HashMap<String, LimitRow>,
-    running: HashMap<String, i64>,
-    now_ms: i64,
+/// The limits as they stand at `now_ms`, for one claim to consult.
+pub(crate) fn load_gate(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<Gate> {
+    Ok(Gate::new(load_limits(tx, now_ms)?, now_ms))
 }
 
-impl Gate {
-    /// The limits as they stand at `now_ms`.
-    pub(crate) fn load(tx: &Transaction<'_>, now_ms: i64) -> SqlResult<Gate> {
-        Ok(Gate {
-            limits: load_limits(tx, now_ms)?,
-            running: HashMap::new(),
-            now_ms,
-        })
+/// How many candidates a claim of `limit` jobs reads per queue.
+pub(crate) fn scan_limit(gate: &Gate, limit: usize) -> usize {
+    if gate.active() {
+        limit.saturating_add(LIMITED_SCAN_EXTRA)
+    } else {
+        limit
     }
+}
 
-    /// Whether any limit is configured (otherwise every job is admitted).
-    pub(crate) fn active(&self) -> bool {
-        !self.limits.is_empty()
+/// Whether the pending job `job_id` may be taken now (see [`Gate::admit`]).
+/// Without limits, it is, and the job is not read.
+pub(crate) fn admit(gate: &mut Gate, tx: &Transaction<'_>, job_id: i64) -> SqlResult<bool> {
+    if !gate.active() {
+        return Ok(true);
     }
-
-    /// How many candidates a claim of `limit` jobs should read per queue.
-    pub(crate) fn scan_limit(&self, limit: usize) -> usize {
-        if self.active() {
-            limit.saturating_add(LIMITED_SCAN_EXTRA)
-        } else {
-            limit
-        }
-    }
-
-    fn running_of(&mut self, tx: &Transaction<'_>, task: &str) -> SqlResult<i64> {
-        if let Some(&count) = self.running.get(task) {
-            return Ok(count);
-        }
-        let count: i64 = tx
+    let (task, queue, prepaid): (String, String, bool) = tx
+        .prepare_cached("SELECT task_name, queue, rate_prepaid FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0))
+        })?;
+    gate.admit(&task, &queue, prepaid, |task| -> SqlResult<i64> {
+        Ok(tx
             .prepare_cached(RUNNING_OF_TASK_SQL)?
-            .query_row([task], |row| row.get(0))?;
-        self.running.insert(task.to_owned(), count);
-        Ok(count)
-    }
+            .query_row([task], |row| row.get(0))?)
+    })
+}
 
-    /// Whether the pending job `job_id` may be taken now; if so, its tokens
-    /// are taken and it counts as running.
-    pub(crate) fn admit(&mut self, tx: &Transaction<'_>, job_id: i64) -> SqlResult<bool> {
-        if !self.active() {
-            return Ok(true);
-        }
-        let (task, queue, prepaid): (String, String, bool) = tx
-            .prepare_cached("SELECT task_name, queue, rate_prepaid FROM jobs WHERE id = ?1")?
-            .query_row([job_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? != 0))
-            })?;
-        let task_key = format!("task:{task}");
-        let queue_key = format!("queue:{queue}");
-        let now_ms = self.now_ms;
-        let mut probe = false;
-        if self.limits.contains_key(&task_key) {
-            let running = self.running_of(tx, &task)?;
-            let Some(limit) = self.limits.get_mut(&task_key) else {
-                return Ok(false);
-            };
-            if limit.breaker.is_some() {
-                match limit.state {
-                    BreakerState::Open => {
-                        if let Some(until) = limit.open_until_ms {
-                            limit.hint(until);
-                        }
-                        return Ok(false);
-                    }
-                    BreakerState::HalfOpen => {
-                        if running > 0 || limit.probe_taken {
-                            return Ok(false);
-                        }
-                        probe = true;
-                    }
-                    BreakerState::Closed => {}
-                }
-            }
-            if limit.concurrency.is_some_and(|k| running >= k) {
-                return Ok(false);
-            }
-        }
-        if !prepaid {
-            for key in [&task_key, &queue_key] {
-                if let Some(limit) = self.limits.get_mut(key) {
-                    if let Some(rate) = limit.rate {
-                        if limit.tokens < TOKEN_SCALE {
-                            let wait = rate.ms_until_token(limit.tokens);
-                            limit.hint(now_ms.saturating_add(wait));
-                            return Ok(false);
-                        }
-                    }
-                }
-            }
-            for key in [&task_key, &queue_key] {
-                if let Some(limit) = self.limits.get_mut(key) {
-                    if limit.rate.is_some() {
-                        limit.tokens -= TOKEN_SCALE;
-                        limit.dirty = true;
-                    }
-                }
-            }
-        }
-        if let Some(limit) = self.limits.get_mut(&task_key) {
-            if probe {
-                limit.probe_taken = true;
-                limit.dirty = true;
-            }
-        }
-        *self.running.entry(task).or_insert(0) += 1;
-        Ok(true)
-    }
-
-    /// Writes back the limits this claim changed.
-    pub(crate) fn store(self, tx: &Transaction<'_>) -> SqlResult<()> {
-        store_limits(tx, &self.limits, self.now_ms)
-    }
+/// Writes back the limits a claim changed.
+pub(crate) fn store_gate(gate: &Gate, tx: &Transaction<'_>, now_ms: i64) -> SqlResult<()> {
+    store_limits(tx, gate.limits(), now_ms)
 }
 
 fn store_limits(
@@ -742,47 +589,14 @@ fn store_limits(
     Ok(())
 }
 
-/// For an enqueue that fails rather than waits: refuses it if the task's
-/// breaker is open or a bucket is empty, else takes the tokens now. Whether
-/// tokens were taken (the claim then takes none).
+/// For an enqueue that fails rather than waits (see
+/// [`stoker_engine::decide::admit_at_send`]): whether tokens were taken (the
+/// claim then takes none).
 fn admit_at_send(tx: &Transaction<'_>, task: &str, queue: &str, now_ms: i64) -> SqlResult<bool> {
     let mut limits = load_limits(tx, now_ms)?;
-    let task_key = format!("task:{task}");
-    let queue_key = format!("queue:{queue}");
-    if let Some(limit) = limits.get(&task_key) {
-        if limit.breaker.is_some() && limit.state == BreakerState::Open {
-            return Err(EngineError::BreakerOpen {
-                task_name: task.to_owned(),
-                open_until_ms: limit.open_until_ms.unwrap_or(now_ms),
-            }
-            .into());
-        }
-    }
-    let mut prepaid = false;
-    for key in [&task_key, &queue_key] {
-        if let Some(limit) = limits.get(key) {
-            if let Some(rate) = limit.rate {
-                if limit.tokens < TOKEN_SCALE {
-                    return Err(EngineError::RateLimited {
-                        key: key.clone(),
-                        retry_after_ms: rate.ms_until_token(limit.tokens),
-                    }
-                    .into());
-                }
-                prepaid = true;
-            }
-        }
-    }
-    for key in [&task_key, &queue_key] {
-        if let Some(limit) = limits.get_mut(key) {
-            if limit.rate.is_some() {
-                limit.tokens -= TOKEN_SCALE;
-                limit.dirty = true;
-            }
-        }
-    }
+    let admission = decide::admit_at_send(&mut limits, task, queue, now_ms)?;
     store_limits(tx, &limits, now_ms)?;
-    Ok(prepaid)
+    Ok(admission == SendAdmission::Prepaid)
 }
 
 // --- FlowStorage --------------------------------------------------------------

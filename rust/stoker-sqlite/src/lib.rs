@@ -23,23 +23,27 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
+use stoker_engine::decide::{
+    decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
+};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use stoker_engine::retry::backoff_ms;
 use stoker_engine::storage::{
     stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES, LEASE_EXPIRED_EXC_TYPE,
 };
 use stoker_engine::{Clock, Engine};
 
 use crate::checkpoint::Checkpointer;
+use crate::rows::SqlRow;
 use crate::send_log::SendLog;
 
 pub mod checkpoint;
 pub mod flow;
 pub mod locks;
+mod rows;
 pub mod send_log;
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
@@ -746,8 +750,8 @@ fn claim_in(
     }
     // Expired jobs never run; limits decide which picked jobs are taken.
     flow::expire_due_in(tx, now_ms)?;
-    let mut gate = flow::Gate::load(tx, now_ms)?;
-    let scan = gate.scan_limit(limit);
+    let mut gate = flow::load_gate(tx, now_ms)?;
+    let scan = flow::scan_limit(&gate, limit);
     // Each queue is read through its own slice of the partial index and
     // the slices are merged here: one ordered index range per queue is
     // cheap, while an IN over queues would need a sort.
@@ -773,7 +777,7 @@ fn claim_in(
         if claimed.len() >= limit {
             break;
         }
-        if !gate.admit(tx, id)? {
+        if !flow::admit(&mut gate, tx, id)? {
             continue;
         }
         let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
@@ -797,7 +801,7 @@ fn claim_in(
         }
         claimed.push(job);
     }
-    gate.store(tx)?;
+    flow::store_gate(&gate, tx, now_ms)?;
     Ok(claimed)
 }
 
@@ -1095,22 +1099,8 @@ fn refuse_stale(
     record_stale(tx, job_id, token, &owner, outcome, now_ms)
 }
 
-/// The part of a job row the retry policy reads.
-struct FailureState {
-    status: Status,
-    attempt: i64,
-    failures: i64,
-    crashes: i64,
-    max_retries: i64,
-    max_crashes: i64,
-    backoff_base_ms: i64,
-    backoff_cap_ms: i64,
-    jitter: f64,
-    lease_owner: Option<String>,
-    cancel_requested: bool,
-}
-
-/// Records a failed attempt and applies the retry policy, inside `tx`.
+/// Records a failed attempt and applies the retry policy, inside `tx`: reads
+/// the job's failure state, lets [`decide_failure`] rule, writes the result.
 fn fail_in(
     tx: &Transaction<'_>,
     job_id: i64,
@@ -1120,28 +1110,12 @@ fn fail_in(
     now_ms: i64,
 ) -> SqlResult<FailOutcome> {
     let state = tx
-        .prepare_cached(
-            "SELECT status, attempt, failures, crashes, max_retries, max_crashes, backoff_base_ms, \
-             backoff_cap_ms, jitter, lease_owner, cancel_requested FROM jobs WHERE id = ?1",
-        )?
-        .query_row([job_id], |row| {
-            Ok(FailureState {
-                status: status_from_code(row.get(0)?, 0)?,
-                attempt: row.get(1)?,
-                failures: row.get(2)?,
-                crashes: row.get(3)?,
-                max_retries: row.get(4)?,
-                max_crashes: row.get(5)?,
-                backoff_base_ms: row.get(6)?,
-                backoff_cap_ms: row.get(7)?,
-                jitter: row.get(8)?,
-                lease_owner: row.get(9)?,
-                cancel_requested: row.get::<_, i64>(10)? != 0,
-            })
-        })
+        .prepare_cached(&format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = ?1"))?
+        .query_row([job_id], |row| failure_state_from_row(&SqlRow(row)))
         .optional()?
         .ok_or(EngineError::NotFound(job_id))?;
-    if state.status != Status::Running || state.attempt != token {
+    let decision = decide_failure(&state, token, report, jitter, now_ms);
+    if decision == FailureDecision::Stale {
         let owner = state.lease_owner.unwrap_or_default();
         record_stale(tx, job_id, token, &owner, "fail", now_ms)?;
         return Ok(FailOutcome::Stale);
@@ -1165,52 +1139,34 @@ fn fail_in(
     tx.prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
         .execute(params![job_id, report.usage])?;
     flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
-    let (mut failures, mut crashes) = (state.failures, state.crashes);
-    let (count, bound) = if report.kind.is_crash() {
-        crashes += 1;
-        (crashes, state.max_crashes)
-    } else {
-        failures += 1;
-        (failures, state.max_retries)
-    };
-    if state.cancel_requested {
-        tx.prepare_cached(
-            "UPDATE jobs SET status = 5, finished_ms = ?2, failures = ?3, crashes = ?4, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
-        )?
-        .execute(params![job_id, now_ms, failures, crashes, token])?;
-        flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-        Ok(FailOutcome::Cancelled)
-    } else if report.retryable && count <= bound {
-        let n = u32::try_from(count).unwrap_or(u32::MAX);
-        let delay = backoff_ms(
-            n,
-            state.backoff_base_ms,
-            state.backoff_cap_ms,
-            state.jitter,
-            jitter(),
-        );
-        let eta_ms = now_ms.saturating_add(delay);
-        let status = if delay == 0 {
-            Status::Pending
-        } else {
-            Status::Scheduled
-        };
-        tx.prepare_cached(
-            "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
-        )?
-        .execute(params![job_id, status.code(), eta_ms, failures, crashes, token])?;
-        Ok(FailOutcome::Retry { eta_ms })
-    } else {
-        tx.prepare_cached(
-            "UPDATE jobs SET status = 4, finished_ms = ?2, failures = ?3, crashes = ?4, lease_owner = NULL, \
-             lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?5 AND status = 2",
-        )?
-        .execute(params![job_id, now_ms, failures, crashes, token])?;
-        flow::on_finished(tx, job_id, Status::Dead, now_ms)?;
-        Ok(FailOutcome::Dead)
+    match decision {
+        FailureDecision::Stale => {}
+        FailureDecision::Finish {
+            status,
+            failures,
+            crashes,
+        } => {
+            tx.prepare_cached(
+                "UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
+            )?
+            .execute(params![job_id, status.code(), now_ms, failures, crashes, token])?;
+            flow::on_finished(tx, job_id, status, now_ms)?;
+        }
+        FailureDecision::Retry {
+            status,
+            eta_ms,
+            failures,
+            crashes,
+        } => {
+            tx.prepare_cached(
+                "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
+            )?
+            .execute(params![job_id, status.code(), eta_ms, failures, crashes, token])?;
+        }
     }
+    Ok(decision.outcome())
 }
 
 /// The row counts of the multi-row INSERT statements of [`insert_copies`],
