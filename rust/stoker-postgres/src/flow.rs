@@ -15,7 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use postgres::Row;
 
-use crate::rows::PgRow;
+use crate::columns::PgRow;
 use crate::{sql_count, status_of, PgResult, PostgresStorage, Tx};
 use stoker_engine::decide::{
     self, breaker_opens, counts_against_breaker, limit_from_row, Gate, LimitRow, SendAdmission,
@@ -26,6 +26,7 @@ use stoker_engine::flow::{
     BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE, TOKEN_SCALE,
 };
 use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
+use stoker_engine::rows::{self, fire_from_row, FIRE_COLUMNS, SCHEDULE_COLUMNS};
 use stoker_engine::schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
     Verdict, FIRE_LOG_KEEP,
@@ -664,63 +665,8 @@ impl FlowStorage for PostgresStorage {
 
 // --- ScheduleStorage ----------------------------------------------------------
 
-const SCHEDULE_COLUMNS: &str = "id, name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
-     paused, next_fire_ms, last_fire_ms, enqueued, created_ms, task_name, queue, priority, payload, \
-     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
-     expires_after_ms, unique_key";
-
 fn schedule_from_row(row: &Row) -> PgResult<ScheduleRecord> {
-    let kind: String = row.try_get(2)?;
-    let spec = match kind.as_str() {
-        "cron" => ScheduleSpec::Cron {
-            expr: row.try_get(3)?,
-            timezone: row.try_get(4)?,
-        },
-        "interval" => ScheduleSpec::Interval {
-            every_ms: row.try_get(5)?,
-            start_ms: row.try_get(6)?,
-        },
-        _ => ScheduleSpec::Once {
-            at_ms: row.try_get(6)?,
-        },
-    };
-    let missed: String = row.try_get(7)?;
-    let mut job = NewJob::new(
-        row.try_get::<_, String>(15)?,
-        row.try_get::<_, Vec<u8>>(18)?,
-    );
-    job.queue = row.try_get(16)?;
-    job.priority = row.try_get(17)?;
-    job.max_retries = row.try_get(19)?;
-    job.max_crashes = row.try_get(20)?;
-    job.backoff_base_ms = row.try_get(21)?;
-    job.backoff_cap_ms = row.try_get(22)?;
-    job.jitter = row.try_get(23)?;
-    job.timeout_ms = row.try_get(24)?;
-    job.result_ttl_ms = row.try_get(25)?;
-    job.expires_after_ms = row.try_get(26)?;
-    job.unique_key = row.try_get(27)?;
-    let labels: String = row.try_get(9)?;
-    // The schedule's labels are the labels of every job it fires.
-    job.labels = (!labels.is_empty() && labels != "{}").then(|| labels.clone());
-    Ok(ScheduleRecord {
-        id: row.try_get(0)?,
-        name: row.try_get(1)?,
-        spec,
-        job,
-        missed: if missed == "catch_up" {
-            MissedFires::CatchUp
-        } else {
-            MissedFires::Skip
-        },
-        source: row.try_get(8)?,
-        labels,
-        paused: row.try_get::<_, i64>(10)? != 0,
-        next_fire_ms: row.try_get(11)?,
-        last_fire_ms: row.try_get(12)?,
-        enqueued: row.try_get(13)?,
-        created_ms: row.try_get(14)?,
-    })
+    rows::schedule_from_row(&PgRow(row))
 }
 
 fn spec_columns(spec: &ScheduleSpec) -> (Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
@@ -958,24 +904,13 @@ impl ScheduleStorage for PostgresStorage {
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
         self.read(|tx| {
             tx.query(
-                "SELECT id, schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message \
-                 FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT $2",
+                &format!(
+                    "SELECT {FIRE_COLUMNS} FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT $2"
+                ),
                 &[&id, &sql_count(limit)],
             )?
             .iter()
-            .map(|row| {
-                Ok(FireRecord {
-                    id: row.try_get(0)?,
-                    schedule_id: row.try_get(1)?,
-                    fire_ms: row.try_get(2)?,
-                    at_ms: row.try_get(3)?,
-                    outcome: row.try_get(4)?,
-                    job_id: row.try_get(5)?,
-                    missed: row.try_get(6)?,
-                    owner: row.try_get(7)?,
-                    message: row.try_get(8)?,
-                })
-            })
+            .map(|row| fire_from_row(&PgRow(row)))
             .collect()
         })
     }

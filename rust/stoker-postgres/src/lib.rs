@@ -48,12 +48,13 @@ use stoker_engine::storage::{
 };
 use stoker_engine::Engine;
 
+mod columns;
 pub mod flow;
-mod rows;
 pub mod schema;
 pub mod wake;
 
-use crate::rows::PgRow;
+use crate::columns::PgRow;
+use stoker_engine::rows::{self, error_from_row, stale_from_row, ERROR_COLUMNS, STALE_COLUMNS};
 
 pub use schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
 
@@ -637,39 +638,7 @@ pub(crate) fn status_of(code: i64) -> PgResult<Status> {
 }
 
 fn job_from_row(row: &Row) -> PgResult<JobRecord> {
-    Ok(JobRecord {
-        id: row.try_get(0)?,
-        task_name: row.try_get(1)?,
-        queue: row.try_get(2)?,
-        priority: row.try_get(3)?,
-        status: status_of(row.try_get(4)?)?,
-        payload: row.try_get(5)?,
-        attempt: row.try_get(6)?,
-        failures: row.try_get(7)?,
-        crashes: row.try_get(8)?,
-        max_retries: row.try_get(9)?,
-        max_crashes: row.try_get(10)?,
-        backoff_base_ms: row.try_get(11)?,
-        backoff_cap_ms: row.try_get(12)?,
-        jitter: row.try_get(13)?,
-        timeout_ms: row.try_get(14)?,
-        result_ttl_ms: row.try_get(15)?,
-        created_ms: row.try_get(16)?,
-        eta_ms: row.try_get(17)?,
-        started_ms: row.try_get(18)?,
-        finished_ms: row.try_get(19)?,
-        lease_owner: row.try_get(20)?,
-        lease_deadline_ms: row.try_get(21)?,
-        cancel_requested: row.try_get::<_, i64>(22)? != 0,
-        result: row.try_get(23)?,
-        result_expires_ms: row.try_get(24)?,
-        replayed_from: row.try_get(25)?,
-        labels: row.try_get(26)?,
-        progress: row.try_get(27)?,
-        usage: row.try_get(28)?,
-        unique_key: row.try_get(29)?,
-        expires_ms: row.try_get(30)?,
-    })
+    rows::job_from_row(&PgRow(row))
 }
 
 pub(crate) fn sql_count(count: usize) -> i64 {
@@ -1375,28 +1344,13 @@ impl Storage for PostgresStorage {
         self.read(|tx| {
             tx.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job_id])?
                 .ok_or(EngineError::NotFound(job_id))?;
-            let rows = tx.query(
-                "SELECT id, job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
-                 usage FROM errors WHERE job_id = $1 ORDER BY id",
+            tx.query(
+                &format!("SELECT {ERROR_COLUMNS} FROM errors WHERE job_id = $1 ORDER BY id"),
                 &[&job_id],
-            )?;
-            rows.iter()
-                .map(|row| {
-                    Ok(ErrorRecord {
-                        id: row.try_get(0)?,
-                        job_id: row.try_get(1)?,
-                        attempt: row.try_get(2)?,
-                        kind: row.try_get(3)?,
-                        exc_type: row.try_get(4)?,
-                        message: row.try_get(5)?,
-                        traceback: row.try_get(6)?,
-                        exc_pickle: row.try_get(7)?,
-                        failed_ms: row.try_get(8)?,
-                        worker: row.try_get(9)?,
-                        usage: row.try_get(10)?,
-                    })
-                })
-                .collect()
+            )?
+            .iter()
+            .map(|row| error_from_row(&PgRow(row)))
+            .collect()
         })
     }
 
@@ -1467,21 +1421,13 @@ impl Storage for PostgresStorage {
 
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
         self.read(|tx| {
-            let rows = tx.query(
-                "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT $1",
+            tx.query(
+                &format!("SELECT {STALE_COLUMNS} FROM stale_outcomes ORDER BY id DESC LIMIT $1"),
                 &[&sql_count(limit)],
-            )?;
-            rows.iter()
-                .map(|row| {
-                    Ok(StaleOutcome {
-                        job_id: row.try_get(0)?,
-                        token: row.try_get(1)?,
-                        owner: row.try_get(2)?,
-                        outcome: row.try_get(3)?,
-                        at_ms: row.try_get(4)?,
-                    })
-                })
-                .collect()
+            )?
+            .iter()
+            .map(|row| stale_from_row(&PgRow(row)))
+            .collect()
         })
     }
 

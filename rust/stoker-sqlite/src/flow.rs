@@ -34,7 +34,8 @@ use stoker_engine::schedule::{
 };
 use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
 
-use crate::rows::SqlRow;
+use crate::columns::SqlRow;
+use stoker_engine::rows::{self, fire_from_row, FIRE_COLUMNS, SCHEDULE_COLUMNS};
 use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 
 /// The flow-control and schedule part of the schema, run right after the job
@@ -716,58 +717,8 @@ impl FlowStorage for SqliteStorage {
 
 // --- ScheduleStorage ----------------------------------------------------------
 
-const SCHEDULE_COLUMNS: &str = "id, name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
-     paused, next_fire_ms, last_fire_ms, enqueued, created_ms, task_name, queue, priority, payload, \
-     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
-     expires_after_ms, unique_key";
-
 fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
-    let kind: String = row.get(2)?;
-    let spec = match kind.as_str() {
-        "cron" => ScheduleSpec::Cron {
-            expr: row.get(3)?,
-            timezone: row.get(4)?,
-        },
-        "interval" => ScheduleSpec::Interval {
-            every_ms: row.get(5)?,
-            start_ms: row.get(6)?,
-        },
-        _ => ScheduleSpec::Once { at_ms: row.get(6)? },
-    };
-    let missed: String = row.get(7)?;
-    let mut job = NewJob::new(row.get::<_, String>(15)?, row.get::<_, Vec<u8>>(18)?);
-    job.queue = row.get(16)?;
-    job.priority = row.get(17)?;
-    job.max_retries = row.get(19)?;
-    job.max_crashes = row.get(20)?;
-    job.backoff_base_ms = row.get(21)?;
-    job.backoff_cap_ms = row.get(22)?;
-    job.jitter = row.get(23)?;
-    job.timeout_ms = row.get(24)?;
-    job.result_ttl_ms = row.get(25)?;
-    job.expires_after_ms = row.get(26)?;
-    job.unique_key = row.get(27)?;
-    let labels: String = row.get(9)?;
-    // The schedule's labels are the labels of every job it fires.
-    job.labels = (!labels.is_empty() && labels != "{}").then(|| labels.clone());
-    Ok(ScheduleRecord {
-        id: row.get(0)?,
-        name: row.get(1)?,
-        spec,
-        job,
-        missed: if missed == "catch_up" {
-            MissedFires::CatchUp
-        } else {
-            MissedFires::Skip
-        },
-        source: row.get(8)?,
-        labels,
-        paused: row.get::<_, i64>(10)? != 0,
-        next_fire_ms: row.get(11)?,
-        last_fire_ms: row.get(12)?,
-        enqueued: row.get(13)?,
-        created_ms: row.get(14)?,
-    })
+    rows::schedule_from_row(&SqlRow(row))
 }
 
 fn spec_columns(spec: &ScheduleSpec) -> (Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
@@ -1001,23 +952,11 @@ impl ScheduleStorage for SqliteStorage {
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
         self.read(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message \
-                 FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![id, sql_limit(limit)], |row| {
-                Ok(FireRecord {
-                    id: row.get(0)?,
-                    schedule_id: row.get(1)?,
-                    fire_ms: row.get(2)?,
-                    at_ms: row.get(3)?,
-                    outcome: row.get(4)?,
-                    job_id: row.get(5)?,
-                    missed: row.get(6)?,
-                    owner: row.get(7)?,
-                    message: row.get(8)?,
-                })
-            })?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {FIRE_COLUMNS} FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let rows =
+                stmt.query_map(params![id, sql_limit(limit)], |row| fire_from_row(&SqlRow(row)))?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }

@@ -37,13 +37,14 @@ use stoker_engine::storage::{
 use stoker_engine::{Clock, Engine};
 
 use crate::checkpoint::Checkpointer;
-use crate::rows::SqlRow;
+use crate::columns::SqlRow;
 use crate::send_log::SendLog;
+use stoker_engine::rows::{self, error_from_row, stale_from_row, ERROR_COLUMNS, STALE_COLUMNS};
 
 pub mod checkpoint;
+mod columns;
 pub mod flow;
 pub mod locks;
-mod rows;
 pub mod send_log;
 
 /// Marks a SQLite file as stoker's (`PRAGMA application_id`): the bytes "STKR".
@@ -1025,39 +1026,7 @@ pub(crate) fn status_from_code(code: i64, column: usize) -> rusqlite::Result<Sta
 }
 
 fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
-    Ok(JobRecord {
-        id: row.get(0)?,
-        task_name: row.get(1)?,
-        queue: row.get(2)?,
-        priority: row.get(3)?,
-        status: status_from_code(row.get(4)?, 4)?,
-        payload: row.get(5)?,
-        attempt: row.get(6)?,
-        failures: row.get(7)?,
-        crashes: row.get(8)?,
-        max_retries: row.get(9)?,
-        max_crashes: row.get(10)?,
-        backoff_base_ms: row.get(11)?,
-        backoff_cap_ms: row.get(12)?,
-        jitter: row.get(13)?,
-        timeout_ms: row.get(14)?,
-        result_ttl_ms: row.get(15)?,
-        created_ms: row.get(16)?,
-        eta_ms: row.get(17)?,
-        started_ms: row.get(18)?,
-        finished_ms: row.get(19)?,
-        lease_owner: row.get(20)?,
-        lease_deadline_ms: row.get(21)?,
-        cancel_requested: row.get::<_, i64>(22)? != 0,
-        result: row.get(23)?,
-        result_expires_ms: row.get(24)?,
-        replayed_from: row.get(25)?,
-        labels: row.get(26)?,
-        progress: row.get(27)?,
-        usage: row.get(28)?,
-        unique_key: row.get(29)?,
-        expires_ms: row.get(30)?,
-    })
+    rows::job_from_row(&SqlRow(row))
 }
 
 pub(crate) fn sql_limit(limit: usize) -> i64 {
@@ -1643,25 +1612,10 @@ impl Storage for SqliteStorage {
                 .query_row([job_id], |_| Ok(()))
                 .optional()?;
             exists.ok_or(EngineError::NotFound(job_id))?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT id, job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
-                 usage FROM errors WHERE job_id = ?1 ORDER BY id",
-            )?;
-            let rows = stmt.query_map([job_id], |row| {
-                Ok(ErrorRecord {
-                    id: row.get(0)?,
-                    job_id: row.get(1)?,
-                    attempt: row.get(2)?,
-                    kind: row.get(3)?,
-                    exc_type: row.get(4)?,
-                    message: row.get(5)?,
-                    traceback: row.get(6)?,
-                    exc_pickle: row.get(7)?,
-                    failed_ms: row.get(8)?,
-                    worker: row.get(9)?,
-                    usage: row.get(10)?,
-                })
-            })?;
+            let mut stmt = tx.prepare_cached(&format!(
+                "SELECT {ERROR_COLUMNS} FROM errors WHERE job_id = ?1 ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([job_id], |row| error_from_row(&SqlRow(row)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
@@ -1733,18 +1687,10 @@ impl Storage for SqliteStorage {
 
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError> {
         self.with_reader(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "SELECT job_id, token, owner, outcome, at_ms FROM stale_outcomes ORDER BY id DESC LIMIT ?1",
-            )?;
-            let rows = stmt.query_map([sql_limit(limit)], |row| {
-                Ok(StaleOutcome {
-                    job_id: row.get(0)?,
-                    token: row.get(1)?,
-                    owner: row.get(2)?,
-                    outcome: row.get(3)?,
-                    at_ms: row.get(4)?,
-                })
-            })?;
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {STALE_COLUMNS} FROM stale_outcomes ORDER BY id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([sql_limit(limit)], |row| stale_from_row(&SqlRow(row)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
