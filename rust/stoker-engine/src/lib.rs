@@ -11,6 +11,8 @@
 //! binding (`stoker._core`) is the only place that knows they are pickles.
 
 pub mod clock;
+#[macro_use]
+pub mod codes;
 pub mod decide;
 pub mod engine;
 pub mod error;

@@ -31,6 +31,7 @@ use stoker_engine::schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
     Verdict, FIRE_LOG_KEEP,
 };
+use stoker_engine::status_code;
 use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
 use stoker_engine::storage::stored_aside;
 use stoker_engine::storage::LIMITED_SCAN_EXTRA;
@@ -53,7 +54,17 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         // makes the second insert fail and its transaction run again, when it
         // finds the first one's job.
         let existing = tx.query_opt(
-            "SELECT id FROM jobs WHERE unique_key = $1 AND status IN (0, 1, 2, 7)",
+            concat!(
+                "SELECT id FROM jobs WHERE unique_key = $1 AND status IN (",
+                status_code!(pending),
+                ", ",
+                status_code!(scheduled),
+                ", ",
+                status_code!(running),
+                ", ",
+                status_code!(waiting),
+                ")"
+            ),
             &[key],
         )?;
         if let Some(row) = existing {
@@ -165,7 +176,12 @@ fn fail_waiting(
     now_ms: i64,
 ) -> PgResult<bool> {
     let changed = tx.execute(
-        "UPDATE jobs SET status = 4, finished_ms = $2 WHERE id = $1 AND status = 7",
+        concat!(
+            "UPDATE jobs SET status = ",
+            status_code!(dead),
+            ", finished_ms = $2 WHERE id = $1 AND status = ",
+            status_code!(waiting)
+        ),
         &[&job_id, &now_ms],
     )?;
     if changed == 0 {
@@ -217,15 +233,22 @@ pub(crate) fn on_finished(
             if status == Status::Complete {
                 let unfinished: i64 = tx
                     .query_one(
-                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                         WHERE d.job_id = $1 AND j.status != 3",
+                        concat!(
+                            "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
+                         WHERE d.job_id = $1 AND j.status != ",
+                            status_code!(complete)
+                        ),
                         &[&dependent],
                     )?
                     .try_get(0)?;
                 if unfinished == 0 {
                     let released = tx.query_opt(
-                        "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN 0 ELSE 1 END \
-                         WHERE id = $1 AND status = 7 RETURNING status",
+                        concat!(
+                            "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN 0 ELSE 1 END \
+                         WHERE id = $1 AND status = ",
+                            status_code!(waiting),
+                            " RETURNING status"
+                        ),
                         &[&dependent, &now_ms],
                     )?;
                     if let Some(row) = released {
@@ -350,9 +373,20 @@ fn task_key_of(tx: &mut Tx<'_>, job_id: i64) -> PgResult<String> {
 fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
     let expired: Vec<i64> = tx
         .query(
-            "UPDATE jobs SET status = 6, finished_ms = $1 WHERE id IN \
-             (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) AND expires_ms <= $1 \
-             ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id",
+            concat!(
+                "UPDATE jobs SET status = ",
+                status_code!(expired),
+                ", finished_ms = $1 WHERE id IN \
+             (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
+                status_code!(pending),
+                ", ",
+                status_code!(scheduled),
+                ", ",
+                status_code!(waiting),
+                ")",
+                " AND expires_ms <= $1 \
+             ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id"
+            ),
             &[&now_ms, &limit],
         )?
         .iter()
@@ -396,9 +430,18 @@ pub(crate) fn purge_retention_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> Pg
 /// The earliest time a limit or an expiry wants a claim.
 pub(crate) fn next_flow_wakeup(tx: &mut Tx<'_>) -> PgResult<Option<i64>> {
     let row = tx.query_one(
-        "SELECT (SELECT min(wake_ms) FROM flow_limits), \
-         (SELECT expires_ms FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) \
-          ORDER BY expires_ms LIMIT 1)",
+        concat!(
+            "SELECT (SELECT min(wake_ms) FROM flow_limits), \
+         (SELECT expires_ms FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
+            status_code!(pending),
+            ", ",
+            status_code!(scheduled),
+            ", ",
+            status_code!(waiting),
+            ")",
+            " \
+          ORDER BY expires_ms LIMIT 1)"
+        ),
         &[],
     )?;
     let hint: Option<i64> = row.try_get(0)?;
@@ -463,8 +506,12 @@ pub(crate) fn claim_limited(
     let mut picked: Vec<(i64, i64, String, String, bool)> = Vec::new();
     for queue in queues {
         let rows = tx.query(
-            "SELECT priority, id, task_name, queue, rate_prepaid FROM jobs WHERE status = 0 AND queue = $1 \
-             ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED",
+            concat!(
+                "SELECT priority, id, task_name, queue, rate_prepaid FROM jobs WHERE status = ",
+                status_code!(pending),
+                " AND queue = $1 \
+             ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+            ),
             &[queue, &sql_count(scan)],
         )?;
         for row in &rows {
@@ -487,7 +534,11 @@ pub(crate) fn claim_limited(
         let admit = gate.admit(task, queue, *prepaid, |task| -> PgResult<i64> {
             Ok(tx
                 .query_one(
-                    "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
+                    concat!(
+                        "SELECT count(*) FROM jobs WHERE status = ",
+                        status_code!(running),
+                        " AND task_name = $1"
+                    ),
                     &[&task],
                 )?
                 .try_get(0)?)
@@ -501,10 +552,16 @@ pub(crate) fn claim_limited(
         return Ok(Vec::new());
     }
     let rows = tx.query(
-        "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = $2, lease_owner = $3, \
+        concat!(
+            "UPDATE jobs SET status = ",
+            status_code!(running),
+            ", attempt = attempt + 1, started_ms = $2, lease_owner = $3, \
          lease_deadline_ms = $4, cancel_requested = 0, progress = NULL, held = 0 \
-         WHERE id = ANY($1) AND status = 0 \
-         RETURNING id, priority, attempt, task_name, queue, payload, timeout_ms, labels",
+         WHERE id = ANY($1) AND status = ",
+            status_code!(pending),
+            " \
+         RETURNING id, priority, attempt, task_name, queue, payload, timeout_ms, labels"
+        ),
         &[&admitted, &now_ms, &owner, &lease_deadline_ms],
     )?;
     let mut claimed = Vec::with_capacity(rows.len());
@@ -606,7 +663,11 @@ impl FlowStorage for PostgresStorage {
                 let running: i64 = match key.strip_prefix("task:") {
                     Some(task) => tx
                         .query_one(
-                            "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = $1",
+                            concat!(
+                                "SELECT count(*) FROM jobs WHERE status = ",
+                                status_code!(running),
+                                " AND task_name = $1"
+                            ),
                             &[&task],
                         )?
                         .try_get(0)?,

@@ -35,6 +35,7 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 
 use stoker_engine::clock::{Clock, SystemClock};
+use stoker_engine::codes::DEAD;
 use stoker_engine::decide::{
     decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
 };
@@ -43,6 +44,7 @@ use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
+use stoker_engine::status_code;
 use stoker_engine::storage::{
     stored_aside, ClaimRequest, Jitter, Storage, WakeListener, LEASE_EXPIRED_EXC_TYPE,
 };
@@ -103,52 +105,70 @@ pub(crate) const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first;
 /// rows another claimer is promoting are skipped, not waited for.
-pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
-     (SELECT id FROM jobs WHERE status = 1 AND eta_ms <= $1 ORDER BY eta_ms LIMIT $2 FOR UPDATE SKIP LOCKED)";
+pub const PROMOTE_DUE_SQL: &str = concat!(
+    "UPDATE jobs SET status = ",
+    status_code!(pending),
+    " WHERE id IN \
+     (SELECT id FROM jobs WHERE status = ",
+    status_code!(scheduled),
+    " AND eta_ms <= $1 ORDER BY eta_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
+);
 
 /// The claim of one queue: one statement that locks exactly `$2` runnable
 /// rows (skipping those another claimer holds) in priority-then-id order
 /// through the partial index of pending jobs, and leases them. The CTE is
 /// materialised so that the planner cannot re-run the locking subquery for
 /// every row of the update (which could lease more rows than the limit).
-pub const CLAIM_ONE_QUEUE_SQL: &str = "WITH picked AS MATERIALIZED ( \
-     SELECT id FROM jobs WHERE status = 0 AND queue = $1 ORDER BY priority DESC, id LIMIT $2 \
+pub const CLAIM_ONE_QUEUE_SQL: &str = concat!("WITH picked AS MATERIALIZED ( \
+     SELECT id FROM jobs WHERE status = ", status_code!(pending), " AND queue = $1 ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
-     UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
+     UPDATE jobs j SET status = ", status_code!(running), ", attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
      lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
      FROM picked WHERE j.id = picked.id \
-     RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
+     RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels");
 
 /// The claim of several queues at once; as [`CLAIM_ONE_QUEUE_SQL`].
-pub const CLAIM_QUEUES_SQL: &str = "WITH picked AS MATERIALIZED ( \
-     SELECT id FROM jobs WHERE status = 0 AND queue = ANY($1) ORDER BY priority DESC, id LIMIT $2 \
+pub const CLAIM_QUEUES_SQL: &str = concat!("WITH picked AS MATERIALIZED ( \
+     SELECT id FROM jobs WHERE status = ", status_code!(pending), " AND queue = ANY($1) ORDER BY priority DESC, id LIMIT $2 \
      FOR UPDATE SKIP LOCKED) \
-     UPDATE jobs j SET status = 2, attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
+     UPDATE jobs j SET status = ", status_code!(running), ", attempt = j.attempt + 1, started_ms = $3, lease_owner = $4, \
      lease_deadline_ms = $5, cancel_requested = 0, progress = NULL, held = 0 \
      FROM picked WHERE j.id = picked.id \
-     RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels";
+     RETURNING j.id, j.priority, j.attempt, j.task_name, j.queue, j.payload, j.timeout_ms, j.labels");
 
 /// Completes a batch of attempts whose tokens are current, in one statement.
-pub const COMPLETE_SQL: &str = "UPDATE jobs j SET status = 3, result = c.result, finished_ms = $5, \
+pub const COMPLETE_SQL: &str = concat!("UPDATE jobs j SET status = ", status_code!(complete), ", result = c.result, finished_ms = $5, \
      usage = c.usage, result_expires_ms = $5 + j.result_ttl_ms, lease_owner = NULL, lease_deadline_ms = NULL \
      FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[], $4::text[]) AS c (id, token, result, usage) \
-     WHERE j.id = c.id AND j.attempt = c.token AND j.status = 2 RETURNING j.id";
+     WHERE j.id = c.id AND j.attempt = c.token AND j.status = ", status_code!(running), " RETURNING j.id");
 
 /// Renews a batch of leases whose owner and token are current.
-pub const HEARTBEAT_SQL: &str = "UPDATE jobs j SET lease_deadline_ms = $4 \
+pub const HEARTBEAT_SQL: &str = concat!(
+    "UPDATE jobs j SET lease_deadline_ms = $4 \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS l (id, token) \
-     WHERE j.id = l.id AND j.attempt = l.token AND j.status = 2 AND j.lease_owner = $3 \
-     RETURNING j.id, j.cancel_requested";
+     WHERE j.id = l.id AND j.attempt = l.token AND j.status = ",
+    status_code!(running),
+    " AND j.lease_owner = $3 \
+     RETURNING j.id, j.cancel_requested"
+);
 
 /// The running jobs whose own lease ran out, oldest deadline first, then
 /// lowest id (the order SQLite's index gives).
-pub const EXPIRED_SQL: &str = "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = 2 AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED";
+pub const EXPIRED_SQL: &str = concat!(
+    "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
+     WHERE status = ",
+    status_code!(running),
+    " AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED"
+);
 
 /// The running jobs of supervisors whose registration lease ran out.
-pub const ORPHANED_SQL: &str = "SELECT j.id, j.attempt, j.lease_owner, s.lease_until_ms \
-     FROM supervisors s JOIN jobs j ON j.lease_owner = s.owner AND j.status = 2 \
-     WHERE s.lease_until_ms < $1 ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED";
+pub const ORPHANED_SQL: &str = concat!(
+    "SELECT j.id, j.attempt, j.lease_owner, s.lease_until_ms \
+     FROM supervisors s JOIN jobs j ON j.lease_owner = s.owner AND j.status = ",
+    status_code!(running),
+    " \
+     WHERE s.lease_until_ms < $1 ORDER BY j.id LIMIT $2 FOR UPDATE OF j SKIP LOCKED"
+);
 
 /// The statements whose cost must not grow with the number of jobs, by name;
 /// tests check their plans.
@@ -737,8 +757,8 @@ fn fail_in(
             crashes,
         } => {
             tx.execute(
-                "UPDATE jobs SET status = $2, finished_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = 2",
+                concat!("UPDATE jobs SET status = $2, finished_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ", status_code!(running)),
                 &[&job_id, &status.code(), &now_ms, &failures, &crashes, &token],
             )?;
             flow::on_finished(tx, job_id, status, now_ms)?;
@@ -751,8 +771,8 @@ fn fail_in(
         } => {
             tx.wake |= status == Status::Pending;
             tx.execute(
-                "UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = 2",
+                concat!("UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ", status_code!(running)),
                 &[&job_id, &status.code(), &eta_ms, &failures, &crashes, &token],
             )?;
         }
@@ -786,27 +806,37 @@ fn in_claim_order(mut claimed: Vec<(i64, ClaimedJob)>) -> Vec<ClaimedJob> {
 
 /// Puts a running attempt back to pending; a job whose cancel was requested
 /// ends cancelled rather than going back, so the request is never lost.
-const REQUEUE_SQL: &str =
+const REQUEUE_SQL: &str = concat!(
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
      eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
+     WHERE id = $1 AND attempt = $2 AND status = ",
+    status_code!(running),
+    " RETURNING status"
+);
 
 /// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the
 /// attempt is taken back, so the job reads as if it had never been claimed.
 /// The token was never handed to a worker, so no outcome can carry it.
-const RELEASE_SQL: &str =
+const RELEASE_SQL: &str = concat!(
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
      started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = $1 AND attempt = $2 AND status = 2 RETURNING status";
+     WHERE id = $1 AND attempt = $2 AND status = ",
+    status_code!(running),
+    " RETURNING status"
+);
 
 /// Marks ($4 = 1) or unmarks ($4 = 0) running jobs their owner ($3) holds,
 /// sent to no worker, whose tokens are current.
-const MARK_HELD_SQL: &str = "UPDATE jobs j SET held = $4 \
+const MARK_HELD_SQL: &str = concat!(
+    "UPDATE jobs j SET held = $4 \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS h (id, token) \
-     WHERE j.id = h.id AND j.attempt = h.token AND j.status = 2 AND j.lease_owner = $3";
+     WHERE j.id = h.id AND j.attempt = h.token AND j.status = ",
+    status_code!(running),
+    " AND j.lease_owner = $3"
+);
 
 /// A give-back statement: pending again (cancelled if a cancel was
 /// requested), no failure or crash counted, the lease dropped, for the job
@@ -814,10 +844,14 @@ const MARK_HELD_SQL: &str = "UPDATE jobs j SET held = $4 \
 macro_rules! give_back_sql {
     ($condition:literal) => {
         concat!(
-            "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+            concat!(
+                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
              finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
              eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-             WHERE id = $1 AND attempt = $2 AND status = 2 AND ",
+             WHERE id = $1 AND attempt = $2 AND status = ",
+                status_code!(running),
+                " AND "
+            ),
             $condition,
             " RETURNING status"
         )
@@ -1146,7 +1180,11 @@ impl Storage for PostgresStorage {
             match status_of(row.try_get(0)?)? {
                 Status::Pending | Status::Scheduled | Status::Waiting => {
                     tx.execute(
-                        "UPDATE jobs SET status = 5, finished_ms = $2 WHERE id = $1",
+                        concat!(
+                            "UPDATE jobs SET status = ",
+                            status_code!(cancelled),
+                            ", finished_ms = $2 WHERE id = $1"
+                        ),
                         &[&job_id, &now_ms],
                     )?;
                     flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
@@ -1169,8 +1207,12 @@ impl Storage for PostgresStorage {
     fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError> {
         self.read(|tx| {
             let rows = tx.query(
-                "SELECT id, attempt FROM jobs WHERE status = 2 AND cancel_requested = 1 AND lease_owner = $1 \
-                 ORDER BY id",
+                concat!(
+                    "SELECT id, attempt FROM jobs WHERE status = ",
+                    status_code!(running),
+                    " AND cancel_requested = 1 AND lease_owner = $1 \
+                 ORDER BY id"
+                ),
                 &[&owner],
             )?;
             rows.iter()
@@ -1182,8 +1224,13 @@ impl Storage for PostgresStorage {
     fn finish_cancelled(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
         self.write(|tx| {
             let changed = tx.execute(
-                "UPDATE jobs SET status = 5, finished_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
-                 WHERE id = $1 AND attempt = $2 AND status = 2",
+                concat!(
+                    "UPDATE jobs SET status = ",
+                    status_code!(cancelled),
+                    ", finished_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
+                 WHERE id = $1 AND attempt = $2 AND status = ",
+                    status_code!(running)
+                ),
                 &[&job_id, &token, &now_ms],
             )?;
             if changed == 0 {
@@ -1375,7 +1422,7 @@ impl Storage for PostgresStorage {
         self.read(|tx| {
             let rows = tx.query(
                 &format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC \
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE status = {DEAD} ORDER BY finished_ms DESC, id DESC \
                      LIMIT $1 OFFSET $2"
                 ),
                 &[&sql_count(limit), &sql_count(offset)],
@@ -1434,10 +1481,18 @@ impl Storage for PostgresStorage {
     fn next_wakeup_ms(&self) -> Result<Option<i64>, EngineError> {
         self.read(|tx| {
             let row = tx.query_one(
-                "SELECT (SELECT eta_ms FROM jobs WHERE status = 1 ORDER BY eta_ms LIMIT 1), \
-                 (SELECT lease_deadline_ms FROM jobs WHERE status = 2 ORDER BY lease_deadline_ms LIMIT 1), \
+                concat!(
+                    "SELECT (SELECT eta_ms FROM jobs WHERE status = ",
+                    status_code!(scheduled),
+                    " ORDER BY eta_ms LIMIT 1), \
+                 (SELECT lease_deadline_ms FROM jobs WHERE status = ",
+                    status_code!(running),
+                    " ORDER BY lease_deadline_ms LIMIT 1), \
                  (SELECT min(lease_until_ms) FROM supervisors s WHERE EXISTS \
-                    (SELECT 1 FROM jobs j WHERE j.status = 2 AND j.lease_owner = s.owner))",
+                    (SELECT 1 FROM jobs j WHERE j.status = ",
+                    status_code!(running),
+                    " AND j.lease_owner = s.owner))"
+                ),
                 &[],
             )?;
             let eta: Option<i64> = row.try_get(0)?;
@@ -1476,7 +1531,10 @@ impl Storage for PostgresStorage {
     ) -> Result<bool, EngineError> {
         self.write(|tx| {
             let changed = tx.execute(
-                "UPDATE jobs SET progress = $3 WHERE id = $1 AND attempt = $2 AND status = 2",
+                concat!(
+                    "UPDATE jobs SET progress = $3 WHERE id = $1 AND attempt = $2 AND status = ",
+                    status_code!(running)
+                ),
                 &[&job_id, &token, &progress],
             )?;
             if changed == 0 {

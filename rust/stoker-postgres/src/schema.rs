@@ -13,6 +13,7 @@
 
 use crate::{describe, sql_count, PgError, PgResult, Shared, Tx};
 use stoker_engine::error::EngineError;
+use stoker_engine::status_code;
 use stoker_engine::storage::INLINE_BLOB_MAX_BYTES;
 
 /// The name this engine writes into `stoker_meta` under `application`.
@@ -50,7 +51,7 @@ const SCHEMA_LOCK_KEY: i64 = 0x5354_4B52;
 /// keep free room so that status changes are HOT updates where possible, and
 /// autovacuum runs after 1% of the rows changed rather than 20%, so that the
 /// dead tuples claims walk past are cleaned up while they are few.
-pub const SCHEMA: &str = "
+pub const SCHEMA: &str = concat!("
 CREATE TABLE stoker_meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -96,23 +97,23 @@ CREATE TABLE jobs (
         autovacuum_vacuum_cost_delay = 0, autovacuum_analyze_scale_factor = 0.02);
 
 -- Claims: only runnable rows, in claim order per queue.
-CREATE INDEX jobs_pending ON jobs (queue, priority DESC, id) WHERE status = 0;
+CREATE INDEX jobs_pending ON jobs (queue, priority DESC, id) WHERE status = ", status_code!(pending), ";
 -- Promotion of due jobs and the next wake-up.
-CREATE INDEX jobs_scheduled ON jobs (eta_ms) WHERE status = 1;
+CREATE INDEX jobs_scheduled ON jobs (eta_ms) WHERE status = ", status_code!(scheduled), ";
 -- Reaping of expired leases and the next wake-up.
-CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = 2;
+CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = ", status_code!(running), ";
 -- Running jobs per supervisor (reaping of lost supervisors, cancel requests).
-CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE status = 2;
+CREATE INDEX jobs_running_owner ON jobs (lease_owner) WHERE status = ", status_code!(running), ";
 -- The dead-letter queue, most recent first.
-CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = 4;
+CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = ", status_code!(dead), ";
 -- Finished jobs whose result and error history wait for their retention to end.
 CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms) WHERE result_expires_ms IS NOT NULL;
 -- At most one live job per uniqueness key (waiting, pending, scheduled, running).
-CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (0, 1, 2, 7);
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(running), ", ", status_code!(waiting), ")", ";
 -- Expiry of jobs that have not started.
-CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7);
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(waiting), ")", ";
 -- Running jobs per task, for concurrency limits and breaker probes.
-CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = 2;
+CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = ", status_code!(running), ";
 -- Replays of a job, so that purging it finds them without a scan.
 CREATE INDEX jobs_replayed_from ON jobs (replayed_from) WHERE replayed_from IS NOT NULL;
 
@@ -233,7 +234,7 @@ CREATE TABLE schedule_fires (
     message TEXT NOT NULL
 );
 CREATE INDEX schedule_fires_schedule ON schedule_fires (schedule_id, id);
-";
+");
 
 /// Checks the schema the connection works in and creates stoker's tables in
 /// an empty one; the schema's name.
@@ -286,8 +287,19 @@ fn migrate(tx: &mut Tx<'_>, version: i64) -> PgResult<()> {
         tx.batch(BLOB_TABLES)?;
         let threshold = sql_count(INLINE_BLOB_MAX_BYTES);
         tx.execute(
-            "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
-             WHERE status IN (0, 1, 2, 7) AND octet_length(payload) > $1::bigint",
+            concat!(
+                "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
+             WHERE status IN (",
+                status_code!(pending),
+                ", ",
+                status_code!(scheduled),
+                ", ",
+                status_code!(running),
+                ", ",
+                status_code!(waiting),
+                ")",
+                " AND octet_length(payload) > $1::bigint"
+            ),
             &[&threshold],
         )?;
         tx.execute(

@@ -32,6 +32,7 @@ use stoker_engine::schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
     Verdict, FIRE_LOG_KEEP,
 };
+use stoker_engine::status_code;
 use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
 
 use crate::columns::SqlRow;
@@ -42,18 +43,18 @@ use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 /// schema of `lib.rs` when a database is created. The flow columns of
 /// `jobs` are added here, so that the job table's own definition stays as the
 /// job life needs it.
-pub const SCHEMA: &str = "
+pub const SCHEMA: &str = concat!("
 ALTER TABLE jobs ADD COLUMN unique_key TEXT;
 ALTER TABLE jobs ADD COLUMN expires_ms INTEGER;
 -- 1 when the job took its rate-limit tokens at enqueue (fail_when_limited).
 ALTER TABLE jobs ADD COLUMN rate_prepaid INTEGER NOT NULL DEFAULT 0;
 
 -- At most one live job per uniqueness key (waiting, pending, scheduled, running).
-CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (0, 1, 2, 7);
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(running), ", ", status_code!(waiting), ")", ";
 -- Expiry of jobs that have not started.
-CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7);
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(waiting), ")", ";
 -- Running jobs per task, for concurrency limits and breaker probes.
-CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = 2;
+CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = ", status_code!(running), ";
 
 -- Dependencies: job_id waits for dep_id. Kept after they resolve, as history.
 CREATE TABLE job_deps (
@@ -134,24 +135,56 @@ CREATE TABLE schedule_fires (
     message TEXT NOT NULL
 ) STRICT;
 CREATE INDEX schedule_fires_schedule ON schedule_fires (schedule_id, id);
-";
+");
 
 /// The live job with a uniqueness key.
-pub const UNIQUE_LIVE_SQL: &str =
-    "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (0, 1, 2, 7)";
+pub const UNIQUE_LIVE_SQL: &str = concat!(
+    "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (",
+    status_code!(pending),
+    ", ",
+    status_code!(scheduled),
+    ", ",
+    status_code!(running),
+    ", ",
+    status_code!(waiting),
+    ")"
+);
 
 /// Jobs to expire, earliest expiry first.
-pub const EXPIRE_DUE_SQL: &str = "UPDATE jobs SET status = 6, finished_ms = ?1 WHERE id IN \
-     (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) AND expires_ms <= ?1 \
-     ORDER BY expires_ms LIMIT ?2) RETURNING id";
+pub const EXPIRE_DUE_SQL: &str = concat!(
+    "UPDATE jobs SET status = ",
+    status_code!(expired),
+    ", finished_ms = ?1 WHERE id IN \
+     (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
+    status_code!(pending),
+    ", ",
+    status_code!(scheduled),
+    ", ",
+    status_code!(waiting),
+    ")",
+    " AND expires_ms <= ?1 \
+     ORDER BY expires_ms LIMIT ?2) RETURNING id"
+);
 
 /// The earliest expiry of a job that has not started.
-pub const NEXT_EXPIRY_SQL: &str = "SELECT expires_ms FROM jobs \
-     WHERE expires_ms IS NOT NULL AND status IN (0, 1, 7) ORDER BY expires_ms LIMIT 1";
+pub const NEXT_EXPIRY_SQL: &str = concat!(
+    "SELECT expires_ms FROM jobs \
+     WHERE expires_ms IS NOT NULL AND status IN (",
+    status_code!(pending),
+    ", ",
+    status_code!(scheduled),
+    ", ",
+    status_code!(waiting),
+    ")",
+    " ORDER BY expires_ms LIMIT 1"
+);
 
 /// Running jobs of one task.
-pub const RUNNING_OF_TASK_SQL: &str =
-    "SELECT count(*) FROM jobs WHERE status = 2 AND task_name = ?1";
+pub const RUNNING_OF_TASK_SQL: &str = concat!(
+    "SELECT count(*) FROM jobs WHERE status = ",
+    status_code!(running),
+    " AND task_name = ?1"
+);
 
 /// The jobs that depend on one job.
 pub const DEPENDENTS_SQL: &str = "SELECT job_id FROM job_deps WHERE dep_id = ?1";
@@ -310,9 +343,12 @@ fn fail_waiting(
     now_ms: i64,
 ) -> SqlResult<bool> {
     let changed = tx
-        .prepare_cached(
-            "UPDATE jobs SET status = 4, finished_ms = ?2 WHERE id = ?1 AND status = 7",
-        )?
+        .prepare_cached(concat!(
+            "UPDATE jobs SET status = ",
+            status_code!(dead),
+            ", finished_ms = ?2 WHERE id = ?1 AND status = ",
+            status_code!(waiting)
+        ))?
         .execute(params![job_id, now_ms])?;
     if changed == 0 {
         return Ok(false);
@@ -356,16 +392,18 @@ pub(crate) fn on_finished(
         for dependent in dependents {
             if status == Status::Complete {
                 let unfinished: i64 = tx
-                    .prepare_cached(
+                    .prepare_cached(concat!(
                         "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                         WHERE d.job_id = ?1 AND j.status != 3",
-                    )?
+                         WHERE d.job_id = ?1 AND j.status != ",
+                        status_code!(complete)
+                    ))?
                     .query_row([dependent], |row| row.get(0))?;
                 if unfinished == 0 {
-                    tx.prepare_cached(
+                    tx.prepare_cached(concat!(
                         "UPDATE jobs SET status = CASE WHEN eta_ms <= ?2 THEN 0 ELSE 1 END \
-                         WHERE id = ?1 AND status = 7",
-                    )?
+                         WHERE id = ?1 AND status = ",
+                        status_code!(waiting)
+                    ))?
                     .execute(params![dependent, now_ms])?;
                 }
             } else if fail_waiting(tx, dependent, id, status, now_ms)? {

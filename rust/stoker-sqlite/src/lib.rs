@@ -23,6 +23,7 @@ use rusqlite::{
     params, Connection, ErrorCode, OptionalExtension, Row, Transaction, TransactionBehavior,
 };
 
+use stoker_engine::codes::DEAD;
 use stoker_engine::decide::{
     decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
 };
@@ -31,6 +32,7 @@ use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
+use stoker_engine::status_code;
 use stoker_engine::storage::{
     stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES, LEASE_EXPIRED_EXC_TYPE,
 };
@@ -95,7 +97,8 @@ pub const BUSY_MAX_PAUSE: Duration = Duration::from_millis(2);
 pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// The schema, created in one transaction on an empty file.
-const SCHEMA: &str = "
+const SCHEMA: &str = concat!(
+    "
 CREATE TABLE jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     task_name TEXT NOT NULL,
@@ -129,15 +132,25 @@ CREATE TABLE jobs (
 ) STRICT;
 
 -- Claims: the runnable jobs of one queue in claim order.
-CREATE INDEX jobs_pending ON jobs (queue, priority DESC, id) WHERE status = 0;
+CREATE INDEX jobs_pending ON jobs (queue, priority DESC, id) WHERE status = ",
+    status_code!(pending),
+    ";
 -- Promotion of due jobs and the next wake-up.
-CREATE INDEX jobs_scheduled ON jobs (eta_ms) WHERE status = 1;
+CREATE INDEX jobs_scheduled ON jobs (eta_ms) WHERE status = ",
+    status_code!(scheduled),
+    ";
 -- Reaping of expired leases and the next wake-up.
-CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = 2;
+CREATE INDEX jobs_running_lease ON jobs (lease_deadline_ms) WHERE status = ",
+    status_code!(running),
+    ";
 -- Cancel requests a supervisor polls for.
-CREATE INDEX jobs_cancel_requests ON jobs (lease_owner) WHERE status = 2 AND cancel_requested = 1;
+CREATE INDEX jobs_cancel_requests ON jobs (lease_owner) WHERE status = ",
+    status_code!(running),
+    " AND cancel_requested = 1;
 -- The dead-letter queue, most recent first.
-CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = 4;
+CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = ",
+    status_code!(dead),
+    ";
 -- Finished jobs whose result and error history wait for their retention to end.
 CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms) WHERE result_expires_ms IS NOT NULL;
 
@@ -166,7 +179,8 @@ CREATE TABLE stale_outcomes (
     outcome TEXT NOT NULL,
     at_ms INTEGER NOT NULL
 ) STRICT;
-";
+"
+);
 
 /// The column of `jobs` that marks a running job its supervisor holds,
 /// claimed ahead and sent to no worker ([`ClaimRequest::held`]): the lease
@@ -222,41 +236,65 @@ pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, task_name, queue,
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
-pub const PROMOTE_DUE_SQL: &str = "UPDATE jobs SET status = 0 WHERE id IN \
-     (SELECT id FROM jobs WHERE status = 1 AND eta_ms <= ?1 ORDER BY eta_ms LIMIT ?2)";
+pub const PROMOTE_DUE_SQL: &str = concat!(
+    "UPDATE jobs SET status = ",
+    status_code!(pending),
+    " WHERE id IN \
+     (SELECT id FROM jobs WHERE status = ",
+    status_code!(scheduled),
+    " AND eta_ms <= ?1 ORDER BY eta_ms LIMIT ?2)"
+);
 
 /// The next claimable jobs of one queue, in claim order.
-pub const PICK_PENDING_SQL: &str =
-    "SELECT priority, id FROM jobs WHERE status = 0 AND queue = ?1 ORDER BY priority DESC, id LIMIT ?2";
+pub const PICK_PENDING_SQL: &str = concat!(
+    "SELECT priority, id FROM jobs WHERE status = ",
+    status_code!(pending),
+    " AND queue = ?1 ORDER BY priority DESC, id LIMIT ?2"
+);
 
 /// Leases one picked job; the `status = 0` fence makes it a no-op on a row that
 /// another writer took first.
-pub const TAKE_SQL: &str = "UPDATE jobs SET status = 2, attempt = attempt + 1, started_ms = ?2, \
+pub const TAKE_SQL: &str = concat!(
+    "UPDATE jobs SET status = ",
+    status_code!(running),
+    ", attempt = attempt + 1, started_ms = ?2, \
      lease_owner = ?3, lease_deadline_ms = ?4, cancel_requested = 0, progress = NULL, held = 0 \
-     WHERE id = ?1 AND status = 0 RETURNING attempt, task_name, queue, payload, timeout_ms, labels";
+     WHERE id = ?1 AND status = ",
+    status_code!(pending),
+    " RETURNING attempt, task_name, queue, payload, timeout_ms, labels"
+);
 
 /// Puts a running attempt back to pending (the attempt stays counted). A job
 /// whose cancel was requested ends cancelled rather than going back to
 /// pending, so the request is never lost.
-const REQUEUE_SQL: &str =
+const REQUEUE_SQL: &str = concat!(
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
      eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
+     WHERE id = ?1 AND attempt = ?2 AND status = ",
+    status_code!(running),
+    " RETURNING status"
+);
 
 /// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the attempt
 /// is taken back, so the job reads as if it had never been claimed.
-const RELEASE_SQL: &str =
+const RELEASE_SQL: &str = concat!(
     "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
      started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = ?1 AND attempt = ?2 AND status = 2 RETURNING status";
+     WHERE id = ?1 AND attempt = ?2 AND status = ",
+    status_code!(running),
+    " RETURNING status"
+);
 
 /// Marks (?4 = 1) or unmarks (?4 = 0) a running job its owner (?3) holds,
 /// sent to no worker, if its token (?2) is current.
-const MARK_HELD_SQL: &str =
-    "UPDATE jobs SET held = ?4 WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_owner = ?3";
+const MARK_HELD_SQL: &str = concat!(
+    "UPDATE jobs SET held = ?4 WHERE id = ?1 AND attempt = ?2 AND status = ",
+    status_code!(running),
+    " AND lease_owner = ?3"
+);
 
 /// A give-back statement: pending again (cancelled if a cancel was
 /// requested), no failure or crash counted, the lease dropped, for the job
@@ -264,10 +302,14 @@ const MARK_HELD_SQL: &str =
 macro_rules! give_back_sql {
     ($condition:literal) => {
         concat!(
-            "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+            concat!(
+                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
              finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
              eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-             WHERE id = ?1 AND attempt = ?2 AND status = 2 AND ",
+             WHERE id = ?1 AND attempt = ?2 AND status = ",
+                status_code!(running),
+                " AND "
+            ),
             $condition,
             " RETURNING status"
         )
@@ -286,29 +328,52 @@ const RETURN_HELD_SQL: &str = give_back_sql!("held = 1");
 const RETURN_UNSTARTED_SQL: &str = give_back_sql!("lease_deadline_ms < ?3");
 
 /// Completes one attempt if its token is current.
-pub const COMPLETE_SQL: &str =
-    "UPDATE jobs SET status = 3, result = ?3, finished_ms = ?4, usage = ?5, \
+pub const COMPLETE_SQL: &str = concat!(
+    "UPDATE jobs SET status = ",
+    status_code!(complete),
+    ", result = ?3, finished_ms = ?4, usage = ?5, \
      result_expires_ms = ?4 + result_ttl_ms, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = ?1 AND attempt = ?2 AND status = 2";
+     WHERE id = ?1 AND attempt = ?2 AND status = ",
+    status_code!(running)
+);
 
 /// Renews one lease if the owner and token are current.
-pub const HEARTBEAT_SQL: &str = "UPDATE jobs SET lease_deadline_ms = ?4 \
-     WHERE id = ?1 AND attempt = ?2 AND status = 2 AND lease_owner = ?3 RETURNING cancel_requested";
+pub const HEARTBEAT_SQL: &str = concat!(
+    "UPDATE jobs SET lease_deadline_ms = ?4 \
+     WHERE id = ?1 AND attempt = ?2 AND status = ",
+    status_code!(running),
+    " AND lease_owner = ?3 RETURNING cancel_requested"
+);
 
 /// The running jobs whose lease ran out, oldest deadline first.
-pub const EXPIRED_SQL: &str = "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = 2 AND lease_deadline_ms < ?1 ORDER BY lease_deadline_ms LIMIT ?2";
+pub const EXPIRED_SQL: &str = concat!(
+    "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
+     WHERE status = ",
+    status_code!(running),
+    " AND lease_deadline_ms < ?1 ORDER BY lease_deadline_ms LIMIT ?2"
+);
 
 /// The cancel requests of one owner.
-pub const CANCEL_REQUESTS_SQL: &str = "SELECT id, attempt FROM jobs \
-     WHERE status = 2 AND cancel_requested = 1 AND lease_owner = ?1 ORDER BY id";
+pub const CANCEL_REQUESTS_SQL: &str = concat!(
+    "SELECT id, attempt FROM jobs \
+     WHERE status = ",
+    status_code!(running),
+    " AND cancel_requested = 1 AND lease_owner = ?1 ORDER BY id"
+);
 
 /// The earliest eta of a scheduled job.
-pub const NEXT_ETA_SQL: &str = "SELECT eta_ms FROM jobs WHERE status = 1 ORDER BY eta_ms LIMIT 1";
+pub const NEXT_ETA_SQL: &str = concat!(
+    "SELECT eta_ms FROM jobs WHERE status = ",
+    status_code!(scheduled),
+    " ORDER BY eta_ms LIMIT 1"
+);
 
 /// The earliest lease deadline of a running job.
-pub const NEXT_DEADLINE_SQL: &str =
-    "SELECT lease_deadline_ms FROM jobs WHERE status = 2 ORDER BY lease_deadline_ms LIMIT 1";
+pub const NEXT_DEADLINE_SQL: &str = concat!(
+    "SELECT lease_deadline_ms FROM jobs WHERE status = ",
+    status_code!(running),
+    " ORDER BY lease_deadline_ms LIMIT 1"
+);
 
 /// The statements whose cost must not grow with the number of jobs, by name;
 /// tests check their query plans.
@@ -934,8 +999,19 @@ fn migrate(tx: &Transaction<'_>, version: i64) -> SqlResult<()> {
         // with many large results does not copy all of them.
         tx.execute_batch(BLOB_TABLES)?;
         tx.execute(
-            "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
-             WHERE status IN (0, 1, 2, 7) AND length(payload) > ?1",
+            concat!(
+                "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
+             WHERE status IN (",
+                status_code!(pending),
+                ", ",
+                status_code!(scheduled),
+                ", ",
+                status_code!(running),
+                ", ",
+                status_code!(waiting),
+                ")",
+                " AND length(payload) > ?1"
+            ),
             [sql_limit(INLINE_BLOB_MAX_BYTES)],
         )?;
         tx.execute(
@@ -1116,8 +1192,8 @@ fn fail_in(
             crashes,
         } => {
             tx.prepare_cached(
-                "UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
+                concat!("UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ", status_code!(running)),
             )?
             .execute(params![job_id, status.code(), now_ms, failures, crashes, token])?;
             flow::on_finished(tx, job_id, status, now_ms)?;
@@ -1129,8 +1205,8 @@ fn fail_in(
             crashes,
         } => {
             tx.prepare_cached(
-                "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = 2",
+                concat!("UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ", status_code!(running)),
             )?
             .execute(params![job_id, status.code(), eta_ms, failures, crashes, token])?;
         }
@@ -1449,9 +1525,11 @@ impl Storage for SqliteStorage {
                 .ok_or(EngineError::NotFound(job_id))?;
             match status_from_code(code, 0)? {
                 Status::Pending | Status::Scheduled | Status::Waiting => {
-                    tx.prepare_cached(
-                        "UPDATE jobs SET status = 5, finished_ms = ?2 WHERE id = ?1",
-                    )?
+                    tx.prepare_cached(concat!(
+                        "UPDATE jobs SET status = ",
+                        status_code!(cancelled),
+                        ", finished_ms = ?2 WHERE id = ?1"
+                    ))?
                     .execute(params![job_id, now_ms])?;
                     flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
                     Ok(CancelOutcome::Cancelled)
@@ -1477,10 +1555,13 @@ impl Storage for SqliteStorage {
     fn finish_cancelled(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
         self.write(|tx| {
             let changed = tx
-                .prepare_cached(
-                    "UPDATE jobs SET status = 5, finished_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
-                     WHERE id = ?1 AND attempt = ?2 AND status = 2",
-                )?
+                .prepare_cached(concat!(
+                    "UPDATE jobs SET status = ",
+                    status_code!(cancelled),
+                    ", finished_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
+                     WHERE id = ?1 AND attempt = ?2 AND status = ",
+                    status_code!(running)
+                ))?
                 .execute(params![job_id, token, now_ms])?;
             if changed == 0 {
                 refuse_stale(tx, job_id, token, "cancel", now_ms)?;
@@ -1644,7 +1725,7 @@ impl Storage for SqliteStorage {
     fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError> {
         self.with_reader(|conn| {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 4 ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = {DEAD} ORDER BY finished_ms DESC, id DESC LIMIT ?1 OFFSET ?2"
             ))?;
             let rows = stmt.query_map(params![sql_limit(limit), sql_limit(offset)], job_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -1776,9 +1857,10 @@ impl Storage for SqliteStorage {
     ) -> Result<bool, EngineError> {
         self.write(|tx| {
             let changed = tx
-                .prepare_cached(
-                    "UPDATE jobs SET progress = ?3 WHERE id = ?1 AND attempt = ?2 AND status = 2",
-                )?
+                .prepare_cached(concat!(
+                    "UPDATE jobs SET progress = ?3 WHERE id = ?1 AND attempt = ?2 AND status = ",
+                    status_code!(running)
+                ))?
                 .execute(params![job_id, token, progress])?;
             if changed == 0 {
                 refuse_stale(tx, job_id, token, "progress", now_ms)?;
