@@ -17,8 +17,10 @@ use std::collections::{BTreeSet, HashMap};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
 
 use crate::{
-    sql_limit, status_from_code, SqlResult, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
+    sql_limit, status_from_code, SqlError, SqlResult, SqliteStorage, INSERT_JOB_SQL,
+    INSERT_PAYLOAD_SQL,
 };
+use stoker_engine::decide::fire::{self, FireLog, FireSteps};
 use stoker_engine::decide::{
     self, breaker_opens, counts_against_breaker, limit_from_row, Gate, LimitRow, SendAdmission,
     LIMIT_COLUMNS,
@@ -29,8 +31,8 @@ use stoker_engine::flow::{
 };
 use stoker_engine::model::{FailureKind, NewJob, Status};
 use stoker_engine::schedule::{
-    FireOutcome, FireRecord, MissedFires, NewSchedule, Planner, ScheduleRecord, ScheduleSpec,
-    Verdict, FIRE_LOG_KEEP,
+    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, ScheduleSpec, Verdict,
+    FIRE_LOG_KEEP,
 };
 use stoker_engine::status_code;
 use stoker_engine::storage::flow_storage::{FlowStorage, ScheduleStorage};
@@ -753,6 +755,64 @@ impl FlowStorage for SqliteStorage {
     }
 }
 
+/// The statements of one fire of a schedule (see [`fire::fire`]).
+struct Fire<'a, 'c>(&'a Transaction<'c>);
+
+impl FireSteps for Fire<'_, '_> {
+    type Error = SqlError;
+
+    fn schedule(&mut self, id: i64) -> SqlResult<Option<ScheduleRecord>> {
+        get_schedule_in(self.0, id)
+    }
+
+    fn move_fire(&mut self, id: i64, fire_ms: i64, next_fire_ms: Option<i64>) -> SqlResult<bool> {
+        let moved = self
+            .0
+            .prepare_cached(
+                "UPDATE schedules SET next_fire_ms = ?3, last_fire_ms = ?2 \
+                 WHERE id = ?1 AND next_fire_ms = ?2 AND paused = 0",
+            )?
+            .execute(params![id, fire_ms, next_fire_ms])?;
+        Ok(moved > 0)
+    }
+
+    fn enqueue(&mut self, job: &NewJob, now_ms: i64) -> SqlResult<(i64, bool)> {
+        insert_job(self.0, job, now_ms)
+    }
+
+    fn count_enqueued(&mut self, id: i64) -> SqlResult<()> {
+        self.0
+            .prepare_cached("UPDATE schedules SET enqueued = enqueued + 1 WHERE id = ?1")?
+            .execute([id])?;
+        Ok(())
+    }
+
+    fn record_fire(&mut self, id: i64, fire: &FireLog<'_>) -> SqlResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                id,
+                fire.fire_ms,
+                fire.at_ms,
+                fire.outcome.as_str(),
+                fire.outcome.job_id(),
+                fire.missed,
+                fire.owner,
+                fire.message
+            ])?;
+        self.0
+            .prepare_cached(
+                "DELETE FROM schedule_fires WHERE schedule_id = ?1 AND id <= \
+                 (SELECT id FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![id, FIRE_LOG_KEEP])?;
+        Ok(())
+    }
+}
+
 // --- ScheduleStorage ----------------------------------------------------------
 
 fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<ScheduleRecord> {
@@ -921,71 +981,7 @@ impl ScheduleStorage for SqliteStorage {
         owner: &str,
         now_ms: i64,
     ) -> Result<FireOutcome, EngineError> {
-        self.write(|tx| {
-            let Some(schedule) = get_schedule_in(tx, id)? else {
-                return Ok(FireOutcome::Lost);
-            };
-            if schedule.paused || schedule.next_fire_ms != Some(fire_ms) {
-                return Ok(FireOutcome::Lost);
-            }
-            let plan = planner(&schedule.spec, fire_ms)?;
-            // The fence: only the writer that still sees this fire time moves it.
-            let claimed = tx
-                .prepare_cached(
-                    "UPDATE schedules SET next_fire_ms = ?3, last_fire_ms = ?2 \
-                     WHERE id = ?1 AND next_fire_ms = ?2 AND paused = 0",
-                )?
-                .execute(params![id, fire_ms, plan.next_fire_ms])?;
-            if claimed == 0 {
-                return Ok(FireOutcome::Lost);
-            }
-            let (outcome, message) = match verdict {
-                Verdict::Veto(message) => (FireOutcome::Vetoed, message.clone()),
-                Verdict::Error(message) => (FireOutcome::Error, message.clone()),
-                Verdict::Fire if plan.later_due > 0 && schedule.missed == MissedFires::Skip => (
-                    FireOutcome::Missed,
-                    format!(
-                        "{} fire(s) were missed while no supervisor ran; skipped",
-                        plan.later_due + 1
-                    ),
-                ),
-                Verdict::Fire => {
-                    let job = NewJob {
-                        eta_ms: None,
-                        delay_ms: 0,
-                        depends_on: Vec::new(),
-                        fail_when_limited: false,
-                        ..schedule.job.clone()
-                    };
-                    let (job_id, created) = insert_job(tx, &job, now_ms)?;
-                    if created {
-                        tx.prepare_cached("UPDATE schedules SET enqueued = enqueued + 1 WHERE id = ?1")?
-                            .execute([id])?;
-                    }
-                    (FireOutcome::Enqueued { job_id, created }, String::new())
-                }
-            };
-            tx.prepare_cached(
-                "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?
-            .execute(params![
-                id,
-                fire_ms,
-                now_ms,
-                outcome.as_str(),
-                outcome.job_id(),
-                plan.later_due,
-                owner,
-                message
-            ])?;
-            tx.prepare_cached(
-                "DELETE FROM schedule_fires WHERE schedule_id = ?1 AND id <= \
-                 (SELECT id FROM schedule_fires WHERE schedule_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
-            )?
-            .execute(params![id, FIRE_LOG_KEEP])?;
-            Ok(outcome)
-        })
+        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
     }
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {

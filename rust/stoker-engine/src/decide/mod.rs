@@ -7,10 +7,13 @@
 //!
 //! - [`failure`]: what a failed attempt does to its job (stale, cancelled,
 //!   retried at an eta with backoff, or dead);
+//! - [`fire`]: one fire of a schedule (the fence, the missed-fire policy,
+//!   the source's verdict);
 //! - [`limits`]: rate-limit tokens, concurrency admission and the circuit
 //!   breaker's steps, at claim time and at send time.
 
 pub mod failure;
+pub mod fire;
 pub mod limits;
 
 pub use failure::{
