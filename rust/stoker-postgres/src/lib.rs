@@ -36,18 +36,15 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 
 use stoker_engine::clock::{Clock, SystemClock};
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::{
-    decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
-};
+use stoker_engine::decide::attempt::{self, give_back_each, AttemptSteps, ExpiredLease};
+use stoker_engine::decide::{failure_state_from_row, FailureState, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use stoker_engine::status_code;
-use stoker_engine::storage::{
-    stored_aside, ClaimRequest, Jitter, Storage, WakeListener, LEASE_EXPIRED_EXC_TYPE,
-};
+use stoker_engine::storage::{stored_aside, ClaimRequest, Jitter, Storage, WakeListener};
 use stoker_engine::Engine;
 
 mod columns;
@@ -704,80 +701,156 @@ fn refuse_stale(
     )
 }
 
-/// Records a failed attempt and applies the retry policy, inside `tx`: reads
-/// the job's failure state under a row lock, lets [`decide_failure`] rule,
-/// writes the result.
-fn fail_in(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    token: i64,
-    report: &FailureReport,
-    jitter: Jitter<'_>,
-    now_ms: i64,
-) -> PgResult<FailOutcome> {
-    let row = tx
-        .query_opt(
-            &format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
-            &[&job_id],
-        )?
-        .ok_or(EngineError::NotFound(job_id))?;
-    let state = failure_state_from_row(&PgRow(&row))?;
-    let decision = decide_failure(&state, token, report, jitter, now_ms);
-    if decision == FailureDecision::Stale {
-        let owner = state.lease_owner.unwrap_or_default();
-        record_stale(tx, job_id, token, &owner, "fail", now_ms)?;
-        return Ok(FailOutcome::Stale);
+/// The statements of a failed attempt (see [`attempt::fail`]).
+struct Attempt<'a, 'c>(&'a mut Tx<'c>);
+
+impl AttemptSteps for Attempt<'_, '_> {
+    type Error = PgError;
+
+    /// Locked: a failure reads the retry state under the job's row lock.
+    fn failure_state(&mut self, job_id: i64) -> PgResult<Option<FailureState>> {
+        self.0
+            .query_opt(
+                &format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
+                &[&job_id],
+            )?
+            .map(|row| failure_state_from_row(&PgRow(&row)))
+            .transpose()
     }
-    tx.execute(
-        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
-         usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &job_id,
-            &token,
-            &report.kind.as_str(),
-            &report.exc_type,
-            &report.message,
-            &report.traceback,
-            &report.exc_pickle,
-            &now_ms,
-            &report.worker,
-            &report.usage,
-        ],
-    )?;
-    tx.execute(
-        "UPDATE jobs SET usage = $2 WHERE id = $1",
-        &[&job_id, &report.usage],
-    )?;
-    flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
-    match decision {
-        FailureDecision::Stale => {}
-        FailureDecision::Finish {
-            status,
-            failures,
-            crashes,
-        } => {
-            tx.execute(
-                concat!("UPDATE jobs SET status = $2, finished_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ", status_code!(running)),
-                &[&job_id, &status.code(), &now_ms, &failures, &crashes, &token],
-            )?;
-            flow::on_finished(tx, job_id, status, now_ms)?;
-        }
-        FailureDecision::Retry {
-            status,
-            eta_ms,
-            failures,
-            crashes,
-        } => {
-            tx.wake |= status == Status::Pending;
-            tx.execute(
-                concat!("UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ", status_code!(running)),
-                &[&job_id, &status.code(), &eta_ms, &failures, &crashes, &token],
-            )?;
-        }
+
+    fn record_stale(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        owner: &str,
+        outcome: &str,
+        now_ms: i64,
+    ) -> PgResult<()> {
+        record_stale(self.0, job_id, token, owner, outcome, now_ms)
     }
-    Ok(decision.outcome())
+
+    fn record_error(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        report: &FailureReport,
+        now_ms: i64,
+    ) -> PgResult<()> {
+        self.0.execute(
+            "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
+             worker, usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &job_id,
+                &token,
+                &report.kind.as_str(),
+                &report.exc_type,
+                &report.message,
+                &report.traceback,
+                &report.exc_pickle,
+                &now_ms,
+                &report.worker,
+                &report.usage,
+            ],
+        )?;
+        self.0.execute(
+            "UPDATE jobs SET usage = $2 WHERE id = $1",
+            &[&job_id, &report.usage],
+        )?;
+        Ok(())
+    }
+
+    fn count_against_breaker(
+        &mut self,
+        job_id: i64,
+        kind: FailureKind,
+        now_ms: i64,
+    ) -> PgResult<()> {
+        flow::on_attempt_failed(self.0, job_id, kind, now_ms)
+    }
+
+    fn finish(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        status: Status,
+        (failures, crashes): (i64, i64),
+        now_ms: i64,
+    ) -> PgResult<()> {
+        self.0.execute(
+            FAILED_FINISH_SQL,
+            &[
+                &job_id,
+                &status.code(),
+                &now_ms,
+                &failures,
+                &crashes,
+                &token,
+            ],
+        )?;
+        flow::on_finished(self.0, job_id, status, now_ms)
+    }
+
+    fn retry(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        status: Status,
+        eta_ms: i64,
+        (failures, crashes): (i64, i64),
+    ) -> PgResult<()> {
+        self.0.wake |= status == Status::Pending;
+        self.0.execute(
+            FAILED_RETRY_SQL,
+            &[
+                &job_id,
+                &status.code(),
+                &eta_ms,
+                &failures,
+                &crashes,
+                &token,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Gives back an expired job its supervisor held, sent to no worker
+    /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
+    /// crash).
+    fn return_held(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        now_ms: i64,
+    ) -> PgResult<Option<FailOutcome>> {
+        give_back(self.0, RETURN_HELD_SQL, job_id, token, now_ms)
+    }
+}
+
+/// Ends a failed running attempt: `$2` is the final status (dead or
+/// cancelled), `$4` and `$5` the failure and crash counts.
+const FAILED_FINISH_SQL: &str = concat!(
+    "UPDATE jobs SET status = $2, finished_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+     lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ",
+    status_code!(running)
+);
+
+/// Puts a failed running attempt back: `$2` is pending or scheduled.
+const FAILED_RETRY_SQL: &str = concat!(
+    "UPDATE jobs SET status = $2, eta_ms = $3, failures = $4, crashes = $5, lease_owner = NULL, \
+     lease_deadline_ms = NULL WHERE id = $1 AND attempt = $6 AND status = ",
+    status_code!(running)
+);
+
+/// An expired lease read as `EXPIRED_SQL` or `ORPHANED_SQL` (id, attempt,
+/// owner, deadline).
+fn expired_lease(row: &Row, orphaned: bool) -> PgResult<ExpiredLease> {
+    Ok(ExpiredLease {
+        job_id: row.try_get(0)?,
+        token: row.try_get(1)?,
+        owner: row.try_get(2)?,
+        deadline_ms: row.try_get(3)?,
+        orphaned,
+    })
 }
 
 fn claimed_from_row(row: &Row, lease_deadline_ms: i64) -> PgResult<(i64, ClaimedJob)> {
@@ -868,17 +941,6 @@ const RETURN_HELD_SQL: &str = give_back_sql!("held = 1");
 /// Gives back an expired job that its dead supervisor's workers never
 /// started (see [`Storage::return_unstarted`]), as [`RETURN_HELD_SQL`] does.
 const RETURN_UNSTARTED_SQL: &str = give_back_sql!("lease_deadline_ms < $3");
-
-/// Gives back an expired job its supervisor held, sent to no worker
-/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
-fn return_held(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> PgResult<Option<FailOutcome>> {
-    give_back(tx, RETURN_HELD_SQL, job_id, token, now_ms)
-}
 
 /// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
 /// [`RETURN_UNSTARTED_SQL`]) on one job; None if it did not apply.
@@ -1166,7 +1228,16 @@ impl Storage for PostgresStorage {
         jitter: Jitter<'_>,
         now_ms: i64,
     ) -> Result<FailOutcome, EngineError> {
-        self.write(|tx| fail_in(tx, job_id, token, report, &mut *jitter, now_ms))
+        self.write(|tx| {
+            attempt::fail(
+                &mut Attempt(tx),
+                job_id,
+                token,
+                report,
+                &mut *jitter,
+                now_ms,
+            )
+        })
     }
 
     fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError> {
@@ -1260,64 +1331,20 @@ impl Storage for PostgresStorage {
             return Ok(Vec::new());
         }
         self.write(|tx| {
-            let mut expired: Vec<(i64, i64, Option<String>, i64, bool)> = Vec::new();
+            let mut expired: Vec<ExpiredLease> = Vec::new();
             for row in tx.query(EXPIRED_SQL, &[&now_ms, &sql_count(limit)])? {
-                expired.push((
-                    row.try_get(0)?,
-                    row.try_get(1)?,
-                    row.try_get(2)?,
-                    row.try_get(3)?,
-                    false,
-                ));
+                expired.push(expired_lease(&row, false)?);
             }
             if expired.len() < limit {
                 let rest = sql_count(limit - expired.len());
                 for row in tx.query(ORPHANED_SQL, &[&now_ms, &rest])? {
-                    let id: i64 = row.try_get(0)?;
-                    if expired.iter().any(|e| e.0 == id) {
-                        continue;
+                    let lease = expired_lease(&row, true)?;
+                    if !expired.iter().any(|e| e.job_id == lease.job_id) {
+                        expired.push(lease);
                     }
-                    expired.push((
-                        id,
-                        row.try_get(1)?,
-                        row.try_get(2)?,
-                        row.try_get(3)?,
-                        true,
-                    ));
                 }
             }
-            let mut reaped = Vec::with_capacity(expired.len());
-            for (job_id, token, owner, deadline_ms, orphaned) in expired {
-                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
-                    reaped.push((job_id, outcome));
-                    continue;
-                }
-                let owner = owner.unwrap_or_default();
-                let message = if orphaned {
-                    format!(
-                        "the supervisor {owner:?} running attempt {token} stopped renewing its registration, \
-                         which expired at {deadline_ms} ms (reaped at {now_ms} ms): its host or process was lost"
-                    )
-                } else {
-                    format!(
-                        "the lease of {owner:?} on attempt {token} expired at {deadline_ms} ms without a \
-                         heartbeat (reaped at {now_ms} ms)"
-                    )
-                };
-                let report = FailureReport {
-                    kind: FailureKind::LeaseExpired,
-                    exc_type: LEASE_EXPIRED_EXC_TYPE.to_owned(),
-                    message,
-                    traceback: String::new(),
-                    exc_pickle: None,
-                    worker: owner,
-                    retryable: true,
-                    usage: None,
-                };
-                let outcome = fail_in(tx, job_id, token, &report, &mut *jitter, now_ms)?;
-                reaped.push((job_id, outcome));
-            }
-            Ok(reaped)
+            attempt::reap(&mut Attempt(tx), expired, jitter, now_ms)
         })
     }
 
@@ -1345,13 +1372,9 @@ impl Storage for PostgresStorage {
             return Ok(Vec::new());
         }
         self.write(|tx| {
-            let mut returned = Vec::new();
-            for &(job_id, token) in jobs {
-                if let Some(outcome) = give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)? {
-                    returned.push((job_id, outcome));
-                }
-            }
-            Ok(returned)
+            give_back_each(jobs, |job_id, token| {
+                give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)
+            })
         })
     }
 

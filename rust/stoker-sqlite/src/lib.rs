@@ -24,18 +24,15 @@ use rusqlite::{
 };
 
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::{
-    decide_failure, failure_state_from_row, FailureDecision, FAILURE_COLUMNS,
-};
+use stoker_engine::decide::attempt::{self, give_back_each, AttemptSteps, ExpiredLease};
+use stoker_engine::decide::{failure_state_from_row, FailureState, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
 use stoker_engine::status_code;
-use stoker_engine::storage::{
-    stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES, LEASE_EXPIRED_EXC_TYPE,
-};
+use stoker_engine::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
 use stoker_engine::{Clock, Engine};
 
 use crate::checkpoint::Checkpointer;
@@ -914,17 +911,6 @@ fn put_back(
     Ok(changed.is_some())
 }
 
-/// Gives back an expired job its supervisor held, sent to no worker
-/// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a crash).
-fn return_held(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> SqlResult<Option<FailOutcome>> {
-    give_back(tx, RETURN_HELD_SQL, job_id, token, now_ms)
-}
-
 /// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
 /// [`RETURN_UNSTARTED_SQL`]) on one job: pending again (cancelled if a cancel
 /// was requested) with nothing counted; None if the statement did not apply.
@@ -1144,75 +1130,135 @@ fn refuse_stale(
     record_stale(tx, job_id, token, &owner, outcome, now_ms)
 }
 
-/// Records a failed attempt and applies the retry policy, inside `tx`: reads
-/// the job's failure state, lets [`decide_failure`] rule, writes the result.
-fn fail_in(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    token: i64,
-    report: &FailureReport,
-    jitter: Jitter<'_>,
-    now_ms: i64,
-) -> SqlResult<FailOutcome> {
-    let state = tx
-        .prepare_cached(&format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = ?1"))?
-        .query_row([job_id], |row| failure_state_from_row(&SqlRow(row)))
-        .optional()?
-        .ok_or(EngineError::NotFound(job_id))?;
-    let decision = decide_failure(&state, token, report, jitter, now_ms);
-    if decision == FailureDecision::Stale {
-        let owner = state.lease_owner.unwrap_or_default();
-        record_stale(tx, job_id, token, &owner, "fail", now_ms)?;
-        return Ok(FailOutcome::Stale);
+/// The statements of a failed attempt (see [`attempt::fail`]).
+struct Attempt<'a, 'c>(&'a Transaction<'c>);
+
+impl AttemptSteps for Attempt<'_, '_> {
+    type Error = SqlError;
+
+    fn failure_state(&mut self, job_id: i64) -> SqlResult<Option<FailureState>> {
+        Ok(self
+            .0
+            .prepare_cached(&format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = ?1"))?
+            .query_row([job_id], |row| failure_state_from_row(&SqlRow(row)))
+            .optional()?)
     }
-    tx.prepare_cached(
-        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker, \
-         usage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-    )?
-    .execute(params![
-        job_id,
-        token,
-        report.kind.as_str(),
-        report.exc_type,
-        report.message,
-        report.traceback,
-        report.exc_pickle,
-        now_ms,
-        report.worker,
-        report.usage,
-    ])?;
-    tx.prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
-        .execute(params![job_id, report.usage])?;
-    flow::on_attempt_failed(tx, job_id, report.kind, now_ms)?;
-    match decision {
-        FailureDecision::Stale => {}
-        FailureDecision::Finish {
-            status,
+
+    fn record_stale(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        owner: &str,
+        outcome: &str,
+        now_ms: i64,
+    ) -> SqlResult<()> {
+        record_stale(self.0, job_id, token, owner, outcome, now_ms)
+    }
+
+    fn record_error(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        report: &FailureReport,
+        now_ms: i64,
+    ) -> SqlResult<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
+                 worker, usage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                job_id,
+                token,
+                report.kind.as_str(),
+                report.exc_type,
+                report.message,
+                report.traceback,
+                report.exc_pickle,
+                now_ms,
+                report.worker,
+                report.usage,
+            ])?;
+        self.0
+            .prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
+            .execute(params![job_id, report.usage])?;
+        Ok(())
+    }
+
+    fn count_against_breaker(
+        &mut self,
+        job_id: i64,
+        kind: FailureKind,
+        now_ms: i64,
+    ) -> SqlResult<()> {
+        flow::on_attempt_failed(self.0, job_id, kind, now_ms)
+    }
+
+    fn finish(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        status: Status,
+        (failures, crashes): (i64, i64),
+        now_ms: i64,
+    ) -> SqlResult<()> {
+        self.0.prepare_cached(FAILED_FINISH_SQL)?.execute(params![
+            job_id,
+            status.code(),
+            now_ms,
             failures,
             crashes,
-        } => {
-            tx.prepare_cached(
-                concat!("UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ", status_code!(running)),
-            )?
-            .execute(params![job_id, status.code(), now_ms, failures, crashes, token])?;
-            flow::on_finished(tx, job_id, status, now_ms)?;
-        }
-        FailureDecision::Retry {
-            status,
+            token
+        ])?;
+        flow::on_finished(self.0, job_id, status, now_ms)
+    }
+
+    fn retry(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        status: Status,
+        eta_ms: i64,
+        (failures, crashes): (i64, i64),
+    ) -> SqlResult<()> {
+        self.0.prepare_cached(FAILED_RETRY_SQL)?.execute(params![
+            job_id,
+            status.code(),
             eta_ms,
             failures,
             crashes,
-        } => {
-            tx.prepare_cached(
-                concat!("UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-                 lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ", status_code!(running)),
-            )?
-            .execute(params![job_id, status.code(), eta_ms, failures, crashes, token])?;
-        }
+            token
+        ])?;
+        Ok(())
     }
-    Ok(decision.outcome())
+
+    /// Gives back an expired job its supervisor held, sent to no worker
+    /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
+    /// crash).
+    fn return_held(
+        &mut self,
+        job_id: i64,
+        token: i64,
+        now_ms: i64,
+    ) -> SqlResult<Option<FailOutcome>> {
+        give_back(self.0, RETURN_HELD_SQL, job_id, token, now_ms)
+    }
 }
+
+/// Ends a failed running attempt: `?2` is the final status (dead or
+/// cancelled), `?4` and `?5` the failure and crash counts.
+const FAILED_FINISH_SQL: &str = concat!(
+    "UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+     lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ",
+    status_code!(running)
+);
+
+/// Puts a failed running attempt back: `?2` is pending or scheduled.
+const FAILED_RETRY_SQL: &str = concat!(
+    "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
+     lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ",
+    status_code!(running)
+);
 
 /// The row counts of the multi-row INSERT statements of [`insert_copies`],
 /// largest first; a batch is cut into as many of the largest as fit, then of
@@ -1513,7 +1559,7 @@ impl Storage for SqliteStorage {
         jitter: Jitter<'_>,
         now_ms: i64,
     ) -> Result<FailOutcome, EngineError> {
-        self.write(|tx| fail_in(tx, job_id, token, report, jitter, now_ms))
+        self.write(|tx| attempt::fail(&mut Attempt(tx), job_id, token, report, jitter, now_ms))
     }
 
     fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError> {
@@ -1590,37 +1636,20 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         self.write(|tx| {
-            let expired: Vec<(i64, i64, Option<String>, i64)> = {
+            let expired: Vec<ExpiredLease> = {
                 let mut stmt = tx.prepare_cached(EXPIRED_SQL)?;
                 let rows = stmt.query_map(params![now_ms, sql_limit(limit)], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    Ok(ExpiredLease {
+                        job_id: row.get(0)?,
+                        token: row.get(1)?,
+                        owner: row.get(2)?,
+                        deadline_ms: row.get(3)?,
+                        orphaned: false,
+                    })
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
-            let mut reaped = Vec::with_capacity(expired.len());
-            for (job_id, token, owner, deadline_ms) in expired {
-                if let Some(outcome) = return_held(tx, job_id, token, now_ms)? {
-                    reaped.push((job_id, outcome));
-                    continue;
-                }
-                let owner = owner.unwrap_or_default();
-                let report = FailureReport {
-                    kind: FailureKind::LeaseExpired,
-                    exc_type: LEASE_EXPIRED_EXC_TYPE.to_owned(),
-                    message: format!(
-                        "the lease of {owner:?} on attempt {token} expired at {deadline_ms} ms without a \
-                         heartbeat (reaped at {now_ms} ms)"
-                    ),
-                    traceback: String::new(),
-                    exc_pickle: None,
-                    worker: owner,
-                    retryable: true,
-                    usage: None,
-                };
-                let outcome = fail_in(tx, job_id, token, &report, &mut *jitter, now_ms)?;
-                reaped.push((job_id, outcome));
-            }
-            Ok(reaped)
+            attempt::reap(&mut Attempt(tx), expired, jitter, now_ms)
         })
     }
 
@@ -1651,13 +1680,9 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         self.write(|tx| {
-            let mut returned = Vec::new();
-            for &(job_id, token) in jobs {
-                if let Some(outcome) = give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)? {
-                    returned.push((job_id, outcome));
-                }
-            }
-            Ok(returned)
+            give_back_each(jobs, |job_id, token| {
+                give_back(tx, RETURN_UNSTARTED_SQL, job_id, token, now_ms)
+            })
         })
     }
 

@@ -5,6 +5,8 @@
 //! write, so a backend's operation is "read the state, call the decision,
 //! write the result", and the rules themselves are tested here without SQL.
 //!
+//! - [`attempt`]: a failed attempt and the reaping of expired leases, over
+//!   the statements a backend offers;
 //! - [`failure`]: what a failed attempt does to its job (stale, cancelled,
 //!   retried at an eta with backoff, or dead);
 //! - [`fire`]: one fire of a schedule (the fence, the missed-fire policy,
@@ -12,6 +14,7 @@
 //! - [`limits`]: rate-limit tokens, concurrency admission and the circuit
 //!   breaker's steps, at claim time and at send time.
 
+pub mod attempt;
 pub mod failure;
 pub mod fire;
 pub mod limits;
