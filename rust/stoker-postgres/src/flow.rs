@@ -19,13 +19,11 @@ use crate::columns::PgRow;
 use crate::{sql_count, status_of, PgError, PgResult, PostgresStorage, Tx};
 use stoker_engine::decide::fire::{self, FireLog, FireSteps};
 use stoker_engine::decide::{
-    self, breaker_opens, counts_against_breaker, limit_from_row, Gate, LimitRow, SendAdmission,
-    LIMIT_COLUMNS,
+    self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
+    SendAdmission, LIMIT_COLUMNS,
 };
 use stoker_engine::error::EngineError;
-use stoker_engine::flow::{
-    BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE, TOKEN_SCALE,
-};
+use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
 use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
 use stoker_engine::rows::{self, fire_from_row, FIRE_COLUMNS, SCHEDULE_COLUMNS};
 use stoker_engine::schedule::{
@@ -608,18 +606,7 @@ impl FlowStorage for PostgresStorage {
                 return Ok(());
             }
             let current = load_limits(tx, now_ms, true)?.remove(key);
-            let tokens = match (&limits.rate, &current) {
-                (Some(rate), Some(row)) if row.rate.is_some() => {
-                    row.tokens.min(rate.burst * TOKEN_SCALE)
-                }
-                (Some(rate), _) => rate.burst * TOKEN_SCALE,
-                (None, _) => 0,
-            };
-            let (state, open_until) = match (&limits.breaker, &current) {
-                (Some(_), Some(row)) => (row.state, row.open_until_ms),
-                _ => (BreakerState::Closed, None),
-            };
-            let wake = current.as_ref().and_then(|row| row.wake_ms);
+            let stored = reconfigured(limits, current.as_ref(), now_ms);
             tx.execute(
                 &format!(
                     "INSERT INTO flow_limits ({LIMIT_COLUMNS}) \
@@ -636,15 +623,15 @@ impl FlowStorage for PostgresStorage {
                     &limits.rate.map(|r| r.count),
                     &limits.rate.map(|r| r.per_ms),
                     &limits.rate.map(|r| r.burst),
-                    &tokens,
-                    &now_ms,
+                    &stored.tokens,
+                    &stored.refilled_ms,
                     &limits.concurrency,
                     &limits.breaker.map(|b| b.failures),
                     &limits.breaker.map(|b| b.window_ms),
                     &limits.breaker.map(|b| b.cooldown_ms),
-                    &state.code(),
-                    &open_until,
-                    &wake,
+                    &stored.state.code(),
+                    &stored.open_until_ms,
+                    &stored.wake_ms,
                 ],
             )?;
             if limits.breaker.is_none() {
@@ -683,19 +670,7 @@ impl FlowStorage for PostgresStorage {
                         .try_get(0)?,
                     None => 0,
                 };
-                states.push(LimitState {
-                    limits: Limits {
-                        rate: row.rate,
-                        concurrency: row.concurrency,
-                        breaker: row.breaker,
-                    },
-                    tokens: row.rate.map(|_| row.tokens / TOKEN_SCALE),
-                    running,
-                    breaker_state: row.state,
-                    recent_failures,
-                    open_until_ms: row.open_until_ms,
-                    key,
-                });
+                states.push(row.report(key, running, recent_failures));
             }
             states.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(states)

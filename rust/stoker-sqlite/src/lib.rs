@@ -25,7 +25,7 @@ use rusqlite::{
 
 use stoker_engine::codes::DEAD;
 use stoker_engine::decide::attempt::{self, give_back_each, AttemptSteps, ExpiredLease};
-use stoker_engine::decide::{failure_state_from_row, FailureState, FAILURE_COLUMNS};
+use stoker_engine::decide::{failure_state_from_row, purgeable, FailureState, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
@@ -1929,13 +1929,7 @@ impl Storage for SqliteStorage {
         finished_before_ms: Option<i64>,
         limit: usize,
     ) -> Result<usize, EngineError> {
-        if let Some(status) = statuses.iter().find(|status| !status.is_terminal()) {
-            return Err(EngineError::InvalidOption(format!(
-                "purge removes finished jobs only, not {} ones",
-                status.as_str()
-            )));
-        }
-        if statuses.is_empty() || limit == 0 {
+        if !purgeable(statuses, limit)? {
             return Ok(0);
         }
         let codes = statuses

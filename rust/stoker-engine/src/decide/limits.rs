@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::error::EngineError;
-use crate::flow::{BreakerConfig, BreakerState, RateLimit, TOKEN_SCALE};
+use crate::flow::{BreakerConfig, BreakerState, LimitState, Limits, RateLimit, TOKEN_SCALE};
 use crate::rows::Columns;
 
 /// The columns of `flow_limits` that [`limit_from_row`] reads, in order.
@@ -87,6 +87,53 @@ impl LimitRow {
             self.wake_ms = Some(at_ms);
             self.dirty = true;
         }
+    }
+}
+
+impl LimitRow {
+    /// What the limits of `key` look like to people: whole tokens, the
+    /// running jobs of the task and the failures within the breaker's window
+    /// (counted by the caller).
+    pub fn report(&self, key: String, running: i64, recent_failures: i64) -> LimitState {
+        LimitState {
+            limits: Limits {
+                rate: self.rate,
+                concurrency: self.concurrency,
+                breaker: self.breaker,
+            },
+            tokens: self.rate.map(|_| self.tokens / TOKEN_SCALE),
+            running,
+            breaker_state: self.state,
+            recent_failures,
+            open_until_ms: self.open_until_ms,
+            key,
+        }
+    }
+}
+
+/// The row to store when a key's limits are set to `limits` at `now_ms`,
+/// over its `current` ones: a bucket keeps its tokens (up to the new burst)
+/// or starts full, a breaker keeps its state or starts closed, and a pending
+/// wake-up hint stays.
+pub fn reconfigured(limits: &Limits, current: Option<&LimitRow>, now_ms: i64) -> StoredLimit {
+    let tokens = match (&limits.rate, current) {
+        (Some(rate), Some(row)) if row.rate.is_some() => row.tokens.min(rate.burst * TOKEN_SCALE),
+        (Some(rate), _) => rate.burst * TOKEN_SCALE,
+        (None, _) => 0,
+    };
+    let (state, open_until_ms) = match (&limits.breaker, current) {
+        (Some(_), Some(row)) => (row.state, row.open_until_ms),
+        _ => (BreakerState::Closed, None),
+    };
+    StoredLimit {
+        rate: limits.rate,
+        tokens,
+        refilled_ms: now_ms,
+        concurrency: limits.concurrency,
+        breaker: limits.breaker,
+        state,
+        open_until_ms,
+        wake_ms: current.and_then(|row| row.wake_ms),
     }
 }
 
@@ -513,6 +560,48 @@ mod tests {
             admit_at_send(&mut none, "t", "q", NOW),
             Ok(SendAdmission::Free)
         );
+    }
+
+    #[test]
+    fn new_limits_keep_the_tokens_and_breaker_state_they_can() {
+        let limits = Limits {
+            rate: rate(1, 1000, 2),
+            concurrency: Some(3),
+            breaker: breaker(),
+        };
+        let fresh = reconfigured(&limits, None, NOW);
+        assert_eq!(fresh.tokens, 2 * TOKEN_SCALE, "a new bucket starts full");
+        assert_eq!(
+            (fresh.state, fresh.refilled_ms),
+            (BreakerState::Closed, NOW)
+        );
+        let current = LimitRow::at(
+            StoredLimit {
+                rate: rate(1, 1000, 9),
+                tokens: 5 * TOKEN_SCALE,
+                breaker: breaker(),
+                state: BreakerState::Open,
+                open_until_ms: Some(NOW + 10),
+                wake_ms: Some(NOW + 10),
+                ..stored()
+            },
+            NOW,
+        );
+        let kept = reconfigured(&limits, Some(&current), NOW);
+        assert_eq!(
+            kept.tokens,
+            2 * TOKEN_SCALE,
+            "tokens above the new burst are cut"
+        );
+        assert_eq!(
+            (kept.state, kept.open_until_ms, kept.wake_ms),
+            (BreakerState::Open, Some(NOW + 10), Some(NOW + 10))
+        );
+        let without = reconfigured(&Limits::default(), Some(&current), NOW);
+        assert_eq!((without.tokens, without.state), (0, BreakerState::Closed));
+        let report = current.report("task:t".to_owned(), 1, 2);
+        assert_eq!(report.tokens, Some(5));
+        assert_eq!((report.running, report.recent_failures), (1, 2));
     }
 
     #[test]

@@ -12,18 +12,21 @@
 //! - [`fire`]: one fire of a schedule (the fence, the missed-fire policy,
 //!   the source's verdict);
 //! - [`limits`]: rate-limit tokens, concurrency admission and the circuit
-//!   breaker's steps, at claim time and at send time.
+//!   breaker's steps, at claim time and at send time;
+//! - [`purge`]: what a purge of finished jobs may remove.
 
 pub mod attempt;
 pub mod failure;
 pub mod fire;
 pub mod limits;
+pub mod purge;
 
 pub use failure::{
     counts_against_breaker, decide_failure, failure_state_from_row, FailureDecision, FailureState,
     FAILURE_COLUMNS,
 };
 pub use limits::{
-    admit_at_send, breaker_opens, limit_from_row, Gate, LimitRow, SendAdmission, StoredLimit,
-    LIMIT_COLUMNS,
+    admit_at_send, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission,
+    StoredLimit, LIMIT_COLUMNS,
 };
+pub use purge::purgeable;
