@@ -166,6 +166,18 @@ pub const SCHEDULE_COLUMNS: &str = "id, name, kind, cron, timezone, every_ms, at
      max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
      expires_after_ms, unique_key";
 
+/// How a schedule's spec is stored: its `cron`, `timezone`, `every_ms` and
+/// `at_ms` columns (an interval's start is stored as its `at_ms`).
+pub fn schedule_columns(
+    spec: &ScheduleSpec,
+) -> (Option<&str>, Option<&str>, Option<i64>, Option<i64>) {
+    match spec {
+        ScheduleSpec::Cron { expr, timezone } => (Some(expr), Some(timezone), None, None),
+        ScheduleSpec::Interval { every_ms, start_ms } => (None, None, Some(*every_ms), *start_ms),
+        ScheduleSpec::Once { at_ms } => (None, None, None, Some(*at_ms)),
+    }
+}
+
 /// A schedule read as [`SCHEDULE_COLUMNS`].
 pub fn schedule_from_row<R: Columns>(row: &R) -> Result<ScheduleRecord, R::Error> {
     let kind: String = row.get(2)?;
