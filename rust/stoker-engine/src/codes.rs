@@ -38,6 +38,39 @@ macro_rules! status_code {
     };
 }
 
+/// The codes of the statuses of a job that has not finished (pending,
+/// scheduled, running, waiting), as the text of an SQL list:
+/// `concat!("status IN (", unfinished_codes!(), ")")`.
+#[macro_export]
+macro_rules! unfinished_codes {
+    () => {
+        concat!(
+            $crate::status_code!(pending),
+            ", ",
+            $crate::status_code!(scheduled),
+            ", ",
+            $crate::status_code!(running),
+            ", ",
+            $crate::status_code!(waiting)
+        )
+    };
+}
+
+/// The codes of the statuses of a job that has not started (pending,
+/// scheduled, waiting), as the text of an SQL list.
+#[macro_export]
+macro_rules! unstarted_codes {
+    () => {
+        concat!(
+            $crate::status_code!(pending),
+            ", ",
+            $crate::status_code!(scheduled),
+            ", ",
+            $crate::status_code!(waiting)
+        )
+    };
+}
+
 /// The code of [`crate::Status::Pending`], for `format!` strings.
 pub const PENDING: i64 = status_code!(pending);
 /// The code of [`crate::Status::Scheduled`].
@@ -88,5 +121,20 @@ mod tests {
             [0, 1, 2, 3, 4, 5, 6, 7]
         );
         assert_eq!(concat!("status = ", status_code!(waiting)), "status = 7");
+        let list = |text: &str| -> Vec<Status> {
+            text.split(", ")
+                .map(|code| Status::from_code(code.parse().unwrap()).unwrap())
+                .collect()
+        };
+        let unfinished: Vec<Status> = Status::ALL
+            .into_iter()
+            .filter(|status| !status.is_terminal())
+            .collect();
+        assert_eq!(list(unfinished_codes!()), unfinished);
+        let unstarted: Vec<Status> = unfinished
+            .into_iter()
+            .filter(|status| *status != Status::Running)
+            .collect();
+        assert_eq!(list(unstarted_codes!()), unstarted);
     }
 }

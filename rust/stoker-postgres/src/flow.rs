@@ -22,10 +22,10 @@ use stoker_engine::decide::{
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
 use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
-use stoker_engine::status_code;
 use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::storage::stored_aside;
 use stoker_engine::storage::LIMITED_SCAN_EXTRA;
+use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
 /// At most this many jobs are expired by one claim.
 const EXPIRE_BATCH: i64 = 1000;
@@ -47,13 +47,7 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         let existing = tx.query_opt(
             concat!(
                 "SELECT id FROM jobs WHERE unique_key = $1 AND status IN (",
-                status_code!(pending),
-                ", ",
-                status_code!(scheduled),
-                ", ",
-                status_code!(running),
-                ", ",
-                status_code!(waiting),
+                unfinished_codes!(),
                 ")"
             ),
             &[key],
@@ -369,11 +363,7 @@ fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
                 status_code!(expired),
                 ", finished_ms = $1 WHERE id IN \
              (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
-                status_code!(pending),
-                ", ",
-                status_code!(scheduled),
-                ", ",
-                status_code!(waiting),
+                unstarted_codes!(),
                 ")",
                 " AND expires_ms <= $1 \
              ORDER BY expires_ms LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING id"
@@ -424,11 +414,7 @@ pub(crate) fn next_flow_wakeup(tx: &mut Tx<'_>) -> PgResult<Option<i64>> {
         concat!(
             "SELECT (SELECT min(wake_ms) FROM flow_limits), \
          (SELECT expires_ms FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
-            status_code!(pending),
-            ", ",
-            status_code!(scheduled),
-            ", ",
-            status_code!(waiting),
+            unstarted_codes!(),
             ")",
             " \
           ORDER BY expires_ms LIMIT 1)"

@@ -13,8 +13,8 @@
 
 use crate::{describe, sql_count, PgError, PgResult, Shared, Tx};
 use stoker_engine::error::EngineError;
-use stoker_engine::status_code;
 use stoker_engine::storage::INLINE_BLOB_MAX_BYTES;
+use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
 /// The name this engine writes into `stoker_meta` under `application`.
 pub const PG_APPLICATION: &str = "stoker";
@@ -109,9 +109,9 @@ CREATE INDEX jobs_dead ON jobs (finished_ms DESC, id DESC) WHERE status = ", sta
 -- Finished jobs whose result and error history wait for their retention to end.
 CREATE INDEX jobs_result_expiry ON jobs (result_expires_ms) WHERE result_expires_ms IS NOT NULL;
 -- At most one live job per uniqueness key (waiting, pending, scheduled, running).
-CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(running), ", ", status_code!(waiting), ")", ";
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", unfinished_codes!(), ")", ";
 -- Expiry of jobs that have not started.
-CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(waiting), ")", ";
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", unstarted_codes!(), ")", ";
 -- Running jobs per task, for concurrency limits and breaker probes.
 CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = ", status_code!(running), ";
 -- Replays of a job, so that purging it finds them without a scan.
@@ -290,13 +290,7 @@ fn migrate(tx: &mut Tx<'_>, version: i64) -> PgResult<()> {
             concat!(
                 "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
              WHERE status IN (",
-                status_code!(pending),
-                ", ",
-                status_code!(scheduled),
-                ", ",
-                status_code!(running),
-                ", ",
-                status_code!(waiting),
+                unfinished_codes!(),
                 ")",
                 " AND octet_length(payload) > $1::bigint"
             ),

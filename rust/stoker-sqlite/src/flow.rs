@@ -26,8 +26,8 @@ use stoker_engine::decide::{
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
 use stoker_engine::model::{FailureKind, NewJob, Status};
-use stoker_engine::status_code;
 use stoker_engine::storage::flow_storage::FlowStorage;
+use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
 use crate::columns::SqlRow;
 use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
@@ -43,9 +43,9 @@ ALTER TABLE jobs ADD COLUMN expires_ms INTEGER;
 ALTER TABLE jobs ADD COLUMN rate_prepaid INTEGER NOT NULL DEFAULT 0;
 
 -- At most one live job per uniqueness key (waiting, pending, scheduled, running).
-CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(running), ", ", status_code!(waiting), ")", ";
+CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key) WHERE unique_key IS NOT NULL AND status IN (", unfinished_codes!(), ")", ";
 -- Expiry of jobs that have not started.
-CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", status_code!(pending), ", ", status_code!(scheduled), ", ", status_code!(waiting), ")", ";
+CREATE INDEX jobs_expiry ON jobs (expires_ms) WHERE expires_ms IS NOT NULL AND status IN (", unstarted_codes!(), ")", ";
 -- Running jobs per task, for concurrency limits and breaker probes.
 CREATE INDEX jobs_running_task ON jobs (task_name) WHERE status = ", status_code!(running), ";
 
@@ -133,13 +133,7 @@ CREATE INDEX schedule_fires_schedule ON schedule_fires (schedule_id, id);
 /// The live job with a uniqueness key.
 pub const UNIQUE_LIVE_SQL: &str = concat!(
     "SELECT id FROM jobs WHERE unique_key = ?1 AND status IN (",
-    status_code!(pending),
-    ", ",
-    status_code!(scheduled),
-    ", ",
-    status_code!(running),
-    ", ",
-    status_code!(waiting),
+    unfinished_codes!(),
     ")"
 );
 
@@ -149,11 +143,7 @@ pub const EXPIRE_DUE_SQL: &str = concat!(
     status_code!(expired),
     ", finished_ms = ?1 WHERE id IN \
      (SELECT id FROM jobs WHERE expires_ms IS NOT NULL AND status IN (",
-    status_code!(pending),
-    ", ",
-    status_code!(scheduled),
-    ", ",
-    status_code!(waiting),
+    unstarted_codes!(),
     ")",
     " AND expires_ms <= ?1 \
      ORDER BY expires_ms LIMIT ?2) RETURNING id"
@@ -163,11 +153,7 @@ pub const EXPIRE_DUE_SQL: &str = concat!(
 pub const NEXT_EXPIRY_SQL: &str = concat!(
     "SELECT expires_ms FROM jobs \
      WHERE expires_ms IS NOT NULL AND status IN (",
-    status_code!(pending),
-    ", ",
-    status_code!(scheduled),
-    ", ",
-    status_code!(waiting),
+    unstarted_codes!(),
     ")",
     " ORDER BY expires_ms LIMIT 1"
 );

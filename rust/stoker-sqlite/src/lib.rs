@@ -31,8 +31,8 @@ use stoker_engine::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use stoker_engine::status_code;
 use stoker_engine::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
+use stoker_engine::{status_code, unfinished_codes};
 use stoker_engine::{Clock, Engine};
 
 use crate::checkpoint::Checkpointer;

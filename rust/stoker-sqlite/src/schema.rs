@@ -150,13 +150,7 @@ pub(crate) fn migrate(tx: &Transaction<'_>, version: i64) -> SqlResult<()> {
             concat!(
                 "INSERT INTO job_payloads (job_id, data) SELECT id, payload FROM jobs \
              WHERE status IN (",
-                status_code!(pending),
-                ", ",
-                status_code!(scheduled),
-                ", ",
-                status_code!(running),
-                ", ",
-                status_code!(waiting),
+                unfinished_codes!(),
                 ")",
                 " AND length(payload) > ?1"
             ),
