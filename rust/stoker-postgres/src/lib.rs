@@ -36,7 +36,9 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 
 use stoker_engine::clock::{Clock, SystemClock};
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::attempt::{self, give_back_each, AttemptSteps, ExpiredLease};
+use stoker_engine::decide::attempt::{
+    self, give_back_each, Attempt, AttemptSteps, Counts, ExpiredLease,
+};
 use stoker_engine::decide::{failure_state_from_row, purgeable, FailureState, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{

@@ -108,7 +108,7 @@ impl Storage for PostgresStorage {
     ) -> Result<FailOutcome, EngineError> {
         self.write(|tx| {
             attempt::fail(
-                &mut Attempt(tx),
+                &mut AttemptTx(tx),
                 job_id,
                 token,
                 report,
@@ -222,7 +222,7 @@ impl Storage for PostgresStorage {
                     }
                 }
             }
-            attempt::reap(&mut Attempt(tx), expired, jitter, now_ms)
+            attempt::reap(&mut AttemptTx(tx), expired, jitter, now_ms)
         })
     }
 

@@ -59,9 +59,9 @@ pub(crate) fn refuse_stale(
 }
 
 /// The statements of a failed attempt (see [`attempt::fail`]).
-pub(crate) struct Attempt<'a, 'c>(pub(crate) &'a mut Tx<'c>);
+pub(crate) struct AttemptTx<'a, 'c>(pub(crate) &'a mut Tx<'c>);
 
-impl AttemptSteps for Attempt<'_, '_> {
+impl AttemptSteps for AttemptTx<'_, '_> {
     type Error = PgError;
 
     /// Locked: a failure reads the retry state under the job's row lock.
@@ -75,24 +75,16 @@ impl AttemptSteps for Attempt<'_, '_> {
             .transpose()
     }
 
-    fn record_stale(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        owner: &str,
-        outcome: &str,
-        now_ms: i64,
-    ) -> PgResult<()> {
-        record_stale(self.0, job_id, token, owner, outcome, now_ms)
+    fn record_stale(&mut self, at: Attempt, owner: &str, outcome: &str) -> PgResult<()> {
+        record_stale(self.0, at.job_id, at.token, owner, outcome, at.now_ms)
     }
 
-    fn record_error(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        report: &FailureReport,
-        now_ms: i64,
-    ) -> PgResult<()> {
+    fn record_error(&mut self, at: Attempt, report: &FailureReport) -> PgResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
         self.0.execute(
             "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
              worker, usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
@@ -116,23 +108,17 @@ impl AttemptSteps for Attempt<'_, '_> {
         Ok(())
     }
 
-    fn count_against_breaker(
-        &mut self,
-        job_id: i64,
-        kind: FailureKind,
-        now_ms: i64,
-    ) -> PgResult<()> {
-        flow::on_attempt_failed(self.0, job_id, kind, now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> PgResult<()> {
+        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
     }
 
-    fn finish(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        status: Status,
-        (failures, crashes): (i64, i64),
-        now_ms: i64,
-    ) -> PgResult<()> {
+    fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> PgResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
+        let Counts { failures, crashes } = counts;
         self.0.execute(
             FAILED_FINISH_SQL,
             &[
@@ -147,14 +133,9 @@ impl AttemptSteps for Attempt<'_, '_> {
         flow::on_finished(self.0, job_id, status, now_ms)
     }
 
-    fn retry(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        status: Status,
-        eta_ms: i64,
-        (failures, crashes): (i64, i64),
-    ) -> PgResult<()> {
+    fn retry(&mut self, at: Attempt, status: Status, eta_ms: i64, counts: Counts) -> PgResult<()> {
+        let (job_id, token) = (at.job_id, at.token);
+        let Counts { failures, crashes } = counts;
         self.0.wake |= status == Status::Pending;
         self.0.execute(
             FAILED_RETRY_SQL,
@@ -173,13 +154,8 @@ impl AttemptSteps for Attempt<'_, '_> {
     /// Gives back an expired job its supervisor held, sent to no worker
     /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
     /// crash).
-    fn return_held(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        now_ms: i64,
-    ) -> PgResult<Option<FailOutcome>> {
-        give_back(self.0, RETURN_HELD_SQL, job_id, token, now_ms)
+    fn return_held(&mut self, at: Attempt) -> PgResult<Option<FailOutcome>> {
+        give_back(self.0, RETURN_HELD_SQL, at.job_id, at.token, at.now_ms)
     }
 }
 

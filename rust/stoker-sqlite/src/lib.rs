@@ -24,7 +24,9 @@ use rusqlite::{
 };
 
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::attempt::{self, give_back_each, AttemptSteps, ExpiredLease};
+use stoker_engine::decide::attempt::{
+    self, give_back_each, Attempt, AttemptSteps, Counts, ExpiredLease,
+};
 use stoker_engine::decide::{failure_state_from_row, purgeable, FailureState, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{

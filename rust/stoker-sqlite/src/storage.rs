@@ -158,7 +158,7 @@ impl Storage for SqliteStorage {
         jitter: Jitter<'_>,
         now_ms: i64,
     ) -> Result<FailOutcome, EngineError> {
-        self.write(|tx| attempt::fail(&mut Attempt(tx), job_id, token, report, jitter, now_ms))
+        self.write(|tx| attempt::fail(&mut AttemptTx(tx), job_id, token, report, jitter, now_ms))
     }
 
     fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError> {
@@ -248,7 +248,7 @@ impl Storage for SqliteStorage {
                 })?;
                 rows.collect::<Result<_, _>>()?
             };
-            attempt::reap(&mut Attempt(tx), expired, jitter, now_ms)
+            attempt::reap(&mut AttemptTx(tx), expired, jitter, now_ms)
         })
     }
 

@@ -234,9 +234,9 @@ pub(crate) fn refuse_stale(
 }
 
 /// The statements of a failed attempt (see [`attempt::fail`]).
-pub(crate) struct Attempt<'a, 'c>(pub(crate) &'a Transaction<'c>);
+pub(crate) struct AttemptTx<'a, 'c>(pub(crate) &'a Transaction<'c>);
 
-impl AttemptSteps for Attempt<'_, '_> {
+impl AttemptSteps for AttemptTx<'_, '_> {
     type Error = SqlError;
 
     fn failure_state(&mut self, job_id: i64) -> SqlResult<Option<FailureState>> {
@@ -247,24 +247,16 @@ impl AttemptSteps for Attempt<'_, '_> {
             .optional()?)
     }
 
-    fn record_stale(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        owner: &str,
-        outcome: &str,
-        now_ms: i64,
-    ) -> SqlResult<()> {
-        record_stale(self.0, job_id, token, owner, outcome, now_ms)
+    fn record_stale(&mut self, at: Attempt, owner: &str, outcome: &str) -> SqlResult<()> {
+        record_stale(self.0, at.job_id, at.token, owner, outcome, at.now_ms)
     }
 
-    fn record_error(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        report: &FailureReport,
-        now_ms: i64,
-    ) -> SqlResult<()> {
+    fn record_error(&mut self, at: Attempt, report: &FailureReport) -> SqlResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
         self.0
             .prepare_cached(
                 "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
@@ -288,23 +280,17 @@ impl AttemptSteps for Attempt<'_, '_> {
         Ok(())
     }
 
-    fn count_against_breaker(
-        &mut self,
-        job_id: i64,
-        kind: FailureKind,
-        now_ms: i64,
-    ) -> SqlResult<()> {
-        flow::on_attempt_failed(self.0, job_id, kind, now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> SqlResult<()> {
+        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
     }
 
-    fn finish(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        status: Status,
-        (failures, crashes): (i64, i64),
-        now_ms: i64,
-    ) -> SqlResult<()> {
+    fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> SqlResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
+        let Counts { failures, crashes } = counts;
         self.0.prepare_cached(FAILED_FINISH_SQL)?.execute(params![
             job_id,
             status.code(),
@@ -316,14 +302,9 @@ impl AttemptSteps for Attempt<'_, '_> {
         flow::on_finished(self.0, job_id, status, now_ms)
     }
 
-    fn retry(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        status: Status,
-        eta_ms: i64,
-        (failures, crashes): (i64, i64),
-    ) -> SqlResult<()> {
+    fn retry(&mut self, at: Attempt, status: Status, eta_ms: i64, counts: Counts) -> SqlResult<()> {
+        let (job_id, token) = (at.job_id, at.token);
+        let Counts { failures, crashes } = counts;
         self.0.prepare_cached(FAILED_RETRY_SQL)?.execute(params![
             job_id,
             status.code(),
@@ -338,13 +319,8 @@ impl AttemptSteps for Attempt<'_, '_> {
     /// Gives back an expired job its supervisor held, sent to no worker
     /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
     /// crash).
-    fn return_held(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        now_ms: i64,
-    ) -> SqlResult<Option<FailOutcome>> {
-        give_back(self.0, RETURN_HELD_SQL, job_id, token, now_ms)
+    fn return_held(&mut self, at: Attempt) -> SqlResult<Option<FailOutcome>> {
+        give_back(self.0, RETURN_HELD_SQL, at.job_id, at.token, at.now_ms)
     }
 }
 

@@ -7,6 +7,22 @@ use crate::error::EngineError;
 use crate::model::{FailOutcome, FailureKind, FailureReport, Status};
 use crate::storage::{Jitter, LEASE_EXPIRED_EXC_TYPE};
 
+/// The attempt a step is for, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempt {
+    pub job_id: i64,
+    /// The attempt's fencing token.
+    pub token: i64,
+    pub now_ms: i64,
+}
+
+/// A job's failed attempts and crashes, as counted against its bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub failures: i64,
+    pub crashes: i64,
+}
+
 /// The statements of a failed attempt, each run inside its transaction.
 pub trait AttemptSteps {
     /// The backend's error.
@@ -15,63 +31,32 @@ pub trait AttemptSteps {
     /// The job's failure state (locked where writers race), if it exists.
     fn failure_state(&mut self, job_id: i64) -> Result<Option<FailureState>, Self::Error>;
 
-    /// Records the outcome `outcome` of attempt `token` as refused: stale.
-    fn record_stale(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        owner: &str,
-        outcome: &str,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
+    /// Records the outcome `outcome` of the attempt as refused: stale.
+    fn record_stale(&mut self, at: Attempt, owner: &str, outcome: &str) -> Result<(), Self::Error>;
 
     /// Adds the failure to the job's error history and stores its usage.
-    fn record_error(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        report: &FailureReport,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
+    fn record_error(&mut self, at: Attempt, report: &FailureReport) -> Result<(), Self::Error>;
 
     /// Counts the failure against its task's circuit breaker.
-    fn count_against_breaker(
-        &mut self,
-        job_id: i64,
-        kind: FailureKind,
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
+    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> Result<(), Self::Error>;
 
-    /// Ends the running attempt `token` with `status`, with these counts,
-    /// and resolves what depends on the job.
-    fn finish(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        status: Status,
-        counts: (i64, i64),
-        now_ms: i64,
-    ) -> Result<(), Self::Error>;
+    /// Ends the running attempt with `status`, with these counts, and
+    /// resolves what depends on the job.
+    fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> Result<(), Self::Error>;
 
-    /// Puts the running attempt `token` back as `status` (pending or
-    /// scheduled) due at `eta_ms`, with these counts.
+    /// Puts the running attempt back as `status` (pending or scheduled) due
+    /// at `eta_ms`, with these counts.
     fn retry(
         &mut self,
-        job_id: i64,
-        token: i64,
+        at: Attempt,
         status: Status,
         eta_ms: i64,
-        counts: (i64, i64),
+        counts: Counts,
     ) -> Result<(), Self::Error>;
 
     /// Gives a job that its supervisor held, sent to no worker, back to
     /// pending ([`FailOutcome::Returned`]); `None` if it was not held.
-    fn return_held(
-        &mut self,
-        job_id: i64,
-        token: i64,
-        now_ms: i64,
-    ) -> Result<Option<FailOutcome>, Self::Error>;
+    fn return_held(&mut self, at: Attempt) -> Result<Option<FailOutcome>, Self::Error>;
 }
 
 /// Records the failure `report` of attempt `token` and applies the retry
@@ -88,26 +73,31 @@ pub fn fail<T: AttemptSteps>(
         .failure_state(job_id)?
         .ok_or(EngineError::NotFound(job_id))?;
     let decision = decide_failure(&state, token, report, jitter, now_ms);
+    let at = Attempt {
+        job_id,
+        token,
+        now_ms,
+    };
     if decision == FailureDecision::Stale {
         let owner = state.lease_owner.unwrap_or_default();
-        tx.record_stale(job_id, token, &owner, "fail", now_ms)?;
+        tx.record_stale(at, &owner, "fail")?;
         return Ok(FailOutcome::Stale);
     }
-    tx.record_error(job_id, token, report, now_ms)?;
-    tx.count_against_breaker(job_id, report.kind, now_ms)?;
+    tx.record_error(at, report)?;
+    tx.count_against_breaker(at, report.kind)?;
     match decision {
         FailureDecision::Stale => {}
         FailureDecision::Finish {
             status,
             failures,
             crashes,
-        } => tx.finish(job_id, token, status, (failures, crashes), now_ms)?,
+        } => tx.finish(at, status, Counts { failures, crashes })?,
         FailureDecision::Retry {
             status,
             eta_ms,
             failures,
             crashes,
-        } => tx.retry(job_id, token, status, eta_ms, (failures, crashes))?,
+        } => tx.retry(at, status, eta_ms, Counts { failures, crashes })?,
     }
     Ok(decision.outcome())
 }
@@ -166,7 +156,12 @@ pub fn reap<T: AttemptSteps>(
     let mut reaped = Vec::with_capacity(expired.len());
     for lease in expired {
         let (job_id, token) = (lease.job_id, lease.token);
-        if let Some(outcome) = tx.return_held(job_id, token, now_ms)? {
+        let at = Attempt {
+            job_id,
+            token,
+            now_ms,
+        };
+        if let Some(outcome) = tx.return_held(at)? {
             reaped.push((job_id, outcome));
             continue;
         }
@@ -212,69 +207,57 @@ mod tests {
 
         fn record_stale(
             &mut self,
-            _: i64,
-            token: i64,
+            at: Attempt,
             owner: &str,
             outcome: &str,
-            _: i64,
         ) -> Result<(), EngineError> {
-            self.log.push(format!("stale {outcome} {token} {owner}"));
+            self.log
+                .push(format!("stale {outcome} {} {owner}", at.token));
             Ok(())
         }
 
-        fn record_error(
-            &mut self,
-            _: i64,
-            _: i64,
-            report: &FailureReport,
-            _: i64,
-        ) -> Result<(), EngineError> {
+        fn record_error(&mut self, _: Attempt, report: &FailureReport) -> Result<(), EngineError> {
             self.log.push(format!("error {}", report.kind.as_str()));
             Ok(())
         }
 
-        fn count_against_breaker(
-            &mut self,
-            _: i64,
-            _: FailureKind,
-            _: i64,
-        ) -> Result<(), EngineError> {
+        fn count_against_breaker(&mut self, _: Attempt, _: FailureKind) -> Result<(), EngineError> {
             self.log.push("breaker".to_owned());
             Ok(())
         }
 
         fn finish(
             &mut self,
-            _: i64,
-            _: i64,
+            _: Attempt,
             status: Status,
-            counts: (i64, i64),
-            _: i64,
+            counts: Counts,
         ) -> Result<(), EngineError> {
-            self.log
-                .push(format!("finish {} {counts:?}", status.as_str()));
+            let Counts { failures, crashes } = counts;
+            self.log.push(format!(
+                "finish {} {:?}",
+                status.as_str(),
+                (failures, crashes)
+            ));
             Ok(())
         }
 
         fn retry(
             &mut self,
-            _: i64,
-            _: i64,
+            _: Attempt,
             status: Status,
             eta_ms: i64,
-            counts: (i64, i64),
+            counts: Counts,
         ) -> Result<(), EngineError> {
-            self.log
-                .push(format!("retry {} {eta_ms} {counts:?}", status.as_str()));
+            let Counts { failures, crashes } = counts;
+            self.log.push(format!(
+                "retry {} {eta_ms} {:?}",
+                status.as_str(),
+                (failures, crashes)
+            ));
             Ok(())
         }
 
-        fn return_held(
-            &mut self,
-            _: i64,
-            _: i64,
-            _: i64,
-        ) -> Result<Option<FailOutcome>, EngineError> {
+        fn return_held(&mut self, _: Attempt) -> Result<Option<FailOutcome>, EngineError> {
             Ok(self.held.then_some(FailOutcome::Returned))
         }
     }
