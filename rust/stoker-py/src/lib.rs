@@ -9,6 +9,7 @@ mod engine;
 mod errors;
 mod flow;
 mod open;
+mod records;
 mod types;
 
 use pyo3::prelude::*;
