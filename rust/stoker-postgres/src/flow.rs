@@ -14,7 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use crate::columns::PgRow;
+use crate::PgError;
 use crate::{sql_count, status_of, PgResult, PostgresStorage, Tx};
+use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
     self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
     SendAdmission, LIMIT_COLUMNS,
@@ -178,77 +180,103 @@ fn fail_waiting(
         &[
             &job_id,
             &DEPENDENCY_FAILED_EXC_TYPE,
-            &format!("job {job_id} depends on job {dep}, which ended {dep_status}"),
+            &dependency_failed_message(job_id, dep, dep_status),
             &now_ms,
         ],
     )?;
     Ok(true)
 }
 
-/// Called inside every transition that finishes a job: sets the retention
-/// deadline of a job that finished without a result, and resolves the jobs
-/// that depend on it, transitively.
+/// Called inside every transition that finishes a job: resolves what it
+/// does to its dependents (see [`dependents::on_finished`]).
 pub(crate) fn on_finished(
     tx: &mut Tx<'_>,
     job_id: i64,
     status: Status,
     now_ms: i64,
 ) -> PgResult<()> {
-    let mut work = vec![(job_id, status)];
-    while let Some((id, status)) = work.pop() {
-        if status != Status::Complete {
-            tx.execute(
-                "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
-                 WHERE id = $1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
-                &[&id],
-            )?;
-        }
-        let dependents: Vec<i64> = tx
+    dependents::on_finished(&mut Finish(tx), job_id, status, now_ms)
+}
+
+/// The statements that resolve a finished job's dependents.
+struct Finish<'a, 'c>(&'a mut Tx<'c>);
+
+impl FinishSteps for Finish<'_, '_> {
+    type Error = PgError;
+
+    fn start_retention(&mut self, job_id: i64) -> PgResult<()> {
+        self.0.execute(
+            "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
+             WHERE id = $1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
+            &[&job_id],
+        )?;
+        Ok(())
+    }
+
+    fn dependents(&mut self, job_id: i64) -> PgResult<Vec<i64>> {
+        self.0
             .query(
                 "SELECT job_id FROM job_deps WHERE dep_id = $1 ORDER BY job_id",
-                &[&id],
+                &[&job_id],
             )?
             .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
-        for dependent in dependents {
-            // Locking the dependent first makes two dependencies that finish
-            // at once take turns, so the second one counts the first as done.
-            tx.query_opt("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&dependent])?;
-            if status == Status::Complete {
-                let unfinished: i64 = tx
-                    .query_one(
-                        concat!(
-                            "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                         WHERE d.job_id = $1 AND j.status != ",
-                            status_code!(complete)
-                        ),
-                        &[&dependent],
-                    )?
-                    .try_get(0)?;
-                if unfinished == 0 {
-                    let released = tx.query_opt(
-                        concat!(
-                            "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN 0 ELSE 1 END \
-                         WHERE id = $1 AND status = ",
-                            status_code!(waiting),
-                            " RETURNING status"
-                        ),
-                        &[&dependent, &now_ms],
-                    )?;
-                    if let Some(row) = released {
-                        if row.try_get::<_, i64>(0)? == Status::Pending.code() {
-                            tx.wake = true;
-                        }
-                    }
-                }
-            } else if fail_waiting(tx, dependent, id, status, now_ms)? {
-                work.push((dependent, Status::Dead));
+            .map(|row| Ok(row.try_get(0)?))
+            .collect()
+    }
+
+    fn lock_dependent(&mut self, dependent: i64) -> PgResult<()> {
+        self.0
+            .query_opt("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&dependent])?;
+        Ok(())
+    }
+
+    fn unfinished_dependencies(&mut self, dependent: i64) -> PgResult<i64> {
+        Ok(self
+            .0
+            .query_one(UNFINISHED_DEPENDENCIES_SQL, &[&dependent])?
+            .try_get(0)?)
+    }
+
+    fn release_waiting(&mut self, dependent: i64, now_ms: i64) -> PgResult<()> {
+        let released = self
+            .0
+            .query_opt(RELEASE_WAITING_SQL, &[&dependent, &now_ms])?;
+        if let Some(row) = released {
+            if row.try_get::<_, i64>(0)? == Status::Pending.code() {
+                self.0.wake = true;
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    fn fail_waiting(
+        &mut self,
+        dependent: i64,
+        dep: i64,
+        status: Status,
+        now_ms: i64,
+    ) -> PgResult<bool> {
+        fail_waiting(self.0, dependent, dep, status, now_ms)
+    }
 }
+
+/// How many dependencies of job `$1` are not complete.
+const UNFINISHED_DEPENDENCIES_SQL: &str = concat!(
+    "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = $1 AND j.status != ",
+    status_code!(complete)
+);
+
+/// Releases job `$1` if it is still waiting: pending if its eta has come by
+/// `$2`, scheduled otherwise; its new status.
+const RELEASE_WAITING_SQL: &str = concat!(
+    "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN ",
+    status_code!(pending),
+    " ELSE ",
+    status_code!(scheduled),
+    " END WHERE id = $1 AND status = ",
+    status_code!(waiting),
+    " RETURNING status"
+);
 
 /// Called when attempts completed: a half-open breaker of their tasks closes,
 /// and their dependents are resolved.

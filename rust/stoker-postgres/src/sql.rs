@@ -110,7 +110,11 @@ pub(crate) const FAILED_RETRY_SQL: &str = concat!(
 /// Puts a running attempt back to pending; a job whose cancel was requested
 /// ends cancelled rather than going back, so the request is never lost.
 pub(crate) const REQUEUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+    status_code!(cancelled),
+    " ELSE ",
+    status_code!(pending),
+    " END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
      eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = $1 AND attempt = $2 AND status = ",
@@ -122,7 +126,11 @@ pub(crate) const REQUEUE_SQL: &str = concat!(
 /// attempt is taken back, so the job reads as if it had never been claimed.
 /// The token was never handed to a worker, so no outcome can carry it.
 pub(crate) const RELEASE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+    status_code!(cancelled),
+    " ELSE ",
+    status_code!(pending),
+    " END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
      started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
@@ -148,10 +156,14 @@ macro_rules! give_back_sql {
     ($condition:literal) => {
         concat!(
             concat!(
-                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-             finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
-             eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-             WHERE id = $1 AND attempt = $2 AND status = ",
+                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+                status_code!(cancelled),
+                " ELSE ",
+                status_code!(pending),
+                " END, \
+                 finished_ms = CASE cancel_requested WHEN 1 THEN $3 ELSE finished_ms END, \
+                 eta_ms = $3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+                 WHERE id = $1 AND attempt = $2 AND status = ",
                 status_code!(running),
                 " AND "
             ),

@@ -19,6 +19,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use crate::{
     sql_limit, status_from_code, SqlResult, SqliteStorage, INSERT_JOB_SQL, INSERT_PAYLOAD_SQL,
 };
+use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
     self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
     SendAdmission, LIMIT_COLUMNS,
@@ -30,6 +31,7 @@ use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
 use crate::columns::SqlRow;
+use crate::SqlError;
 use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 
 /// The flow-control and schedule part of the schema, run right after the job
@@ -339,59 +341,86 @@ fn fail_waiting(
     .execute(params![
         job_id,
         DEPENDENCY_FAILED_EXC_TYPE,
-        format!("job {job_id} depends on job {dep}, which ended {dep_status}"),
+        dependency_failed_message(job_id, dep, dep_status),
         now_ms
     ])?;
     Ok(true)
 }
 
-/// Called inside every transition that finishes a job: sets the retention
-/// deadline of a job that finished without a result, and resolves the jobs
-/// that depend on it, transitively.
+/// Called inside every transition that finishes a job: resolves what it
+/// does to its dependents (see [`dependents::on_finished`]).
 pub(crate) fn on_finished(
     tx: &Transaction<'_>,
     job_id: i64,
     status: Status,
     now_ms: i64,
 ) -> SqlResult<()> {
-    let mut work = vec![(job_id, status)];
-    while let Some((id, status)) = work.pop() {
-        if status != Status::Complete {
-            tx.prepare_cached(
+    dependents::on_finished(&mut Finish(tx), job_id, status, now_ms)
+}
+
+/// The statements that resolve a finished job's dependents.
+struct Finish<'a, 'c>(&'a Transaction<'c>);
+
+impl FinishSteps for Finish<'_, '_> {
+    type Error = SqlError;
+
+    fn start_retention(&mut self, job_id: i64) -> SqlResult<()> {
+        self.0
+            .prepare_cached(
                 "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
                  WHERE id = ?1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
             )?
-            .execute([id])?;
-        }
-        let dependents: Vec<i64> = {
-            let mut stmt = tx.prepare_cached(DEPENDENTS_SQL)?;
-            let rows = stmt.query_map([id], |row| row.get(0))?;
-            rows.collect::<Result<_, _>>()?
-        };
-        for dependent in dependents {
-            if status == Status::Complete {
-                let unfinished: i64 = tx
-                    .prepare_cached(concat!(
-                        "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                         WHERE d.job_id = ?1 AND j.status != ",
-                        status_code!(complete)
-                    ))?
-                    .query_row([dependent], |row| row.get(0))?;
-                if unfinished == 0 {
-                    tx.prepare_cached(concat!(
-                        "UPDATE jobs SET status = CASE WHEN eta_ms <= ?2 THEN 0 ELSE 1 END \
-                         WHERE id = ?1 AND status = ",
-                        status_code!(waiting)
-                    ))?
-                    .execute(params![dependent, now_ms])?;
-                }
-            } else if fail_waiting(tx, dependent, id, status, now_ms)? {
-                work.push((dependent, Status::Dead));
-            }
-        }
+            .execute([job_id])?;
+        Ok(())
     }
-    Ok(())
+
+    fn dependents(&mut self, job_id: i64) -> SqlResult<Vec<i64>> {
+        let mut stmt = self.0.prepare_cached(DEPENDENTS_SQL)?;
+        let rows = stmt.query_map([job_id], |row| row.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn unfinished_dependencies(&mut self, dependent: i64) -> SqlResult<i64> {
+        Ok(self
+            .0
+            .prepare_cached(UNFINISHED_DEPENDENCIES_SQL)?
+            .query_row([dependent], |row| row.get(0))?)
+    }
+
+    fn release_waiting(&mut self, dependent: i64, now_ms: i64) -> SqlResult<()> {
+        self.0
+            .prepare_cached(RELEASE_WAITING_SQL)?
+            .execute(params![dependent, now_ms])?;
+        Ok(())
+    }
+
+    fn fail_waiting(
+        &mut self,
+        dependent: i64,
+        dep: i64,
+        status: Status,
+        now_ms: i64,
+    ) -> SqlResult<bool> {
+        fail_waiting(self.0, dependent, dep, status, now_ms)
+    }
 }
+
+/// How many dependencies of job `?1` are not complete.
+const UNFINISHED_DEPENDENCIES_SQL: &str = concat!(
+    "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = ?1 AND j.status != ",
+    status_code!(complete)
+);
+
+/// Releases job `?1` if it is still waiting: pending if its eta has come by
+/// `?2`, scheduled otherwise.
+const RELEASE_WAITING_SQL: &str = concat!(
+    "UPDATE jobs SET status = CASE WHEN eta_ms <= ?2 THEN ",
+    status_code!(pending),
+    " ELSE ",
+    status_code!(scheduled),
+    " END WHERE id = ?1 AND status = ",
+    status_code!(waiting)
+);
 
 /// Called when an attempt completed: a half-open breaker of its task closes.
 pub(crate) fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> SqlResult<()> {

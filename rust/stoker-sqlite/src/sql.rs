@@ -66,7 +66,11 @@ pub const TAKE_SQL: &str = concat!(
 /// whose cancel was requested ends cancelled rather than going back to
 /// pending, so the request is never lost.
 pub(crate) const REQUEUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+    status_code!(cancelled),
+    " ELSE ",
+    status_code!(pending),
+    " END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
      eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
      WHERE id = ?1 AND attempt = ?2 AND status = ",
@@ -77,7 +81,11 @@ pub(crate) const REQUEUE_SQL: &str = concat!(
 /// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the attempt
 /// is taken back, so the job reads as if it had never been claimed.
 pub(crate) const RELEASE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
+    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+    status_code!(cancelled),
+    " ELSE ",
+    status_code!(pending),
+    " END, \
      finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
      started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
      attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
@@ -101,10 +109,14 @@ macro_rules! give_back_sql {
     ($condition:literal) => {
         concat!(
             concat!(
-                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN 5 ELSE 0 END, \
-             finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-             eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-             WHERE id = ?1 AND attempt = ?2 AND status = ",
+                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
+                status_code!(cancelled),
+                " ELSE ",
+                status_code!(pending),
+                " END, \
+                 finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
+                 eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
+                 WHERE id = ?1 AND attempt = ?2 AND status = ",
                 status_code!(running),
                 " AND "
             ),

@@ -7,6 +7,7 @@
 //!
 //! - [`attempt`]: a failed attempt and the reaping of expired leases, over
 //!   the statements a backend offers;
+//! - [`dependents`]: what a finished job does to the jobs that depend on it;
 //! - [`failure`]: what a failed attempt does to its job (stale, cancelled,
 //!   retried at an eta with backoff, or dead);
 //! - [`fire`]: one fire of a schedule (the fence, the missed-fire policy,
@@ -16,6 +17,7 @@
 //! - [`purge`]: what a purge of finished jobs may remove.
 
 pub mod attempt;
+pub mod dependents;
 pub mod failure;
 pub mod fire;
 pub mod limits;
