@@ -50,7 +50,7 @@ test: build
 	fi
 
 test-rust:
-	cargo test -p stoker-engine --quiet
+	cargo test --workspace --quiet
 
 test-python: build
 	$(PY) -m pytest -q
@@ -87,7 +87,7 @@ bench-postgres: build
 	pgdir=$$(mktemp -d /tmp/stoker-pg-bench.XXXXXX); \
 	trap 'scripts/pg-server stop "'$$pgdir'"; rm -rf "'$$pgdir'"' EXIT; \
 	url=$$(STOKER_PG_DURABLE=1 scripts/pg-server start "$$pgdir"); \
-	STOKER_PG_URL=$$url cargo bench -p stoker-engine --bench pg_claim; \
+	STOKER_PG_URL=$$url cargo bench -p stoker-tests --bench pg_claim; \
 	STOKER_PG_URL=$$url $(PY) benches/postgres.py
 
 clean:

@@ -4,20 +4,16 @@
 //! jitter from its random source, then hands the whole state transition to the
 //! storage. It is `Send + Sync`: many threads may share one engine.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::error::EngineError;
 use crate::model::{
     check_duration, CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport,
     JobFilter, JobRecord, NewJob, StaleOutcome, Status,
 };
-use crate::storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
-use crate::storage::sqlite::SqliteStorage;
-use crate::storage::{ClaimRequest, Storage};
-use crate::wake::WakeListener;
+use crate::storage::{ClaimRequest, Storage, WakeListener};
 
 /// Durable job state and scheduling; see the crate documentation.
 #[derive(Debug)]
@@ -26,7 +22,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     rng: Mutex<fastrand::Rng>,
     /// The wake-up listener, started by the first [`Engine::wake_fd`].
-    listener: OnceLock<Option<WakeListener>>,
+    listener: OnceLock<Option<Box<dyn WakeListener>>>,
 }
 
 impl Engine {
@@ -38,49 +34,6 @@ impl Engine {
             rng: Mutex::new(fastrand::Rng::new()),
             listener: OnceLock::new(),
         }
-    }
-
-    /// An engine over the database `target` names: a PostgreSQL URL
-    /// (`postgresql://` or `postgres://`) or the path of a SQLite file.
-    /// Without a `clock`, a SQLite engine reads the system clock and a
-    /// PostgreSQL engine the server's (see [`ServerClock`]); `busy_timeout`
-    /// applies to SQLite only.
-    pub fn open(
-        target: &str,
-        busy_timeout: Duration,
-        clock: Option<Arc<dyn Clock>>,
-    ) -> Result<Self, EngineError> {
-        if is_postgres_url(target) {
-            return Self::open_postgres(target, clock);
-        }
-        Self::open_sqlite(
-            target,
-            busy_timeout,
-            clock.unwrap_or_else(|| Arc::new(SystemClock)),
-        )
-    }
-
-    /// An engine over the PostgreSQL database at `url`; without a `clock`, it
-    /// follows the server's clock.
-    pub fn open_postgres(url: &str, clock: Option<Arc<dyn Clock>>) -> Result<Self, EngineError> {
-        let storage = PostgresStorage::open(url)?;
-        let clock: Arc<dyn Clock> = match clock {
-            Some(clock) => clock,
-            None => Arc::new(ServerClock::new(&storage, Arc::new(SystemClock))?),
-        };
-        Ok(Self::new(Box::new(storage), clock))
-    }
-
-    /// An engine over the SQLite database at `path` (created if missing).
-    pub fn open_sqlite(
-        path: impl AsRef<Path>,
-        busy_timeout: Duration,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, EngineError> {
-        Ok(Self::new(
-            Box::new(SqliteStorage::open(path, busy_timeout)?),
-            clock,
-        ))
     }
 
     /// Seeds the jitter source, so that retry delays are reproducible.
@@ -318,7 +271,7 @@ impl Engine {
     /// Sends of single plain jobs from this process go to a send log until
     /// the matching [`Engine::close_send_log`]: a supervisor of this process
     /// moves them into the database at its next transaction (see
-    /// `storage/sqlite_send_log.rs`). PostgreSQL stores every send at once.
+    /// `stoker-sqlite/src/send_log.rs`). PostgreSQL stores every send at once.
     pub fn open_send_log(&self) -> Result<(), EngineError> {
         self.storage.open_send_log()
     }
@@ -423,15 +376,12 @@ impl Engine {
     /// storage sends none. The listener starts on the first call.
     pub fn wake_fd(&self) -> Result<Option<i32>, EngineError> {
         if let Some(listener) = self.listener.get() {
-            return Ok(listener.as_ref().map(WakeListener::fd));
+            return Ok(listener.as_ref().map(|listener| listener.fd()));
         }
-        let started = match self.storage.wake_channel() {
-            Some(source) => Some(WakeListener::start(source)?),
-            None => None,
-        };
+        let started = self.storage.start_wake_listener()?;
         // A racing first call may have set it; either listener serves.
         let listener = self.listener.get_or_init(|| started);
-        Ok(listener.as_ref().map(WakeListener::fd))
+        Ok(listener.as_ref().map(|listener| listener.fd()))
     }
 
     /// Empties the wake-up descriptor; how many wake-ups it held.
@@ -439,7 +389,7 @@ impl Engine {
         self.listener
             .get()
             .and_then(Option::as_ref)
-            .map_or(0, WakeListener::drain)
+            .map_or(0, |listener| listener.drain())
     }
 
     /// Whether the wake-up listener's connection is up (false before
@@ -448,7 +398,7 @@ impl Engine {
         self.listener
             .get()
             .and_then(Option::as_ref)
-            .is_some_and(WakeListener::is_connected)
+            .is_some_and(|listener| listener.is_connected())
     }
 }
 

@@ -11,14 +11,17 @@
 //! binding (`stoker._core`) is the only place that knows they are pickles.
 
 pub mod clock;
+#[macro_use]
+pub mod codes;
+pub mod decide;
 pub mod engine;
 pub mod error;
 pub mod flow;
 pub mod model;
 pub mod retry;
+pub mod rows;
 pub mod schedule;
 pub mod storage;
-pub mod wake;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::Engine;
@@ -31,10 +34,7 @@ pub use model::{
 pub use schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, ScheduleRecord, ScheduleSpec, Verdict,
 };
-pub use storage::postgres::{is_postgres_url, PostgresStorage, ServerClock};
-pub use storage::postgres_schema::{PG_APPLICATION, PG_SCHEMA_VERSION};
-pub use storage::sqlite::{SqliteStorage, APPLICATION_ID, SCHEMA_VERSION};
-pub use storage::{ClaimRequest, Storage};
+pub use storage::{ClaimRequest, Storage, WakeListener};
 
 /// Shorthand for results whose error is an [`EngineError`].
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -60,19 +60,19 @@ impl Status {
         }
     }
 
-    /// The integer stored in the database. The SQL of the storage writes these
-    /// codes as literals (so that SQLite can match partial indexes), which is
-    /// why they must never change.
+    /// The integer stored in the database (see [`crate::codes`]: the SQL of
+    /// the storages writes these codes as literals, so that SQLite can match
+    /// partial indexes, and they must never change).
     pub const fn code(self) -> i64 {
         match self {
-            Status::Pending => 0,
-            Status::Scheduled => 1,
-            Status::Running => 2,
-            Status::Complete => 3,
-            Status::Dead => 4,
-            Status::Cancelled => 5,
-            Status::Expired => 6,
-            Status::Waiting => 7,
+            Status::Pending => status_code!(pending),
+            Status::Scheduled => status_code!(scheduled),
+            Status::Running => status_code!(running),
+            Status::Complete => status_code!(complete),
+            Status::Dead => status_code!(dead),
+            Status::Cancelled => status_code!(cancelled),
+            Status::Expired => status_code!(expired),
+            Status::Waiting => status_code!(waiting),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The `Engine` class of `stoker._core`.
 //!
-//! Every method that touches storage runs inside `Python::detach`, so other
-//! Python threads keep running while SQLite waits for its lock or the disk,
-//! or PostgreSQL answers over the network.
+//! Every method that touches storage runs through `Engine::call`, inside
+//! `Python::detach`, so other Python threads keep running while SQLite waits
+//! for its lock or the disk, or PostgreSQL answers over the network.
 
 use std::borrow::Cow;
 use std::path::PathBuf;
@@ -13,14 +13,13 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use stoker_engine::model::{Completion, FailureKind, FailureReport, JobFilter, Status};
-use stoker_engine::storage::postgres::mask_password;
 use stoker_engine::{
-    is_postgres_url, ClaimRequest, Clock, EngineError, LimitScope, ManualClock, MissedFires,
-    NewSchedule,
+    ClaimRequest, Clock, EngineError, LimitScope, ManualClock, MissedFires, NewSchedule,
 };
 
 use crate::errors::OrRaise;
 use crate::flow::{self, LimitState, Schedule, ScheduleFire};
+use crate::open::{self, Backend};
 use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 
 /// Durable job state over one SQLite database file (WAL mode) or one
@@ -29,7 +28,7 @@ use crate::types::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome};
 pub struct Engine {
     engine: Arc<stoker_engine::Engine>,
     path: String,
-    postgres: bool,
+    backend: Backend,
 }
 
 /// Completions from ``(job_id, token, result[, usage])`` tuples.
@@ -63,6 +62,20 @@ fn count(name: &str, value: i64) -> Result<usize, EngineError> {
         .map_err(|_| EngineError::invalid(format!("{name} must be >= 0, got {value}")))
 }
 
+impl Engine {
+    /// Runs `operation` on the engine with the GIL released, so other Python
+    /// threads keep running while the storage waits for its lock, the disk or
+    /// the network, and raises its error as the `stoker.errors` exception.
+    fn call<T: Send>(
+        &self,
+        py: Python<'_>,
+        operation: impl Send + FnOnce(&stoker_engine::Engine) -> Result<T, EngineError>,
+    ) -> PyResult<T> {
+        let engine = &*self.engine;
+        py.detach(|| operation(engine)).or_raise(py)
+    }
+}
+
 #[pymethods]
 impl Engine {
     #[new]
@@ -86,48 +99,33 @@ impl Engine {
             None => None,
         };
         let target = path.to_string_lossy().into_owned();
-        let postgres = is_postgres_url(&target);
-        let engine = py
-            .detach(|| stoker_engine::Engine::open(&target, busy_timeout, clock))
+        let opened = py
+            .detach(|| open::open(&target, busy_timeout, clock))
             .or_raise(py)?;
-        let shown = if postgres {
-            mask_password(&target)
-        } else {
-            target
-        };
         Ok(Self {
-            engine: Arc::new(engine),
-            path: shown,
-            postgres,
+            engine: Arc::new(opened.engine),
+            path: opened.shown,
+            backend: opened.backend,
         })
     }
 
     /// ``"postgresql"`` or ``"sqlite"``.
     #[getter]
     fn backend(&self) -> &'static str {
-        if self.postgres {
-            "postgresql"
-        } else {
-            "sqlite"
-        }
+        self.backend.name()
     }
 
     /// The schema version of the database's backend.
     #[getter]
     fn schema_version(&self) -> i64 {
-        if self.postgres {
-            stoker_engine::PG_SCHEMA_VERSION
-        } else {
-            stoker_engine::SCHEMA_VERSION
-        }
+        self.backend.schema_version()
     }
 
     /// A descriptor that becomes readable when jobs may have become runnable
     /// or a cancel was requested (PostgreSQL notifications); ``None`` for
     /// SQLite. The listener starts on the first call.
     fn wake_fd(&self, py: Python<'_>) -> PyResult<Option<i32>> {
-        let engine = &self.engine;
-        py.detach(|| engine.wake_fd()).or_raise(py)
+        self.call(py, |engine| engine.wake_fd())
     }
 
     /// Empty the wake-up descriptor; how many wake-ups it held.
@@ -148,16 +146,14 @@ impl Engine {
         pid: i64,
         lease_ms: i64,
     ) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.register_supervisor(owner, host, pid, lease_ms))
-            .or_raise(py)
+        self.call(py, |engine| {
+            engine.register_supervisor(owner, host, pid, lease_ms)
+        })
     }
 
     /// Remove the registration of a supervisor that stops cleanly.
     fn deregister_supervisor(&self, py: Python<'_>, owner: &str) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.deregister_supervisor(owner))
-            .or_raise(py)
+        self.call(py, |engine| engine.deregister_supervisor(owner))
     }
 
     #[getter]
@@ -181,8 +177,7 @@ impl Engine {
     /// Store the jobs in one transaction and return their ids, in order.
     fn enqueue(&self, py: Python<'_>, jobs: Vec<Bound<'_, NewJob>>) -> PyResult<Vec<i64>> {
         let jobs: Vec<_> = jobs.iter().map(|job| job.get().inner.clone()).collect();
-        let engine = &self.engine;
-        py.detach(|| engine.enqueue(&jobs)).or_raise(py)
+        self.call(py, |engine| engine.enqueue(&jobs))
     }
 
     /// Enqueue one job per payload, each a copy of ``template`` with that payload.
@@ -205,8 +200,7 @@ impl Engine {
                 return Ok(vec![id]);
             }
         }
-        py.detach(|| engine.enqueue_copies(template, &payloads))
-            .or_raise(py)
+        self.call(py, |engine| engine.enqueue_copies(template, &payloads))
     }
 
     /// Claim up to ``limit`` runnable jobs of ``queues`` for ``owner``.
@@ -219,10 +213,7 @@ impl Engine {
         lease_ms: i64,
     ) -> PyResult<Vec<ClaimedJob>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let claimed = py
-            .detach(|| engine.claim(&queues, limit, owner, lease_ms))
-            .or_raise(py)?;
+        let claimed = self.call(py, |engine| engine.claim(&queues, limit, owner, lease_ms))?;
         Ok(claimed
             .into_iter()
             .map(|inner| ClaimedJob { inner })
@@ -237,9 +228,7 @@ impl Engine {
         leases: Vec<(i64, i64)>,
         lease_ms: i64,
     ) -> PyResult<Vec<i64>> {
-        let engine = &self.engine;
-        py.detach(|| engine.heartbeat(owner, &leases, lease_ms))
-            .or_raise(py)
+        self.call(py, |engine| engine.heartbeat(owner, &leases, lease_ms))
     }
 
     /// Mark the attempt complete with its pickled result; False if stale (recorded).
@@ -258,10 +247,9 @@ impl Engine {
             result: result.map(Cow::into_owned),
             usage,
         };
-        let engine = &self.engine;
-        let applied = py
-            .detach(|| engine.complete_many(std::slice::from_ref(&completion)))
-            .or_raise(py)?;
+        let applied = self.call(py, |engine| {
+            engine.complete_many(std::slice::from_ref(&completion))
+        })?;
         Ok(applied.first().copied().unwrap_or(false))
     }
 
@@ -272,9 +260,7 @@ impl Engine {
         outcomes: Vec<Bound<'_, PyTuple>>,
     ) -> PyResult<Vec<bool>> {
         let completions = completions_from(&outcomes)?;
-        let engine = &self.engine;
-        py.detach(|| engine.complete_many(&completions))
-            .or_raise(py)
+        self.call(py, |engine| engine.complete_many(&completions))
     }
 
     /// ``complete_many`` and then ``claim``, in one transaction; first the
@@ -303,10 +289,9 @@ impl Engine {
             held: &held,
             sent: &sent,
         };
-        let engine = &self.engine;
-        let (applied, claimed) = py
-            .detach(|| engine.complete_and_claim(&completions, &request))
-            .or_raise(py)?;
+        let (applied, claimed) = self.call(py, |engine| {
+            engine.complete_and_claim(&completions, &request)
+        })?;
         Ok((
             applied,
             claimed
@@ -355,50 +340,40 @@ impl Engine {
             retryable,
             usage,
         };
-        let engine = &self.engine;
-        let outcome = py
-            .detach(|| engine.fail(job_id, token, &report))
-            .or_raise(py)?;
+        let outcome = self.call(py, |engine| engine.fail(job_id, token, &report))?;
         Ok((outcome.as_str(), outcome.eta_ms()))
     }
 
     /// Cancel a job.
     fn cancel(&self, py: Python<'_>, job_id: i64) -> PyResult<&'static str> {
-        let engine = &self.engine;
-        Ok(py.detach(|| engine.cancel(job_id)).or_raise(py)?.as_str())
+        Ok(self.call(py, |engine| engine.cancel(job_id))?.as_str())
     }
 
     /// ``(job_id, token)`` of the running jobs of ``owner`` with a cancel request.
     fn cancel_requests(&self, py: Python<'_>, owner: &str) -> PyResult<Vec<(i64, i64)>> {
-        let engine = &self.engine;
-        py.detach(|| engine.cancel_requests(owner)).or_raise(py)
+        self.call(py, |engine| engine.cancel_requests(owner))
     }
 
     /// A running job whose worker was stopped for its cancel request ends cancelled.
     fn finish_cancelled(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
-        let engine = &self.engine;
-        py.detach(|| engine.finish_cancelled(job_id, token))
-            .or_raise(py)
+        self.call(py, |engine| engine.finish_cancelled(job_id, token))
     }
 
     /// Put a running job back to pending without counting a failed attempt.
     fn requeue(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
-        let engine = &self.engine;
-        py.detach(|| engine.requeue(job_id, token)).or_raise(py)
+        self.call(py, |engine| engine.requeue(job_id, token))
     }
 
     /// Undo the claim of a job that was never started: pending again, attempt taken back.
     fn release(&self, py: Python<'_>, job_id: i64, token: i64) -> PyResult<bool> {
-        let engine = &self.engine;
-        py.detach(|| engine.release(job_id, token)).or_raise(py)
+        self.call(py, |engine| engine.release(job_id, token))
     }
 
     /// Fail the running jobs whose lease has expired (kind lease_expired).
     #[pyo3(signature = (limit = 100))]
     fn reap_expired(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<(i64, &'static str)>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let reaped = py.detach(|| engine.reap_expired(limit)).or_raise(py)?;
+        let reaped = self.call(py, |engine| engine.reap_expired(limit))?;
         Ok(reaped
             .into_iter()
             .map(|(job_id, outcome)| (job_id, outcome.as_str()))
@@ -409,8 +384,7 @@ impl Engine {
     #[pyo3(signature = (limit = 100))]
     fn expired_leases(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<(i64, i64, String)>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        py.detach(|| engine.expired_leases(limit)).or_raise(py)
+        self.call(py, |engine| engine.expired_leases(limit))
     }
 
     /// Give back expired jobs that no worker started: pending again, nothing counted.
@@ -419,8 +393,7 @@ impl Engine {
         py: Python<'_>,
         jobs: Vec<(i64, i64)>,
     ) -> PyResult<Vec<(i64, &'static str)>> {
-        let engine = &self.engine;
-        let returned = py.detach(|| engine.return_unstarted(&jobs)).or_raise(py)?;
+        let returned = self.call(py, |engine| engine.return_unstarted(&jobs))?;
         Ok(returned
             .into_iter()
             .map(|(job_id, outcome)| (job_id, outcome.as_str()))
@@ -429,28 +402,24 @@ impl Engine {
 
     /// The job's row; ``JobNotFoundError`` if there is none.
     fn get(&self, py: Python<'_>, job_id: i64) -> PyResult<JobRecord> {
-        let engine = &self.engine;
-        let inner = py.detach(|| engine.get(job_id)).or_raise(py)?;
+        let inner = self.call(py, |engine| engine.get(job_id))?;
         Ok(JobRecord { inner })
     }
 
     /// The job's status, read without its payload or result.
     fn status(&self, py: Python<'_>, job_id: i64) -> PyResult<&'static str> {
-        let engine = &self.engine;
-        Ok(py.detach(|| engine.status(job_id)).or_raise(py)?.as_str())
+        Ok(self.call(py, |engine| engine.status(job_id))?.as_str())
     }
 
     /// ``status`` of many jobs in one read.
     fn statuses(&self, py: Python<'_>, job_ids: Vec<i64>) -> PyResult<Vec<&'static str>> {
-        let engine = &self.engine;
-        let statuses = py.detach(|| engine.statuses(&job_ids)).or_raise(py)?;
+        let statuses = self.call(py, |engine| engine.statuses(&job_ids))?;
         Ok(statuses.into_iter().map(|status| status.as_str()).collect())
     }
 
     /// The job's error history, oldest first.
     fn errors(&self, py: Python<'_>, job_id: i64) -> PyResult<Vec<ErrorRecord>> {
-        let engine = &self.engine;
-        let errors = py.detach(|| engine.errors(job_id)).or_raise(py)?;
+        let errors = self.call(py, |engine| engine.errors(job_id))?;
         Ok(errors
             .into_iter()
             .map(|inner| ErrorRecord { inner })
@@ -459,8 +428,7 @@ impl Engine {
 
     /// Job counts by status; every status is present.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let engine = &self.engine;
-        let counts = py.detach(|| engine.stats()).or_raise(py)?;
+        let counts = self.call(py, |engine| engine.stats())?;
         let dict = PyDict::new(py);
         for (status, count) in counts {
             dict.set_item(status.as_str(), count)?;
@@ -473,25 +441,20 @@ impl Engine {
     fn dead_letters(&self, py: Python<'_>, limit: i64, offset: i64) -> PyResult<Vec<JobRecord>> {
         let limit = count("limit", limit).or_raise(py)?;
         let offset = count("offset", offset).or_raise(py)?;
-        let engine = &self.engine;
-        let dead = py
-            .detach(|| engine.dead_letters(limit, offset))
-            .or_raise(py)?;
+        let dead = self.call(py, |engine| engine.dead_letters(limit, offset))?;
         Ok(dead.into_iter().map(|inner| JobRecord { inner }).collect())
     }
 
     /// Enqueue a new job from a dead one, keeping its task, payload and options.
     fn replay(&self, py: Python<'_>, job_id: i64) -> PyResult<i64> {
-        let engine = &self.engine;
-        py.detach(|| engine.replay(job_id)).or_raise(py)
+        self.call(py, |engine| engine.replay(job_id))
     }
 
     /// Refused stale outcomes, most recent first.
     #[pyo3(signature = (limit = 100))]
     fn stale_outcomes(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<StaleOutcome>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let stale = py.detach(|| engine.stale_outcomes(limit)).or_raise(py)?;
+        let stale = self.call(py, |engine| engine.stale_outcomes(limit))?;
         Ok(stale
             .into_iter()
             .map(|inner| StaleOutcome { inner })
@@ -500,32 +463,27 @@ impl Engine {
 
     /// The earliest eta, lease deadline, expiry, or time a limit lets a held-back job run.
     fn next_wakeup_ms(&self, py: Python<'_>) -> PyResult<Option<i64>> {
-        let engine = &self.engine;
-        py.detach(|| engine.next_wakeup_ms()).or_raise(py)
+        self.call(py, |engine| engine.next_wakeup_ms())
     }
 
     /// Changes whenever another connection commits to the database.
     fn data_version(&self, py: Python<'_>) -> PyResult<i64> {
-        let engine = &self.engine;
-        py.detach(|| engine.data_version()).or_raise(py)
+        self.call(py, |engine| engine.data_version())
     }
 
     /// Send single plain jobs of this process through its send log until ``close_send_log``.
     fn open_send_log(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.open_send_log()).or_raise(py)
+        self.call(py, |engine| engine.open_send_log())
     }
 
     /// Undo one ``open_send_log``; the last one stores what is pending and removes the log.
     fn close_send_log(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.close_send_log()).or_raise(py)
+        self.call(py, |engine| engine.close_send_log())
     }
 
     /// Store the sends logged by processes that died; how many jobs were not stored yet.
     fn recover_send_logs(&self, py: Python<'_>) -> PyResult<usize> {
-        let engine = &self.engine;
-        py.detach(|| engine.recover_send_logs()).or_raise(py)
+        self.call(py, |engine| engine.recover_send_logs())
     }
 
     /// How long writes wait for another writer's lock from now on, in ms.
@@ -544,8 +502,7 @@ impl Engine {
 
     /// Store this process's logged sends and close the database; later calls raise ``StorageError``.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.close()).or_raise(py)
+        self.call(py, |engine| engine.close())
     }
 
     /// Truncate the write-ahead log, waiting at most ``wait_ms`` for readers.
@@ -554,17 +511,14 @@ impl Engine {
             .map(Duration::from_millis)
             .map_err(|_| EngineError::invalid(format!("wait_ms must be >= 0, got {wait_ms}")))
             .or_raise(py)?;
-        let engine = &self.engine;
-        py.detach(|| engine.compact_log(wait)).or_raise(py)
+        self.call(py, |engine| engine.compact_log(wait))
     }
 
     /// Drop the results and error histories of finished jobs past their retention.
     #[pyo3(signature = (limit = 1000))]
     fn purge_expired_results(&self, py: Python<'_>, limit: i64) -> PyResult<usize> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        py.detach(|| engine.purge_expired_results(limit))
-            .or_raise(py)
+        self.call(py, |engine| engine.purge_expired_results(limit))
     }
 
     /// Store the progress (JSON text) of a running attempt; False if stale (recorded).
@@ -575,9 +529,7 @@ impl Engine {
         token: i64,
         progress: &str,
     ) -> PyResult<bool> {
-        let engine = &self.engine;
-        py.detach(|| engine.set_progress(job_id, token, progress))
-            .or_raise(py)
+        self.call(py, |engine| engine.set_progress(job_id, token, progress))
     }
 
     /// Jobs matching every given filter, newest first.
@@ -598,10 +550,7 @@ impl Engine {
         };
         let limit = count("limit", limit).or_raise(py)?;
         let offset = count("offset", offset).or_raise(py)?;
-        let engine = &self.engine;
-        let jobs = py
-            .detach(|| engine.list_jobs(&filter, limit, offset))
-            .or_raise(py)?;
+        let jobs = self.call(py, |engine| engine.list_jobs(&filter, limit, offset))?;
         Ok(jobs.into_iter().map(|inner| JobRecord { inner }).collect())
     }
 
@@ -620,9 +569,9 @@ impl Engine {
             .collect::<Result<Vec<_>, _>>()
             .or_raise(py)?;
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        py.detach(|| engine.purge_jobs(&statuses, older_than_ms, limit))
-            .or_raise(py)
+        self.call(py, |engine| {
+            engine.purge_jobs(&statuses, older_than_ms, limit)
+        })
     }
 
     // --- flow control and schedules (value classes and conversions in flow.rs) ---
@@ -640,15 +589,12 @@ impl Engine {
     ) -> PyResult<()> {
         let scope = LimitScope::parse(scope).or_raise(py)?;
         let limits = flow::limits(rate, concurrency, breaker);
-        let engine = &self.engine;
-        py.detach(|| engine.set_limits(scope, name, &limits))
-            .or_raise(py)
+        self.call(py, |engine| engine.set_limits(scope, name, &limits))
     }
 
     /// Every limit with its state now, by key.
     fn limits(&self, py: Python<'_>) -> PyResult<Vec<LimitState>> {
-        let engine = &self.engine;
-        let states = py.detach(|| engine.limits()).or_raise(py)?;
+        let states = self.call(py, |engine| engine.limits())?;
         Ok(states
             .into_iter()
             .map(|inner| LimitState { inner })
@@ -659,14 +605,12 @@ impl Engine {
     #[pyo3(signature = (limit = 1000))]
     fn expire_due(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<i64>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        py.detach(|| engine.expire_due(limit)).or_raise(py)
+        self.call(py, |engine| engine.expire_due(limit))
     }
 
     /// ``(job_id, status)`` of the jobs a job depends on, in the order given.
     fn dependencies(&self, py: Python<'_>, job_id: i64) -> PyResult<Vec<(i64, &'static str)>> {
-        let engine = &self.engine;
-        let deps = py.detach(|| engine.dependencies(job_id)).or_raise(py)?;
+        let deps = self.call(py, |engine| engine.dependencies(job_id))?;
         Ok(deps
             .into_iter()
             .map(|(id, status)| (id, status.as_str()))
@@ -710,14 +654,12 @@ impl Engine {
             source,
             labels: labels.to_owned(),
         };
-        let engine = &self.engine;
-        py.detach(|| engine.create_schedule(&schedule)).or_raise(py)
+        self.call(py, |engine| engine.create_schedule(&schedule))
     }
 
     /// Every schedule, by id.
     fn schedules(&self, py: Python<'_>) -> PyResult<Vec<Schedule>> {
-        let engine = &self.engine;
-        let schedules = py.detach(|| engine.schedules()).or_raise(py)?;
+        let schedules = self.call(py, |engine| engine.schedules())?;
         Ok(schedules
             .into_iter()
             .map(|inner| Schedule { inner })
@@ -726,34 +668,26 @@ impl Engine {
 
     /// One schedule; ``ScheduleNotFoundError`` if there is none.
     fn get_schedule(&self, py: Python<'_>, schedule_id: i64) -> PyResult<Schedule> {
-        let engine = &self.engine;
-        let inner = py
-            .detach(|| engine.get_schedule(schedule_id))
-            .or_raise(py)?;
+        let inner = self.call(py, |engine| engine.get_schedule(schedule_id))?;
         Ok(Schedule { inner })
     }
 
     /// Pause (or, with ``paused=False``, resume) a schedule.
     #[pyo3(signature = (schedule_id, paused = true))]
     fn pause_schedule(&self, py: Python<'_>, schedule_id: i64, paused: bool) -> PyResult<()> {
-        let engine = &self.engine;
-        py.detach(|| engine.set_schedule_paused(schedule_id, paused))
-            .or_raise(py)
+        self.call(py, |engine| engine.set_schedule_paused(schedule_id, paused))
     }
 
     /// Delete a schedule and its fire records; False if there was none.
     fn delete_schedule(&self, py: Python<'_>, schedule_id: i64) -> PyResult<bool> {
-        let engine = &self.engine;
-        py.detach(|| engine.delete_schedule(schedule_id))
-            .or_raise(py)
+        self.call(py, |engine| engine.delete_schedule(schedule_id))
     }
 
     /// Schedules whose next fire has come (not paused), earliest first.
     #[pyo3(signature = (limit = 100))]
     fn due_schedules(&self, py: Python<'_>, limit: i64) -> PyResult<Vec<Schedule>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let due = py.detach(|| engine.due_schedules(limit)).or_raise(py)?;
+        let due = self.call(py, |engine| engine.due_schedules(limit))?;
         Ok(due.into_iter().map(|inner| Schedule { inner }).collect())
     }
 
@@ -769,10 +703,9 @@ impl Engine {
         error: Option<String>,
     ) -> PyResult<(&'static str, Option<i64>)> {
         let verdict = flow::verdict(veto, error).or_raise(py)?;
-        let engine = &self.engine;
-        let outcome = py
-            .detach(|| engine.fire_schedule(schedule_id, fire_ms, &verdict, owner))
-            .or_raise(py)?;
+        let outcome = self.call(py, |engine| {
+            engine.fire_schedule(schedule_id, fire_ms, &verdict, owner)
+        })?;
         Ok(flow::outcome(outcome))
     }
 
@@ -785,8 +718,7 @@ impl Engine {
         limit: i64,
     ) -> PyResult<Vec<(i64, &'static str, Option<i64>)>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let fired = py.detach(|| engine.fire_due(limit, owner)).or_raise(py)?;
+        let fired = self.call(py, |engine| engine.fire_due(limit, owner))?;
         Ok(fired
             .into_iter()
             .map(|(id, outcome)| {
@@ -805,10 +737,7 @@ impl Engine {
         limit: i64,
     ) -> PyResult<Vec<ScheduleFire>> {
         let limit = count("limit", limit).or_raise(py)?;
-        let engine = &self.engine;
-        let fires = py
-            .detach(|| engine.schedule_fires(schedule_id, limit))
-            .or_raise(py)?;
+        let fires = self.call(py, |engine| engine.schedule_fires(schedule_id, limit))?;
         Ok(fires
             .into_iter()
             .map(|inner| ScheduleFire { inner })
@@ -817,8 +746,7 @@ impl Engine {
 
     /// The earliest next fire of a schedule that is not paused.
     fn next_fire_ms(&self, py: Python<'_>) -> PyResult<Option<i64>> {
-        let engine = &self.engine;
-        py.detach(|| engine.next_fire_ms()).or_raise(py)
+        self.call(py, |engine| engine.next_fire_ms())
     }
 
     fn __repr__(&self) -> String {

@@ -2,6 +2,8 @@
 //! argument conversions their `Engine` methods share.
 
 use pyo3::prelude::*;
+
+use crate::records::record_class;
 use pyo3::types::PyBytes;
 use stoker_engine::{
     BreakerConfig, EngineError, FireOutcome, Limits, RateLimit, ScheduleSpec, Verdict,
@@ -13,126 +15,93 @@ pub struct Schedule {
     pub(crate) inner: stoker_engine::ScheduleRecord,
 }
 
-#[pymethods]
-impl Schedule {
-    #[getter]
-    fn id(&self) -> i64 {
-        self.inner.id
+record_class! {
+    Schedule {
+        copy id: i64,
+        opt_str name,
+        opt_str source,
+        str labels,
+        copy paused: bool,
+        /// None once a one-shot schedule has fired.
+        copy next_fire_ms: Option<i64>,
+        copy last_fire_ms: Option<i64>,
+        /// Jobs this schedule enqueued.
+        copy enqueued: i64,
+        copy created_ms: i64,
     }
-
-    #[getter]
-    fn name(&self) -> Option<&str> {
-        self.inner.name.as_deref()
-    }
-
-    /// cron, interval or once.
-    #[getter]
-    fn kind(&self) -> &'static str {
-        self.inner.spec.kind()
-    }
-
-    #[getter]
-    fn cron(&self) -> Option<&str> {
-        match &self.inner.spec {
-            ScheduleSpec::Cron { expr, .. } => Some(expr),
-            _ => None,
+    {
+        /// cron, interval or once.
+        #[getter]
+        fn kind(&self) -> &'static str {
+            self.inner.spec.kind()
         }
-    }
 
-    #[getter]
-    fn timezone(&self) -> Option<&str> {
-        match &self.inner.spec {
-            ScheduleSpec::Cron { timezone, .. } => Some(timezone),
-            _ => None,
+        #[getter]
+        fn cron(&self) -> Option<&str> {
+            match &self.inner.spec {
+                ScheduleSpec::Cron { expr, .. } => Some(expr),
+                _ => None,
+            }
         }
-    }
 
-    #[getter]
-    fn every_ms(&self) -> Option<i64> {
-        match &self.inner.spec {
-            ScheduleSpec::Interval { every_ms, .. } => Some(*every_ms),
-            _ => None,
+        #[getter]
+        fn timezone(&self) -> Option<&str> {
+            match &self.inner.spec {
+                ScheduleSpec::Cron { timezone, .. } => Some(timezone),
+                _ => None,
+            }
         }
-    }
 
-    /// The fire time of a one-shot schedule, or the first fire of an interval.
-    #[getter]
-    fn at_ms(&self) -> Option<i64> {
-        match &self.inner.spec {
-            ScheduleSpec::Interval { start_ms, .. } => *start_ms,
-            ScheduleSpec::Once { at_ms } => Some(*at_ms),
-            ScheduleSpec::Cron { .. } => None,
+        #[getter]
+        fn every_ms(&self) -> Option<i64> {
+            match &self.inner.spec {
+                ScheduleSpec::Interval { every_ms, .. } => Some(*every_ms),
+                _ => None,
+            }
         }
-    }
 
-    /// skip or catch_up.
-    #[getter]
-    fn missed(&self) -> &'static str {
-        self.inner.missed.as_str()
-    }
+        /// The fire time of a one-shot schedule, or the first fire of an interval.
+        #[getter]
+        fn at_ms(&self) -> Option<i64> {
+            match &self.inner.spec {
+                ScheduleSpec::Interval { start_ms, .. } => *start_ms,
+                ScheduleSpec::Once { at_ms } => Some(*at_ms),
+                ScheduleSpec::Cron { .. } => None,
+            }
+        }
 
-    #[getter]
-    fn source(&self) -> Option<&str> {
-        self.inner.source.as_deref()
-    }
+        /// skip or catch_up.
+        #[getter]
+        fn missed(&self) -> &'static str {
+            self.inner.missed.as_str()
+        }
 
-    #[getter]
-    fn labels(&self) -> &str {
-        &self.inner.labels
-    }
+        #[getter]
+        fn task_name(&self) -> &str {
+            &self.inner.job.task_name
+        }
 
-    #[getter]
-    fn paused(&self) -> bool {
-        self.inner.paused
-    }
+        #[getter]
+        fn queue(&self) -> &str {
+            &self.inner.job.queue
+        }
 
-    /// None once a one-shot schedule has fired.
-    #[getter]
-    fn next_fire_ms(&self) -> Option<i64> {
-        self.inner.next_fire_ms
-    }
+        #[getter]
+        fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+            PyBytes::new(py, &self.inner.job.payload)
+        }
 
-    #[getter]
-    fn last_fire_ms(&self) -> Option<i64> {
-        self.inner.last_fire_ms
-    }
-
-    /// Jobs this schedule enqueued.
-    #[getter]
-    fn enqueued(&self) -> i64 {
-        self.inner.enqueued
-    }
-
-    #[getter]
-    fn created_ms(&self) -> i64 {
-        self.inner.created_ms
-    }
-
-    #[getter]
-    fn task_name(&self) -> &str {
-        &self.inner.job.task_name
-    }
-
-    #[getter]
-    fn queue(&self) -> &str {
-        &self.inner.job.queue
-    }
-
-    #[getter]
-    fn payload<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &self.inner.job.payload)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "Schedule(id={}, name={:?}, kind={:?}, task_name={:?}, next_fire_ms={:?}, paused={})",
-            self.inner.id,
-            self.inner.name,
-            self.inner.spec.kind(),
-            self.inner.job.task_name,
-            self.inner.next_fire_ms,
-            self.inner.paused
-        )
+        fn __repr__(&self) -> String {
+            format!(
+                "Schedule(id={}, name={:?}, kind={:?}, task_name={:?}, next_fire_ms={:?}, paused={})",
+                self.inner.id,
+                self.inner.name,
+                self.inner.spec.kind(),
+                self.inner.job.task_name,
+                self.inner.next_fire_ms,
+                self.inner.paused
+            )
+        }
     }
 }
 
@@ -142,61 +111,32 @@ pub struct ScheduleFire {
     pub(crate) inner: stoker_engine::FireRecord,
 }
 
-#[pymethods]
-impl ScheduleFire {
-    #[getter]
-    fn schedule_id(&self) -> i64 {
-        self.inner.schedule_id
+record_class! {
+    ScheduleFire {
+        copy schedule_id: i64,
+        /// The fire time that was due.
+        copy fire_ms: i64,
+        /// When it was handled.
+        copy at_ms: i64,
+        /// enqueued, duplicate, missed, vetoed or error.
+        str outcome,
+        copy job_id: Option<i64>,
+        /// Later fire times that had also passed.
+        copy missed: i64,
+        str owner,
+        str message,
     }
-
-    /// The fire time that was due.
-    #[getter]
-    fn fire_ms(&self) -> i64 {
-        self.inner.fire_ms
-    }
-
-    /// When it was handled.
-    #[getter]
-    fn at_ms(&self) -> i64 {
-        self.inner.at_ms
-    }
-
-    /// enqueued, duplicate, missed, vetoed or error.
-    #[getter]
-    fn outcome(&self) -> &str {
-        &self.inner.outcome
-    }
-
-    #[getter]
-    fn job_id(&self) -> Option<i64> {
-        self.inner.job_id
-    }
-
-    /// Later fire times that had also passed.
-    #[getter]
-    fn missed(&self) -> i64 {
-        self.inner.missed
-    }
-
-    #[getter]
-    fn owner(&self) -> &str {
-        &self.inner.owner
-    }
-
-    #[getter]
-    fn message(&self) -> &str {
-        &self.inner.message
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "ScheduleFire(schedule_id={}, fire_ms={}, outcome={:?}, job_id={:?}, missed={})",
-            self.inner.schedule_id,
-            self.inner.fire_ms,
-            self.inner.outcome,
-            self.inner.job_id,
-            self.inner.missed
-        )
+    {
+        fn __repr__(&self) -> String {
+            format!(
+                "ScheduleFire(schedule_id={}, fire_ms={}, outcome={:?}, job_id={:?}, missed={})",
+                self.inner.schedule_id,
+                self.inner.fire_ms,
+                self.inner.outcome,
+                self.inner.job_id,
+                self.inner.missed
+            )
+        }
     }
 }
 
@@ -206,74 +146,57 @@ pub struct LimitState {
     pub(crate) inner: stoker_engine::LimitState,
 }
 
-#[pymethods]
-impl LimitState {
-    /// ``task:NAME`` or ``queue:NAME``.
-    #[getter]
-    fn key(&self) -> &str {
-        &self.inner.key
+record_class! {
+    LimitState {
+        /// ``task:NAME`` or ``queue:NAME``.
+        str key,
+        /// Whole tokens in the bucket now.
+        copy tokens: Option<i64>,
+        /// Running jobs of the task now.
+        copy running: i64,
+        /// Counted failures within the breaker's window.
+        copy recent_failures: i64,
+        copy open_until_ms: Option<i64>,
     }
+    {
+        /// ``(count, per_ms, burst)`` of the token bucket.
+        #[getter]
+        fn rate(&self) -> Option<(i64, i64, i64)> {
+            self.inner
+                .limits
+                .rate
+                .map(|rate| (rate.count, rate.per_ms, rate.burst))
+        }
 
-    /// ``(count, per_ms, burst)`` of the token bucket.
-    #[getter]
-    fn rate(&self) -> Option<(i64, i64, i64)> {
-        self.inner
-            .limits
-            .rate
-            .map(|rate| (rate.count, rate.per_ms, rate.burst))
-    }
+        #[getter]
+        fn concurrency(&self) -> Option<i64> {
+            self.inner.limits.concurrency
+        }
 
-    /// Whole tokens in the bucket now.
-    #[getter]
-    fn tokens(&self) -> Option<i64> {
-        self.inner.tokens
-    }
+        /// ``(failures, window_ms, cooldown_ms)`` of the circuit breaker.
+        #[getter]
+        fn breaker(&self) -> Option<(i64, i64, i64)> {
+            self.inner
+                .limits
+                .breaker
+                .map(|b| (b.failures, b.window_ms, b.cooldown_ms))
+        }
 
-    #[getter]
-    fn concurrency(&self) -> Option<i64> {
-        self.inner.limits.concurrency
-    }
-
-    /// Running jobs of the task now.
-    #[getter]
-    fn running(&self) -> i64 {
-        self.inner.running
-    }
-
-    /// ``(failures, window_ms, cooldown_ms)`` of the circuit breaker.
-    #[getter]
-    fn breaker(&self) -> Option<(i64, i64, i64)> {
-        self.inner
-            .limits
-            .breaker
-            .map(|b| (b.failures, b.window_ms, b.cooldown_ms))
-    }
-
-    /// closed, open or half_open.
-    #[getter]
-    fn breaker_state(&self) -> &'static str {
-        self.inner.breaker_state.as_str()
-    }
-
-    /// Counted failures within the breaker's window.
-    #[getter]
-    fn recent_failures(&self) -> i64 {
-        self.inner.recent_failures
-    }
-
-    #[getter]
-    fn open_until_ms(&self) -> Option<i64> {
-        self.inner.open_until_ms
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "LimitState(key={:?}, tokens={:?}, running={}, breaker_state={:?})",
-            self.inner.key,
-            self.inner.tokens,
-            self.inner.running,
+        /// closed, open or half_open.
+        #[getter]
+        fn breaker_state(&self) -> &'static str {
             self.inner.breaker_state.as_str()
-        )
+        }
+
+        fn __repr__(&self) -> String {
+            format!(
+                "LimitState(key={:?}, tokens={:?}, running={}, breaker_state={:?})",
+                self.inner.key,
+                self.inner.tokens,
+                self.inner.running,
+                self.inner.breaker_state.as_str()
+            )
+        }
     }
 }
 

@@ -8,17 +8,16 @@
 mod engine;
 mod errors;
 mod flow;
+mod open;
+mod records;
 mod types;
 
 use pyo3::prelude::*;
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    // At import, before any database is opened (see sqlite_locks).
-    stoker_engine::storage::sqlite_locks::install();
+    open::init_module(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("SCHEMA_VERSION", stoker_engine::SCHEMA_VERSION)?;
-    m.add("PG_SCHEMA_VERSION", stoker_engine::PG_SCHEMA_VERSION)?;
     m.add_class::<types::NewJob>()?;
     m.add_class::<types::ClaimedJob>()?;
     m.add_class::<types::JobRecord>()?;

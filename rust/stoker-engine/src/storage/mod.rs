@@ -13,20 +13,21 @@
 //! a mutex, or a pool), so one storage can serve many threads.
 
 pub mod flow_storage;
-pub mod postgres;
-pub mod postgres_flow;
-pub mod postgres_schema;
-pub mod sqlite;
-pub mod sqlite_checkpoint;
-pub mod sqlite_flow;
-pub mod sqlite_locks;
-pub mod sqlite_send_log;
 
 use crate::error::EngineError;
 use crate::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobFilter,
     JobRecord, NewJob, StaleOutcome, Status,
 };
+
+/// The exception type recorded for an attempt whose lease expired.
+pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
+
+/// With limits configured, a claim reads this many candidates per queue
+/// beyond its limit, so that jobs held back by a limit do not hide runnable
+/// jobs of other tasks behind them. Beyond that many held-back jobs at the
+/// head of a queue, the others wait for a later claim.
+pub const LIMITED_SCAN_EXTRA: usize = 256;
 
 /// A source of uniform random draws in `[0, 1)` for retry jitter.
 pub type Jitter<'a> = &'a mut dyn FnMut() -> f64;
@@ -288,7 +289,7 @@ pub trait Storage:
 
     /// Sends of single plain jobs from this process go to a send log from
     /// now on, until as many [`Storage::close_send_log`] calls (see
-    /// `storage/sqlite_send_log.rs`). Stores without one keep storing each
+    /// `stoker-sqlite/src/send_log.rs`). Stores without one keep storing each
     /// send in its own transaction.
     fn open_send_log(&self) -> Result<(), EngineError> {
         Ok(())
@@ -370,9 +371,25 @@ pub trait Storage:
         Ok(())
     }
 
-    /// Where wake-up notifications of this storage can be listened for, if
-    /// it sends any.
-    fn wake_channel(&self) -> Option<postgres::WakeSource> {
-        None
+    /// Starts listening for this storage's wake-up notifications, if it
+    /// sends any (PostgreSQL: LISTEN on a dedicated connection); `None` for a
+    /// storage that sends none. Called once per engine.
+    fn start_wake_listener(&self) -> Result<Option<Box<dyn WakeListener>>, EngineError> {
+        Ok(None)
     }
+}
+
+/// A running wake-up source: a descriptor that becomes readable when jobs
+/// may have become runnable or a cancel was requested, so a supervisor can
+/// wait on it in the same `poll` as on its workers. Notifications only wake:
+/// whoever wakes reads the database for what to do. It stops when dropped.
+pub trait WakeListener: std::fmt::Debug + Send + Sync {
+    /// The descriptor that becomes readable on a wake-up.
+    fn fd(&self) -> std::os::fd::RawFd;
+
+    /// Empties the descriptor; how many wake-ups it held.
+    fn drain(&self) -> usize;
+
+    /// Whether the listening connection is currently up.
+    fn is_connected(&self) -> bool;
 }

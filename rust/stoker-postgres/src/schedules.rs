@@ -1,0 +1,263 @@
+//! [`ScheduleStorage`] for [`PostgresStorage`]: schedules and their fires
+//! (written once in the engine's `decide::fire`, over the [`FireSteps`]
+//! here).
+
+use crate::columns::PgRow;
+use crate::{sql_count, PgError, PgResult, PostgresStorage, Tx};
+use postgres::Row;
+use stoker_engine::decide::fire::{self, FireLog, FireSteps};
+use stoker_engine::error::EngineError;
+use stoker_engine::model::NewJob;
+use stoker_engine::rows::{self, fire_from_row, schedule_columns, FIRE_COLUMNS, SCHEDULE_COLUMNS};
+use stoker_engine::schedule::{
+    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict, FIRE_LOG_KEEP,
+};
+use stoker_engine::storage::flow_storage::ScheduleStorage;
+
+use crate::flow::*;
+
+/// The statements of one fire of a schedule (see [`fire::fire`]). A
+/// concurrent fire waits for the schedule's row at the fence and then finds
+/// it moved.
+pub(crate) struct Fire<'a, 'c>(&'a mut Tx<'c>);
+
+impl FireSteps for Fire<'_, '_> {
+    type Error = PgError;
+
+    fn schedule(&mut self, id: i64) -> PgResult<Option<ScheduleRecord>> {
+        get_schedule_in(self.0, id)
+    }
+
+    fn move_fire(&mut self, id: i64, fire_ms: i64, next_fire_ms: Option<i64>) -> PgResult<bool> {
+        let moved = self.0.execute(
+            "UPDATE schedules SET next_fire_ms = $3, last_fire_ms = $2 \
+             WHERE id = $1 AND next_fire_ms = $2 AND paused = 0",
+            &[&id, &fire_ms, &next_fire_ms],
+        )?;
+        Ok(moved > 0)
+    }
+
+    fn enqueue(&mut self, job: &NewJob, now_ms: i64) -> PgResult<(i64, bool)> {
+        insert_job(self.0, job, now_ms)
+    }
+
+    fn count_enqueued(&mut self, id: i64) -> PgResult<()> {
+        self.0.execute(
+            "UPDATE schedules SET enqueued = enqueued + 1 WHERE id = $1",
+            &[&id],
+        )?;
+        Ok(())
+    }
+
+    fn record_fire(&mut self, id: i64, fire: &FireLog<'_>) -> PgResult<()> {
+        self.0.execute(
+            "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            &[
+                &id,
+                &fire.fire_ms,
+                &fire.at_ms,
+                &fire.outcome.as_str(),
+                &fire.outcome.job_id(),
+                &fire.missed,
+                &fire.owner,
+                &fire.message,
+            ],
+        )?;
+        self.0.execute(
+            "DELETE FROM schedule_fires WHERE schedule_id = $1 AND id <= \
+             (SELECT id FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&id, &FIRE_LOG_KEEP],
+        )?;
+        Ok(())
+    }
+}
+
+// --- ScheduleStorage ----------------------------------------------------------
+
+pub(crate) fn schedule_from_row(row: &Row) -> PgResult<ScheduleRecord> {
+    rows::schedule_from_row(&PgRow(row))
+}
+
+pub(crate) fn get_schedule_in(tx: &mut Tx<'_>, id: i64) -> PgResult<Option<ScheduleRecord>> {
+    tx.query_opt(
+        &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE id = $1"),
+        &[&id],
+    )?
+    .as_ref()
+    .map(schedule_from_row)
+    .transpose()
+}
+
+impl ScheduleStorage for PostgresStorage {
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError> {
+        self.write(|tx| {
+            let existing = match &schedule.name {
+                Some(name) => {
+                    let id = tx.query_opt(
+                        "SELECT id FROM schedules WHERE name = $1 FOR UPDATE",
+                        &[name],
+                    )?;
+                    match id {
+                        Some(row) => get_schedule_in(tx, row.try_get(0)?)?,
+                        None => None,
+                    }
+                }
+                None => None,
+            };
+            let next_fire = match &existing {
+                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
+                _ => first_fire_ms,
+            };
+            let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
+            let job = &schedule.job;
+            let kind = schedule.spec.kind();
+            let missed = schedule.missed.as_str();
+            let id_or_created = match &existing {
+                Some(old) => old.id,
+                None => now_ms,
+            };
+            let values: [&(dyn postgres::types::ToSql + Sync); 24] = [
+                &schedule.name,
+                &kind,
+                &cron,
+                &timezone,
+                &every_ms,
+                &at_ms,
+                &missed,
+                &schedule.source,
+                &schedule.labels,
+                &next_fire,
+                &id_or_created,
+                &job.task_name,
+                &job.queue,
+                &job.priority,
+                &job.payload,
+                &job.max_retries,
+                &job.max_crashes,
+                &job.backoff_base_ms,
+                &job.backoff_cap_ms,
+                &job.jitter,
+                &job.timeout_ms,
+                &job.result_ttl_ms,
+                &job.expires_after_ms,
+                &job.unique_key,
+            ];
+            if let Some(old) = &existing {
+                // The same values as the insert below, with the id in place of created_ms ($11).
+                tx.execute(
+                    "UPDATE schedules SET name = $1, kind = $2, cron = $3, timezone = $4, every_ms = $5, \
+                     at_ms = $6, missed = $7, source = $8, labels = $9, next_fire_ms = $10, task_name = $12, \
+                     queue = $13, priority = $14, payload = $15, max_retries = $16, max_crashes = $17, \
+                     backoff_base_ms = $18, backoff_cap_ms = $19, jitter = $20, timeout_ms = $21, \
+                     result_ttl_ms = $22, expires_after_ms = $23, unique_key = $24 WHERE id = $11",
+                    &values,
+                )?;
+                return Ok(old.id);
+            }
+            let row = tx.query_one(
+                "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+                 next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                 $20, $21, $22, $23, $24) RETURNING id",
+                &values,
+            )?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                &format!("SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"),
+                &[],
+            )?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+        })
+    }
+
+    fn get_schedule(&self, id: i64) -> Result<ScheduleRecord, EngineError> {
+        self.read(|tx| Ok(get_schedule_in(tx, id)?.ok_or(EngineError::ScheduleNotFound(id))?))
+    }
+
+    fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), EngineError> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE schedules SET paused = $2 WHERE id = $1",
+                &[&id, &i64::from(paused)],
+            )?;
+            if changed == 0 {
+                return Err(EngineError::ScheduleNotFound(id).into());
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_schedule(&self, id: i64) -> Result<bool, EngineError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM schedule_fires WHERE schedule_id = $1", &[&id])?;
+            let deleted = tx.execute("DELETE FROM schedules WHERE id = $1", &[&id])?;
+            Ok(deleted > 0)
+        })
+    }
+
+    fn due_schedules(&self, limit: usize, now_ms: i64) -> Result<Vec<ScheduleRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedules WHERE paused = 0 AND next_fire_ms IS NOT NULL \
+                     AND next_fire_ms <= $1 ORDER BY next_fire_ms LIMIT $2"
+                ),
+                &[&now_ms, &sql_count(limit)],
+            )?
+            .iter()
+            .map(schedule_from_row)
+            .collect()
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        id: i64,
+        fire_ms: i64,
+        verdict: &Verdict,
+        planner: Planner<'_>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<FireOutcome, EngineError> {
+        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
+    }
+
+    fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
+        self.read(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {FIRE_COLUMNS} FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT $2"
+                ),
+                &[&id, &sql_count(limit)],
+            )?
+            .iter()
+            .map(|row| fire_from_row(&PgRow(row)))
+            .collect()
+        })
+    }
+
+    fn next_fire_ms(&self) -> Result<Option<i64>, EngineError> {
+        self.read(|tx| {
+            Ok(tx
+                .query_one(
+                    "SELECT min(next_fire_ms) FROM schedules WHERE paused = 0 AND next_fire_ms IS NOT NULL",
+                    &[],
+                )?
+                .try_get(0)?)
+        })
+    }
+}

@@ -1,0 +1,469 @@
+//! The steps of the job transitions inside one transaction: claim, complete,
+//! put back, give back, fail (through the engine's `decide::attempt`), and
+//! the batch insert of copies.
+
+use crate::*;
+
+/// The body of [`Storage::claim`], inside the caller's transaction.
+pub(crate) fn claim_in(
+    tx: &Transaction<'_>,
+    queues: &[String],
+    limit: usize,
+    owner: &str,
+    lease_ms: i64,
+    now_ms: i64,
+) -> SqlResult<Vec<ClaimedJob>> {
+    if limit == 0 || queues.is_empty() {
+        return Ok(Vec::new());
+    }
+    // The promoting update builds a temporary table each time it runs, which
+    // costs more than the rest of a claim: it runs only when the earliest eta
+    // (one index probe) has come.
+    if first_due(tx, NEXT_ETA_SQL, now_ms)? {
+        tx.prepare_cached(PROMOTE_DUE_SQL)?
+            .execute(params![now_ms, PROMOTE_BATCH])?;
+    }
+    // Expired jobs never run; limits decide which picked jobs are taken.
+    flow::expire_due_in(tx, now_ms)?;
+    let mut gate = flow::load_gate(tx, now_ms)?;
+    let scan = flow::scan_limit(&gate, limit);
+    // Each queue is read through its own slice of the partial index and
+    // the slices are merged here: one ordered index range per queue is
+    // cheap, while an IN over queues would need a sort.
+    let mut picked: Vec<(i64, i64)> = Vec::new();
+    {
+        let mut pick = tx.prepare_cached(PICK_PENDING_SQL)?;
+        let unique: BTreeSet<&str> = queues.iter().map(String::as_str).collect();
+        for queue in unique {
+            let rows = pick.query_map(params![queue, sql_limit(scan)], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?;
+            for row in rows {
+                picked.push(row?);
+            }
+        }
+    }
+    picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    picked.truncate(scan);
+    let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+    let mut take = tx.prepare_cached(TAKE_SQL)?;
+    let mut claimed = Vec::with_capacity(limit.min(picked.len()));
+    for (_, id) in picked {
+        if claimed.len() >= limit {
+            break;
+        }
+        if !flow::admit(&mut gate, tx, id)? {
+            continue;
+        }
+        let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
+            let attempt: i64 = row.get(0)?;
+            Ok(ClaimedJob {
+                id,
+                token: attempt,
+                attempt,
+                task_name: row.get(1)?,
+                queue: row.get(2)?,
+                payload: row.get(3)?,
+                timeout_ms: row.get(4)?,
+                lease_deadline_ms,
+                labels: row.get(5)?,
+            })
+        })?;
+        if job.payload.is_empty() {
+            if let Some(payload) = payload_aside(tx, id)? {
+                job.payload = payload;
+            }
+        }
+        claimed.push(job);
+    }
+    flow::store_gate(&gate, tx, now_ms)?;
+    Ok(claimed)
+}
+
+/// The payload stored aside for a job whose row holds an empty one, if any
+/// (an empty payload of its own has no side row).
+pub(crate) fn payload_aside(tx: &Transaction<'_>, job_id: i64) -> SqlResult<Option<Vec<u8>>> {
+    Ok(tx
+        .prepare_cached(PAYLOAD_ASIDE_SQL)?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?)
+}
+
+/// Whether the first value `sql` (a time, from one index probe) is at or
+/// before `now_ms`.
+pub(crate) fn first_due(tx: &Transaction<'_>, sql: &str, now_ms: i64) -> SqlResult<bool> {
+    let first: Option<i64> = tx
+        .prepare_cached(sql)?
+        .query_row([], |row| row.get(0))
+        .optional()?;
+    Ok(first.is_some_and(|at_ms| at_ms <= now_ms))
+}
+
+/// Puts a running attempt back with `sql` (requeue or release); false, and
+/// recorded as a stale `outcome`, if the token is not current.
+pub(crate) fn put_back(
+    tx: &Transaction<'_>,
+    sql: &str,
+    outcome: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> SqlResult<bool> {
+    let changed = tx
+        .prepare_cached(sql)?
+        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+        .optional()?;
+    match changed {
+        None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
+        Some(code) if code == Status::Cancelled.code() => {
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+        }
+        Some(_) => {}
+    }
+    Ok(changed.is_some())
+}
+
+/// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
+/// [`RETURN_UNSTARTED_SQL`]) on one job: pending again (cancelled if a cancel
+/// was requested) with nothing counted; None if the statement did not apply.
+pub(crate) fn give_back(
+    tx: &Transaction<'_>,
+    sql: &str,
+    job_id: i64,
+    token: i64,
+    now_ms: i64,
+) -> SqlResult<Option<FailOutcome>> {
+    let returned = tx
+        .prepare_cached(sql)?
+        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+        .optional()?;
+    Ok(match returned {
+        None => None,
+        Some(code) if code == Status::Cancelled.code() => {
+            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
+            Some(FailOutcome::Cancelled)
+        }
+        Some(_) => Some(FailOutcome::Returned),
+    })
+}
+
+/// The body of [`Storage::complete_many`], inside the caller's transaction.
+pub(crate) fn complete_in(
+    tx: &Transaction<'_>,
+    completions: &[Completion],
+    now_ms: i64,
+) -> SqlResult<Vec<bool>> {
+    let mut complete = tx.prepare_cached(COMPLETE_SQL)?;
+    let mut applied = Vec::with_capacity(completions.len());
+    for completion in completions {
+        // A large result goes to its own table, so the row keeps an empty one.
+        let aside = completion
+            .result
+            .as_deref()
+            .filter(|result| stored_aside(result.len()));
+        let in_row: Option<&[u8]> = match aside {
+            Some(_) => Some(&[]),
+            None => completion.result.as_deref(),
+        };
+        let changed = complete.execute(params![
+            completion.job_id,
+            completion.token,
+            in_row,
+            now_ms,
+            completion.usage,
+        ])?;
+        if changed == 0 {
+            refuse_stale(tx, completion.job_id, completion.token, "complete", now_ms)?;
+        } else {
+            if let Some(result) = aside {
+                tx.prepare_cached(INSERT_RESULT_SQL)?
+                    .execute(params![completion.job_id, result])?;
+            }
+            flow::on_completed(tx, completion.job_id, now_ms)?;
+        }
+        applied.push(changed > 0);
+    }
+    Ok(applied)
+}
+
+pub(crate) fn status_from_code(code: i64, column: usize) -> rusqlite::Result<Status> {
+    Status::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(column, code))
+}
+
+pub(crate) fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRecord> {
+    rows::job_from_row(&SqlRow(row))
+}
+
+pub(crate) fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Records an outcome refused for its stale token.
+pub(crate) fn record_stale(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    owner: &str,
+    outcome: &str,
+    now_ms: i64,
+) -> SqlResult<()> {
+    tx.prepare_cached(
+        "INSERT INTO stale_outcomes (job_id, token, owner, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![job_id, token, owner, outcome, now_ms])?;
+    Ok(())
+}
+
+/// Records an outcome that carries no owner of its own, naming the job's
+/// current lease owner; a missing job is an error rather than a stale outcome.
+pub(crate) fn refuse_stale(
+    tx: &Transaction<'_>,
+    job_id: i64,
+    token: i64,
+    outcome: &str,
+    now_ms: i64,
+) -> SqlResult<()> {
+    let owner: Option<Option<String>> = tx
+        .prepare_cached("SELECT lease_owner FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |row| row.get(0))
+        .optional()?;
+    let owner = owner
+        .ok_or(EngineError::NotFound(job_id))?
+        .unwrap_or_default();
+    record_stale(tx, job_id, token, &owner, outcome, now_ms)
+}
+
+/// The statements of a failed attempt (see [`attempt::fail`]).
+pub(crate) struct AttemptTx<'a, 'c>(pub(crate) &'a Transaction<'c>);
+
+impl AttemptSteps for AttemptTx<'_, '_> {
+    type Error = SqlError;
+
+    fn failure_state(&mut self, job_id: i64) -> SqlResult<Option<FailureState>> {
+        Ok(self
+            .0
+            .prepare_cached(&format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = ?1"))?
+            .query_row([job_id], |row| failure_state_from_row(&SqlRow(row)))
+            .optional()?)
+    }
+
+    fn record_stale(&mut self, at: Attempt, owner: &str, outcome: &str) -> SqlResult<()> {
+        record_stale(self.0, at.job_id, at.token, owner, outcome, at.now_ms)
+    }
+
+    fn record_error(&mut self, at: Attempt, report: &FailureReport) -> SqlResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
+        self.0
+            .prepare_cached(
+                "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
+                 worker, usage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?
+            .execute(params![
+                job_id,
+                token,
+                report.kind.as_str(),
+                report.exc_type,
+                report.message,
+                report.traceback,
+                report.exc_pickle,
+                now_ms,
+                report.worker,
+                report.usage,
+            ])?;
+        self.0
+            .prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
+            .execute(params![job_id, report.usage])?;
+        Ok(())
+    }
+
+    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> SqlResult<()> {
+        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
+    }
+
+    fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> SqlResult<()> {
+        let Attempt {
+            job_id,
+            token,
+            now_ms,
+        } = at;
+        let Counts { failures, crashes } = counts;
+        self.0.prepare_cached(FAILED_FINISH_SQL)?.execute(params![
+            job_id,
+            status.code(),
+            now_ms,
+            failures,
+            crashes,
+            token
+        ])?;
+        flow::on_finished(self.0, job_id, status, now_ms)
+    }
+
+    fn retry(&mut self, at: Attempt, status: Status, eta_ms: i64, counts: Counts) -> SqlResult<()> {
+        let (job_id, token) = (at.job_id, at.token);
+        let Counts { failures, crashes } = counts;
+        self.0.prepare_cached(FAILED_RETRY_SQL)?.execute(params![
+            job_id,
+            status.code(),
+            eta_ms,
+            failures,
+            crashes,
+            token
+        ])?;
+        Ok(())
+    }
+
+    /// Gives back an expired job its supervisor held, sent to no worker
+    /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
+    /// crash).
+    fn return_held(&mut self, at: Attempt) -> SqlResult<Option<FailOutcome>> {
+        give_back(self.0, RETURN_HELD_SQL, at.job_id, at.token, at.now_ms)
+    }
+}
+
+/// The row counts of the multi-row INSERT statements of [`insert_copies`],
+/// largest first; a batch is cut into as many of the largest as fit, then of
+/// the next. One statement opens a cursor on the table and on each of its
+/// indexes and reads and writes the AUTOINCREMENT counter once, whatever its
+/// row count, which costs more than writing one small row. Larger chunks save
+/// more of that per row but make longer statements, each prepared once per
+/// connection and kept in its statement cache (one entry per size).
+pub(crate) const COPY_CHUNK_ROWS: [usize; 3] = [64, 8, 1];
+
+/// Copies with a payload larger than this are stored one at a time by
+/// [`flow::insert_job`], the path every other job takes. Writing a
+/// large payload costs far more than the per-statement work a multi-row
+/// statement saves, so only small rows gain from it.
+pub(crate) const COPY_PAYLOAD_MAX_BYTES: usize = 1024;
+
+// A multi-row statement keeps each payload in its job's row, so it must only
+// take payloads that are not stored aside.
+const _: () = assert!(COPY_PAYLOAD_MAX_BYTES <= INLINE_BLOB_MAX_BYTES);
+
+/// The multi-row INSERT of `rows` copies: the template's values are the
+/// parameters ?1 to ?15, shared by every row, and the payloads follow, one
+/// per row.
+pub(crate) fn copies_sql(rows: usize) -> &'static str {
+    static SQL: OnceLock<Vec<String>> = OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        COPY_CHUNK_ROWS
+            .iter()
+            .map(|&count| {
+                let values: Vec<String> = (0..count)
+                    .map(|row| {
+                        format!(
+                            "(?1, ?2, ?3, ?{}, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, NULL, ?14, 0, ?15)",
+                            COPY_SHARED_PARAMS + 1 + row
+                        )
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO jobs (task_name, queue, priority, payload, status, max_retries, \
+                     max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, created_ms, \
+                     eta_ms, unique_key, expires_ms, rate_prepaid, labels) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    let index = COPY_CHUNK_ROWS
+        .iter()
+        .position(|&count| count == rows)
+        .expect("a row count of COPY_CHUNK_ROWS");
+    &all[index]
+}
+
+/// The parameters of [`copies_sql`] that every row shares.
+pub(crate) const COPY_SHARED_PARAMS: usize = 15;
+
+/// Stores one copy of `template` per payload inside `tx`, as
+/// [`flow::insert_job`] would store each; their ids, in order.
+///
+/// Copies of a template with no per-job work (a uniqueness key, dependencies,
+/// a rate-limit check at send) differ only in their payload, so runs of small
+/// ones are written by multi-row statements; any other copy goes through
+/// `insert_job`.
+pub(crate) fn insert_copies(
+    tx: &Transaction<'_>,
+    template: &NewJob,
+    payloads: &[&[u8]],
+    now_ms: i64,
+) -> SqlResult<Vec<i64>> {
+    let plain = template.unique_key.is_none()
+        && template.depends_on.is_empty()
+        && !template.fail_when_limited;
+    let eta_ms = template.eta_at(now_ms);
+    let status = if eta_ms <= now_ms {
+        Status::Pending
+    } else {
+        Status::Scheduled
+    };
+    let expires_ms = template
+        .expires_after_ms
+        .map(|ms| now_ms.saturating_add(ms));
+    let mut ids = Vec::with_capacity(payloads.len());
+    let mut rest = payloads;
+    while let Some(first) = rest.first() {
+        let small = if plain {
+            rest.iter()
+                .take_while(|payload| payload.len() <= COPY_PAYLOAD_MAX_BYTES)
+                .count()
+        } else {
+            0
+        };
+        if small == 0 {
+            let job = NewJob {
+                payload: first.to_vec(),
+                ..template.clone()
+            };
+            ids.push(flow::insert_job(tx, &job, now_ms)?.0);
+            rest = &rest[1..];
+            continue;
+        }
+        let rows = COPY_CHUNK_ROWS
+            .iter()
+            .copied()
+            .find(|&count| count <= small)
+            .unwrap_or(1);
+        let (chunk, after) = rest.split_at(rows);
+        let mut stmt = tx.prepare_cached(copies_sql(rows))?;
+        stmt.raw_bind_parameter(1, &template.task_name)?;
+        stmt.raw_bind_parameter(2, &template.queue)?;
+        stmt.raw_bind_parameter(3, template.priority)?;
+        stmt.raw_bind_parameter(4, status.code())?;
+        stmt.raw_bind_parameter(5, template.max_retries)?;
+        stmt.raw_bind_parameter(6, template.max_crashes)?;
+        stmt.raw_bind_parameter(7, template.backoff_base_ms)?;
+        stmt.raw_bind_parameter(8, template.backoff_cap_ms)?;
+        stmt.raw_bind_parameter(9, template.jitter)?;
+        stmt.raw_bind_parameter(10, template.timeout_ms)?;
+        stmt.raw_bind_parameter(11, template.result_ttl_ms)?;
+        stmt.raw_bind_parameter(12, now_ms)?;
+        stmt.raw_bind_parameter(13, eta_ms)?;
+        stmt.raw_bind_parameter(14, expires_ms)?;
+        stmt.raw_bind_parameter(15, &template.labels)?;
+        for (row, payload) in chunk.iter().enumerate() {
+            stmt.raw_bind_parameter(COPY_SHARED_PARAMS + 1 + row, payload)?;
+        }
+        let inserted = stmt.raw_execute()?;
+        if inserted != rows {
+            return Err(EngineError::Storage(format!(
+                "a multi-row insert of {rows} jobs inserted {inserted}"
+            ))
+            .into());
+        }
+        // The rows are inserted in the order of VALUES, and AUTOINCREMENT
+        // gives each the next id after the largest ever used, under the write
+        // lock this transaction holds: the ids of the chunk are consecutive
+        // and end at the last one inserted. (RETURNING would say the same at
+        // the cost of a temporary table of every row.)
+        let last = tx.last_insert_rowid();
+        let first_id = last - i64::try_from(rows - 1).unwrap_or(i64::MAX);
+        ids.extend(first_id..=last);
+        rest = after;
+    }
+    Ok(ids)
+}
