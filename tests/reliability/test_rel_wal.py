@@ -9,7 +9,7 @@ from pathlib import Path
 
 import stoker
 
-#: The engine's journal_size_limit (rust/stoker-engine/src/storage/sqlite.rs).
+#: The engine's journal_size_limit (rust/stoker-sqlite/src/lib.rs).
 WAL_SIZE_LIMIT = 64 * 1024 * 1024
 
 
