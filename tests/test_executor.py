@@ -312,7 +312,7 @@ def test_mp_context_sets_the_start_method(make_executor: MakeExecutor, method: s
     executor = make_executor(1, multiprocessing.get_context(method))
     assert executor.submit(funcs.square, 3).result(HANG_GUARD) == 9
     assert executor.pool is not None
-    assert executor.pool.supervisor._context.get_start_method() == method
+    assert executor.pool.supervisor.workers.context.get_start_method() == method
 
 
 def test_a_fork_context_is_refused_with_the_reason() -> None:
