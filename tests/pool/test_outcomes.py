@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 import pytest
 
 import stoker
-from conftest import HANG_GUARD
+from conftest import HANG_GUARD, read_ledger
 from stoker._base import serialization
 from stoker.pool import tunables
 from stoker.pool.channel import Channel
@@ -146,6 +147,45 @@ def test_a_message_that_is_no_protocol_message_kills_its_worker(queue: stoker.Qu
     theirs.close()
     worker.close()
     process.close()
+
+
+# --- through a pool ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "expected"),
+    [
+        ("exit_code", (3,), "exited with code 3"),
+        ("kill_self", (), "was killed by SIGKILL"),
+        ("segfault", (), "was killed by SIGSEGV"),
+    ],
+)
+def test_worker_death_is_a_worker_lost_error(
+    queue: stoker.Queue, pool: stoker.SupervisorThread, task: str, args: tuple[object, ...], expected: str
+) -> None:
+    job = queue.get_task(task).delay(*args)
+    with pytest.raises(stoker.WorkerLostError, match=expected) as info:
+        job.result(timeout=HANG_GUARD)
+    assert info.value.job_id == job.id
+    (error,) = job.errors
+    assert error.kind == "crash"
+    assert queue.get_task("add").delay(3, 3).result(timeout=HANG_GUARD) == 6
+
+
+def test_poison_job_ends_dead_after_its_crash_bound(
+    queue: stoker.Queue, pool: stoker.SupervisorThread, ledger: Path
+) -> None:
+    job = queue.get_task("poison").delay(str(ledger))
+    with pytest.raises(stoker.WorkerLostError, match="exited with code 9"):
+        job.result(timeout=HANG_GUARD)
+    # max_crashes=2: the first run and two redeliveries, although max_retries is 5.
+    assert len(read_ledger(ledger)) == 3
+    assert [e.kind for e in job.errors] == ["crash", "crash", "crash"]
+
+
+def test_unpicklable_result_fails_the_attempt(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
+    with pytest.raises(stoker.SerializationError, match=r"result of job .* cannot be pickled"):
+        queue.get_task("unpicklable_result").delay().result(timeout=HANG_GUARD)
 
 
 # --- the writer, shared with test mode ------------------------------------------------------

@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import psutil
 import pytest
 
 import stoker
 from apps.tasks import QuotaError
-from conftest import HANG_GUARD, database_files, read_ledger, wait_until, written
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+from conftest import HANG_GUARD, read_ledger, wait_until, written
 
 
 def test_result_comes_back(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
@@ -28,19 +19,6 @@ def test_result_comes_back(queue: stoker.Queue, pool: stoker.SupervisorThread) -
 
 def test_async_task(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
     assert queue.get_task("async_add").delay(2, 5).result(timeout=HANG_GUARD) == 7
-
-
-def test_workers_are_separate_processes_without_a_database_handle(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, ledger: Path
-) -> None:
-    queue.get_task("record").delay(str(ledger), "x").result(timeout=HANG_GUARD)
-    (line,) = read_ledger(ledger)
-    worker_pid = int(line.split()[1])
-    assert worker_pid != os.getpid()
-    assert worker_pid in pool.supervisor.worker_pids()
-    for pid in pool.supervisor.worker_pids():
-        files = {f.path for f in psutil.Process(pid).open_files()}
-        assert files & database_files(queue.path) == set(), files
 
 
 def test_priority_then_age(queue: stoker.Queue, ledger: Path) -> None:
@@ -134,98 +112,12 @@ def test_unpicklable_exception_comes_back_as_stand_in(
     assert "Unpicklable" in info.value.remote_traceback
 
 
-def test_unpicklable_result_fails_the_attempt(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
-    with pytest.raises(stoker.SerializationError, match=r"result of job .* cannot be pickled"):
-        queue.get_task("unpicklable_result").delay().result(timeout=HANG_GUARD)
-
-
 def test_sys_exit_in_a_task_is_its_error_and_the_pool_survives(
     queue: stoker.Queue, pool: stoker.SupervisorThread
 ) -> None:
     with pytest.raises(SystemExit):
         queue.get_task("sys_exit").delay().result(timeout=HANG_GUARD)
     assert queue.get_task("add").delay(1, 1).result(timeout=HANG_GUARD) == 2
-
-
-@pytest.mark.parametrize("task", ["sleeper", "blocked_in_c"])
-def test_hard_timeout_kills_the_process_and_the_next_job_runs(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, tmp_path: Path, task: str
-) -> None:
-    marker = tmp_path / "started"
-    args = (str(marker), 600) if task == "sleeper" else (str(marker),)
-    job = queue.get_task(task).delay(*args)
-    with pytest.raises(stoker.TaskTimeoutError) as info:
-        job.result(timeout=HANG_GUARD)
-    assert info.value.job_id == job.id
-    assert "hard timeout of 1 s" in str(info.value)
-    worker_pid = int(marker.read_text())
-    assert _gone(worker_pid)
-    assert worker_pid not in pool.supervisor.worker_pids()
-    (error,) = job.errors
-    assert (error.kind, error.type_name) == ("timeout", "stoker.errors.TaskTimeoutError")
-    assert queue.get_task("add").delay(2, 2).result(timeout=HANG_GUARD) == 4
-
-
-def test_hard_timeout_kills_the_tasks_children(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, tmp_path: Path
-) -> None:
-    marker = tmp_path / "started"
-    job = queue.get_task("with_children").delay(str(marker))
-    wait_until(lambda: marker.exists() and len(marker.read_text().split()) == 2, what="the task's child")
-    worker_pid, child_pid = map(int, marker.read_text().split())
-    grandchildren = wait_until(lambda: psutil.Process(child_pid).children(), what="the grandchild")
-    with pytest.raises(stoker.TaskTimeoutError):
-        job.result(timeout=HANG_GUARD)
-    for pid in (worker_pid, child_pid, *(p.pid for p in grandchildren)):
-        wait_until(lambda pid=pid: _gone(pid), what=f"process {pid} to die")
-
-
-@pytest.mark.parametrize(
-    ("task", "args", "expected"),
-    [
-        ("exit_code", (3,), "exited with code 3"),
-        ("kill_self", (), "was killed by SIGKILL"),
-        ("segfault", (), "was killed by SIGSEGV"),
-    ],
-)
-def test_worker_death_is_a_worker_lost_error(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, task: str, args: tuple[object, ...], expected: str
-) -> None:
-    job = queue.get_task(task).delay(*args)
-    with pytest.raises(stoker.WorkerLostError, match=expected) as info:
-        job.result(timeout=HANG_GUARD)
-    assert info.value.job_id == job.id
-    (error,) = job.errors
-    assert error.kind == "crash"
-    assert queue.get_task("add").delay(3, 3).result(timeout=HANG_GUARD) == 6
-
-
-def test_poison_job_ends_dead_after_its_crash_bound(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, ledger: Path
-) -> None:
-    job = queue.get_task("poison").delay(str(ledger))
-    with pytest.raises(stoker.WorkerLostError, match="exited with code 9"):
-        job.result(timeout=HANG_GUARD)
-    # max_crashes=2: the first run and two redeliveries, although max_retries is 5.
-    assert len(read_ledger(ledger)) == 3
-    assert [e.kind for e in job.errors] == ["crash", "crash", "crash"]
-
-
-def test_cancel_running_job_kills_its_worker(
-    queue: stoker.Queue, pool: stoker.SupervisorThread, tmp_path: Path
-) -> None:
-    marker = tmp_path / "started"
-    job = queue.get_task("wait_for_file").delay(str(marker), str(tmp_path / "never"))
-    wait_until(written(marker), what="the job to start")
-    worker_pid = int(marker.read_text())
-    assert job.cancel() == "requested"
-    with pytest.raises(stoker.JobCancelledError):
-        job.result(timeout=HANG_GUARD)
-    assert job.status == "cancelled"
-    assert job.errors == []
-    wait_until(lambda: _gone(worker_pid), what="the worker to die")
-    assert job.record().attempt == 1
-    assert queue.get_task("add").delay(1, 2).result(timeout=HANG_GUARD) == 3
 
 
 def test_cancelled_pending_job_never_starts(queue: stoker.Queue, ledger: Path) -> None:
@@ -256,66 +148,6 @@ def test_until_idle_drains_and_returns(queue: stoker.Queue) -> None:
     jobs = [queue.get_task("add").delay(i, 0) for i in range(5)]
     queue.run_worker(processes=2, until_idle=True, install_signal_handlers=False)
     assert all(j.status == "complete" for j in jobs)
-
-
-def test_a_spare_worker_is_kept_ready(queue: stoker.Queue, pool: stoker.SupervisorThread) -> None:
-    # Two slots plus one spare, so a killed worker's slot is taken without a process start.
-    wait_until(lambda: len(pool.supervisor.worker_pids()) == 3, what="three worker processes")
-    before = set(pool.supervisor.worker_pids())
-    with pytest.raises(stoker.WorkerLostError):
-        queue.get_task("kill_self").delay().result(timeout=HANG_GUARD)
-    wait_until(lambda: len(pool.supervisor.worker_pids()) == 3, what="the spare to be replaced")
-    assert len(before - set(pool.supervisor.worker_pids())) == 1
-
-
-@pytest.mark.parametrize("task", ["notes_sigterm", "ignores_sigterm"])
-def test_kill_grace_sends_sigterm_first_then_sigkill(queue: stoker.Queue, tmp_path: Path, task: str) -> None:
-    marker, note = tmp_path / "started", tmp_path / "note"
-    args = (str(marker), str(note)) if task == "notes_sigterm" else (str(marker),)
-    with queue.start_worker(processes=1, kill_grace=0.3, drain_timeout=0.0) as handle:
-        assert handle.wait_started(HANG_GUARD)
-        job = queue.get_task(task).delay(*args)
-        with pytest.raises(stoker.TaskTimeoutError):
-            job.result(timeout=HANG_GUARD)
-        assert _gone(int(marker.read_text()))
-    if task == "notes_sigterm":
-        assert note.read_text() == "terminated"
-    else:
-        assert not note.exists()
-
-
-def test_a_pool_left_running_stops_at_interpreter_exit(tmp_path: Path) -> None:
-    # Nobody calls stop(): the program must still exit, leaving no worker behind.
-    script = tmp_path / "leave_running.py"
-    script.write_text(
-        "import os, sys\n"
-        "sys.path.insert(0, os.environ['TESTS'])\n"
-        "import stoker\n"
-        "from apps import tasks as app\n"
-        "if __name__ == '__main__':\n"
-        "    q = stoker.Queue(os.environ['DB'])\n"
-        "    q.include(app.queue)\n"
-        "    handle = q.start_worker(processes=2)\n"
-        "    assert handle.wait_started(60)\n"
-        "    print(' '.join(map(str, handle.supervisor.worker_pids())), flush=True)\n"
-        "    q.get_task('add').delay(1, 2).result(timeout=60)\n"
-    )
-    import subprocess
-    import sys
-
-    from conftest import TESTS
-
-    done = subprocess.run(
-        [sys.executable, str(script)],
-        env=dict(os.environ, TESTS=str(TESTS), DB=str(tmp_path / "left.db")),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    for pid in map(int, done.stdout.split()):
-        wait_until(lambda pid=pid: _gone(pid), what=f"worker {pid} to be gone")
 
 
 @pytest.mark.parametrize("prefetch", [-1, 1.5, True, "1"])
