@@ -61,7 +61,7 @@ def busy_worker(running_for: float, last_job_s: float, typical_job_s: float | No
 
 def takes(w: Busy, *, typical_job_s: float | None = None, max_tasks: int | None = None) -> bool:
     return takes_job_ahead(
-        w,  # type: ignore[arg-type]
+        w,
         NOW,
         typical_job_s=typical_job_s,
         max_tasks_per_worker=max_tasks,
@@ -105,7 +105,7 @@ def test_a_worker_that_may_be_killed_or_recycled_soon_gets_no_job_ahead() -> Non
     assert not takes(Busy(Started(NOW), killed_for="timeout"))
     assert not takes(Busy(Started(NOW), retiring=True))
     assert not takes_job_ahead(
-        Busy(Started(NOW)),  # type: ignore[arg-type]
+        Busy(Started(NOW)),
         NOW,
         typical_job_s=None,
         max_tasks_per_worker=None,

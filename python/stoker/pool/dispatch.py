@@ -69,11 +69,22 @@ def claim_limit(*, processes: int, idle: int, busy: int, held_ahead: int, per_wo
     return min(free_slots, idle) + max(0, processes * per_worker - held_ahead)
 
 
+class StartedJob(Protocol):
+    """What :func:`takes_job_ahead` reads of a worker's running job."""
+
+    @property
+    def started(self) -> float: ...
+    @property
+    def cancel_at(self) -> float | None: ...
+    @property
+    def answer_by(self) -> float | None: ...
+
+
 class BusyWorker(Protocol):
     """What :func:`takes_job_ahead` reads of a worker."""
 
     @property
-    def running(self) -> Running | None: ...
+    def running(self) -> StartedJob | None: ...
     @property
     def queued(self) -> Sequence[object]: ...
     @property

@@ -243,16 +243,27 @@ class WorkerProcesses:
 
     def __init__(
         self,
-        start_method: str,
+        start_method: str | None,
         *,
         processes: int,
         task_modules: list[str],
         task_scope: TaskScope,
-        initializer: bytes | None,
+        initializer: Callable[..., object] | None,
+        initargs: tuple[Any, ...],
         max_tasks_per_worker: int | None,
         max_worker_memory_mb: float | None,
         adopt_orphans: bool,
     ) -> None:
+        if start_method is None:
+            start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        if start_method not in ("spawn", "forkserver"):
+            raise InvalidOptionError(
+                f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
+                "(plain fork is unsafe in a threaded supervisor)"
+            )
+        self.initializer = pickled_initializer(initializer, initargs)
+        if not isinstance(adopt_orphans, bool):
+            raise InvalidOptionError(f"adopt_orphans must be a bool, got {adopt_orphans!r}")
         self.context: BaseContext = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
             # The fork server must not import __main__ (its default): the user's
@@ -261,10 +272,13 @@ class WorkerProcesses:
         self.processes = processes
         self.task_modules = task_modules
         self.task_scope = task_scope
-        self.initializer = initializer
         self.max_tasks_per_worker = max_tasks_per_worker
         self.max_worker_memory_mb = max_worker_memory_mb
         self.adopt_orphans = adopt_orphans
+        """Make this process a child subreaper, and kill what a worker that died
+        on its own left running (``kill_orphans``): for a process that runs the
+        supervisor alone, as ``stoker worker`` does. Off in a program's own
+        process, whose other children it must not touch."""
         self.queue_secret: bytes | None = None
         """The queue's signing secret, for workers whose task modules set
         themselves up with it (``worker.worker_setup_wanted``)."""

@@ -93,7 +93,6 @@ import secrets
 import select
 import signal
 import socket
-import sys
 import threading
 import time
 import weakref
@@ -115,14 +114,14 @@ from .._core import Engine
 from ..client.job import forget_pool_failure, forget_results
 from ..client.queue import LOCAL_SUPERVISORS, is_database_url, local_key
 from ..client.task import TaskScope
-from ..errors import InvalidOptionError, StorageError
+from ..errors import StorageError
 from ..flow import limits as flow
 from . import tunables
 from .deadlines import Deadlines
 from .dispatch import Dispatcher
 from .housekeeping import Housekeeping
 from .outcomes import Outcomes, StorageOutbox
-from .processes import Worker, WorkerProcesses, pickled_initializer
+from .processes import Worker, WorkerProcesses
 from .thread import SupervisorThread
 from .worker import worker_setup_wanted
 
@@ -166,16 +165,6 @@ class Supervisor:
         check_seconds("lease", lease, allow_zero=False)
         check_seconds("drain_timeout", drain_timeout, allow_zero=True)
         check_seconds("kill_grace", kill_grace, allow_zero=True)
-        if start_method is None:
-            start_method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-        if start_method not in ("spawn", "forkserver"):
-            raise InvalidOptionError(
-                f"start_method must be 'spawn' or 'forkserver', got {start_method!r} "
-                "(plain fork is unsafe in a threaded supervisor)"
-            )
-        initializer_pickle = pickled_initializer(initializer, initargs)
-        if not isinstance(adopt_orphans, bool):
-            raise InvalidOptionError(f"adopt_orphans must be a bool, got {adopt_orphans!r}")
         self.queue = queue
         self.processes = processes
         self.queues = (
@@ -201,15 +190,12 @@ class Supervisor:
             processes=processes,
             task_modules=self.task_modules,
             task_scope=self.task_scope,
-            initializer=initializer_pickle,
+            initializer=initializer,
+            initargs=initargs,
             max_tasks_per_worker=max_tasks_per_worker,
             max_worker_memory_mb=max_worker_memory_mb,
             adopt_orphans=adopt_orphans,
         )
-        """Make this process a child subreaper, and kill what a worker that died
-        on its own left running (``adopt_orphans``): for a process that runs the
-        supervisor alone, as ``stoker worker`` does. Off in a program's own
-        process, whose other children it must not touch."""
         self._engine: Engine | None = None
         self._wake_r, self._wake_w = os.pipe()
         self._listener: WakeListener | None = None
