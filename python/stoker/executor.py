@@ -48,7 +48,7 @@ from .errors import InvalidOptionError, JobCancelledError, JobNotFoundError, Sto
 from .pool.worker import register_worker_setup
 
 if TYPE_CHECKING:
-    from .pool.supervisor import SupervisorThread
+    from .pool.thread import SupervisorThread
 
 P = ParamSpec("P")
 T = TypeVar("T")
