@@ -100,7 +100,6 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from .._base import wakeup as wakeup
 from .._base.bounds import (
     MAX_MEMORY_MB,
     MAX_PREFETCH,
