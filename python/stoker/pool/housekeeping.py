@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,12 +58,10 @@ class Housekeeping:
         self.starts_directory: Path | None = None
         """Where this supervisor's workers record the jobs they start (``start_marks``)."""
 
-    def deadlines(self) -> Iterator[float]:
-        yield self.next_heartbeat
-        yield self.next_poll
+    def deadlines(self) -> tuple[float, ...]:
         if self.remote:
-            yield self.next_registration
-        yield self.next_fire
+            return (self.next_heartbeat, self.next_poll, self.next_registration, self.next_fire)
+        return (self.next_heartbeat, self.next_poll, self.next_fire)
 
     def run_due(self, now: float) -> None:
         if now >= self.next_heartbeat:

@@ -117,17 +117,6 @@ class Worker:
         # still open every time, and the loop polls it on every wake-up.
         self.sentinel = self.process.sentinel if self.pidfd is None else self.pidfd
 
-    @property
-    def idle(self) -> bool:
-        """Ready for a job, and running none."""
-        return (
-            self.ready
-            and self.running is None
-            and self.killed_for is None
-            and not self.exited
-            and not self.retiring
-        )
-
     def close(self) -> None:
         """Close its pipes and its pidfd (it has exited, and its end is handled)."""
         self.channel.close()
@@ -300,7 +289,12 @@ class WorkerProcesses:
         return [w for w in self.all if w.running is not None]
 
     def idle(self) -> list[Worker]:
-        return [w for w in self.all if w.idle]
+        """Ready for a job, running none, and neither killed nor retiring (inline: read at every turn)."""
+        return [
+            w
+            for w in self.all
+            if w.ready and w.running is None and w.killed_for is None and not w.exited and not w.retiring
+        ]
 
     def pids(self) -> list[int]:
         return [w.pid for w in self.all if not w.exited]
