@@ -18,7 +18,7 @@ from apps import executor_funcs as funcs
 from conftest import HANG_GUARD, TESTS, wait_until
 from stoker._base import signing
 from stoker._core import Engine
-from stoker.client.task import REGISTRY
+from stoker.client.registry import REGISTRY
 from stoker.executor import CALL_TASK_NAME, Executor, JobFuture, call
 
 MakeExecutor = Callable[..., Executor]
@@ -52,7 +52,7 @@ def test_a_worker_process_finds_the_call_task_once_it_imports_the_module(tmp_pat
         "import multiprocessing, os\n"
         "multiprocessing.current_process().name = 'stoker-worker-1'\n"
         "import stoker.executor\n"
-        "from stoker.client.task import REGISTRY\n"
+        "from stoker.client.registry import REGISTRY\n"
         "task = REGISTRY[stoker.executor.CALL_TASK_NAME]\n"
         "assert task.func is stoker.executor.call, task\n"
         "assert not os.listdir('.'), 'a worker opened a database'\n"
@@ -312,7 +312,7 @@ def test_mp_context_sets_the_start_method(make_executor: MakeExecutor, method: s
     executor = make_executor(1, multiprocessing.get_context(method))
     assert executor.submit(funcs.square, 3).result(HANG_GUARD) == 9
     assert executor.pool is not None
-    assert executor.pool.supervisor._context.get_start_method() == method
+    assert executor.pool.supervisor.workers.context.get_start_method() == method
 
 
 def test_a_fork_context_is_refused_with_the_reason() -> None:

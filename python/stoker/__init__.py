@@ -19,8 +19,9 @@ from ._core import __version__ as __version__
 from .client.context import JobContext, current_job
 from .client.events import Middleware, SendMessage, State, worker_state
 from .client.job import AttemptError, Job, Outcome, Progress, gather, gather_async
+from .client.options import TaskOptions
 from .client.queue import DeadLetter, Queue
-from .client.task import Sender, Task, TaskOptions
+from .client.task import Sender, Task
 from .errors import (
     CircuitBreakerOpenError,
     DependencyFailedError,

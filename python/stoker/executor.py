@@ -42,12 +42,15 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from ._core import Engine
 from .client.job import FINISHED, Job
-from .client.queue import Queue, in_worker_process, refuse_main_reimport
-from .client.task import REGISTRY, Task
+from .client.local import in_worker_process, refuse_main_reimport
+from .client.queue import Queue
+from .client.registry import REGISTRY
+from .client.task import Task
 from .errors import InvalidOptionError, JobCancelledError, JobNotFoundError, StokerError, StorageError
+from .pool.worker import register_worker_setup
 
 if TYPE_CHECKING:
-    from .pool.supervisor import SupervisorThread
+    from .pool.thread import SupervisorThread
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -124,6 +127,9 @@ def register_in_worker(secret: bytes | None = None) -> None:
         task.queue.sealer.secret = secret
 
 
+# The worker calls it after importing its task modules, with the supervisor's
+# queue's secret (this module names the pool, never the other way round).
+register_worker_setup(__name__, register_in_worker)
 if in_worker_process():
     register_in_worker()
 
@@ -309,7 +315,8 @@ class Executor(concurrent.futures.Executor):
         _LIVE.add(self)
 
     def _check_supervisor_options(self) -> None:
-        from .pool.supervisor import Supervisor, _pickled_initializer
+        from .pool.processes import pickled_initializer
+        from .pool.supervisor import Supervisor
 
         known = set(inspect.signature(Supervisor.__init__).parameters) - {"self", "queue", "processes"}
         unknown = sorted(set(self._supervisor_options) - known)
@@ -321,7 +328,7 @@ class Executor(concurrent.futures.Executor):
                 f"and the supervisor's: {', '.join(sorted(known))}"
             )
         options = self._supervisor_options
-        _pickled_initializer(options.get("initializer"), options.get("initargs", ()))
+        pickled_initializer(options.get("initializer"), options.get("initargs", ()))
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "broken" if self._broken else "open"

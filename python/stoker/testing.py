@@ -39,7 +39,7 @@ from typing import Any
 import pytest
 
 from .client.queue import Queue
-from .pool.supervisor import SupervisorThread
+from .pool.thread import SupervisorThread
 
 #: How long ``stoker_pool_factory`` waits for the worker processes to start,
 #: and at teardown for the pool to stop. Only a hang reaches it.

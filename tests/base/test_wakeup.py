@@ -14,7 +14,7 @@ import pytest
 import stoker
 from conftest import HANG_GUARD
 from stoker._base.wakeup import WakeListener, WakeSender, wake_dir
-from stoker.pool import supervisor as supervisor_module
+from stoker.pool import tunables
 
 SEND_FROM_ANOTHER_PROCESS = textwrap.dedent(
     """
@@ -91,7 +91,7 @@ def test_work_sent_by_another_process_wakes_an_idle_supervisor(
 ) -> None:
     # Without the wake-up this supervisor would look at the database only
     # after an hour: the job could only run because the FIFO woke it.
-    monkeypatch.setattr(supervisor_module, "CHANGE_POLL_INTERVAL", 3600.0)
+    monkeypatch.setattr(tunables, "CHANGE_POLL_INTERVAL", 3600.0)
     handle = queue.start_worker(processes=1, drain_timeout=0.0)
     try:
         assert handle.wait_started(HANG_GUARD), handle.error

@@ -53,7 +53,7 @@ def test_one_database_has_one_function_per_task_name(tmp_path: Path) -> None:
 
 def test_a_name_meaning_different_functions_elsewhere_is_not_guessed(tmp_path: Path) -> None:
     from apps import twins
-    from stoker.client.task import REGISTRY, TaskScope
+    from stoker.client.registry import REGISTRY, TaskScope
 
     elsewhere = TaskScope(str(tmp_path / "elsewhere.db"), {})
     assert REGISTRY.find("t", elsewhere) is None

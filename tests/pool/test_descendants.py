@@ -18,28 +18,21 @@ import pytest
 
 import stoker
 from apps.reliability import DESCENDANT_KINDS
-from conftest import HANG_GUARD, wait_until, written
+from conftest import HANG_GUARD, gone, wait_until, written
 from reliability.harness import SupervisorProcess, all_gone
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def _started(marker: Path) -> tuple[int, int]:
     """``(worker pid, descendant pid)`` that the task wrote once its descendant started."""
     text = wait_until(written(marker), what="the task to start its descendant")
     worker, descendant = map(int, text.split())
-    assert not _gone(descendant)
+    assert not gone(descendant)
     return worker, descendant
 
 
 def _wait_gone(*pids: int) -> None:
     for pid in pids:
-        wait_until(lambda pid=pid: _gone(pid), what=f"process {pid} to end")
+        wait_until(lambda pid=pid: gone(pid), what=f"process {pid} to end")
 
 
 @pytest.fixture
@@ -99,7 +92,7 @@ def test_what_a_task_leaves_running_is_killed_when_its_job_ends(
     assert written_pid == descendant
     _wait_gone(descendant)
     # The worker goes on with the next job.
-    assert not _gone(worker)
+    assert not gone(worker)
     assert rqueue.get_task("add").delay(2, 3).result(timeout=HANG_GUARD) == 5
 
 
@@ -114,7 +107,7 @@ def test_a_task_with_keep_children_keeps_them_until_its_worker_stops(
         # Neither its own job's end nor the next jobs' ends kill it.
         for i in range(3):
             assert rqueue.get_task("add").delay(i, 1).result(timeout=HANG_GUARD) == i + 1
-        assert not _gone(kept)
+        assert not gone(kept)
     _wait_gone(kept)
 
 

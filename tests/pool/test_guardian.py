@@ -8,7 +8,7 @@ from pathlib import Path
 
 import psutil
 
-from conftest import wait_until
+from conftest import gone, wait_until
 from stoker.pool.guardian import kill_tree, live_descendants
 
 #: A child subreaper whose descendant, in a session of its own, forks without
@@ -30,13 +30,6 @@ time.sleep(600)
 """
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 def test_a_tree_whose_processes_fork_while_it_is_killed_is_killed_whole(tmp_path: Path) -> None:
     log = tmp_path / "hops"
     root = subprocess.Popen([sys.executable, "-c", HOPPING, str(log)])
@@ -49,7 +42,7 @@ def test_a_tree_whose_processes_fork_while_it_is_killed_is_killed_whole(tmp_path
         root.wait()
         hops = [int(pid) for pid in log.read_text().split()]
         # A hop that escaped would go on hopping, and logging new pids.
-        wait_until(lambda: all(_gone(pid) for pid in hops), what="every hop to end")
+        wait_until(lambda: all(gone(pid) for pid in hops), what="every hop to end")
         assert [int(pid) for pid in log.read_text().split()] == hops
     finally:
         if root.poll() is None:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import pytest
 
 from conftest import HANG_GUARD
-from stoker.pool.worker import DROP_FRAME, _Inbox
+from stoker.pool.protocol import DROP_FRAME, Dropped, Progress, Run
+from stoker.pool.worker import _Inbox
 
 
 class Ends:
@@ -37,15 +38,15 @@ def ends() -> Iterator[Ends]:
     pipes.close()
 
 
-def _run(job_id: int, token: int, seq: int) -> tuple[object, ...]:
-    return ("run", job_id, token, 1, "task", b"payload", None, seq)
+def _run(job_id: int, token: int, seq: int) -> Run:
+    return Run(job_id, token, 1, "task", b"payload", None, seq)
 
 
 def test_a_job_given_back_before_it_starts_is_answered_and_skipped(ends: Ends) -> None:
     inbox = ends.inbox
     assert inbox.start(1)  # Job 1 runs; jobs 2 and 3 wait in the pipe.
     assert inbox.give_back(2, 12, 7)
-    assert ends.messages.recv() == ("dropped", 12, 7)
+    assert ends.messages.recv() == Dropped(12, 7)
     assert not inbox.start(2)  # The main thread comes to it: skipped.
     assert inbox.start(3)  # The next one runs.
     assert not ends.messages.poll()
@@ -59,7 +60,7 @@ def test_a_take_back_of_a_job_started_or_finished_is_ignored(ends: Ends) -> None
     assert not inbox.give_back(1, 11, 7)  # Finished.
     assert inbox.give_back(3, 13, 7)
     assert not inbox.give_back(3, 13, 7)  # Asked twice: answered once.
-    assert ends.messages.recv() == ("dropped", 13, 7)
+    assert ends.messages.recv() == Dropped(13, 7)
     assert not ends.messages.poll()
 
 
@@ -73,9 +74,9 @@ def test_the_drop_pipe_is_read_while_the_main_thread_is_busy(ends: Ends) -> None
     ends.drop(1, 11, 1)  # Started: no answer.
     ends.drop(2, 12, 1)
     assert ends.messages.poll(HANG_GUARD)
-    assert ends.messages.recv() == ("dropped", 13, 1)
+    assert ends.messages.recv() == Dropped(13, 1)
     assert ends.messages.poll(HANG_GUARD)
-    assert ends.messages.recv() == ("dropped", 12, 1)
+    assert ends.messages.recv() == Dropped(12, 1)
     assert not inbox.start(2) and not inbox.start(3)
 
 
@@ -85,12 +86,12 @@ def test_answers_and_the_main_threads_messages_are_never_interleaved(ends: Ends)
     received: list[tuple[object, ...]] = []
     reader = threading.Thread(target=lambda: received.extend(ends.messages.recv() for _ in range(202)))
     reader.start()
-    sender = threading.Thread(target=lambda: [inbox.send(("progress", 0, 0, big)) for _ in range(100)])
+    sender = threading.Thread(target=lambda: [inbox.send(Progress(0, 0, big.decode())) for _ in range(100)])
     sender.start()
     for seq in range(1, 102):
         assert inbox.give_back(seq, seq, 1)
     sender.join(HANG_GUARD)
-    inbox.send(("progress", 0, 0, big))
+    inbox.send(Progress(0, 0, big.decode()))
     reader.join(HANG_GUARD)
-    assert sorted(m[0] for m in received) == ["dropped"] * 101 + ["progress"] * 101
+    assert sorted(type(m).__name__ for m in received) == ["Dropped"] * 101 + ["Progress"] * 101
     assert all(m[3] == big for m in received if m[0] == "progress")

@@ -23,7 +23,7 @@ def test_cancelled_pending_jobs_never_start(rqueue: stoker.Queue, tmp_path: Path
     rng = random.Random(SEED)
     # prefetch=0: with both slots held, no job is claimed ahead, so every job
     # sent now stays pending until the release (a job claimed ahead answers
-    # cancel() with "requested": tests/pool/test_pool.py).
+    # cancel() with "requested": tests/pool/test_dispatch.py).
     with rqueue.start_worker(processes=2, drain_timeout=0.0, prefetch=0) as handle:
         # Both slots are held, so every job sent now stays pending until the release.
         holds = [

@@ -26,7 +26,7 @@ def test_short_jobs_start_at_once_beside_a_long_one_in_priority_order(
     hold, work = rqueue.get_task("rel.hold"), rqueue.get_task("rel.work")
     running_seen: list[int] = []
     # No job is claimed ahead of a free worker (prefetch=0): this test counts
-    # slots exactly. Jobs claimed ahead are tested in tests/pool/test_pool.py.
+    # slots exactly. Jobs claimed ahead are tested in tests/pool/test_dispatch.py.
     with rqueue.start_worker(processes=2, drain_timeout=0.0, prefetch=0) as handle:
         long_job = hold.delay(str(ledger), str(tmp_path / "long"), str(long_release))
         gate = hold.delay(str(ledger), str(tmp_path / "gate"), str(gate_release))

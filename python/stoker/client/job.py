@@ -27,10 +27,6 @@ from ..errors import (
 from .waiting import RECENT_RESULTS, WATCHERS, Waiter, pool_failure, wait_timeout
 
 # Re-exported: the pool imports these from here.
-from .waiting import forget_pool_failure as forget_pool_failure
-from .waiting import forget_results as forget_results
-from .waiting import notify_outcomes as notify_outcomes
-from .waiting import pool_failed as pool_failed
 
 if TYPE_CHECKING:
     from .._core import Engine, ErrorRecord, JobRecord

@@ -33,14 +33,7 @@ from .job import AttemptError, Job, Outcome, retention_ended
 
 # The names imported as themselves are re-exported: the pool and the executor
 # import them from here.
-from .local import LOCAL_SUPERVISORS as LOCAL_SUPERVISORS
-from .local import MAIN_REIMPORT_EXIT_CODE as MAIN_REIMPORT_EXIT_CODE
-from .local import WORKER_PROCESS_PREFIX as WORKER_PROCESS_PREFIX
-from .local import Database, database_path
-from .local import in_worker_process as in_worker_process
-from .local import is_database_url as is_database_url
-from .local import local_key as local_key
-from .local import refuse_main_reimport as refuse_main_reimport
+from .local import Database, database_path, in_worker_process, refuse_main_reimport
 from .options import (
     DEFAULT_MAX_CRASHES,
     DEFAULT_MAX_RETRIES,

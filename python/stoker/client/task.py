@@ -20,10 +20,7 @@ from .._base.serialization import positional_args
 from ..errors import InvalidOptionError
 from ..flow.limits import check_when_limited
 from ..flow.schedule import Schedulable
-from .options import CallOptions, check_labels
-from .options import TaskOptions as TaskOptions  # Re-exported: the pool, stoker
-from .registry import REGISTRY as REGISTRY  # Re-exported: the pool, the executor
-from .registry import TaskScope as TaskScope  # Re-exported: the pool
+from .options import CallOptions, TaskOptions, check_labels
 from .send import scheduled_job, send_call, send_calls, send_plain, send_plain_many
 
 if TYPE_CHECKING:

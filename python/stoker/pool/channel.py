@@ -47,7 +47,7 @@ class Channel:
     """Non-blocking framed messages over a connection's file descriptor.
 
     ``drops`` is the write end of the worker's second pipe, of take-backs
-    (``worker.DROP_FRAME``): a frame of 24 bytes is written whole or not at
+    (``protocol.DROP_FRAME``): a frame of 24 bytes is written whole or not at
     all (a pipe writes up to ``PIPE_BUF`` bytes at once).
     """
 

@@ -4,24 +4,20 @@ A worker is started by the supervisor with spawn or forkserver (never plain
 fork: the supervisor is multi-threaded). It never opens the database; it only
 talks to its supervisor over its own two pipes::
 
-    supervisor ── ("run", job_id, token, attempt, task_name, payload, labels, seq) ──▶ worker
-    supervisor ── ("stop",) ──▶ worker (runs worker_shutdown handlers, exits)
-    supervisor ── drop pipe: (seq, job_id, token) ──▶ worker (give back a job sent ahead, if not started)
-    supervisor ◀── ("ready", pid) | ("startup_error", CapturedError)
-                   | ("progress", job_id, token, json)            (any number, while running)
-                   | ("done", job_id, token, result, usage)
-                   | ("failed", job_id, token, CapturedError, retryable, usage)
-                   | ("cancelled", job_id, token, usage)          (cooperative cancel)
-                   | ("requeue", job_id, token)
-                   | ("dropped", job_id, token)  ─────────────────── worker
+    supervisor ── Run, Stop ──▶ worker           (the message pipe; see protocol.py)
+    supervisor ── DROP_FRAME ──▶ worker          (the drop pipe: give back a job sent ahead)
+    supervisor ◀── Ready | StartupError | Progress | Done | Failed
+                   | Cancelled | Requeue | Dropped ── worker
 
-A busy worker may be sent its next ``run`` while its current job runs; the
+The attempt itself is run by ``runner.Runner``, which test mode uses too.
+
+A busy worker may be sent its next ``Run`` while its current job runs; the
 message waits in the pipe. ``seq`` numbers the runs sent to this worker, in
 order, and jobs start in that order. A take-back of such a job (it was
 cancelled, the supervisor stops, or another worker is idle) comes on a second
 pipe, which a thread of the worker reads at any time, while a task runs too,
 without a signal: the running task is never interrupted, not even in a
-system call of its C code. The thread answers ``dropped`` for a job that has
+system call of its C code. The thread answers ``Dropped`` for a job that has
 not started, and the main thread skips it when it comes to it; a take-back of
 a job already started or finished is ignored.
 
@@ -46,49 +42,47 @@ tasks must leave it alone.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import importlib
-import inspect
-import json
 import logging
 import os
 import pickle
 import signal
-import struct
 import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._base import serialization
-from .._base.remote_errors import CapturedError, capture
-from .._base.usage import UsageMeter
-from ..client import context
-from ..client.context import CancelFlag, JobContext, RequeueRequested
-from ..client.events import handler_name
-from ..client.task import REGISTRY, TaskScope
-from ..errors import (
-    JobCancelledError,
-    MiddlewareError,
-    PluginTriggerError,
-    RejectedError,
-    SecurityError,
-    SerializationError,
-)
+from .._base.remote_errors import capture
+from ..client.context import CancelFlag
+from ..client.registry import REGISTRY, TaskScope
 from .guardian import PR_SET_PDEATHSIG, become_subreaper, children, is_running, kill_descendants, prctl
+from .protocol import DROP_FRAME, Dropped, Failed, Ready, Run, StartupError, Stop
+from .runner import Runner, loaded_queues, sealer_of
 from .start_marks import StartLog
-
-if TYPE_CHECKING:
-    from ..client.queue import Queue
-    from ..client.task import Task
 
 log = logging.getLogger("stoker.worker")
 
-#: A take-back on the drop pipe: the job's ``seq`` (its place among the runs
-#: sent to this worker), its id and its token.
-DROP_FRAME = struct.Struct("!qqq")
+#: Set-ups that a module of the layers above the pool (the Executor's) makes
+#: in a worker process, once the task modules are imported: module name ->
+#: a callable given the signing secret of the supervisor's queue. A module
+#: registers its set-up when it is imported, in every process; the
+#: supervisor hands its workers the secret only when one of its task modules
+#: has a set-up (``worker_setup_wanted``), and a worker calls the set-ups of
+#: its task modules.
+WORKER_SETUPS: dict[str, Callable[[bytes | None], None]] = {}
+
+
+def register_worker_setup(module: str, setup: Callable[[bytes | None], None]) -> None:
+    """Call ``setup(secret)`` in each worker whose supervisor's tasks live in ``module``."""
+    WORKER_SETUPS[module] = setup
+
+
+def worker_setup_wanted(task_modules: list[str]) -> bool:
+    """Whether the workers of a supervisor of these task modules need its queue's secret."""
+    return any(module in WORKER_SETUPS for module in task_modules)
 
 
 def _die_with_parent(supervisor_pid: int) -> None:
@@ -157,8 +151,8 @@ class _Inbox:
         if self._drops is not None:
             threading.Thread(target=self._read_drops, name="stoker-drops", daemon=True).start()
 
-    def receive(self) -> tuple[Any, ...]:
-        message: tuple[Any, ...] = self.conn.recv()
+    def receive(self) -> Run | Stop:
+        message: Run | Stop = self.conn.recv()
         return message
 
     def send(self, message: tuple[Any, ...]) -> None:
@@ -184,7 +178,7 @@ class _Inbox:
             if seq <= self._last_started or seq in self._given_back:
                 return False  # Started (or finished) already: it runs to its end.
             self._given_back.add(seq)
-        self.send(("dropped", job_id, token))
+        self.send(Dropped(job_id, token))
         return True
 
     def _read_drops(self) -> None:
@@ -265,16 +259,11 @@ def _has_children() -> bool:
     return True
 
 
-def loaded_queues() -> list[Queue]:
-    """The queues whose tasks this process has registered."""
-    return REGISTRY.queues()
-
-
 def worker_main(
     conn: Connection,
     supervisor_pid: int,
     task_modules: list[str],
-    executor_secret: bytes | None = None,
+    queue_secret: bytes | None = None,
     scope: TaskScope | None = None,
     initializer: bytes | None = None,
     starts_directory: str | None = None,
@@ -282,9 +271,10 @@ def worker_main(
 ) -> None:
     """Entry point of a worker process.
 
-    ``executor_secret`` is the signing secret of the supervisor's queue when
-    it runs an Executor's calls (their task is registered here, not by a
-    module of the application that would carry the secret). ``scope`` says
+    ``queue_secret`` is the signing secret of the supervisor's queue when one
+    of its task modules registered a set-up (``register_worker_setup``: the
+    Executor's call task is registered here, not by a module of the
+    application that would carry the secret). ``scope`` says
     which tasks the supervisor's jobs name: task names are per database (see
     ``task.TaskRegistry``). ``initializer`` is the pickled ``(callable, args)``
     of the supervisor's ``initializer`` option, called once after the imports,
@@ -302,7 +292,7 @@ def worker_main(
         os._exit(0)
     leftovers = _Leftovers()
     try:
-        _serve(conn, drops, task_modules, executor_secret, leftovers, scope, initializer, starts_directory)
+        _serve(conn, drops, task_modules, queue_secret, leftovers, scope, initializer, starts_directory)
     finally:
         leftovers.kill_all()
 
@@ -311,7 +301,7 @@ def _serve(
     conn: Connection,
     drops: Connection | None,
     task_modules: list[str],
-    executor_secret: bytes | None,
+    queue_secret: bytes | None,
     leftovers: _Leftovers,
     scope: TaskScope | None,
     initializer: bytes | None,
@@ -324,10 +314,10 @@ def _serve(
     try:
         for module in task_modules:
             importlib.import_module(module)
-        if "stoker.executor" in task_modules:
-            from ..executor import register_in_worker
-
-            register_in_worker(executor_secret)
+        for module in task_modules:
+            setup = WORKER_SETUPS.get(module)
+            if setup is not None:
+                setup(queue_secret)
         if initializer is not None:
             initialize, initargs = serialization.loads(initializer)
             initialize(*initargs)
@@ -335,7 +325,7 @@ def _serve(
             queue.run_event("worker_startup")
     except BaseException as exc:
         try:
-            conn.send(("startup_error", capture(exc)))
+            conn.send(StartupError(capture(exc)))
         finally:
             leftovers.kill_all()
             os._exit(1)
@@ -348,7 +338,7 @@ def _serve(
     inbox = _Inbox(conn, drops)
     inbox.read_drops_in_background()
     try:
-        inbox.send(("ready", os.getpid()))
+        inbox.send(Ready(os.getpid()))
     except OSError:
         return  # The supervisor went away while this worker started.
     runner = Runner(inbox.send, scope)
@@ -358,220 +348,27 @@ def _serve(
             message = inbox.receive()
         except (EOFError, OSError):
             return  # The supervisor is gone.
-        kind = message[0]
-        if kind == "stop":
+        if type(message) is Stop:
             for queue in loaded_queues():
                 try:
                     queue.run_event("worker_shutdown")
                 except Exception:
                     log.exception("a worker_shutdown handler failed")
             return
-        if kind != "run":
+        if type(message) is not Run:
             continue
-        _, job_id, token, attempt, task_name, payload, labels, seq = message
+        job_id, token, attempt, task_name, payload, labels, seq = message
         if not inbox.start(seq):
             continue  # Given back before it started.
         if start_log is not None:
             start_log.started(job_id, token)
         try:
-            outcome = runner.run(job_id, token, attempt, task_name, payload, labels)
+            outcome: tuple[Any, ...] = runner.run(job_id, token, attempt, task_name, payload, labels)
         except BaseException as exc:  # Raised outside the task's own frames: still the job's outcome.
-            outcome = (
-                "failed",
-                job_id,
-                token,
-                capture(exc, _sealer(REGISTRY.find(task_name, scope))),
-                True,
-                None,
-            )
+            captured = capture(exc, sealer_of(REGISTRY.find(task_name, scope)))
+            outcome = Failed(job_id, token, captured, True, None)
         leftovers.after_job(task_name, scope)
         try:
             inbox.send(outcome)
         except OSError:
             return  # The supervisor is gone.
-
-
-class Runner:
-    """Runs jobs in this process and describes each outcome as a message.
-
-    Worker processes use it, and so does test mode, so that both run a task
-    the same way: context, middlewares, hooks, plugin handlers, retry filters.
-    """
-
-    def __init__(self, report: Callable[[tuple[Any, ...]], None], scope: TaskScope | None = None) -> None:
-        self._report = report
-        self._scope = scope
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def run(
-        self, job_id: int, token: int, attempt: int, task_name: str, payload: bytes, labels: str | None
-    ) -> tuple[Any, ...]:
-        CancelFlag.requested = False
-        meter = UsageMeter()
-        task = REGISTRY.find(task_name, self._scope)
-        if task is None:
-            unknown = REGISTRY.unknown(task_name, self._scope)
-            return self._failed(job_id, token, unknown, meter, retryable=False, task=None)
-        queue = task.queue
-        try:
-            args, kwargs = serialization.loads(queue.sealer.unseal(payload, job_id=job_id, what="payload"))
-        except SecurityError as refused:
-            return self._failed(job_id, token, refused, meter, retryable=False, task=task)
-        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad payload too.
-            unpickling = SerializationError(
-                f"the arguments of job {job_id} ({task_name}) cannot be unpickled: {exc!r}"
-            )
-            unpickling.__cause__ = exc
-            return self._failed(job_id, token, unpickling, meter, retryable=False, task=task)
-        ctx = JobContext(
-            job_id=job_id,
-            token=token,
-            task_name=task_name,
-            attempt=attempt,
-            labels=json.loads(labels) if labels else {},
-            soft_timeout=task.options_.soft_timeout,
-            report=self._report,
-        )
-        entered = context.enter(ctx)
-        try:
-            value = self._execute(task, ctx, args, kwargs)
-        except RequeueRequested:
-            return ("requeue", job_id, token)
-        except BaseException as exc:
-            try:
-                if isinstance(exc, JobCancelledError) and CancelFlag.requested:
-                    return ("cancelled", job_id, token, meter.json())
-                self._after_error(task, ctx, args, kwargs, exc)
-                retryable = task.options_.should_retry(exc) and not isinstance(exc, RejectedError)
-            except BaseException:
-                # A hostile exception (a __class__ that raises, say) still ends
-                # its attempt as an error, retried as the task's exceptions are.
-                retryable = True
-            return self._failed(job_id, token, exc, meter, retryable=retryable, task=task)
-        finally:
-            ctx.flush_progress()
-            context.leave(entered)
-        for hook in queue.hooks.on_success:
-            _call_hook(hook, task_name, args, kwargs, value)
-        if not task.options_.store_result:
-            return ("done", job_id, token, None, meter.json())
-        try:
-            result = queue.sealer.seal(serialization.dumps(value))
-        except BaseException as exc:  # sys.exit() in a __reduce__ is a bad result too.
-            pickling = SerializationError(
-                f"the result of job {job_id} ({task_name}) of type {type(value).__qualname__} "
-                f"cannot be pickled: {exc!r}"
-            )
-            pickling.__cause__ = exc
-            return self._failed(job_id, token, pickling, meter, retryable=True, task=task)
-        if len(result) > serialization.STORED_VALUE_MAX_BYTES:
-            too_large = SerializationError(
-                f"the result of job {job_id} ({task_name}) is {len(result)} bytes pickled, more than "
-                f"the {serialization.STORED_VALUE_MAX_BYTES} bytes stoker stores in one value"
-            )
-            return self._failed(job_id, token, too_large, meter, retryable=True, task=task)
-        return ("done", job_id, token, result, meter.json())
-
-    def _execute(
-        self, task: Task[Any, Any], ctx: JobContext, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        queue = task.queue
-        if task.context_parameter is not None:
-            kwargs = {**kwargs, task.context_parameter: ctx}
-        for middleware in queue.hooks.middlewares:
-            _stage(middleware, "pre_execute", ctx, ctx, args, kwargs)
-        try:
-            value = task.func(*args, **kwargs)
-            if inspect.isawaitable(value):
-                value = self._event_loop().run_until_complete(value)
-        except PluginTriggerError as trigger:
-            value = self._plugin_result(task, trigger, args, kwargs)
-        for middleware in queue.hooks.middlewares:
-            _stage(middleware, "post_execute", ctx, ctx, value)
-        return value
-
-    def _plugin_result(
-        self, task: Task[Any, Any], trigger: PluginTriggerError, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        for handler in task.queue.hooks.plugin_handlers:
-            try:
-                value = handler(trigger, task_name=task.name, args=args, kwargs=kwargs)
-            except Exception as error:
-                raise MiddlewareError(
-                    f"plugin handler {handler_name(handler)} raised {error!r} for job {task.name}"
-                ) from error
-            if inspect.isawaitable(value):
-                value = self._event_loop().run_until_complete(value)
-            if value is not None:
-                return value
-        raise trigger
-
-    def _after_error(
-        self,
-        task: Task[Any, Any],
-        ctx: JobContext,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        exc: BaseException,
-    ) -> None:
-        for middleware in task.queue.hooks.middlewares:
-            try:
-                middleware.on_error(ctx, exc)
-            except Exception:
-                log.exception(
-                    "middleware %s.on_error raised for job %s", handler_name(middleware), ctx.job_id
-                )
-        for hook in task.queue.hooks.on_failure:
-            _call_hook(hook, task.name, args, kwargs, exc)
-
-    def _failed(
-        self,
-        job_id: int,
-        token: int,
-        exc: BaseException,
-        meter: UsageMeter,
-        *,
-        retryable: bool,
-        task: Task[Any, Any] | None,
-    ) -> tuple[Any, ...]:
-        captured: CapturedError = capture(exc, _sealer(task))
-        return ("failed", job_id, token, captured, retryable, meter.json())
-
-    def _event_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop
-
-
-def _sealer(task: Task[Any, Any] | None) -> Callable[[bytes], bytes] | None:
-    """How the pickled exception of a job of ``task`` is signed (None: its queue does not sign)."""
-    if task is not None:
-        return task.queue.sealer.seal
-    if any(queue.sealer.secret is not None for queue in loaded_queues()):
-        return _unsignable
-    return None
-
-
-def _unsignable(data: bytes) -> bytes:
-    """The task is unknown here, so is the secret its queue signs with: the
-    error record is stored without its pickle rather than with an unsigned one."""
-    raise SecurityError(None, "error record")
-
-
-def _stage(middleware: object, stage: str, ctx: JobContext, *args: Any) -> None:
-    """Run one middleware stage; a raise becomes a MiddlewareError naming it."""
-    try:
-        getattr(middleware, stage)(*args)
-    except Exception as error:
-        raise MiddlewareError(
-            f"middleware {handler_name(middleware)}.{stage} raised {error!r} for job {ctx.job_id}",
-            job_id=ctx.job_id,
-            attempt=ctx.attempt,
-        ) from error
-
-
-def _call_hook(hook: Callable[..., Any], *args: Any) -> None:
-    try:
-        hook(*args)
-    except Exception:
-        log.exception("hook %s raised", handler_name(hook))
