@@ -6,6 +6,7 @@ through a pool of real worker processes.
 
 from __future__ import annotations
 
+import collections
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import stoker
 from conftest import HANG_GUARD, read_ledger, wait_until, written
 from stoker.pool import tunables
 from stoker.pool.dispatch import (
+    Dispatcher,
     HeldJobs,
     ahead_per_worker,
     claim_limit,
@@ -407,3 +409,36 @@ def test_short_jobs_wait_several_deep_in_a_busy_workers_pipe_and_run_in_order(
     assert [" ".join(line.split()[:2]) for line in read_ledger(ledger)] == [t for t in tags if t != tags[1]]
     assert jobs[1].errors == []
     assert all(job.record().attempt == 1 for job in kept)
+
+
+def test_short_jobs_claimed_for_busy_workers_all_go_to_their_pipes_in_the_turn_of_the_claim(
+    queue: stoker.Queue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A job left here after the turn that claimed it waits a turn more and
+    # costs two writes (its held mark, then the unmark before it is sent).
+    held_after_turn: list[int] = []
+    claim_and_dispatch = Dispatcher.claim_and_dispatch
+
+    def recording(self: Dispatcher, now: float) -> None:
+        claim_and_dispatch(self, now)
+        held_after_turn.append(len(self.held))
+
+    monkeypatch.setattr(Dispatcher, "claim_and_dispatch", recording)
+    monkeypatch.setattr(tunables, "JOB_AHEAD_MAX_WAIT", HANG_GUARD)
+    with queue.start_worker(processes=2, drain_timeout=0.0, prefetch=1) as handle:
+        _short_jobs_go_deep(queue, monkeypatch)
+        (tmp_path / "first").mkdir()
+        (tmp_path / "second").mkdir()
+        first, release_first = _start_blocker(queue, tmp_path / "first")
+        second, release_second = _start_blocker(queue, tmp_path / "second")
+        budget = 2 * tunables.JOBS_AHEAD_MAX
+        held_after_turn.clear()
+        jobs = queue.get_task("add").map([(i, 1) for i in range(budget)])
+        wait_until(lambda: len(_sent_ahead(handle)) == budget, what="every job to be sent ahead")
+        assert held_after_turn and max(held_after_turn) == 0
+        # Evenly: each busy worker's pipe takes half.
+        assert sorted(collections.Counter(_sent_ahead(handle).values()).values()) == [budget // 2] * 2
+        release_first.touch()
+        release_second.touch()
+        assert [job.result(timeout=HANG_GUARD) for job in jobs] == [i + 1 for i in range(budget)]
+        assert first.result(timeout=HANG_GUARD) == second.result(timeout=HANG_GUARD) == "released"

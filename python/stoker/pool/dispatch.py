@@ -402,20 +402,28 @@ class Dispatcher:
         if self.sup.stop_requests or len(self.workers.busy()) < self.sup.processes:
             return  # A slot is free (its worker is starting): the job waits for it here.
         memory_limited = self.sup.max_worker_memory_mb is not None
-        for worker in self.workers.all:
-            if not self.held:
-                break
-            if takes_job_ahead(
+
+        def takes(worker: Worker) -> bool:
+            return takes_job_ahead(
                 worker,
                 now,
                 typical_job_s=self.typical_job_s,
                 max_tasks_per_worker=self.sup.max_tasks_per_worker,
                 memory_limited=memory_limited,
-            ):
+            )
+
+        # Round by round, one job to each worker that takes one, until the pipes
+        # are full or nothing is held: every job claimed for them goes out this
+        # turn, evenly. A job left here across a turn would cost two more writes
+        # (its held mark, then the unmark before it is sent) and a turn's wait.
+        takers = [worker for worker in self.workers.all if takes(worker)]
+        while takers and self.held:
+            for worker in takers:
                 taken = self.held.take()
                 if taken is None:
-                    break
+                    return
                 self._send(*taken, worker, now, ahead=True)
+            takers = [worker for worker in takers if takes(worker)]
 
     def _send(self, job: ClaimedJob, serial: int, worker: Worker, now: float, *, ahead: bool = False) -> None:
         task = REGISTRY.find(job.task_name, self.sup.task_scope)
