@@ -2,7 +2,7 @@
 
 Data flow (one supervisor per host; many may share one database)::
 
-    ┌──────────── engine (Rust, SQLite) ─────────────┐
+    ┌──── engine (Rust: SQLite or PostgreSQL) ────────┐
     │ claim · complete_many · fail · heartbeat · reap │
     └────────▲───────────────────────────┬────────────┘
              │ outcomes, leases          │ claimed jobs (idle slots, plus some ahead)
