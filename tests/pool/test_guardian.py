@@ -1,4 +1,4 @@
-"""The kill of a whole process tree (``_guardian.kill_tree``), against a tree that keeps changing."""
+"""The kill of a whole process tree (``guardian.kill_tree``), against a tree that keeps changing."""
 
 from __future__ import annotations
 

@@ -198,6 +198,10 @@ class SupervisorProcess:
         self._log.close()
 
 
+#: How the guardian's command line ends (``python .../stoker/pool/guardian.py``).
+GUARDIAN_SCRIPT = os.path.join("stoker", "pool", "guardian.py")
+
+
 def worker_pids_under(pid: int) -> list[int]:
     """Worker processes descending from a supervisor: each leads its own process group.
 
@@ -212,7 +216,7 @@ def worker_pids_under(pid: int) -> list[int]:
         try:
             if os.getpgid(process.pid) != process.pid:
                 continue
-            if any("_guardian" in part for part in process.cmdline()):
+            if any(part.endswith(GUARDIAN_SCRIPT) for part in process.cmdline()):
                 continue
             if process.status() == psutil.STATUS_ZOMBIE:
                 continue

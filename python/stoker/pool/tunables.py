@@ -19,7 +19,7 @@ HEARTBEAT_FRACTION = 1 / 3
 #: How often the supervisor checks whether another process changed the database
 #: (a job sent, a cancel request) while it is otherwise idle. Senders wake
 #: supervisors at once (through a pipe in the same process, a FIFO from
-#: another one: ``_wakeup.py``), so this poll is only the backstop for a
+#: another one: ``_base/wakeup.py``), so this poll is only the backstop for a
 #: change made without a wake-up (a raw engine, a lost FIFO): lower values
 #: bound that delay tighter, at the cost of more idle wake-ups.
 CHANGE_POLL_INTERVAL = 0.05
@@ -41,7 +41,7 @@ REGISTRATION_LEASE = 5.0
 REGISTRATION_RENEW_INTERVAL = 1.0
 #: What a wake-up byte (on the pipe from this process, or a FIFO from another)
 #: says: jobs were sent (claim), or something else changed (look at the
-#: database: cancel requests, schedules). Defined in ``_wakeup``.
+#: database: cancel requests, schedules). Defined in ``stoker._base.wakeup``.
 WAKE_NEW_WORK = wakeup.NEW_WORK
 WAKE_CHANGED = wakeup.CHANGED
 WAKE_STOP = b"s"

@@ -25,13 +25,13 @@ Each worker is a child subreaper (``PR_SET_CHILD_SUBREAPER``): a process a
 task starts stays in the worker's tree even if its parent dies (a
 double-forked daemon) or it leaves the session (``setsid``), so every kill of
 the worker (hard timeout, cancel, memory limit, drain, the supervisor's
-death) reaches it (``_guardian.kill_tree``). When a job ends, the processes
+death) reaches it (``guardian.kill_tree``). When a job ends, the processes
 its task left running are killed before its outcome is sent, unless the task
 has ``keep_children=True``; processes started by ``worker_startup`` handlers
 and kept ones live until the worker exits, which kills everything left.
 
 It also leads its own process group. It dies with its supervisor: the
-supervisor's guardian process kills its tree (see ``_guardian.py``); the
+supervisor's guardian process kills its tree (see ``guardian.py``); the
 kernel stops it when its parent goes (``PR_SET_PDEATHSIG``: SIGSTOP when
 the parent is the supervisor, so that its tree stays whole for the guardian
 to kill, SIGKILL when it is the fork server); and an idle worker also exits
@@ -280,7 +280,7 @@ def worker_main(
     of the supervisor's ``initializer`` option, called once after the imports,
     before the ``worker_startup`` handlers; if it raises, the worker fails to
     start. Each job is recorded in ``starts_directory`` before it starts (see
-    ``_start_marks``). ``drops`` is the read end of the pipe of take-backs.
+    ``start_marks``). ``drops`` is the read end of the pipe of take-backs.
     """
     signal.signal(signal.SIGHUP, _on_hangup)
     os.setpgrp()
