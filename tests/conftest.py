@@ -65,6 +65,65 @@ def child_python_path() -> str:
 HANG_GUARD = 60.0
 
 
+class ChildProcess:
+    """``python ARGS`` on a test's database, running the stoker under test; ``close()`` kills and reaps it.
+
+    Its output goes to a pipe, or with ``log`` to that file (read while it runs).
+    """
+
+    def __init__(self, db: Path, *args: str, log: Path | None = None) -> None:
+        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
+        self.log_path = log
+        self._log = open(log, "wb") if log is not None else None  # noqa: SIM115 - closed in close()
+        self.process = subprocess.Popen(
+            [sys.executable, *args],
+            env=env,
+            stdout=self._log if self._log is not None else subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def output(self) -> str:
+        """Its output so far (from a file), or all of it once it has ended (from a pipe)."""
+        if self._log is not None and self.log_path is not None:
+            self._log.flush()
+            return self.log_path.read_text(errors="replace")
+        assert self.process.stdout is not None
+        return self.process.stdout.read().decode(errors="replace")
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(HANG_GUARD)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        if self._log is not None:
+            self._log.close()
+
+
+C = TypeVar("C", bound=ChildProcess)
+
+
+@contextmanager
+def closing_all(kind: type[C]) -> Iterator[list[C]]:
+    """A list for the child processes a test starts; each is closed at the end."""
+    started: list[C] = []
+    try:
+        yield started
+    finally:
+        for child in started:
+            child.close()
+
+
 def wait_until(predicate: Callable[[], T], *, timeout: float = HANG_GUARD, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns a truthy value; fail after ``timeout``."""
     deadline = time.monotonic() + timeout

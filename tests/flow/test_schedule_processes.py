@@ -10,48 +10,24 @@ same job.
 from __future__ import annotations
 
 import itertools
-import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until
+from conftest import HANG_GUARD, ChildProcess, closing_all, read_ledger, wait_until
 
 EVERY_MS = 20
 FIRES = 300
 
 
-class Process:
-    def __init__(self, db: Path, *args: str) -> None:
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
-        self.process = subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(HANG_GUARD)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-
 @pytest.fixture
-def processes() -> Iterator[list[Process]]:
-    started: list[Process] = []
-    yield started
-    for process in started:
-        process.close()
+def processes() -> Iterator[list[ChildProcess]]:
+    with closing_all(ChildProcess) as started:
+        yield started
 
 
 def _rows(db: str, sql: str) -> list[tuple[object, ...]]:
@@ -63,14 +39,14 @@ def _rows(db: str, sql: str) -> list[tuple[object, ...]]:
 
 
 def test_three_supervisors_fire_each_time_exactly_once(
-    queue: stoker.Queue, ledger: Path, processes: list[Process]
+    queue: stoker.Queue, ledger: Path, processes: list[ChildProcess]
 ) -> None:
     schedule = queue.get_task("record").schedule_every(
         EVERY_MS / 1000, args=(str(ledger), "tick"), name="tick", missed="catch_up"
     )
     worker = ("-m", "stoker", "worker", "apps.tasks:queue", "-p", "1", "--lease", "2", "--drain-timeout", "5")
     for _ in range(3):
-        processes.append(Process(Path(queue.path), *worker))
+        processes.append(ChildProcess(Path(queue.path), *worker))
     wait_until(lambda: schedule.record().enqueued >= FIRES // 3, what="the first third of the fires")
     processes[0].process.send_signal(signal.SIGKILL)
     processes[0].process.wait(HANG_GUARD)
@@ -118,11 +94,11 @@ print(",".join(map(str, sorted(ids))))
 
 
 def test_concurrent_unique_sends_from_three_processes_share_one_job(
-    queue: stoker.Queue, tmp_path: Path, processes: list[Process]
+    queue: stoker.Queue, tmp_path: Path, processes: list[ChildProcess]
 ) -> None:
     go = tmp_path / "go"
     for _ in range(3):
-        processes.append(Process(Path(queue.path), "-c", SENDER, str(go)))
+        processes.append(ChildProcess(Path(queue.path), "-c", SENDER, str(go)))
     go.touch()
     outputs = []
     for process in processes:

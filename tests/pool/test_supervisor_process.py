@@ -15,42 +15,28 @@ import psutil
 import pytest
 
 import stoker
-from conftest import HANG_GUARD, child_python_path, read_ledger, wait_until, written
+from conftest import (
+    HANG_GUARD,
+    ChildProcess,
+    child_python_path,
+    closing_all,
+    read_ledger,
+    wait_until,
+    written,
+)
 
 
-class WorkerCommand:
-    """``python -m stoker worker apps.tasks:queue`` on a test's database."""
+class WorkerCommand(ChildProcess):
+    """``python -m stoker worker apps.tasks:queue -p 2`` on a test's database."""
 
     def __init__(self, db: Path, *extra: str) -> None:
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stoker", "worker", "apps.tasks:queue", "-p", "2", *extra],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
-    def descendants(self) -> list[psutil.Process]:
-        return psutil.Process(self.process.pid).children(recursive=True)
-
-    def output(self) -> str:
-        assert self.process.stdout is not None
-        return self.process.stdout.read().decode(errors="replace")
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(HANG_GUARD)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
+        super().__init__(db, "-m", "stoker", "worker", "apps.tasks:queue", "-p", "2", *extra)
 
 
 @pytest.fixture
 def commands() -> Iterator[list[WorkerCommand]]:
-    started: list[WorkerCommand] = []
-    yield started
-    for command in started:
-        command.close()
+    with closing_all(WorkerCommand) as started:
+        yield started
 
 
 def _all_gone(processes: list[psutil.Process]) -> bool:

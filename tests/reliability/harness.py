@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -19,7 +17,7 @@ import pytest
 import stoker
 from apps import reliability as reliability_app
 from apps import tasks as tasks_app
-from conftest import HANG_GUARD, child_python_path, database_files
+from conftest import HANG_GUARD, ChildProcess, closing_all, database_files
 from stoker._core import Engine
 
 #: ``make stress`` sets this too, for sizes chosen at import time (hypothesis settings).
@@ -153,36 +151,15 @@ def audit(engine: Engine, job_ids: Iterable[int], ledger: Path, *, allow_cancell
 # --- supervisors as processes -----------------------------------------------------------------
 
 
-class SupervisorProcess:
+class SupervisorProcess(ChildProcess):
     """``python -m stoker worker APP`` on a test's database, output to a file."""
 
     def __init__(self, db: Path, *extra: str, app: str = "apps.reliability:queue", log: Path | None = None):
-        env = dict(os.environ, STOKER_TEST_DB=str(db), PYTHONPATH=child_python_path())
-        self.log_path = log or db.with_name(f"supervisor-{time.monotonic_ns()}.log")
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "stoker", "worker", app, *extra],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def descendants(self) -> list[psutil.Process]:
-        try:
-            return psutil.Process(self.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            return []
+        log_path = log or db.with_name(f"supervisor-{time.monotonic_ns()}.log")
+        super().__init__(db, "-m", "stoker", "worker", app, *extra, log=log_path)
 
     def worker_pids(self) -> list[int]:
         return worker_pids_under(self.pid)
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
 
     def kill(self) -> list[psutil.Process]:
         """SIGKILL the supervisor alone; returns what descended from it just before."""
@@ -190,12 +167,6 @@ class SupervisorProcess:
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(HANG_GUARD)
         return descendants
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(HANG_GUARD)
-        self._log.close()
 
 
 #: How the guardian's command line ends (``python .../stoker/pool/guardian.py``).
@@ -304,7 +275,5 @@ def rqueue(tmp_path: Path) -> stoker.Queue:
 @pytest.fixture
 def supervisors() -> Iterator[list[SupervisorProcess]]:
     """Supervisor processes a test starts; each is killed and reaped at the end."""
-    started: list[SupervisorProcess] = []
-    yield started
-    for command in started:
-        command.close()
+    with closing_all(SupervisorProcess) as started:
+        yield started
