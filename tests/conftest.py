@@ -192,6 +192,17 @@ def pqueue(tmp_path: Path) -> stoker.Queue:
     return q
 
 
+@pytest.fixture
+def ppool(pqueue: stoker.Queue) -> Iterator[stoker.SupervisorThread]:
+    """A pool of one worker on ``pqueue``, with the default lease (its heartbeat,
+    which purges expired results, comes 10 s apart)."""
+    handle = pqueue.start_worker(processes=1, drain_timeout=0.0)
+    assert handle.wait_started(HANG_GUARD), handle.error
+    yield handle
+    handle.stop(HANG_GUARD)
+    assert handle.error is None
+
+
 def read_ledger(path: Path) -> list[str]:
     if not path.exists():
         return []

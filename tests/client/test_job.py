@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -68,16 +67,6 @@ def test_a_job_whose_supervisor_was_killed_raises_lease_expired_error(
 
 
 # --- result_ttl ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def ppool(pqueue: stoker.Queue) -> Iterator[stoker.SupervisorThread]:
-    # The default lease: its heartbeat, which purges, comes 10 s apart, so
-    # the reads below are judged before the purge has run.
-    handle = pqueue.start_worker(processes=1, drain_timeout=0.0)
-    assert handle.wait_started(HANG_GUARD), handle.error
-    yield handle
-    handle.stop(HANG_GUARD)
 
 
 def _wait_past_retention(queue: stoker.Queue, job: stoker.Job) -> None:

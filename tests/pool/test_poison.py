@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -218,22 +217,6 @@ def test_test_mode_stores_an_error_utf8_cannot_encode(tmp_path: Path) -> None:
 
 
 # --- through worker processes ----------------------------------------------------------------
-
-
-@pytest.fixture
-def pqueue(tmp_path: Path) -> stoker.Queue:
-    q = stoker.Queue(tmp_path / "jobs.db")
-    q.include(poison.queue)
-    return q
-
-
-@pytest.fixture
-def ppool(pqueue: stoker.Queue) -> Iterator[stoker.SupervisorThread]:
-    handle = pqueue.start_worker(processes=1, drain_timeout=0.0)
-    assert handle.wait_started(HANG_GUARD), handle.error
-    yield handle
-    handle.stop(HANG_GUARD)
-    assert handle.error is None
 
 
 def _task(queue: stoker.Queue, name: str) -> stoker.Task[Any, Any]:
