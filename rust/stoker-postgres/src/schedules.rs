@@ -5,13 +5,11 @@
 use crate::columns::PgRow;
 use crate::{sql_count, PgError, PgResult, PostgresStorage, Tx};
 use postgres::Row;
-use stoker_engine::decide::fire::{self, FireLog, FireSteps};
+use stoker_engine::decide::fire::{FireLog, FireSteps};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::NewJob;
 use stoker_engine::rows::{self, fire_from_row, schedule_columns, FIRE_COLUMNS, SCHEDULE_COLUMNS};
-use stoker_engine::schedule::{
-    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict, FIRE_LOG_KEEP,
-};
+use stoker_engine::schedule::{FireRecord, NewSchedule, ScheduleRecord, FIRE_LOG_KEEP};
 use stoker_engine::storage::flow_storage::ScheduleStorage;
 
 use crate::flow::*;
@@ -19,17 +17,15 @@ use crate::flow::*;
 /// The statements of one fire of a schedule (see [`fire::fire`]). A
 /// concurrent fire waits for the schedule's row at the fence and then finds
 /// it moved.
-pub(crate) struct Fire<'a, 'c>(&'a mut Tx<'c>);
-
-impl FireSteps for Fire<'_, '_> {
+impl FireSteps for Tx<'_> {
     type Error = PgError;
 
     fn schedule(&mut self, id: i64) -> PgResult<Option<ScheduleRecord>> {
-        get_schedule_in(self.0, id)
+        get_schedule_in(self, id)
     }
 
     fn move_fire(&mut self, id: i64, fire_ms: i64, next_fire_ms: Option<i64>) -> PgResult<bool> {
-        let moved = self.0.execute(
+        let moved = self.execute(
             "UPDATE schedules SET next_fire_ms = $3, last_fire_ms = $2 \
              WHERE id = $1 AND next_fire_ms = $2 AND paused = 0",
             &[&id, &fire_ms, &next_fire_ms],
@@ -38,11 +34,11 @@ impl FireSteps for Fire<'_, '_> {
     }
 
     fn enqueue(&mut self, job: &NewJob, now_ms: i64) -> PgResult<(i64, bool)> {
-        insert_job(self.0, job, now_ms)
+        insert_job(self, job, now_ms)
     }
 
     fn count_enqueued(&mut self, id: i64) -> PgResult<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE schedules SET enqueued = enqueued + 1 WHERE id = $1",
             &[&id],
         )?;
@@ -50,7 +46,7 @@ impl FireSteps for Fire<'_, '_> {
     }
 
     fn record_fire(&mut self, id: i64, fire: &FireLog<'_>) -> PgResult<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -64,7 +60,7 @@ impl FireSteps for Fire<'_, '_> {
                 &fire.message,
             ],
         )?;
-        self.0.execute(
+        self.execute(
             "DELETE FROM schedule_fires WHERE schedule_id = $1 AND id <= \
              (SELECT id FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
             &[&id, &FIRE_LOG_KEEP],
@@ -222,18 +218,6 @@ impl ScheduleStorage for PostgresStorage {
             .map(schedule_from_row)
             .collect()
         })
-    }
-
-    fn fire_schedule(
-        &self,
-        id: i64,
-        fire_ms: i64,
-        verdict: &Verdict,
-        planner: Planner<'_>,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<FireOutcome, EngineError> {
-        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
     }
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {

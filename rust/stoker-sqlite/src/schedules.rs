@@ -5,21 +5,18 @@
 use crate::columns::SqlRow;
 use crate::{sql_limit, SqlError, SqlResult, SqliteStorage};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use stoker_engine::decide::fire::{self, FireLog, FireSteps};
+use stoker_engine::decide::fire::{FireLog, FireSteps};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::NewJob;
 use stoker_engine::rows::{self, fire_from_row, schedule_columns, FIRE_COLUMNS, SCHEDULE_COLUMNS};
-use stoker_engine::schedule::{
-    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict, FIRE_LOG_KEEP,
-};
+use stoker_engine::schedule::{FireRecord, NewSchedule, ScheduleRecord, FIRE_LOG_KEEP};
 use stoker_engine::storage::flow_storage::ScheduleStorage;
 
 use crate::flow::*;
+use crate::transitions::Steps;
 
 /// The statements of one fire of a schedule (see [`fire::fire`]).
-pub(crate) struct Fire<'a, 'c>(&'a Transaction<'c>);
-
-impl FireSteps for Fire<'_, '_> {
+impl FireSteps for Steps<'_, '_> {
     type Error = SqlError;
 
     fn schedule(&mut self, id: i64) -> SqlResult<Option<ScheduleRecord>> {
@@ -223,18 +220,6 @@ impl ScheduleStorage for SqliteStorage {
             }
             Ok(due)
         })
-    }
-
-    fn fire_schedule(
-        &self,
-        id: i64,
-        fire_ms: i64,
-        verdict: &Verdict,
-        planner: Planner<'_>,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<FireOutcome, EngineError> {
-        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
     }
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {
