@@ -7,6 +7,39 @@
 //! [`SHARED_STATEMENTS`]). Status codes are literals (`status_code!`), which
 //! SQLite needs to use its partial indexes.
 
+/// The statement that moves up to `$2` scheduled jobs whose eta came by `$1`
+/// to pending, earliest first; `$lock` is how the backend locks the rows it
+/// picks (PostgreSQL skips those another claimer is promoting).
+#[macro_export]
+macro_rules! promote_due_sql {
+    ($lock:literal) => {
+        concat!(
+            "UPDATE jobs SET status = ",
+            $crate::status_code!(pending),
+            " WHERE id IN (SELECT id FROM jobs WHERE status = ",
+            $crate::status_code!(scheduled),
+            " AND eta_ms <= $1 ORDER BY eta_ms LIMIT $2",
+            $lock,
+            ")"
+        )
+    };
+}
+
+/// The statement that reads up to `$2` running jobs whose own lease ran out
+/// before `$1`, oldest deadline first, then lowest id (the order of SQLite's
+/// index): id, attempt, owner, deadline; `$lock` as in [`promote_due_sql!`].
+#[macro_export]
+macro_rules! expired_sql {
+    ($lock:literal) => {
+        concat!(
+            "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs WHERE status = ",
+            $crate::status_code!(running),
+            " AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms, id LIMIT $2",
+            $lock
+        )
+    };
+}
+
 /// Ends a job that has not started as cancelled at `$1`: job `$2`.
 pub const CANCEL_UNSTARTED_SQL: &str = concat!(
     "UPDATE jobs SET status = ",
@@ -241,6 +274,8 @@ pub const SHARED_STATEMENTS: &[&str] = &[
     LEASE_OWNER_SQL,
     RECORD_ERROR_SQL,
     SET_USAGE_SQL,
+    promote_due_sql!(""),
+    expired_sql!(""),
     FAILED_FINISH_SQL,
     FAILED_RETRY_SQL,
     REQUEUE_SQL,

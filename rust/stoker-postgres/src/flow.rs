@@ -145,7 +145,7 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         )?;
     }
     if let Some((dep, dep_status)) = failed {
-        if tx.fail_waiting(id, dep, dep_status, now_ms)? {
+        if tx.fail_waiting(id, (dep, dep_status), now_ms)? {
             dependents::on_finished(tx, id, Status::Dead, now_ms)?;
         }
     }
@@ -194,19 +194,13 @@ impl FinishSteps for Tx<'_> {
         Ok(())
     }
 
-    /// Ends a waiting job dead because `dep` ended with `dep_status`; false
-    /// if it was not waiting.
-    fn fail_waiting(
-        &mut self,
-        job: i64,
-        dep: i64,
-        dep_status: Status,
-        at_ms: i64,
-    ) -> PgResult<bool> {
+    /// Ends a waiting job dead because `dep` ended as `how`; false if it
+    /// was not waiting.
+    fn fail_waiting(&mut self, job: i64, (dep, how): (i64, Status), at_ms: i64) -> PgResult<bool> {
         if self.execute(FAIL_WAITING_SQL, &[&at_ms, &job])? == 0 {
             return Ok(false);
         }
-        let message = dependency_failed_message(job, dep, dep_status);
+        let message = dependency_failed_message(job, dep, how);
         let row: &Params<'_> = &[&DEPENDENCY_FAILED_EXC_TYPE, &message, &at_ms, &job];
         self.execute(DEPENDENCY_ERROR_SQL, row)?;
         Ok(true)

@@ -5,14 +5,7 @@ use crate::*;
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first;
 /// rows another claimer is promoting are skipped, not waited for.
-pub const PROMOTE_DUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = ",
-    status_code!(pending),
-    " WHERE id IN \
-     (SELECT id FROM jobs WHERE status = ",
-    status_code!(scheduled),
-    " AND eta_ms <= $1 ORDER BY eta_ms LIMIT $2 FOR UPDATE SKIP LOCKED)"
-);
+pub const PROMOTE_DUE_SQL: &str = stoker_engine::promote_due_sql!(" FOR UPDATE SKIP LOCKED");
 
 /// The claim of one queue: one statement that locks exactly `$2` runnable
 /// rows (skipping those another claimer holds) in priority-then-id order
@@ -54,12 +47,7 @@ pub const HEARTBEAT_SQL: &str = concat!(
 
 /// The running jobs whose own lease ran out, oldest deadline first, then
 /// lowest id (the order SQLite's index gives).
-pub const EXPIRED_SQL: &str = concat!(
-    "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = ",
-    status_code!(running),
-    " AND lease_deadline_ms < $1 ORDER BY lease_deadline_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED"
-);
+pub const EXPIRED_SQL: &str = stoker_engine::expired_sql!(" FOR UPDATE SKIP LOCKED");
 
 /// The running jobs of supervisors whose registration lease ran out.
 pub const ORPHANED_SQL: &str = concat!(

@@ -151,22 +151,11 @@ pub(crate) fn expired_lease(row: &Row, orphaned: bool) -> PgResult<ExpiredLease>
     })
 }
 
+/// A claimed job read from a claim's RETURNING (id, priority, then
+/// [`rows::claimed_from_row`]'s columns), with its priority.
 pub(crate) fn claimed_from_row(row: &Row, lease_deadline_ms: i64) -> PgResult<(i64, ClaimedJob)> {
-    let attempt: i64 = row.try_get(2)?;
-    Ok((
-        row.try_get(1)?,
-        ClaimedJob {
-            id: row.try_get(0)?,
-            token: attempt,
-            attempt,
-            task_name: row.try_get(3)?,
-            queue: row.try_get(4)?,
-            payload: row.try_get(5)?,
-            timeout_ms: row.try_get(6)?,
-            lease_deadline_ms,
-            labels: row.try_get(7)?,
-        },
-    ))
+    let job = rows::claimed_from_row(&PgRow(row), 2, row.try_get(0)?, lease_deadline_ms)?;
+    Ok((row.try_get(1)?, job))
 }
 
 /// Claim order: highest priority first, then lowest id.

@@ -265,7 +265,7 @@ pub(crate) fn insert_job(
         }
     }
     if let Some((dep, dep_status)) = failed {
-        if Steps(tx).fail_waiting(id, dep, dep_status, now_ms)? {
+        if Steps(tx).fail_waiting(id, (dep, dep_status), now_ms)? {
             on_finished(tx, id, Status::Dead, now_ms)?;
         }
     }
@@ -359,15 +359,9 @@ impl FinishSteps for Steps<'_, '_> {
         Ok(())
     }
 
-    /// Ends a waiting job dead because `dep` ended with `dep_status`; false
-    /// if it was not waiting.
-    fn fail_waiting(
-        &mut self,
-        job: i64,
-        dep: i64,
-        dep_status: Status,
-        at_ms: i64,
-    ) -> SqlResult<bool> {
+    /// Ends a waiting job dead because `dep` ended as `how`; false if it
+    /// was not waiting.
+    fn fail_waiting(&mut self, job: i64, (dep, how): (i64, Status), at_ms: i64) -> SqlResult<bool> {
         let tx = self.0;
         if tx
             .prepare_cached(FAIL_WAITING_SQL)?
@@ -376,7 +370,7 @@ impl FinishSteps for Steps<'_, '_> {
         {
             return Ok(false);
         }
-        let message = dependency_failed_message(job, dep, dep_status);
+        let message = dependency_failed_message(job, dep, how);
         tx.prepare_cached(DEPENDENCY_ERROR_SQL)?.execute(params![
             DEPENDENCY_FAILED_EXC_TYPE,
             message,

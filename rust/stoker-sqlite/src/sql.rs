@@ -21,14 +21,7 @@ pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, task_name, queue,
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
-pub const PROMOTE_DUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = ",
-    status_code!(pending),
-    " WHERE id IN \
-     (SELECT id FROM jobs WHERE status = ",
-    status_code!(scheduled),
-    " AND eta_ms <= ?1 ORDER BY eta_ms LIMIT ?2)"
-);
+pub const PROMOTE_DUE_SQL: &str = stoker_engine::promote_due_sql!("");
 
 /// The next claimable jobs of one queue, in claim order.
 pub const PICK_PENDING_SQL: &str = concat!(
@@ -76,12 +69,7 @@ pub const HEARTBEAT_SQL: &str = concat!(
 );
 
 /// The running jobs whose lease ran out, oldest deadline first.
-pub const EXPIRED_SQL: &str = concat!(
-    "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = ",
-    status_code!(running),
-    " AND lease_deadline_ms < ?1 ORDER BY lease_deadline_ms LIMIT ?2"
-);
+pub const EXPIRED_SQL: &str = stoker_engine::expired_sql!("");
 
 /// The earliest eta of a scheduled job.
 pub const NEXT_ETA_SQL: &str = concat!(

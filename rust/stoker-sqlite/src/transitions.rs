@@ -54,18 +54,7 @@ pub(crate) fn claim_in(
             continue;
         }
         let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
-            let attempt: i64 = row.get(0)?;
-            Ok(ClaimedJob {
-                id,
-                token: attempt,
-                attempt,
-                task_name: row.get(1)?,
-                queue: row.get(2)?,
-                payload: row.get(3)?,
-                timeout_ms: row.get(4)?,
-                lease_deadline_ms,
-                labels: row.get(5)?,
-            })
+            rows::claimed_from_row(&SqlRow(row), 0, id, lease_deadline_ms)
         })?;
         if job.payload.is_empty() {
             if let Some(payload) = payload_aside(tx, id)? {
