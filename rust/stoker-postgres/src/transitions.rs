@@ -1,7 +1,11 @@
 //! The steps of the job transitions inside one transaction: claim, complete,
 //! put back, give back, fail (through the engine's `decide::attempt`).
 
+use crate::schedules::get_schedule_in;
 use crate::*;
+use stoker_engine::rows::schedule_columns;
+use stoker_engine::schedule::{NewSchedule, ScheduleRecord};
+use stoker_engine::storage::backend::ScheduleSlot;
 
 pub(crate) fn status_of(code: i64) -> PgResult<Status> {
     Status::from_code(code).ok_or_else(|| {
@@ -472,6 +476,71 @@ impl JobSteps for Tx<'_> {
         }
         let removed = self.execute("DELETE FROM jobs WHERE id = ANY($1)", &[&ids])?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+
+    /// Locked: a concurrent creation of the same name waits, then updates.
+    fn schedule_named(&mut self, name: &str) -> PgResult<Option<ScheduleRecord>> {
+        let sql = "SELECT id FROM schedules WHERE name = $1 FOR UPDATE";
+        match self.query_opt(sql, &[&name])? {
+            Some(row) => get_schedule_in(self, row.try_get(0)?),
+            None => Ok(None),
+        }
+    }
+
+    fn store_schedule(&mut self, schedule: &NewSchedule, slot: ScheduleSlot) -> PgResult<i64> {
+        let tx = self;
+        let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
+        let job = &schedule.job;
+        let kind = schedule.spec.kind();
+        let missed = schedule.missed.as_str();
+        let id_or_created = slot.id.unwrap_or(slot.now_ms);
+        let values: [&(dyn postgres::types::ToSql + Sync); 24] = [
+            &schedule.name,
+            &kind,
+            &cron,
+            &timezone,
+            &every_ms,
+            &at_ms,
+            &missed,
+            &schedule.source,
+            &schedule.labels,
+            &slot.next_fire_ms,
+            &id_or_created,
+            &job.task_name,
+            &job.queue,
+            &job.priority,
+            &job.payload,
+            &job.max_retries,
+            &job.max_crashes,
+            &job.backoff_base_ms,
+            &job.backoff_cap_ms,
+            &job.jitter,
+            &job.timeout_ms,
+            &job.result_ttl_ms,
+            &job.expires_after_ms,
+            &job.unique_key,
+        ];
+        if let Some(id) = slot.id {
+            // The same values as the insert below, with the id in place of created_ms ($11).
+            tx.execute(
+                "UPDATE schedules SET name = $1, kind = $2, cron = $3, timezone = $4, every_ms = $5, \
+                 at_ms = $6, missed = $7, source = $8, labels = $9, next_fire_ms = $10, task_name = $12, \
+                 queue = $13, priority = $14, payload = $15, max_retries = $16, max_crashes = $17, \
+                 backoff_base_ms = $18, backoff_cap_ms = $19, jitter = $20, timeout_ms = $21, \
+                 result_ttl_ms = $22, expires_after_ms = $23, unique_key = $24 WHERE id = $11",
+                &values,
+            )?;
+            return Ok(id);
+        }
+        let row = tx.query_one(
+            "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+             next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+             backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22, $23, $24) RETURNING id",
+            &values,
+        )?;
+        Ok(row.try_get(0)?)
     }
 
     fn expire(&mut self, limit: usize, now_ms: i64) -> PgResult<Vec<i64>> {

@@ -2,7 +2,11 @@
 //! put back, give back, fail (through the engine's `decide::attempt`), and
 //! the batch insert of copies.
 
+use crate::schedules::get_schedule_in;
 use crate::*;
+use stoker_engine::rows::schedule_columns;
+use stoker_engine::schedule::{NewSchedule, ScheduleRecord};
+use stoker_engine::storage::backend::ScheduleSlot;
 
 /// The body of [`Storage::claim`], inside the caller's transaction.
 pub(crate) fn claim_in(
@@ -407,6 +411,76 @@ impl JobSteps for Steps<'_, '_> {
         )?;
         tx.execute("DELETE FROM temp.purged", [])?;
         Ok(removed)
+    }
+
+    fn schedule_named(&mut self, name: &str) -> SqlResult<Option<ScheduleRecord>> {
+        let id: Option<i64> = self
+            .0
+            .prepare_cached("SELECT id FROM schedules WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))
+            .optional()?;
+        match id {
+            Some(id) => get_schedule_in(self.0, id),
+            None => Ok(None),
+        }
+    }
+
+    fn store_schedule(&mut self, schedule: &NewSchedule, slot: ScheduleSlot) -> SqlResult<i64> {
+        let tx = self.0;
+        let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
+        let job = &schedule.job;
+        let values = params![
+            schedule.name,
+            schedule.spec.kind(),
+            cron,
+            timezone,
+            every_ms,
+            at_ms,
+            schedule.missed.as_str(),
+            schedule.source,
+            schedule.labels,
+            slot.next_fire_ms,
+            slot.now_ms,
+            job.task_name,
+            job.queue,
+            job.priority,
+            job.payload,
+            job.max_retries,
+            job.max_crashes,
+            job.backoff_base_ms,
+            job.backoff_cap_ms,
+            job.jitter,
+            job.timeout_ms,
+            job.result_ttl_ms,
+            job.expires_after_ms,
+            job.unique_key,
+        ];
+        if let Some(id) = slot.id {
+            // The same values as the insert below, with the id in place of created_ms (?11).
+            tx.prepare_cached(
+                "UPDATE schedules SET name = ?1, kind = ?2, cron = ?3, timezone = ?4, every_ms = ?5, \
+                 at_ms = ?6, missed = ?7, source = ?8, labels = ?9, next_fire_ms = ?10, task_name = ?12, \
+                 queue = ?13, priority = ?14, payload = ?15, max_retries = ?16, max_crashes = ?17, \
+                 backoff_base_ms = ?18, backoff_cap_ms = ?19, jitter = ?20, timeout_ms = ?21, \
+                 result_ttl_ms = ?22, expires_after_ms = ?23, unique_key = ?24 WHERE id = ?11",
+            )?
+            .execute(rusqlite::params_from_iter(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(index, value)| if index == 10 { &id } else { *value }),
+            ))?;
+            return Ok(id);
+        }
+        tx.prepare_cached(
+            "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+             next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+             backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+             ?20, ?21, ?22, ?23, ?24)",
+        )?
+        .execute(values)?;
+        Ok(tx.last_insert_rowid())
     }
 
     fn expire(&mut self, limit: usize, now_ms: i64) -> SqlResult<Vec<i64>> {

@@ -11,7 +11,7 @@ use crate::error::EngineError;
 use crate::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, NewJob, Status,
 };
-use crate::schedule::{FireOutcome, Planner, Verdict};
+use crate::schedule::{FireOutcome, NewSchedule, Planner, ScheduleRecord, Verdict};
 use crate::storage::{ClaimRequest, Jitter, Transitions};
 
 /// A store's transactions: each runs `f` in one transaction and commits it
@@ -43,6 +43,15 @@ pub enum GiveBack {
     Held,
     /// The job's lease has expired (no worker of it started it).
     Unstarted,
+}
+
+/// Where [`JobSteps::store_schedule`] stores a schedule: over the row `id`
+/// (a new row if `None`, created at `now_ms`), with its next fire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScheduleSlot {
+    pub id: Option<i64>,
+    pub next_fire_ms: Option<i64>,
+    pub now_ms: i64,
 }
 
 /// The statements of the shared job operations, each run inside the
@@ -132,6 +141,16 @@ pub trait JobSteps: AttemptSteps {
         &mut self,
         job_id: i64,
     ) -> Result<Option<Vec<(i64, Status)>>, Self::Error>;
+
+    /// The schedule named `name`, its row locked where writers race.
+    fn schedule_named(&mut self, name: &str) -> Result<Option<ScheduleRecord>, Self::Error>;
+
+    /// Writes `schedule` to its slot; its id.
+    fn store_schedule(
+        &mut self,
+        schedule: &NewSchedule,
+        slot: ScheduleSlot,
+    ) -> Result<i64, Self::Error>;
 
     /// The body of [`Transitions::purge_expired_results`].
     fn purge_retention(&mut self, limit: usize, now_ms: i64) -> Result<usize, Self::Error>;
@@ -420,5 +439,30 @@ impl<B: Backend> Transitions for B {
         now_ms: i64,
     ) -> Result<FireOutcome, EngineError> {
         self.write_tx(|tx| fire::fire(tx, id, fire_ms, verdict, planner, owner, now_ms))
+    }
+
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError> {
+        self.write_tx(|tx| {
+            let existing = match &schedule.name {
+                Some(name) => tx.schedule_named(name)?,
+                None => None,
+            };
+            // An update keeps the next fire unless the timing changed.
+            let next_fire_ms = match &existing {
+                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
+                _ => first_fire_ms,
+            };
+            let slot = ScheduleSlot {
+                id: existing.map(|old| old.id),
+                next_fire_ms,
+                now_ms,
+            };
+            tx.store_schedule(schedule, slot)
+        })
     }
 }

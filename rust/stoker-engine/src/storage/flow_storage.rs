@@ -8,7 +8,7 @@
 
 use crate::error::EngineError;
 use crate::flow::{LimitState, Limits};
-use crate::schedule::{FireRecord, NewSchedule, ScheduleRecord};
+use crate::schedule::{FireRecord, ScheduleRecord};
 
 /// Limits (expiry and dependencies are [`super::Transitions`]).
 pub trait FlowStorage {
@@ -20,18 +20,8 @@ pub trait FlowStorage {
     fn limits(&self, now_ms: i64) -> Result<Vec<LimitState>, EngineError>;
 }
 
-/// Durable schedules (a fire is [`super::Transitions::fire_schedule`]).
+/// Durable schedules (creating one and a fire are [`super::Transitions`]).
 pub trait ScheduleStorage {
-    /// Stores a schedule whose first fire is `first_fire_ms`, or updates the
-    /// schedule with the same name (keeping its next fire when its timing did
-    /// not change); its id.
-    fn create_schedule(
-        &self,
-        schedule: &NewSchedule,
-        first_fire_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<i64, EngineError>;
-
     /// Every schedule, by id.
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError>;
 

@@ -20,7 +20,7 @@ use crate::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobFilter,
     JobRecord, NewJob, StaleOutcome, Status,
 };
-use crate::schedule::{FireOutcome, Planner, Verdict};
+use crate::schedule::{FireOutcome, NewSchedule, Planner, Verdict};
 
 /// The exception type recorded for an attempt whose lease expired.
 pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
@@ -238,6 +238,16 @@ pub trait Transitions {
         owner: &str,
         now_ms: i64,
     ) -> Result<FireOutcome, EngineError>;
+
+    /// Stores a schedule whose first fire is `first_fire_ms`, or updates the
+    /// schedule with the same name (keeping its next fire when its timing did
+    /// not change); its id.
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError>;
 }
 
 /// Durable job state. See the module documentation for the contract every
