@@ -18,12 +18,11 @@ use crate::PgError;
 use crate::{sql_count, status_of, Params, PgResult, PostgresStorage, Tx};
 use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
-    self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
-    SendAdmission, LIMIT_COLUMNS,
+    self, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission, LIMIT_COLUMNS,
 };
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
-use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
+use stoker_engine::model::{ClaimedJob, NewJob, Status};
 use stoker_engine::sql::*;
 use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::storage::stored_aside;
@@ -244,15 +243,7 @@ pub(crate) fn on_completed_many(tx: &mut Tx<'_>, job_ids: &[i64], now_ms: i64) -
 
 /// Called when an attempt failed (before the retry policy is applied): counts
 /// the failure against its task's breaker, which may open.
-pub(crate) fn on_attempt_failed(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    kind: FailureKind,
-    now_ms: i64,
-) -> PgResult<()> {
-    if !counts_against_breaker(kind) {
-        return Ok(());
-    }
+pub(crate) fn on_attempt_failed(tx: &mut Tx<'_>, job_id: i64, now_ms: i64) -> PgResult<()> {
     let any_breaker: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",

@@ -104,8 +104,8 @@ impl AttemptSteps for Tx<'_> {
         Ok(())
     }
 
-    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> PgResult<()> {
-        flow::on_attempt_failed(self, at.job_id, kind, at.now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, _: FailureKind) -> PgResult<()> {
+        flow::on_attempt_failed(self, at.job_id, at.now_ms)
     }
 
     fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> PgResult<()> {

@@ -21,12 +21,11 @@ use crate::{
 };
 use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
-    self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
-    SendAdmission, LIMIT_COLUMNS,
+    self, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission, LIMIT_COLUMNS,
 };
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
-use stoker_engine::model::{FailureKind, NewJob, Status};
+use stoker_engine::model::{NewJob, Status};
 use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
@@ -404,15 +403,7 @@ pub(crate) fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> Sq
 
 /// Called when an attempt failed (before the retry policy is applied): counts
 /// the failure against its task's breaker, which may open.
-pub(crate) fn on_attempt_failed(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    kind: FailureKind,
-    now_ms: i64,
-) -> SqlResult<()> {
-    if !counts_against_breaker(kind) {
-        return Ok(());
-    }
+pub(crate) fn on_attempt_failed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> SqlResult<()> {
     let any_breaker: bool = tx
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",

@@ -228,8 +228,8 @@ impl AttemptSteps for Steps<'_, '_> {
         Ok(())
     }
 
-    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> SqlResult<()> {
-        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, _: FailureKind) -> SqlResult<()> {
+        flow::on_attempt_failed(self.0, at.job_id, at.now_ms)
     }
 
     fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> SqlResult<()> {
