@@ -21,6 +21,7 @@ pub mod model;
 pub mod retry;
 pub mod rows;
 pub mod schedule;
+pub mod sql;
 pub mod storage;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -34,7 +35,7 @@ pub use model::{
 pub use schedule::{
     FireOutcome, FireRecord, MissedFires, NewSchedule, ScheduleRecord, ScheduleSpec, Verdict,
 };
-pub use storage::{ClaimRequest, Storage, WakeListener};
+pub use storage::{ClaimRequest, Storage, Transitions, WakeListener};
 
 /// Shorthand for results whose error is an [`EngineError`].
 pub type Result<T, E = EngineError> = std::result::Result<T, E>;

@@ -7,7 +7,7 @@
 //! backend reads a column through an expression (a payload stored aside), it
 //! keeps its own list in the same order.
 
-use crate::model::{ErrorRecord, JobRecord, NewJob, StaleOutcome, Status};
+use crate::model::{ClaimedJob, ErrorRecord, JobRecord, NewJob, StaleOutcome, Status};
 use crate::schedule::{FireRecord, MissedFires, ScheduleRecord, ScheduleSpec};
 
 /// Typed reads of one row's columns by index.
@@ -157,6 +157,29 @@ pub fn stale_from_row<R: Columns>(row: &R) -> Result<StaleOutcome, R::Error> {
         owner: row.get(2)?,
         outcome: row.get(3)?,
         at_ms: row.get(4)?,
+    })
+}
+
+/// A job a claim leased, read from its row from column `first` on:
+/// attempt, task_name, queue, payload, timeout_ms, labels. The attempt is
+/// the fencing token.
+pub fn claimed_from_row<R: Columns>(
+    row: &R,
+    first: usize,
+    id: i64,
+    lease_deadline_ms: i64,
+) -> Result<ClaimedJob, R::Error> {
+    let attempt: i64 = row.get(first)?;
+    Ok(ClaimedJob {
+        id,
+        token: attempt,
+        attempt,
+        task_name: row.get(first + 1)?,
+        queue: row.get(first + 2)?,
+        payload: row.get(first + 3)?,
+        timeout_ms: row.get(first + 4)?,
+        lease_deadline_ms,
+        labels: row.get(first + 5)?,
     })
 }
 

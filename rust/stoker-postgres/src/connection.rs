@@ -7,7 +7,7 @@ use crate::*;
 /// A failure inside a transaction: the engine's own, or the database's (which
 /// may be a lost race worth retrying).
 #[derive(Debug)]
-pub(crate) enum PgError {
+pub enum PgError {
     Engine(EngineError),
     Db(postgres::Error),
     /// The transaction could not even begin: nothing was written, so it may
@@ -28,7 +28,7 @@ impl From<postgres::Error> for PgError {
     }
 }
 
-pub(crate) type PgResult<T> = Result<T, PgError>;
+pub type PgResult<T> = Result<T, PgError>;
 
 /// Whether the error is a lost race that a new run of the transaction can win.
 pub(crate) fn is_retryable(error: &postgres::Error) -> bool {
@@ -47,7 +47,7 @@ pub(crate) struct PgConn {
 }
 
 /// One transaction on a pooled connection, with cached statements.
-pub(crate) struct Tx<'a> {
+pub struct Tx<'a> {
     pub(crate) tx: postgres::Transaction<'a>,
     statements: &'a mut HashMap<String, Statement>,
     /// Set when the transaction made a job runnable; the commit then wakes

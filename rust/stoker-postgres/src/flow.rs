@@ -15,15 +15,15 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::columns::PgRow;
 use crate::PgError;
-use crate::{sql_count, status_of, PgResult, PostgresStorage, Tx};
+use crate::{sql_count, status_of, Params, PgResult, PostgresStorage, Tx};
 use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
-    self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
-    SendAdmission, LIMIT_COLUMNS,
+    self, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission, LIMIT_COLUMNS,
 };
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
-use stoker_engine::model::{ClaimedJob, FailureKind, NewJob, Status};
+use stoker_engine::model::{ClaimedJob, NewJob, Status};
+use stoker_engine::sql::*;
 use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::storage::stored_aside;
 use stoker_engine::storage::LIMITED_SCAN_EXTRA;
@@ -144,8 +144,8 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
         )?;
     }
     if let Some((dep, dep_status)) = failed {
-        if fail_waiting(tx, id, dep, dep_status, now_ms)? {
-            on_finished(tx, id, Status::Dead, now_ms)?;
+        if tx.fail_waiting(id, (dep, dep_status), now_ms)? {
+            dependents::on_finished(tx, id, Status::Dead, now_ms)?;
         }
     }
     Ok((id, true))
@@ -153,130 +153,58 @@ pub(crate) fn insert_job(tx: &mut Tx<'_>, job: &NewJob, now_ms: i64) -> PgResult
 
 // --- jobs: finishing ---------------------------------------------------------
 
-/// Ends a waiting job dead because `dep` ended with `dep_status`; false if it
-/// was not waiting.
-fn fail_waiting(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    dep: i64,
-    dep_status: Status,
-    now_ms: i64,
-) -> PgResult<bool> {
-    let changed = tx.execute(
-        concat!(
-            "UPDATE jobs SET status = ",
-            status_code!(dead),
-            ", finished_ms = $2 WHERE id = $1 AND status = ",
-            status_code!(waiting)
-        ),
-        &[&job_id, &now_ms],
-    )?;
-    if changed == 0 {
-        return Ok(false);
-    }
-    tx.execute(
-        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
-         SELECT id, attempt, 'dependency', $2, $3, '', NULL, $4, '' FROM jobs WHERE id = $1",
-        &[
-            &job_id,
-            &DEPENDENCY_FAILED_EXC_TYPE,
-            &dependency_failed_message(job_id, dep, dep_status),
-            &now_ms,
-        ],
-    )?;
-    Ok(true)
-}
-
-/// Called inside every transition that finishes a job: resolves what it
-/// does to its dependents (see [`dependents::on_finished`]).
-pub(crate) fn on_finished(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    status: Status,
-    now_ms: i64,
-) -> PgResult<()> {
-    dependents::on_finished(&mut Finish(tx), job_id, status, now_ms)
-}
-
-/// The statements that resolve a finished job's dependents.
-struct Finish<'a, 'c>(&'a mut Tx<'c>);
-
-impl FinishSteps for Finish<'_, '_> {
+/// The statements that resolve a finished job's dependents (see
+/// [`dependents::on_finished`], which every transition that finishes a job
+/// calls).
+impl FinishSteps for Tx<'_> {
     type Error = PgError;
 
     fn start_retention(&mut self, job_id: i64) -> PgResult<()> {
-        self.0.execute(
-            "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
-             WHERE id = $1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
-            &[&job_id],
-        )?;
+        self.execute(START_RETENTION_SQL, &[&job_id])?;
         Ok(())
     }
 
     fn dependents(&mut self, job_id: i64) -> PgResult<Vec<i64>> {
-        self.0
-            .query(
-                "SELECT job_id FROM job_deps WHERE dep_id = $1 ORDER BY job_id",
-                &[&job_id],
-            )?
-            .iter()
-            .map(|row| Ok(row.try_get(0)?))
-            .collect()
+        self.query(
+            "SELECT job_id FROM job_deps WHERE dep_id = $1 ORDER BY job_id",
+            &[&job_id],
+        )?
+        .iter()
+        .map(|row| Ok(row.try_get(0)?))
+        .collect()
     }
 
     fn lock_dependent(&mut self, dependent: i64) -> PgResult<()> {
-        self.0
-            .query_opt("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&dependent])?;
+        self.query_opt("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", &[&dependent])?;
         Ok(())
     }
 
     fn unfinished_dependencies(&mut self, dependent: i64) -> PgResult<i64> {
         Ok(self
-            .0
             .query_one(UNFINISHED_DEPENDENCIES_SQL, &[&dependent])?
             .try_get(0)?)
     }
 
+    /// A job pending again wakes idle supervisors.
     fn release_waiting(&mut self, dependent: i64, now_ms: i64) -> PgResult<()> {
-        let released = self
-            .0
-            .query_opt(RELEASE_WAITING_SQL, &[&dependent, &now_ms])?;
-        if let Some(row) = released {
-            if row.try_get::<_, i64>(0)? == Status::Pending.code() {
-                self.0.wake = true;
-            }
+        if let Some(row) = self.query_opt(RELEASE_WAITING_SQL, &[&now_ms, &dependent])? {
+            self.wake |= row.try_get::<_, i64>(0)? == Status::Pending.code();
         }
         Ok(())
     }
 
-    fn fail_waiting(
-        &mut self,
-        dependent: i64,
-        dep: i64,
-        status: Status,
-        now_ms: i64,
-    ) -> PgResult<bool> {
-        fail_waiting(self.0, dependent, dep, status, now_ms)
+    /// Ends a waiting job dead because `dep` ended as `how`; false if it
+    /// was not waiting.
+    fn fail_waiting(&mut self, job: i64, (dep, how): (i64, Status), at_ms: i64) -> PgResult<bool> {
+        if self.execute(FAIL_WAITING_SQL, &[&at_ms, &job])? == 0 {
+            return Ok(false);
+        }
+        let message = dependency_failed_message(job, dep, how);
+        let row: &Params<'_> = &[&DEPENDENCY_FAILED_EXC_TYPE, &message, &at_ms, &job];
+        self.execute(DEPENDENCY_ERROR_SQL, row)?;
+        Ok(true)
     }
 }
-
-/// How many dependencies of job `$1` are not complete.
-const UNFINISHED_DEPENDENCIES_SQL: &str = concat!(
-    "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = $1 AND j.status != ",
-    status_code!(complete)
-);
-
-/// Releases job `$1` if it is still waiting: pending if its eta has come by
-/// `$2`, scheduled otherwise; its new status.
-const RELEASE_WAITING_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE WHEN eta_ms <= $2 THEN ",
-    status_code!(pending),
-    " ELSE ",
-    status_code!(scheduled),
-    " END WHERE id = $1 AND status = ",
-    status_code!(waiting),
-    " RETURNING status"
-);
 
 /// Called when attempts completed: a half-open breaker of their tasks closes,
 /// and their dependents are resolved.
@@ -307,7 +235,7 @@ pub(crate) fn on_completed_many(tx: &mut Tx<'_>, job_ids: &[i64], now_ms: i64) -
             }
         }
         if any_dependents {
-            on_finished(tx, job_id, Status::Complete, now_ms)?;
+            dependents::on_finished(tx, job_id, Status::Complete, now_ms)?;
         }
     }
     Ok(())
@@ -315,15 +243,7 @@ pub(crate) fn on_completed_many(tx: &mut Tx<'_>, job_ids: &[i64], now_ms: i64) -
 
 /// Called when an attempt failed (before the retry policy is applied): counts
 /// the failure against its task's breaker, which may open.
-pub(crate) fn on_attempt_failed(
-    tx: &mut Tx<'_>,
-    job_id: i64,
-    kind: FailureKind,
-    now_ms: i64,
-) -> PgResult<()> {
-    if !counts_against_breaker(kind) {
-        return Ok(());
-    }
+pub(crate) fn on_attempt_failed(tx: &mut Tx<'_>, job_id: i64, now_ms: i64) -> PgResult<()> {
     let any_breaker: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",
@@ -383,7 +303,7 @@ fn task_key_of(tx: &mut Tx<'_>, job_id: i64) -> PgResult<String> {
 }
 
 /// Expires up to `limit` due jobs inside `tx`; their ids.
-fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
+pub(crate) fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
     let expired: Vec<i64> = tx
         .query(
             concat!(
@@ -402,7 +322,7 @@ fn expire_in(tx: &mut Tx<'_>, limit: i64, now_ms: i64) -> PgResult<Vec<i64>> {
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
     for &id in &expired {
-        on_finished(tx, id, Status::Expired, now_ms)?;
+        dependents::on_finished(tx, id, Status::Expired, now_ms)?;
     }
     Ok(expired)
 }
@@ -680,28 +600,6 @@ impl FlowStorage for PostgresStorage {
             }
             states.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(states)
-        })
-    }
-
-    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.write(|tx| expire_in(tx, sql_count(limit), now_ms))
-    }
-
-    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError> {
-        self.read(|tx| {
-            tx.query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job_id])?
-                .ok_or(EngineError::NotFound(job_id))?;
-            let rows = tx.query(
-                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                 WHERE d.job_id = $1 ORDER BY d.position",
-                &[&job_id],
-            )?;
-            rows.iter()
-                .map(|row| Ok((row.try_get(0)?, status_of(row.try_get(1)?)?)))
-                .collect()
         })
     }
 }

@@ -36,17 +36,18 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 
 use stoker_engine::clock::{Clock, SystemClock};
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::attempt::{
-    self, give_back_each, Attempt, AttemptSteps, Counts, ExpiredLease,
-};
-use stoker_engine::decide::{failure_state_from_row, purgeable, FailureState, FAILURE_COLUMNS};
+use stoker_engine::decide::attempt::{Attempt, AttemptSteps, Counts, ExpiredLease};
+use stoker_engine::decide::dependents;
+use stoker_engine::decide::{failure_state_from_row, FailureState, Purge, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
-    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
-    JobFilter, JobRecord, NewJob, StaleOutcome, Status,
+    ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport, JobFilter,
+    JobRecord, NewJob, StaleOutcome, Status,
 };
+use stoker_engine::sql::*;
 use stoker_engine::status_code;
-use stoker_engine::storage::{stored_aside, ClaimRequest, Jitter, Storage, WakeListener};
+use stoker_engine::storage::backend::{self, Backend, GiveBack, JobSteps};
+use stoker_engine::storage::{stored_aside, ClaimRequest, Storage, WakeListener};
 use stoker_engine::Engine;
 
 mod clock;

@@ -5,13 +5,11 @@
 use crate::columns::PgRow;
 use crate::{sql_count, PgError, PgResult, PostgresStorage, Tx};
 use postgres::Row;
-use stoker_engine::decide::fire::{self, FireLog, FireSteps};
+use stoker_engine::decide::fire::{FireLog, FireSteps};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::NewJob;
-use stoker_engine::rows::{self, fire_from_row, schedule_columns, FIRE_COLUMNS, SCHEDULE_COLUMNS};
-use stoker_engine::schedule::{
-    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict, FIRE_LOG_KEEP,
-};
+use stoker_engine::rows::{self, fire_from_row, FIRE_COLUMNS, SCHEDULE_COLUMNS};
+use stoker_engine::schedule::{FireRecord, ScheduleRecord, FIRE_LOG_KEEP};
 use stoker_engine::storage::flow_storage::ScheduleStorage;
 
 use crate::flow::*;
@@ -19,17 +17,15 @@ use crate::flow::*;
 /// The statements of one fire of a schedule (see [`fire::fire`]). A
 /// concurrent fire waits for the schedule's row at the fence and then finds
 /// it moved.
-pub(crate) struct Fire<'a, 'c>(&'a mut Tx<'c>);
-
-impl FireSteps for Fire<'_, '_> {
+impl FireSteps for Tx<'_> {
     type Error = PgError;
 
     fn schedule(&mut self, id: i64) -> PgResult<Option<ScheduleRecord>> {
-        get_schedule_in(self.0, id)
+        get_schedule_in(self, id)
     }
 
     fn move_fire(&mut self, id: i64, fire_ms: i64, next_fire_ms: Option<i64>) -> PgResult<bool> {
-        let moved = self.0.execute(
+        let moved = self.execute(
             "UPDATE schedules SET next_fire_ms = $3, last_fire_ms = $2 \
              WHERE id = $1 AND next_fire_ms = $2 AND paused = 0",
             &[&id, &fire_ms, &next_fire_ms],
@@ -38,11 +34,11 @@ impl FireSteps for Fire<'_, '_> {
     }
 
     fn enqueue(&mut self, job: &NewJob, now_ms: i64) -> PgResult<(i64, bool)> {
-        insert_job(self.0, job, now_ms)
+        insert_job(self, job, now_ms)
     }
 
     fn count_enqueued(&mut self, id: i64) -> PgResult<()> {
-        self.0.execute(
+        self.execute(
             "UPDATE schedules SET enqueued = enqueued + 1 WHERE id = $1",
             &[&id],
         )?;
@@ -50,7 +46,7 @@ impl FireSteps for Fire<'_, '_> {
     }
 
     fn record_fire(&mut self, id: i64, fire: &FireLog<'_>) -> PgResult<()> {
-        self.0.execute(
+        self.execute(
             "INSERT INTO schedule_fires (schedule_id, fire_ms, at_ms, outcome, job_id, missed, owner, message) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
@@ -64,7 +60,7 @@ impl FireSteps for Fire<'_, '_> {
                 &fire.message,
             ],
         )?;
-        self.0.execute(
+        self.execute(
             "DELETE FROM schedule_fires WHERE schedule_id = $1 AND id <= \
              (SELECT id FROM schedule_fires WHERE schedule_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
             &[&id, &FIRE_LOG_KEEP],
@@ -90,88 +86,6 @@ pub(crate) fn get_schedule_in(tx: &mut Tx<'_>, id: i64) -> PgResult<Option<Sched
 }
 
 impl ScheduleStorage for PostgresStorage {
-    fn create_schedule(
-        &self,
-        schedule: &NewSchedule,
-        first_fire_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<i64, EngineError> {
-        self.write(|tx| {
-            let existing = match &schedule.name {
-                Some(name) => {
-                    let id = tx.query_opt(
-                        "SELECT id FROM schedules WHERE name = $1 FOR UPDATE",
-                        &[name],
-                    )?;
-                    match id {
-                        Some(row) => get_schedule_in(tx, row.try_get(0)?)?,
-                        None => None,
-                    }
-                }
-                None => None,
-            };
-            let next_fire = match &existing {
-                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
-                _ => first_fire_ms,
-            };
-            let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
-            let job = &schedule.job;
-            let kind = schedule.spec.kind();
-            let missed = schedule.missed.as_str();
-            let id_or_created = match &existing {
-                Some(old) => old.id,
-                None => now_ms,
-            };
-            let values: [&(dyn postgres::types::ToSql + Sync); 24] = [
-                &schedule.name,
-                &kind,
-                &cron,
-                &timezone,
-                &every_ms,
-                &at_ms,
-                &missed,
-                &schedule.source,
-                &schedule.labels,
-                &next_fire,
-                &id_or_created,
-                &job.task_name,
-                &job.queue,
-                &job.priority,
-                &job.payload,
-                &job.max_retries,
-                &job.max_crashes,
-                &job.backoff_base_ms,
-                &job.backoff_cap_ms,
-                &job.jitter,
-                &job.timeout_ms,
-                &job.result_ttl_ms,
-                &job.expires_after_ms,
-                &job.unique_key,
-            ];
-            if let Some(old) = &existing {
-                // The same values as the insert below, with the id in place of created_ms ($11).
-                tx.execute(
-                    "UPDATE schedules SET name = $1, kind = $2, cron = $3, timezone = $4, every_ms = $5, \
-                     at_ms = $6, missed = $7, source = $8, labels = $9, next_fire_ms = $10, task_name = $12, \
-                     queue = $13, priority = $14, payload = $15, max_retries = $16, max_crashes = $17, \
-                     backoff_base_ms = $18, backoff_cap_ms = $19, jitter = $20, timeout_ms = $21, \
-                     result_ttl_ms = $22, expires_after_ms = $23, unique_key = $24 WHERE id = $11",
-                    &values,
-                )?;
-                return Ok(old.id);
-            }
-            let row = tx.query_one(
-                "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
-                 next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
-                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
-                 $20, $21, $22, $23, $24) RETURNING id",
-                &values,
-            )?;
-            Ok(row.try_get(0)?)
-        })
-    }
-
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
         self.read(|tx| {
             tx.query(
@@ -222,18 +136,6 @@ impl ScheduleStorage for PostgresStorage {
             .map(schedule_from_row)
             .collect()
         })
-    }
-
-    fn fire_schedule(
-        &self,
-        id: i64,
-        fire_ms: i64,
-        verdict: &Verdict,
-        planner: Planner<'_>,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<FireOutcome, EngineError> {
-        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
     }
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {

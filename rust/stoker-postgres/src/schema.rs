@@ -334,19 +334,9 @@ fn identify(tx: &mut Tx<'_>, shown: &str, schema: &str) -> PgResult<Identity> {
         return Ok(Identity::Empty);
     }
     if !tables.iter().any(|table| table == "stoker_meta") {
-        const SHOWN_TABLES: usize = 5;
-        let mut listed = tables
-            .iter()
-            .take(SHOWN_TABLES)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if tables.len() > SHOWN_TABLES {
-            listed.push_str(", ...");
-        }
         return Err(not_ours(format!(
-            "it holds {} table(s) ({listed}) but no stoker_meta table",
-            tables.len()
+            "it holds {} but no stoker_meta table",
+            stoker_engine::sql::shown_tables(&tables)
         )));
     }
     let rows = tx

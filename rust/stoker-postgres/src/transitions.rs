@@ -1,7 +1,11 @@
 //! The steps of the job transitions inside one transaction: claim, complete,
 //! put back, give back, fail (through the engine's `decide::attempt`).
 
+use crate::schedules::get_schedule_in;
 use crate::*;
+use stoker_engine::rows::schedule_columns;
+use stoker_engine::schedule::{NewSchedule, ScheduleRecord};
+use stoker_engine::storage::backend::ScheduleSlot;
 
 pub(crate) fn status_of(code: i64) -> PgResult<Status> {
     Status::from_code(code).ok_or_else(|| {
@@ -29,7 +33,7 @@ pub(crate) fn record_stale(
     now_ms: i64,
 ) -> PgResult<()> {
     tx.execute(
-        "INSERT INTO stale_outcomes (job_id, token, owner, outcome, at_ms) VALUES ($1, $2, $3, $4, $5)",
+        RECORD_STALE_SQL,
         &[&job_id, &token, &owner, &outcome, &now_ms],
     )?;
     Ok(())
@@ -45,7 +49,7 @@ pub(crate) fn refuse_stale(
     now_ms: i64,
 ) -> PgResult<()> {
     let row = tx
-        .query_opt("SELECT lease_owner FROM jobs WHERE id = $1", &[&job_id])?
+        .query_opt(LEASE_OWNER_SQL, &[&job_id])?
         .ok_or(EngineError::NotFound(job_id))?;
     let owner: Option<String> = row.try_get(0)?;
     record_stale(
@@ -58,25 +62,21 @@ pub(crate) fn refuse_stale(
     )
 }
 
-/// The statements of a failed attempt (see [`attempt::fail`]).
-pub(crate) struct AttemptTx<'a, 'c>(pub(crate) &'a mut Tx<'c>);
-
-impl AttemptSteps for AttemptTx<'_, '_> {
+impl AttemptSteps for Tx<'_> {
     type Error = PgError;
 
     /// Locked: a failure reads the retry state under the job's row lock.
     fn failure_state(&mut self, job_id: i64) -> PgResult<Option<FailureState>> {
-        self.0
-            .query_opt(
-                &format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
-                &[&job_id],
-            )?
-            .map(|row| failure_state_from_row(&PgRow(&row)))
-            .transpose()
+        self.query_opt(
+            &format!("SELECT {FAILURE_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"),
+            &[&job_id],
+        )?
+        .map(|row| failure_state_from_row(&PgRow(&row)))
+        .transpose()
     }
 
     fn record_stale(&mut self, at: Attempt, owner: &str, outcome: &str) -> PgResult<()> {
-        record_stale(self.0, at.job_id, at.token, owner, outcome, at.now_ms)
+        record_stale(self, at.job_id, at.token, owner, outcome, at.now_ms)
     }
 
     fn record_error(&mut self, at: Attempt, report: &FailureReport) -> PgResult<()> {
@@ -85,9 +85,8 @@ impl AttemptSteps for AttemptTx<'_, '_> {
             token,
             now_ms,
         } = at;
-        self.0.execute(
-            "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
-             worker, usage) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        self.execute(
+            RECORD_ERROR_SQL,
             &[
                 &job_id,
                 &token,
@@ -101,53 +100,38 @@ impl AttemptSteps for AttemptTx<'_, '_> {
                 &report.usage,
             ],
         )?;
-        self.0.execute(
-            "UPDATE jobs SET usage = $2 WHERE id = $1",
-            &[&job_id, &report.usage],
-        )?;
+        self.execute(SET_USAGE_SQL, &[&report.usage, &job_id])?;
         Ok(())
     }
 
-    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> PgResult<()> {
-        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, _: FailureKind) -> PgResult<()> {
+        flow::on_attempt_failed(self, at.job_id, at.now_ms)
     }
 
     fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> PgResult<()> {
-        let Attempt {
-            job_id,
-            token,
-            now_ms,
-        } = at;
-        let Counts { failures, crashes } = counts;
-        self.0.execute(
-            FAILED_FINISH_SQL,
-            &[
-                &job_id,
-                &status.code(),
-                &now_ms,
-                &failures,
-                &crashes,
-                &token,
-            ],
-        )?;
-        flow::on_finished(self.0, job_id, status, now_ms)
+        let row: &Params<'_> = &[
+            &status.code(),
+            &at.now_ms,
+            &counts.failures,
+            &counts.crashes,
+            &at.job_id,
+            &at.token,
+        ];
+        self.execute(FAILED_FINISH_SQL, row)?;
+        dependents::on_finished(self, at.job_id, status, at.now_ms)
     }
 
     fn retry(&mut self, at: Attempt, status: Status, eta_ms: i64, counts: Counts) -> PgResult<()> {
-        let (job_id, token) = (at.job_id, at.token);
-        let Counts { failures, crashes } = counts;
-        self.0.wake |= status == Status::Pending;
-        self.0.execute(
-            FAILED_RETRY_SQL,
-            &[
-                &job_id,
-                &status.code(),
-                &eta_ms,
-                &failures,
-                &crashes,
-                &token,
-            ],
-        )?;
+        self.wake |= status == Status::Pending;
+        let row: &Params<'_> = &[
+            &status.code(),
+            &eta_ms,
+            &counts.failures,
+            &counts.crashes,
+            &at.job_id,
+            &at.token,
+        ];
+        self.execute(FAILED_RETRY_SQL, row)?;
         Ok(())
     }
 
@@ -155,7 +139,7 @@ impl AttemptSteps for AttemptTx<'_, '_> {
     /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
     /// crash).
     fn return_held(&mut self, at: Attempt) -> PgResult<Option<FailOutcome>> {
-        give_back(self.0, RETURN_HELD_SQL, at.job_id, at.token, at.now_ms)
+        backend::give_back(self, at, GiveBack::Held)
     }
 }
 
@@ -171,22 +155,11 @@ pub(crate) fn expired_lease(row: &Row, orphaned: bool) -> PgResult<ExpiredLease>
     })
 }
 
+/// A claimed job read from a claim's RETURNING (id, priority, then
+/// [`rows::claimed_from_row`]'s columns), with its priority.
 pub(crate) fn claimed_from_row(row: &Row, lease_deadline_ms: i64) -> PgResult<(i64, ClaimedJob)> {
-    let attempt: i64 = row.try_get(2)?;
-    Ok((
-        row.try_get(1)?,
-        ClaimedJob {
-            id: row.try_get(0)?,
-            token: attempt,
-            attempt,
-            task_name: row.try_get(3)?,
-            queue: row.try_get(4)?,
-            payload: row.try_get(5)?,
-            timeout_ms: row.try_get(6)?,
-            lease_deadline_ms,
-            labels: row.try_get(7)?,
-        },
-    ))
+    let job = rows::claimed_from_row(&PgRow(row), 2, row.try_get(0)?, lease_deadline_ms)?;
+    Ok((row.try_get(1)?, job))
 }
 
 /// Claim order: highest priority first, then lowest id.
@@ -195,63 +168,35 @@ pub(crate) fn in_claim_order(mut claimed: Vec<(i64, ClaimedJob)>) -> Vec<Claimed
     claimed.into_iter().map(|(_, job)| job).collect()
 }
 
-/// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
-/// [`RETURN_UNSTARTED_SQL`]) on one job; None if it did not apply.
-pub(crate) fn give_back(
-    tx: &mut Tx<'_>,
-    sql: &str,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> PgResult<Option<FailOutcome>> {
-    let returned = tx.query_opt(sql, &[&job_id, &token, &now_ms])?;
-    let code: Option<i64> = returned.as_ref().map(|row| row.try_get(0)).transpose()?;
-    Ok(match code {
+/// Runs one of the statements that put a running attempt back (requeue,
+/// release, the give-backs) on `at`: the job's new status, `None` if the
+/// statement did not apply. A job pending again wakes idle supervisors.
+fn returned_status(tx: &mut Tx<'_>, sql: &str, at: Attempt) -> PgResult<Option<Status>> {
+    let row = tx.query_opt(sql, &[&at.now_ms, &at.job_id, &at.token])?;
+    let status = match row {
+        Some(row) => Some(status_of(row.try_get(0)?)?),
         None => None,
-        Some(code) if code == Status::Cancelled.code() => {
-            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-            Some(FailOutcome::Cancelled)
-        }
-        Some(_) => {
-            tx.wake = true;
-            Some(FailOutcome::Returned)
-        }
-    })
-}
-
-pub(crate) fn put_back(
-    tx: &mut Tx<'_>,
-    sql: &str,
-    outcome: &str,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> PgResult<bool> {
-    let changed = tx.query_opt(sql, &[&job_id, &token, &now_ms])?;
-    let code: Option<i64> = changed.as_ref().map(|row| row.try_get(0)).transpose()?;
-    match code {
-        None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
-        Some(code) if code == Status::Cancelled.code() => {
-            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-        }
-        Some(_) => tx.wake = true,
-    }
-    Ok(code.is_some())
+    };
+    tx.wake |= status.is_some_and(|status| status != Status::Cancelled);
+    Ok(status)
 }
 
 /// The body of [`Storage::claim`], inside the caller's transaction.
 pub(crate) fn claim_in(
     tx: &mut Tx<'_>,
-    queues: &[String],
-    limit: usize,
-    owner: &str,
-    lease_ms: i64,
+    claim: &ClaimRequest<'_>,
     now_ms: i64,
 ) -> PgResult<Vec<ClaimedJob>> {
-    if limit == 0 || queues.is_empty() {
+    let ClaimRequest {
+        limit,
+        owner,
+        lease_ms,
+        ..
+    } = *claim;
+    if limit == 0 || claim.queues.is_empty() {
         return Ok(Vec::new());
     }
-    let mut unique: Vec<String> = queues.to_vec();
+    let mut unique: Vec<String> = claim.queues.to_vec();
     unique.sort();
     unique.dedup();
     let lease_deadline_ms = now_ms.saturating_add(lease_ms);
@@ -381,4 +326,242 @@ pub(crate) fn complete_in(
     }
     flow::on_completed_many(tx, &finished, now_ms)?;
     Ok(applied)
+}
+
+impl JobSteps for Tx<'_> {
+    fn insert_job(&mut self, job: &NewJob, now_ms: i64) -> PgResult<i64> {
+        Ok(flow::insert_job(self, job, now_ms)?.0)
+    }
+
+    fn claim(&mut self, request: &ClaimRequest<'_>, now_ms: i64) -> PgResult<Vec<ClaimedJob>> {
+        claim_in(self, request, now_ms)
+    }
+
+    fn complete(&mut self, completions: &[Completion], now_ms: i64) -> PgResult<Vec<bool>> {
+        complete_in(self, completions, now_ms)
+    }
+
+    /// One statement for the batch.
+    fn mark_held(&mut self, jobs: &[(i64, i64)], owner: &str, held: bool) -> PgResult<()> {
+        if !jobs.is_empty() {
+            let ids: Vec<i64> = jobs.iter().map(|job| job.0).collect();
+            let tokens: Vec<i64> = jobs.iter().map(|job| job.1).collect();
+            let held = i64::from(held);
+            self.execute(MARK_HELD_SQL, &[&ids, &tokens, &owner, &held])?;
+        }
+        Ok(())
+    }
+
+    /// Locked: what a cancel or replay decides must still hold at commit.
+    fn status(&mut self, job_id: i64) -> PgResult<Option<Status>> {
+        match self.query_opt(
+            "SELECT status FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )? {
+            Some(row) => Ok(Some(status_of(row.try_get(0)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn cancel_unstarted(&mut self, job_id: i64, now_ms: i64) -> PgResult<()> {
+        self.execute(CANCEL_UNSTARTED_SQL, &[&now_ms, &job_id])?;
+        Ok(())
+    }
+
+    fn request_cancel(&mut self, job_id: i64) -> PgResult<()> {
+        self.execute(REQUEST_CANCEL_SQL, &[&job_id])?;
+        // The supervisor running it learns of the request at once.
+        self.wake = true;
+        Ok(())
+    }
+
+    fn end_cancelled(&mut self, at: Attempt) -> PgResult<bool> {
+        let changed = self.execute(FINISH_CANCELLED_SQL, &[&at.now_ms, &at.job_id, &at.token])?;
+        Ok(changed > 0)
+    }
+
+    fn store_progress(&mut self, at: Attempt, progress: &str) -> PgResult<bool> {
+        let changed = self.execute(SET_PROGRESS_SQL, &[&progress, &at.job_id, &at.token])?;
+        Ok(changed > 0)
+    }
+
+    fn put_back(&mut self, at: Attempt, release: bool) -> PgResult<Option<Status>> {
+        returned_status(self, if release { RELEASE_SQL } else { REQUEUE_SQL }, at)
+    }
+
+    fn give_back(&mut self, at: Attempt, which: GiveBack) -> PgResult<Option<Status>> {
+        let sql = match which {
+            GiveBack::Held => RETURN_HELD_SQL,
+            GiveBack::Unstarted => RETURN_UNSTARTED_SQL,
+        };
+        returned_status(self, sql, at)
+    }
+
+    fn on_finished(&mut self, job_id: i64, status: Status, now_ms: i64) -> PgResult<()> {
+        dependents::on_finished(self, job_id, status, now_ms)
+    }
+
+    fn refuse_stale(&mut self, at: Attempt, outcome: &str) -> PgResult<()> {
+        refuse_stale(self, at.job_id, at.token, outcome, at.now_ms)
+    }
+
+    /// The jobs whose own lease ran out, then those of supervisors whose
+    /// registration did.
+    fn expired(&mut self, limit: usize, now_ms: i64) -> PgResult<Vec<ExpiredLease>> {
+        let mut expired: Vec<ExpiredLease> = Vec::new();
+        for row in self.query(EXPIRED_SQL, &[&now_ms, &sql_count(limit)])? {
+            expired.push(expired_lease(&row, false)?);
+        }
+        if expired.len() < limit {
+            let rest = sql_count(limit - expired.len());
+            for row in self.query(ORPHANED_SQL, &[&now_ms, &rest])? {
+                let lease = expired_lease(&row, true)?;
+                if !expired.iter().any(|e| e.job_id == lease.job_id) {
+                    expired.push(lease);
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    fn error_records(&mut self, job_id: i64) -> PgResult<Option<Vec<ErrorRecord>>> {
+        if self
+            .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job_id])?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        self.query(
+            &format!("SELECT {ERROR_COLUMNS} FROM errors WHERE job_id = $1 ORDER BY id"),
+            &[&job_id],
+        )?
+        .iter()
+        .map(|row| error_from_row(&PgRow(row)))
+        .collect::<PgResult<_>>()
+        .map(Some)
+    }
+
+    fn status_counts(&mut self) -> PgResult<Vec<(i64, i64)>> {
+        self.query(STATUS_COUNTS_SQL, &[])?
+            .iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    }
+
+    fn copy_job(&mut self, job_id: i64, now_ms: i64) -> PgResult<i64> {
+        let replayed: i64 = self
+            .query_one(REPLAY_SQL, &[&now_ms, &job_id])?
+            .try_get(0)?;
+        self.execute(COPY_PAYLOAD_SQL, &[&replayed, &job_id])?;
+        self.wake = true;
+        Ok(replayed)
+    }
+
+    fn purge(&mut self, purge: &Purge<'_>) -> PgResult<usize> {
+        let codes: Vec<i64> = purge.statuses.iter().map(|status| status.code()).collect();
+        let rows = self.query(
+            "SELECT id FROM jobs WHERE status = ANY($1) AND ($2::bigint IS NULL OR finished_ms < $2) \
+             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            &[&codes, &purge.finished_before_ms, &sql_count(purge.limit)],
+        )?;
+        let ids: Vec<i64> = rows
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        for sql in purge_references("= ANY($1)") {
+            self.execute(&sql, &[&ids])?;
+        }
+        let removed = self.execute("DELETE FROM jobs WHERE id = ANY($1)", &[&ids])?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
+    }
+
+    /// Locked: a concurrent creation of the same name waits, then updates.
+    fn schedule_named(&mut self, name: &str) -> PgResult<Option<ScheduleRecord>> {
+        let sql = "SELECT id FROM schedules WHERE name = $1 FOR UPDATE";
+        match self.query_opt(sql, &[&name])? {
+            Some(row) => get_schedule_in(self, row.try_get(0)?),
+            None => Ok(None),
+        }
+    }
+
+    fn store_schedule(&mut self, schedule: &NewSchedule, slot: ScheduleSlot) -> PgResult<i64> {
+        let tx = self;
+        let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
+        let job = &schedule.job;
+        let kind = schedule.spec.kind();
+        let missed = schedule.missed.as_str();
+        let id_or_created = slot.id.unwrap_or(slot.now_ms);
+        let values: [&(dyn postgres::types::ToSql + Sync); 24] = [
+            &schedule.name,
+            &kind,
+            &cron,
+            &timezone,
+            &every_ms,
+            &at_ms,
+            &missed,
+            &schedule.source,
+            &schedule.labels,
+            &slot.next_fire_ms,
+            &id_or_created,
+            &job.task_name,
+            &job.queue,
+            &job.priority,
+            &job.payload,
+            &job.max_retries,
+            &job.max_crashes,
+            &job.backoff_base_ms,
+            &job.backoff_cap_ms,
+            &job.jitter,
+            &job.timeout_ms,
+            &job.result_ttl_ms,
+            &job.expires_after_ms,
+            &job.unique_key,
+        ];
+        if let Some(id) = slot.id {
+            // The same values as the insert below, with the id in place of created_ms ($11).
+            tx.execute(
+                "UPDATE schedules SET name = $1, kind = $2, cron = $3, timezone = $4, every_ms = $5, \
+                 at_ms = $6, missed = $7, source = $8, labels = $9, next_fire_ms = $10, task_name = $12, \
+                 queue = $13, priority = $14, payload = $15, max_retries = $16, max_crashes = $17, \
+                 backoff_base_ms = $18, backoff_cap_ms = $19, jitter = $20, timeout_ms = $21, \
+                 result_ttl_ms = $22, expires_after_ms = $23, unique_key = $24 WHERE id = $11",
+                &values,
+            )?;
+            return Ok(id);
+        }
+        let row = tx.query_one(
+            "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+             next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+             backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+             $20, $21, $22, $23, $24) RETURNING id",
+            &values,
+        )?;
+        Ok(row.try_get(0)?)
+    }
+
+    fn expire(&mut self, limit: usize, now_ms: i64) -> PgResult<Vec<i64>> {
+        flow::expire_in(self, sql_count(limit), now_ms)
+    }
+
+    fn dependency_statuses(&mut self, job_id: i64) -> PgResult<Option<Vec<(i64, Status)>>> {
+        if self
+            .query_opt("SELECT 1 FROM jobs WHERE id = $1", &[&job_id])?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let rows = self.query(DEPENDENCIES_SQL, &[&job_id])?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, status_of(row.try_get(1)?)?)))
+            .collect::<PgResult<_>>()
+            .map(Some)
+    }
+
+    fn purge_retention(&mut self, limit: usize, now_ms: i64) -> PgResult<usize> {
+        flow::purge_retention_in(self, sql_count(limit), now_ms)
+    }
 }

@@ -21,17 +21,18 @@ use crate::{
 };
 use stoker_engine::decide::dependents::{self, dependency_failed_message, FinishSteps};
 use stoker_engine::decide::{
-    self, breaker_opens, counts_against_breaker, limit_from_row, reconfigured, Gate, LimitRow,
-    SendAdmission, LIMIT_COLUMNS,
+    self, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission, LIMIT_COLUMNS,
 };
 use stoker_engine::error::EngineError;
 use stoker_engine::flow::{BreakerState, LimitState, Limits, DEPENDENCY_FAILED_EXC_TYPE};
-use stoker_engine::model::{FailureKind, NewJob, Status};
+use stoker_engine::model::{NewJob, Status};
 use stoker_engine::storage::flow_storage::FlowStorage;
 use stoker_engine::{status_code, unfinished_codes, unstarted_codes};
 
 use crate::columns::SqlRow;
+use crate::transitions::Steps;
 use crate::SqlError;
+use stoker_engine::sql::*;
 use stoker_engine::storage::{stored_aside, LIMITED_SCAN_EXTRA};
 
 /// The flow-control and schedule part of the schema, run right after the job
@@ -263,7 +264,7 @@ pub(crate) fn insert_job(
         }
     }
     if let Some((dep, dep_status)) = failed {
-        if fail_waiting(tx, id, dep, dep_status, now_ms)? {
+        if Steps(tx).fail_waiting(id, (dep, dep_status), now_ms)? {
             on_finished(tx, id, Status::Dead, now_ms)?;
         }
     }
@@ -314,62 +315,24 @@ pub(crate) fn insert_row(
 
 // --- jobs: finishing ---------------------------------------------------------
 
-/// Ends a waiting job dead because `dep` ended with `dep_status`; false if it
-/// was not waiting.
-fn fail_waiting(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    dep: i64,
-    dep_status: Status,
-    now_ms: i64,
-) -> SqlResult<bool> {
-    let changed = tx
-        .prepare_cached(concat!(
-            "UPDATE jobs SET status = ",
-            status_code!(dead),
-            ", finished_ms = ?2 WHERE id = ?1 AND status = ",
-            status_code!(waiting)
-        ))?
-        .execute(params![job_id, now_ms])?;
-    if changed == 0 {
-        return Ok(false);
-    }
-    tx.prepare_cached(
-        "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, worker) \
-         SELECT id, attempt, 'dependency', ?2, ?3, '', NULL, ?4, '' FROM jobs WHERE id = ?1",
-    )?
-    .execute(params![
-        job_id,
-        DEPENDENCY_FAILED_EXC_TYPE,
-        dependency_failed_message(job_id, dep, dep_status),
-        now_ms
-    ])?;
-    Ok(true)
-}
-
 /// Called inside every transition that finishes a job: resolves what it
 /// does to its dependents (see [`dependents::on_finished`]).
 pub(crate) fn on_finished(
     tx: &Transaction<'_>,
-    job_id: i64,
+    id: i64,
     status: Status,
-    now_ms: i64,
+    at_ms: i64,
 ) -> SqlResult<()> {
-    dependents::on_finished(&mut Finish(tx), job_id, status, now_ms)
+    dependents::on_finished(&mut Steps(tx), id, status, at_ms)
 }
 
 /// The statements that resolve a finished job's dependents.
-struct Finish<'a, 'c>(&'a Transaction<'c>);
-
-impl FinishSteps for Finish<'_, '_> {
+impl FinishSteps for Steps<'_, '_> {
     type Error = SqlError;
 
     fn start_retention(&mut self, job_id: i64) -> SqlResult<()> {
         self.0
-            .prepare_cached(
-                "UPDATE jobs SET result_expires_ms = finished_ms + result_ttl_ms \
-                 WHERE id = ?1 AND result_ttl_ms IS NOT NULL AND finished_ms IS NOT NULL",
-            )?
+            .prepare_cached(START_RETENTION_SQL)?
             .execute([job_id])?;
         Ok(())
     }
@@ -390,37 +353,32 @@ impl FinishSteps for Finish<'_, '_> {
     fn release_waiting(&mut self, dependent: i64, now_ms: i64) -> SqlResult<()> {
         self.0
             .prepare_cached(RELEASE_WAITING_SQL)?
-            .execute(params![dependent, now_ms])?;
+            .query_row(params![now_ms, dependent], |_| Ok(()))
+            .optional()?;
         Ok(())
     }
 
-    fn fail_waiting(
-        &mut self,
-        dependent: i64,
-        dep: i64,
-        status: Status,
-        now_ms: i64,
-    ) -> SqlResult<bool> {
-        fail_waiting(self.0, dependent, dep, status, now_ms)
+    /// Ends a waiting job dead because `dep` ended as `how`; false if it
+    /// was not waiting.
+    fn fail_waiting(&mut self, job: i64, (dep, how): (i64, Status), at_ms: i64) -> SqlResult<bool> {
+        let tx = self.0;
+        if tx
+            .prepare_cached(FAIL_WAITING_SQL)?
+            .execute(params![at_ms, job])?
+            == 0
+        {
+            return Ok(false);
+        }
+        let message = dependency_failed_message(job, dep, how);
+        tx.prepare_cached(DEPENDENCY_ERROR_SQL)?.execute(params![
+            DEPENDENCY_FAILED_EXC_TYPE,
+            message,
+            at_ms,
+            job
+        ])?;
+        Ok(true)
     }
 }
-
-/// How many dependencies of job `?1` are not complete.
-const UNFINISHED_DEPENDENCIES_SQL: &str = concat!(
-    "SELECT count(*) FROM job_deps d JOIN jobs j ON j.id = d.dep_id WHERE d.job_id = ?1 AND j.status != ",
-    status_code!(complete)
-);
-
-/// Releases job `?1` if it is still waiting: pending if its eta has come by
-/// `?2`, scheduled otherwise.
-const RELEASE_WAITING_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE WHEN eta_ms <= ?2 THEN ",
-    status_code!(pending),
-    " ELSE ",
-    status_code!(scheduled),
-    " END WHERE id = ?1 AND status = ",
-    status_code!(waiting)
-);
 
 /// Called when an attempt completed: a half-open breaker of its task closes.
 pub(crate) fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> SqlResult<()> {
@@ -445,15 +403,7 @@ pub(crate) fn on_completed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> Sq
 
 /// Called when an attempt failed (before the retry policy is applied): counts
 /// the failure against its task's breaker, which may open.
-pub(crate) fn on_attempt_failed(
-    tx: &Transaction<'_>,
-    job_id: i64,
-    kind: FailureKind,
-    now_ms: i64,
-) -> SqlResult<()> {
-    if !counts_against_breaker(kind) {
-        return Ok(());
-    }
+pub(crate) fn on_attempt_failed(tx: &Transaction<'_>, job_id: i64, now_ms: i64) -> SqlResult<()> {
     let any_breaker: bool = tx
         .prepare_cached(
             "SELECT EXISTS (SELECT 1 FROM flow_limits WHERE breaker_failures IS NOT NULL)",
@@ -509,7 +459,7 @@ fn task_key_of(tx: &Transaction<'_>, job_id: i64) -> SqlResult<String> {
 }
 
 /// Expires up to `limit` due jobs inside `tx`; their ids.
-fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> SqlResult<Vec<i64>> {
+pub(crate) fn expire_in(tx: &Transaction<'_>, limit: i64, now_ms: i64) -> SqlResult<Vec<i64>> {
     let expired: Vec<i64> = {
         let mut stmt = tx.prepare_cached(EXPIRE_DUE_SQL)?;
         let rows = stmt.query_map(params![now_ms, limit], |row| row.get(0))?;
@@ -710,30 +660,6 @@ impl FlowStorage for SqliteStorage {
             }
             states.sort_by(|a, b| a.key.cmp(&b.key));
             Ok(states)
-        })
-    }
-
-    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        self.write(|tx| expire_in(tx, sql_limit(limit), now_ms))
-    }
-
-    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError> {
-        self.read(|tx| {
-            tx.prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
-                .query_row([job_id], |_| Ok(()))
-                .optional()?
-                .ok_or(EngineError::NotFound(job_id))?;
-            let mut stmt = tx.prepare_cached(
-                "SELECT d.dep_id, j.status FROM job_deps d JOIN jobs j ON j.id = d.dep_id \
-                 WHERE d.job_id = ?1 ORDER BY d.position",
-            )?;
-            let rows = stmt.query_map([job_id], |row| {
-                Ok((row.get(0)?, status_from_code(row.get(1)?, 1)?))
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 }

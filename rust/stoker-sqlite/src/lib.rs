@@ -24,16 +24,16 @@ use rusqlite::{
 };
 
 use stoker_engine::codes::DEAD;
-use stoker_engine::decide::attempt::{
-    self, give_back_each, Attempt, AttemptSteps, Counts, ExpiredLease,
-};
-use stoker_engine::decide::{failure_state_from_row, purgeable, FailureState, FAILURE_COLUMNS};
+use stoker_engine::decide::attempt::{Attempt, AttemptSteps, Counts, ExpiredLease};
+use stoker_engine::decide::{failure_state_from_row, FailureState, Purge, FAILURE_COLUMNS};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::{
-    CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport,
-    JobFilter, JobRecord, NewJob, StaleOutcome, Status,
+    ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureKind, FailureReport, JobFilter,
+    JobRecord, NewJob, StaleOutcome, Status,
 };
-use stoker_engine::storage::{stored_aside, ClaimRequest, Jitter, Storage, INLINE_BLOB_MAX_BYTES};
+use stoker_engine::sql::*;
+use stoker_engine::storage::backend::{self, Backend, GiveBack, JobSteps};
+use stoker_engine::storage::{stored_aside, ClaimRequest, Storage, INLINE_BLOB_MAX_BYTES};
 use stoker_engine::{status_code, unfinished_codes};
 use stoker_engine::{Clock, Engine};
 
@@ -93,7 +93,7 @@ pub const WAL_SIZE_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
 
 /// An error of this storage: SQLite's own, or the engine's.
 #[derive(Debug)]
-pub(crate) enum SqlError {
+pub enum SqlError {
     Db(rusqlite::Error),
     Engine(EngineError),
 }
@@ -120,7 +120,7 @@ impl From<SqlError> for EngineError {
 }
 
 /// The results of this storage's internal steps.
-pub(crate) type SqlResult<T> = Result<T, SqlError>;
+pub type SqlResult<T> = Result<T, SqlError>;
 
 /// SQLite's error as the engine's: a lock held past the busy timeout is
 /// [`EngineError::Busy`], anything else [`EngineError::Storage`].
@@ -489,7 +489,31 @@ fn busy_waiter(limit: Arc<AtomicU64>) -> impl FnMut(i32) -> bool + Send + 'stati
 
 #[cfg(test)]
 mod tests {
+    use super::*;
     use stoker_engine::model::Status;
+
+    /// SQLite numbers `$1`-style parameters in the order they first appear,
+    /// so the statements written once for both backends must name them in
+    /// that order to be bound by position (see `stoker_engine::sql`).
+    #[test]
+    fn shared_statements_number_their_parameters_in_order() {
+        let storage = SqliteStorage::open(":memory:", Duration::from_secs(1)).unwrap();
+        let mut statements: Vec<String> = SHARED_STATEMENTS.iter().map(|s| s.to_string()).collect();
+        statements.extend(purge_references("= $1"));
+        storage
+            .with_conn(|conn| {
+                for sql in &statements {
+                    let stmt = conn.prepare(sql)?;
+                    assert!(stmt.parameter_count() > 0, "{sql}");
+                    for index in 1..=stmt.parameter_count() {
+                        let expected = format!("${index}");
+                        assert_eq!(stmt.parameter_name(index), Some(expected.as_str()), "{sql}");
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
 
     /// The SQL of this module writes status codes as literals; they must match.
     #[test]

@@ -5,21 +5,18 @@
 use crate::columns::SqlRow;
 use crate::{sql_limit, SqlError, SqlResult, SqliteStorage};
 use rusqlite::{params, OptionalExtension, Row, Transaction};
-use stoker_engine::decide::fire::{self, FireLog, FireSteps};
+use stoker_engine::decide::fire::{FireLog, FireSteps};
 use stoker_engine::error::EngineError;
 use stoker_engine::model::NewJob;
-use stoker_engine::rows::{self, fire_from_row, schedule_columns, FIRE_COLUMNS, SCHEDULE_COLUMNS};
-use stoker_engine::schedule::{
-    FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict, FIRE_LOG_KEEP,
-};
+use stoker_engine::rows::{self, fire_from_row, FIRE_COLUMNS, SCHEDULE_COLUMNS};
+use stoker_engine::schedule::{FireRecord, ScheduleRecord, FIRE_LOG_KEEP};
 use stoker_engine::storage::flow_storage::ScheduleStorage;
 
 use crate::flow::*;
+use crate::transitions::Steps;
 
 /// The statements of one fire of a schedule (see [`fire::fire`]).
-pub(crate) struct Fire<'a, 'c>(&'a Transaction<'c>);
-
-impl FireSteps for Fire<'_, '_> {
+impl FireSteps for Steps<'_, '_> {
     type Error = SqlError;
 
     fn schedule(&mut self, id: i64) -> SqlResult<Option<ScheduleRecord>> {
@@ -90,87 +87,6 @@ pub(crate) fn get_schedule_in(tx: &Transaction<'_>, id: i64) -> SqlResult<Option
 }
 
 impl ScheduleStorage for SqliteStorage {
-    fn create_schedule(
-        &self,
-        schedule: &NewSchedule,
-        first_fire_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<i64, EngineError> {
-        self.write(|tx| {
-            let existing = match &schedule.name {
-                Some(name) => {
-                    let id: Option<i64> = tx
-                        .prepare_cached("SELECT id FROM schedules WHERE name = ?1")?
-                        .query_row([name], |row| row.get(0))
-                        .optional()?;
-                    match id {
-                        Some(id) => get_schedule_in(tx, id)?,
-                        None => None,
-                    }
-                }
-                None => None,
-            };
-            let next_fire = match &existing {
-                Some(old) if old.spec == schedule.spec => old.next_fire_ms,
-                _ => first_fire_ms,
-            };
-            let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
-            let job = &schedule.job;
-            let values = params![
-                schedule.name,
-                schedule.spec.kind(),
-                cron,
-                timezone,
-                every_ms,
-                at_ms,
-                schedule.missed.as_str(),
-                schedule.source,
-                schedule.labels,
-                next_fire,
-                now_ms,
-                job.task_name,
-                job.queue,
-                job.priority,
-                job.payload,
-                job.max_retries,
-                job.max_crashes,
-                job.backoff_base_ms,
-                job.backoff_cap_ms,
-                job.jitter,
-                job.timeout_ms,
-                job.result_ttl_ms,
-                job.expires_after_ms,
-                job.unique_key,
-            ];
-            if let Some(old) = existing {
-                // The same values as the insert below, with the id in place of created_ms (?11).
-                tx.prepare_cached(
-                    "UPDATE schedules SET name = ?1, kind = ?2, cron = ?3, timezone = ?4, every_ms = ?5, \
-                     at_ms = ?6, missed = ?7, source = ?8, labels = ?9, next_fire_ms = ?10, task_name = ?12, \
-                     queue = ?13, priority = ?14, payload = ?15, max_retries = ?16, max_crashes = ?17, \
-                     backoff_base_ms = ?18, backoff_cap_ms = ?19, jitter = ?20, timeout_ms = ?21, \
-                     result_ttl_ms = ?22, expires_after_ms = ?23, unique_key = ?24 WHERE id = ?11",
-                )?
-                .execute(rusqlite::params_from_iter(
-                    values
-                        .iter()
-                        .enumerate()
-                        .map(|(index, value)| if index == 10 { &old.id } else { *value }),
-                ))?;
-                return Ok(old.id);
-            }
-            tx.prepare_cached(
-                "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
-                 next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
-                 backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
-                 ?20, ?21, ?22, ?23, ?24)",
-            )?
-            .execute(values)?;
-            Ok(tx.last_insert_rowid())
-        })
-    }
-
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError> {
         self.read(|tx| {
             let mut stmt = tx.prepare_cached(&format!(
@@ -223,18 +139,6 @@ impl ScheduleStorage for SqliteStorage {
             }
             Ok(due)
         })
-    }
-
-    fn fire_schedule(
-        &self,
-        id: i64,
-        fire_ms: i64,
-        verdict: &Verdict,
-        planner: Planner<'_>,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<FireOutcome, EngineError> {
-        self.write(|tx| fire::fire(&mut Fire(tx), id, fire_ms, verdict, planner, owner, now_ms))
     }
 
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError> {

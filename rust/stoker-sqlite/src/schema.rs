@@ -214,19 +214,9 @@ pub(crate) fn identify(conn: &Connection, path: &str) -> SqlResult<Identity> {
         )).into());
     }
     if !tables.is_empty() {
-        const SHOWN_TABLES: usize = 5;
-        let mut shown = tables
-            .iter()
-            .take(SHOWN_TABLES)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join(", ");
-        if tables.len() > SHOWN_TABLES {
-            shown.push_str(", ...");
-        }
         return Err(not_ours(format!(
-            "it is an SQLite database with {} table(s) ({shown}) but no stoker application_id",
-            tables.len()
+            "it is an SQLite database with {} but no stoker application_id",
+            stoker_engine::sql::shown_tables(&tables)
         ))
         .into());
     }

@@ -4,19 +4,6 @@
 
 use crate::*;
 
-/// The columns of a [`JobRecord`], in the order [`job_from_row`] reads them,
-/// from `jobs`. An empty payload or result in the row stands for one stored
-/// aside, read from its table; `length` of a blob does not read its content.
-pub(crate) const JOB_COLUMNS: &str = "id, task_name, queue, priority, status, \
-     CASE WHEN length(payload) = 0 THEN \
-     coalesce((SELECT data FROM job_payloads WHERE job_id = jobs.id), payload) ELSE payload END, \
-     attempt, failures, crashes, \
-     max_retries, max_crashes, backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, \
-     created_ms, eta_ms, started_ms, finished_ms, lease_owner, lease_deadline_ms, cancel_requested, \
-     CASE WHEN length(result) = 0 THEN \
-     coalesce((SELECT data FROM job_results WHERE job_id = jobs.id), result) ELSE result END, \
-     result_expires_ms, replayed_from, labels, progress, usage, unique_key, expires_ms";
-
 /// The payload stored aside for a job.
 pub(crate) const PAYLOAD_ASIDE_SQL: &str = "SELECT data FROM job_payloads WHERE job_id = ?1";
 
@@ -34,14 +21,7 @@ pub(crate) const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, task_name, queue,
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)";
 
 /// Moves the scheduled jobs whose eta has come to pending, earliest first.
-pub const PROMOTE_DUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = ",
-    status_code!(pending),
-    " WHERE id IN \
-     (SELECT id FROM jobs WHERE status = ",
-    status_code!(scheduled),
-    " AND eta_ms <= ?1 ORDER BY eta_ms LIMIT ?2)"
-);
+pub const PROMOTE_DUE_SQL: &str = stoker_engine::promote_due_sql!("");
 
 /// The next claimable jobs of one queue, in claim order.
 pub const PICK_PENDING_SQL: &str = concat!(
@@ -62,38 +42,6 @@ pub const TAKE_SQL: &str = concat!(
     " RETURNING attempt, task_name, queue, payload, timeout_ms, labels"
 );
 
-/// Puts a running attempt back to pending (the attempt stays counted). A job
-/// whose cancel was requested ends cancelled rather than going back to
-/// pending, so the request is never lost.
-pub(crate) const REQUEUE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
-    status_code!(cancelled),
-    " ELSE ",
-    status_code!(pending),
-    " END, \
-     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-     eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = ?1 AND attempt = ?2 AND status = ",
-    status_code!(running),
-    " RETURNING status"
-);
-
-/// Undoes a claim whose job never started: as [`REQUEUE_SQL`], and the attempt
-/// is taken back, so the job reads as if it had never been claimed.
-pub(crate) const RELEASE_SQL: &str = concat!(
-    "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
-    status_code!(cancelled),
-    " ELSE ",
-    status_code!(pending),
-    " END, \
-     finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-     started_ms = CASE attempt WHEN 1 THEN NULL ELSE started_ms END, \
-     attempt = attempt - 1, lease_owner = NULL, lease_deadline_ms = NULL \
-     WHERE id = ?1 AND attempt = ?2 AND status = ",
-    status_code!(running),
-    " RETURNING status"
-);
-
 /// Marks (?4 = 1) or unmarks (?4 = 0) a running job its owner (?3) holds,
 /// sent to no worker, if its token (?2) is current.
 pub(crate) const MARK_HELD_SQL: &str = concat!(
@@ -101,41 +49,6 @@ pub(crate) const MARK_HELD_SQL: &str = concat!(
     status_code!(running),
     " AND lease_owner = ?3"
 );
-
-/// A give-back statement: pending again (cancelled if a cancel was
-/// requested), no failure or crash counted, the lease dropped, for the job
-/// (?1) still running the attempt (?2) when `$condition` holds.
-macro_rules! give_back_sql {
-    ($condition:literal) => {
-        concat!(
-            concat!(
-                "UPDATE jobs SET status = CASE cancel_requested WHEN 1 THEN ",
-                status_code!(cancelled),
-                " ELSE ",
-                status_code!(pending),
-                " END, \
-                 finished_ms = CASE cancel_requested WHEN 1 THEN ?3 ELSE finished_ms END, \
-                 eta_ms = ?3, lease_owner = NULL, lease_deadline_ms = NULL, held = 0 \
-                 WHERE id = ?1 AND attempt = ?2 AND status = ",
-                status_code!(running),
-                " AND "
-            ),
-            $condition,
-            " RETURNING status"
-        )
-    };
-}
-
-/// Gives back an expired job its supervisor held, sent to no worker: pending
-/// again (cancelled if a cancel was requested), no failure or crash counted.
-/// The attempt stays taken, unlike [`RELEASE_SQL`]: the supervisor that holds
-/// the token may still be alive (stopped, cut off), and the next claim must
-/// give a token it has never seen.
-pub(crate) const RETURN_HELD_SQL: &str = give_back_sql!("held = 1");
-
-/// Gives back an expired job that its dead supervisor's workers never
-/// started (see [`Storage::return_unstarted`]), as [`RETURN_HELD_SQL`] does.
-pub(crate) const RETURN_UNSTARTED_SQL: &str = give_back_sql!("lease_deadline_ms < ?3");
 
 /// Completes one attempt if its token is current.
 pub const COMPLETE_SQL: &str = concat!(
@@ -156,20 +69,7 @@ pub const HEARTBEAT_SQL: &str = concat!(
 );
 
 /// The running jobs whose lease ran out, oldest deadline first.
-pub const EXPIRED_SQL: &str = concat!(
-    "SELECT id, attempt, lease_owner, lease_deadline_ms FROM jobs \
-     WHERE status = ",
-    status_code!(running),
-    " AND lease_deadline_ms < ?1 ORDER BY lease_deadline_ms LIMIT ?2"
-);
-
-/// The cancel requests of one owner.
-pub const CANCEL_REQUESTS_SQL: &str = concat!(
-    "SELECT id, attempt FROM jobs \
-     WHERE status = ",
-    status_code!(running),
-    " AND cancel_requested = 1 AND lease_owner = ?1 ORDER BY id"
-);
+pub const EXPIRED_SQL: &str = stoker_engine::expired_sql!("");
 
 /// The earliest eta of a scheduled job.
 pub const NEXT_ETA_SQL: &str = concat!(
@@ -198,18 +98,3 @@ pub const HOT_STATEMENTS: &[(&str, &str)] = &[
     ("next_eta", NEXT_ETA_SQL),
     ("next_deadline", NEXT_DEADLINE_SQL),
 ];
-
-/// Ends a failed running attempt: `?2` is the final status (dead or
-/// cancelled), `?4` and `?5` the failure and crash counts.
-pub(crate) const FAILED_FINISH_SQL: &str = concat!(
-    "UPDATE jobs SET status = ?2, finished_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-     lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ",
-    status_code!(running)
-);
-
-/// Puts a failed running attempt back: `?2` is pending or scheduled.
-pub(crate) const FAILED_RETRY_SQL: &str = concat!(
-    "UPDATE jobs SET status = ?2, eta_ms = ?3, failures = ?4, crashes = ?5, lease_owner = NULL, \
-     lease_deadline_ms = NULL WHERE id = ?1 AND attempt = ?6 AND status = ",
-    status_code!(running)
-);

@@ -2,17 +2,19 @@
 //! put back, give back, fail (through the engine's `decide::attempt`), and
 //! the batch insert of copies.
 
+use crate::schedules::get_schedule_in;
 use crate::*;
+use stoker_engine::rows::schedule_columns;
+use stoker_engine::schedule::{NewSchedule, ScheduleRecord};
+use stoker_engine::storage::backend::ScheduleSlot;
 
 /// The body of [`Storage::claim`], inside the caller's transaction.
 pub(crate) fn claim_in(
     tx: &Transaction<'_>,
-    queues: &[String],
-    limit: usize,
-    owner: &str,
-    lease_ms: i64,
+    request: &ClaimRequest<'_>,
     now_ms: i64,
 ) -> SqlResult<Vec<ClaimedJob>> {
+    let (queues, limit, owner) = (request.queues, request.limit, request.owner);
     if limit == 0 || queues.is_empty() {
         return Ok(Vec::new());
     }
@@ -45,7 +47,7 @@ pub(crate) fn claim_in(
     }
     picked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     picked.truncate(scan);
-    let lease_deadline_ms = now_ms.saturating_add(lease_ms);
+    let lease_deadline_ms = now_ms.saturating_add(request.lease_ms);
     let mut take = tx.prepare_cached(TAKE_SQL)?;
     let mut claimed = Vec::with_capacity(limit.min(picked.len()));
     for (_, id) in picked {
@@ -56,18 +58,7 @@ pub(crate) fn claim_in(
             continue;
         }
         let mut job = take.query_row(params![id, now_ms, owner, lease_deadline_ms], |row| {
-            let attempt: i64 = row.get(0)?;
-            Ok(ClaimedJob {
-                id,
-                token: attempt,
-                attempt,
-                task_name: row.get(1)?,
-                queue: row.get(2)?,
-                payload: row.get(3)?,
-                timeout_ms: row.get(4)?,
-                lease_deadline_ms,
-                labels: row.get(5)?,
-            })
+            rows::claimed_from_row(&SqlRow(row), 0, id, lease_deadline_ms)
         })?;
         if job.payload.is_empty() {
             if let Some(payload) = payload_aside(tx, id)? {
@@ -99,52 +90,15 @@ pub(crate) fn first_due(tx: &Transaction<'_>, sql: &str, now_ms: i64) -> SqlResu
     Ok(first.is_some_and(|at_ms| at_ms <= now_ms))
 }
 
-/// Puts a running attempt back with `sql` (requeue or release); false, and
-/// recorded as a stale `outcome`, if the token is not current.
-pub(crate) fn put_back(
-    tx: &Transaction<'_>,
-    sql: &str,
-    outcome: &str,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> SqlResult<bool> {
-    let changed = tx
+/// Runs one of the statements that put a running attempt back (requeue,
+/// release, the give-backs) on `at`: the job's new status, `None` if the
+/// statement did not apply.
+fn returned_status(tx: &Transaction<'_>, sql: &str, at: Attempt) -> SqlResult<Option<Status>> {
+    let code: Option<i64> = tx
         .prepare_cached(sql)?
-        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
+        .query_row(params![at.now_ms, at.job_id, at.token], |row| row.get(0))
         .optional()?;
-    match changed {
-        None => refuse_stale(tx, job_id, token, outcome, now_ms)?,
-        Some(code) if code == Status::Cancelled.code() => {
-            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-        }
-        Some(_) => {}
-    }
-    Ok(changed.is_some())
-}
-
-/// Runs one of the give-back statements ([`RETURN_HELD_SQL`],
-/// [`RETURN_UNSTARTED_SQL`]) on one job: pending again (cancelled if a cancel
-/// was requested) with nothing counted; None if the statement did not apply.
-pub(crate) fn give_back(
-    tx: &Transaction<'_>,
-    sql: &str,
-    job_id: i64,
-    token: i64,
-    now_ms: i64,
-) -> SqlResult<Option<FailOutcome>> {
-    let returned = tx
-        .prepare_cached(sql)?
-        .query_row(params![job_id, token, now_ms], |row| row.get::<_, i64>(0))
-        .optional()?;
-    Ok(match returned {
-        None => None,
-        Some(code) if code == Status::Cancelled.code() => {
-            flow::on_finished(tx, job_id, Status::Cancelled, now_ms)?;
-            Some(FailOutcome::Cancelled)
-        }
-        Some(_) => Some(FailOutcome::Returned),
-    })
+    Ok(code.map(|code| status_from_code(code, 0)).transpose()?)
 }
 
 /// The body of [`Storage::complete_many`], inside the caller's transaction.
@@ -207,10 +161,8 @@ pub(crate) fn record_stale(
     outcome: &str,
     now_ms: i64,
 ) -> SqlResult<()> {
-    tx.prepare_cached(
-        "INSERT INTO stale_outcomes (job_id, token, owner, outcome, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?
-    .execute(params![job_id, token, owner, outcome, now_ms])?;
+    tx.prepare_cached(RECORD_STALE_SQL)?
+        .execute(params![job_id, token, owner, outcome, now_ms])?;
     Ok(())
 }
 
@@ -224,7 +176,7 @@ pub(crate) fn refuse_stale(
     now_ms: i64,
 ) -> SqlResult<()> {
     let owner: Option<Option<String>> = tx
-        .prepare_cached("SELECT lease_owner FROM jobs WHERE id = ?1")?
+        .prepare_cached(LEASE_OWNER_SQL)?
         .query_row([job_id], |row| row.get(0))
         .optional()?;
     let owner = owner
@@ -233,10 +185,11 @@ pub(crate) fn refuse_stale(
     record_stale(tx, job_id, token, &owner, outcome, now_ms)
 }
 
-/// The statements of a failed attempt (see [`attempt::fail`]).
-pub(crate) struct AttemptTx<'a, 'c>(pub(crate) &'a Transaction<'c>);
+/// The statements of one transaction that the shared operations run (see
+/// [`stoker_engine::storage::backend`] and [`stoker_engine::decide::attempt::fail`]).
+pub struct Steps<'a, 'c>(pub(crate) &'a Transaction<'c>);
 
-impl AttemptSteps for AttemptTx<'_, '_> {
+impl AttemptSteps for Steps<'_, '_> {
     type Error = SqlError;
 
     fn failure_state(&mut self, job_id: i64) -> SqlResult<Option<FailureState>> {
@@ -257,62 +210,43 @@ impl AttemptSteps for AttemptTx<'_, '_> {
             token,
             now_ms,
         } = at;
+        self.0.prepare_cached(RECORD_ERROR_SQL)?.execute(params![
+            job_id,
+            token,
+            report.kind.as_str(),
+            report.exc_type,
+            report.message,
+            report.traceback,
+            report.exc_pickle,
+            now_ms,
+            report.worker,
+            report.usage,
+        ])?;
         self.0
-            .prepare_cached(
-                "INSERT INTO errors (job_id, attempt, kind, exc_type, message, traceback, exc_pickle, failed_ms, \
-                 worker, usage) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-            )?
-            .execute(params![
-                job_id,
-                token,
-                report.kind.as_str(),
-                report.exc_type,
-                report.message,
-                report.traceback,
-                report.exc_pickle,
-                now_ms,
-                report.worker,
-                report.usage,
-            ])?;
-        self.0
-            .prepare_cached("UPDATE jobs SET usage = ?2 WHERE id = ?1")?
-            .execute(params![job_id, report.usage])?;
+            .prepare_cached(SET_USAGE_SQL)?
+            .execute(params![report.usage, job_id])?;
         Ok(())
     }
 
-    fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> SqlResult<()> {
-        flow::on_attempt_failed(self.0, at.job_id, kind, at.now_ms)
+    fn count_against_breaker(&mut self, at: Attempt, _: FailureKind) -> SqlResult<()> {
+        flow::on_attempt_failed(self.0, at.job_id, at.now_ms)
     }
 
     fn finish(&mut self, at: Attempt, status: Status, counts: Counts) -> SqlResult<()> {
-        let Attempt {
-            job_id,
-            token,
-            now_ms,
-        } = at;
         let Counts { failures, crashes } = counts;
-        self.0.prepare_cached(FAILED_FINISH_SQL)?.execute(params![
-            job_id,
-            status.code(),
-            now_ms,
-            failures,
-            crashes,
-            token
-        ])?;
+        let (code, job_id, now_ms) = (status.code(), at.job_id, at.now_ms);
+        self.0
+            .prepare_cached(FAILED_FINISH_SQL)?
+            .execute(params![code, now_ms, failures, crashes, job_id, at.token])?;
         flow::on_finished(self.0, job_id, status, now_ms)
     }
 
     fn retry(&mut self, at: Attempt, status: Status, eta_ms: i64, counts: Counts) -> SqlResult<()> {
-        let (job_id, token) = (at.job_id, at.token);
         let Counts { failures, crashes } = counts;
-        self.0.prepare_cached(FAILED_RETRY_SQL)?.execute(params![
-            job_id,
-            status.code(),
-            eta_ms,
-            failures,
-            crashes,
-            token
-        ])?;
+        let (code, job_id) = (status.code(), at.job_id);
+        self.0
+            .prepare_cached(FAILED_RETRY_SQL)?
+            .execute(params![code, eta_ms, failures, crashes, job_id, at.token])?;
         Ok(())
     }
 
@@ -320,7 +254,257 @@ impl AttemptSteps for AttemptTx<'_, '_> {
     /// ([`RETURN_HELD_SQL`]); None if it is not one (its lease counts as a
     /// crash).
     fn return_held(&mut self, at: Attempt) -> SqlResult<Option<FailOutcome>> {
-        give_back(self.0, RETURN_HELD_SQL, at.job_id, at.token, at.now_ms)
+        backend::give_back(self, at, GiveBack::Held)
+    }
+}
+
+impl JobSteps for Steps<'_, '_> {
+    fn insert_job(&mut self, job: &NewJob, now_ms: i64) -> SqlResult<i64> {
+        Ok(flow::insert_job(self.0, job, now_ms)?.0)
+    }
+
+    fn claim(&mut self, request: &ClaimRequest<'_>, now_ms: i64) -> SqlResult<Vec<ClaimedJob>> {
+        claim_in(self.0, request, now_ms)
+    }
+
+    fn complete(&mut self, completions: &[Completion], now_ms: i64) -> SqlResult<Vec<bool>> {
+        complete_in(self.0, completions, now_ms)
+    }
+
+    fn mark_held(&mut self, jobs: &[(i64, i64)], owner: &str, held: bool) -> SqlResult<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let mut mark = self.0.prepare_cached(MARK_HELD_SQL)?;
+        for &(job_id, token) in jobs {
+            mark.execute(params![job_id, token, owner, i64::from(held)])?;
+        }
+        Ok(())
+    }
+
+    fn status(&mut self, job_id: i64) -> SqlResult<Option<Status>> {
+        let code: Option<i64> = self
+            .0
+            .prepare_cached("SELECT status FROM jobs WHERE id = ?1")?
+            .query_row([job_id], |row| row.get(0))
+            .optional()?;
+        Ok(code.map(|code| status_from_code(code, 0)).transpose()?)
+    }
+
+    fn cancel_unstarted(&mut self, job_id: i64, now_ms: i64) -> SqlResult<()> {
+        self.0
+            .prepare_cached(CANCEL_UNSTARTED_SQL)?
+            .execute(params![now_ms, job_id])?;
+        Ok(())
+    }
+
+    fn request_cancel(&mut self, job_id: i64) -> SqlResult<()> {
+        self.0
+            .prepare_cached(REQUEST_CANCEL_SQL)?
+            .execute([job_id])?;
+        Ok(())
+    }
+
+    fn end_cancelled(&mut self, at: Attempt) -> SqlResult<bool> {
+        let changed = self
+            .0
+            .prepare_cached(FINISH_CANCELLED_SQL)?
+            .execute(params![at.now_ms, at.job_id, at.token])?;
+        Ok(changed > 0)
+    }
+
+    fn store_progress(&mut self, at: Attempt, progress: &str) -> SqlResult<bool> {
+        let changed = self
+            .0
+            .prepare_cached(SET_PROGRESS_SQL)?
+            .execute(params![progress, at.job_id, at.token])?;
+        Ok(changed > 0)
+    }
+
+    fn put_back(&mut self, at: Attempt, release: bool) -> SqlResult<Option<Status>> {
+        returned_status(self.0, if release { RELEASE_SQL } else { REQUEUE_SQL }, at)
+    }
+
+    fn give_back(&mut self, at: Attempt, which: GiveBack) -> SqlResult<Option<Status>> {
+        let sql = match which {
+            GiveBack::Held => RETURN_HELD_SQL,
+            GiveBack::Unstarted => RETURN_UNSTARTED_SQL,
+        };
+        returned_status(self.0, sql, at)
+    }
+
+    fn on_finished(&mut self, job_id: i64, status: Status, now_ms: i64) -> SqlResult<()> {
+        flow::on_finished(self.0, job_id, status, now_ms)
+    }
+
+    fn refuse_stale(&mut self, at: Attempt, outcome: &str) -> SqlResult<()> {
+        refuse_stale(self.0, at.job_id, at.token, outcome, at.now_ms)
+    }
+
+    fn expired(&mut self, limit: usize, now_ms: i64) -> SqlResult<Vec<ExpiredLease>> {
+        let mut stmt = self.0.prepare_cached(EXPIRED_SQL)?;
+        let rows = stmt.query_map(params![now_ms, sql_limit(limit)], |row| {
+            Ok(ExpiredLease {
+                job_id: row.get(0)?,
+                token: row.get(1)?,
+                owner: row.get(2)?,
+                deadline_ms: row.get(3)?,
+                orphaned: false,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn error_records(&mut self, job_id: i64) -> SqlResult<Option<Vec<ErrorRecord>>> {
+        let exists = self
+            .0
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+            .query_row([job_id], |_| Ok(()))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = self.0.prepare_cached(&format!(
+            "SELECT {ERROR_COLUMNS} FROM errors WHERE job_id = ?1 ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([job_id], |row| error_from_row(&SqlRow(row)))?;
+        Ok(Some(rows.collect::<Result<Vec<_>, _>>()?))
+    }
+
+    fn status_counts(&mut self) -> SqlResult<Vec<(i64, i64)>> {
+        let mut stmt = self.0.prepare_cached(STATUS_COUNTS_SQL)?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn copy_job(&mut self, job_id: i64, now_ms: i64) -> SqlResult<i64> {
+        let tx = self.0;
+        let replayed: i64 = tx
+            .prepare_cached(REPLAY_SQL)?
+            .query_row(params![now_ms, job_id], |row| row.get(0))?;
+        tx.prepare_cached(COPY_PAYLOAD_SQL)?
+            .execute(params![replayed, job_id])?;
+        Ok(replayed)
+    }
+
+    fn purge(&mut self, purge: &Purge<'_>) -> SqlResult<usize> {
+        let tx = self.0;
+        let codes = purge
+            .statuses
+            .iter()
+            .map(|status| status.code().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS purged (id INTEGER PRIMARY KEY)")?;
+        tx.execute("DELETE FROM temp.purged", [])?;
+        tx.prepare(&format!(
+            "INSERT INTO temp.purged SELECT id FROM jobs WHERE status IN ({codes}) \
+             AND (?1 IS NULL OR finished_ms < ?1) ORDER BY id LIMIT ?2"
+        ))?
+        .execute(params![purge.finished_before_ms, sql_limit(purge.limit)])?;
+        for sql in purge_references("IN (SELECT id FROM temp.purged)") {
+            tx.execute(&sql, [])?;
+        }
+        let removed = tx.execute(
+            "DELETE FROM jobs WHERE id IN (SELECT id FROM temp.purged)",
+            [],
+        )?;
+        tx.execute("DELETE FROM temp.purged", [])?;
+        Ok(removed)
+    }
+
+    fn schedule_named(&mut self, name: &str) -> SqlResult<Option<ScheduleRecord>> {
+        let id: Option<i64> = self
+            .0
+            .prepare_cached("SELECT id FROM schedules WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))
+            .optional()?;
+        match id {
+            Some(id) => get_schedule_in(self.0, id),
+            None => Ok(None),
+        }
+    }
+
+    fn store_schedule(&mut self, schedule: &NewSchedule, slot: ScheduleSlot) -> SqlResult<i64> {
+        let tx = self.0;
+        let (cron, timezone, every_ms, at_ms) = schedule_columns(&schedule.spec);
+        let job = &schedule.job;
+        let values = params![
+            schedule.name,
+            schedule.spec.kind(),
+            cron,
+            timezone,
+            every_ms,
+            at_ms,
+            schedule.missed.as_str(),
+            schedule.source,
+            schedule.labels,
+            slot.next_fire_ms,
+            slot.now_ms,
+            job.task_name,
+            job.queue,
+            job.priority,
+            job.payload,
+            job.max_retries,
+            job.max_crashes,
+            job.backoff_base_ms,
+            job.backoff_cap_ms,
+            job.jitter,
+            job.timeout_ms,
+            job.result_ttl_ms,
+            job.expires_after_ms,
+            job.unique_key,
+        ];
+        if let Some(id) = slot.id {
+            // The same values as the insert below, with the id in place of created_ms (?11).
+            tx.prepare_cached(
+                "UPDATE schedules SET name = ?1, kind = ?2, cron = ?3, timezone = ?4, every_ms = ?5, \
+                 at_ms = ?6, missed = ?7, source = ?8, labels = ?9, next_fire_ms = ?10, task_name = ?12, \
+                 queue = ?13, priority = ?14, payload = ?15, max_retries = ?16, max_crashes = ?17, \
+                 backoff_base_ms = ?18, backoff_cap_ms = ?19, jitter = ?20, timeout_ms = ?21, \
+                 result_ttl_ms = ?22, expires_after_ms = ?23, unique_key = ?24 WHERE id = ?11",
+            )?
+            .execute(rusqlite::params_from_iter(
+                values
+                    .iter()
+                    .enumerate()
+                    .map(|(index, value)| if index == 10 { &id } else { *value }),
+            ))?;
+            return Ok(id);
+        }
+        tx.prepare_cached(
+            "INSERT INTO schedules (name, kind, cron, timezone, every_ms, at_ms, missed, source, labels, \
+             next_fire_ms, created_ms, task_name, queue, priority, payload, max_retries, max_crashes, \
+             backoff_base_ms, backoff_cap_ms, jitter, timeout_ms, result_ttl_ms, expires_after_ms, unique_key) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, \
+             ?20, ?21, ?22, ?23, ?24)",
+        )?
+        .execute(values)?;
+        Ok(tx.last_insert_rowid())
+    }
+
+    fn expire(&mut self, limit: usize, now_ms: i64) -> SqlResult<Vec<i64>> {
+        flow::expire_in(self.0, sql_limit(limit), now_ms)
+    }
+
+    fn dependency_statuses(&mut self, job_id: i64) -> SqlResult<Option<Vec<(i64, Status)>>> {
+        let exists = self
+            .0
+            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+            .query_row([job_id], |_| Ok(()))
+            .optional()?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let mut stmt = self.0.prepare_cached(DEPENDENCIES_SQL)?;
+        let rows = stmt.query_map([job_id], |row| {
+            Ok((row.get(0)?, status_from_code(row.get(1)?, 1)?))
+        })?;
+        Ok(Some(rows.collect::<Result<_, _>>()?))
+    }
+
+    fn purge_retention(&mut self, limit: usize, now_ms: i64) -> SqlResult<usize> {
+        flow::purge_retention_in(self.0, sql_limit(limit), now_ms)
     }
 }
 

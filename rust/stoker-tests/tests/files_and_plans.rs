@@ -380,7 +380,7 @@ fn compact_log_truncates_the_wal_unless_a_reader_holds_it() {
 
 #[test]
 fn commits_leave_checkpoints_to_the_background_thread() {
-    use stoker_engine::Storage;
+    use stoker_engine::Transitions;
     use stoker_sqlite::checkpoint::CHECKPOINT_PAGES;
 
     let dir = TempDir::new();
@@ -426,7 +426,7 @@ fn commits_leave_checkpoints_to_the_background_thread() {
 #[test]
 fn a_writer_retries_a_held_lock_for_its_busy_timeout_then_fails_busy() {
     use std::time::Instant;
-    use stoker_engine::Storage;
+    use stoker_engine::Transitions;
 
     let dir = TempDir::new();
     let path = dir.file("busy.db");
@@ -457,7 +457,7 @@ fn a_writer_retries_a_held_lock_for_its_busy_timeout_then_fails_busy() {
 
 #[test]
 fn closing_the_last_connection_folds_the_log_into_the_file_and_removes_it() {
-    use stoker_engine::Storage;
+    use stoker_engine::{Storage, Transitions};
 
     let dir = TempDir::new();
     let path = dir.file("closed.db");
@@ -488,7 +488,7 @@ fn closing_the_last_connection_folds_the_log_into_the_file_and_removes_it() {
 
 #[test]
 fn closing_while_another_connection_is_open_keeps_the_log_for_it() {
-    use stoker_engine::Storage;
+    use stoker_engine::{Storage, Transitions};
 
     let dir = TempDir::new();
     let path = dir.file("shared.db");

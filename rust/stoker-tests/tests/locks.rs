@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::{job, TempDir};
 use rusqlite::Connection;
-use stoker_engine::{EngineError, Storage};
+use stoker_engine::{EngineError, Transitions};
 use stoker_sqlite::SqliteStorage;
 
 /// Where SQLite's WAL write lock lives in the `-shm` file (its

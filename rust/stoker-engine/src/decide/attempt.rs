@@ -2,7 +2,9 @@
 //! statements a backend's transaction offers ([`AttemptSteps`]): read the
 //! state, let [`decide_failure`] rule, write the result.
 
-use crate::decide::failure::{decide_failure, FailureDecision, FailureState};
+use crate::decide::failure::{
+    counts_against_breaker, decide_failure, FailureDecision, FailureState,
+};
 use crate::error::EngineError;
 use crate::model::{FailOutcome, FailureKind, FailureReport, Status};
 use crate::storage::{Jitter, LEASE_EXPIRED_EXC_TYPE};
@@ -37,7 +39,8 @@ pub trait AttemptSteps {
     /// Adds the failure to the job's error history and stores its usage.
     fn record_error(&mut self, at: Attempt, report: &FailureReport) -> Result<(), Self::Error>;
 
-    /// Counts the failure against its task's circuit breaker.
+    /// Counts the failure against its task's circuit breaker (called only
+    /// for a kind that counts, see [`counts_against_breaker`]).
     fn count_against_breaker(&mut self, at: Attempt, kind: FailureKind) -> Result<(), Self::Error>;
 
     /// Ends the running attempt with `status`, with these counts, and
@@ -84,7 +87,9 @@ pub fn fail<T: AttemptSteps>(
         return Ok(FailOutcome::Stale);
     }
     tx.record_error(at, report)?;
-    tx.count_against_breaker(at, report.kind)?;
+    if counts_against_breaker(report.kind) {
+        tx.count_against_breaker(at, report.kind)?;
+    }
     match decision {
         FailureDecision::Stale => {}
         FailureDecision::Finish {
@@ -302,10 +307,7 @@ mod tests {
         let report = lease_expired_report(&lease(false), 200);
         let outcome = fail(&mut job, 9, 1, &report, &mut no_jitter, 200).unwrap();
         assert_eq!(outcome, FailOutcome::Retry { eta_ms: 200 });
-        assert_eq!(
-            job.log,
-            ["error lease_expired", "breaker", "retry pending 200 (0, 1)"]
-        );
+        assert_eq!(job.log, ["error lease_expired", "retry pending 200 (0, 1)"]);
     }
 
     #[test]

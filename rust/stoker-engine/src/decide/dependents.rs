@@ -61,12 +61,12 @@ pub trait FinishSteps {
     fn release_waiting(&mut self, dependent: i64, now_ms: i64) -> Result<(), Self::Error>;
 
     /// Ends the dependent, if still waiting, dead with a `dependency` error
-    /// record; whether it did.
+    /// record naming its `cause` (the dependency and how it ended); whether
+    /// it did.
     fn fail_waiting(
         &mut self,
         dependent: i64,
-        dependency: i64,
-        status: Status,
+        cause: (i64, Status),
         now_ms: i64,
     ) -> Result<bool, Self::Error>;
 }
@@ -93,7 +93,7 @@ pub fn on_finished<T: FinishSteps>(
                     }
                 }
                 DependentEffect::Fail => {
-                    if tx.fail_waiting(dependent, id, status, now_ms)? {
+                    if tx.fail_waiting(dependent, (id, status), now_ms)? {
                         work.push((dependent, Status::Dead));
                     }
                 }
@@ -169,8 +169,7 @@ mod tests {
         fn fail_waiting(
             &mut self,
             dependent: i64,
-            dependency: i64,
-            status: Status,
+            (dependency, status): (i64, Status),
             _: i64,
         ) -> Result<bool, Infallible> {
             if self.status[&dependent] != Status::Waiting {

@@ -31,4 +31,4 @@ pub use limits::{
     admit_at_send, breaker_opens, limit_from_row, reconfigured, Gate, LimitRow, SendAdmission,
     StoredLimit, LIMIT_COLUMNS,
 };
-pub use purge::purgeable;
+pub use purge::{purgeable, Purge};

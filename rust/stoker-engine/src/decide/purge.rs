@@ -3,6 +3,15 @@
 use crate::error::EngineError;
 use crate::model::Status;
 
+/// A purge of finished jobs: up to `limit` of them in `statuses`, finished
+/// before `finished_before_ms` (at any time if `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purge<'a> {
+    pub statuses: &'a [Status],
+    pub finished_before_ms: Option<i64>,
+    pub limit: usize,
+}
+
 /// Whether a purge of jobs in `statuses`, at most `limit` of them, has
 /// anything to do; an invalid option naming the status if one is not
 /// terminal (a purge removes finished jobs only).

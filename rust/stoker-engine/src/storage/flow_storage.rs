@@ -8,10 +8,9 @@
 
 use crate::error::EngineError;
 use crate::flow::{LimitState, Limits};
-use crate::model::Status;
-use crate::schedule::{FireOutcome, FireRecord, NewSchedule, Planner, ScheduleRecord, Verdict};
+use crate::schedule::{FireRecord, ScheduleRecord};
 
-/// Limits, expiry and dependencies.
+/// Limits (expiry and dependencies are [`super::Transitions`]).
 pub trait FlowStorage {
     /// Sets the limits under `key` (`task:NAME` or `queue:NAME`); empty
     /// limits remove the row and its state.
@@ -19,27 +18,10 @@ pub trait FlowStorage {
 
     /// Every limit with its state at `now_ms`, by key.
     fn limits(&self, now_ms: i64) -> Result<Vec<LimitState>, EngineError>;
-
-    /// Ends as expired up to `limit` not-yet-started jobs whose expiry is at
-    /// or before `now_ms`, earliest first; their ids.
-    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError>;
-
-    /// The jobs `job_id` depends on, in the order given, with their statuses.
-    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError>;
 }
 
-/// Durable schedules.
+/// Durable schedules (creating one and a fire are [`super::Transitions`]).
 pub trait ScheduleStorage {
-    /// Stores a schedule whose first fire is `first_fire_ms`, or updates the
-    /// schedule with the same name (keeping its next fire when its timing did
-    /// not change); its id.
-    fn create_schedule(
-        &self,
-        schedule: &NewSchedule,
-        first_fire_ms: Option<i64>,
-        now_ms: i64,
-    ) -> Result<i64, EngineError>;
-
     /// Every schedule, by id.
     fn schedules(&self) -> Result<Vec<ScheduleRecord>, EngineError>;
 
@@ -54,19 +36,6 @@ pub trait ScheduleStorage {
 
     /// Schedules not paused whose next fire is at or before `now_ms`.
     fn due_schedules(&self, limit: usize, now_ms: i64) -> Result<Vec<ScheduleRecord>, EngineError>;
-
-    /// In one transaction: if the schedule's next fire is still `fire_ms`,
-    /// moves it to the planned next fire and, by the verdict and the
-    /// missed-fire policy, enqueues the template's job; records the fire.
-    fn fire_schedule(
-        &self,
-        id: i64,
-        fire_ms: i64,
-        verdict: &Verdict,
-        planner: Planner<'_>,
-        owner: &str,
-        now_ms: i64,
-    ) -> Result<FireOutcome, EngineError>;
 
     /// A schedule's fire records, newest first.
     fn schedule_fires(&self, id: i64, limit: usize) -> Result<Vec<FireRecord>, EngineError>;

@@ -12,6 +12,7 @@
 //! Implementations take `&self` and synchronise internally (a connection behind
 //! a mutex, or a pool), so one storage can serve many threads.
 
+pub mod backend;
 pub mod flow_storage;
 
 use crate::error::EngineError;
@@ -19,6 +20,7 @@ use crate::model::{
     CancelOutcome, ClaimedJob, Completion, ErrorRecord, FailOutcome, FailureReport, JobFilter,
     JobRecord, NewJob, StaleOutcome, Status,
 };
+use crate::schedule::{FireOutcome, NewSchedule, Planner, Verdict};
 
 /// The exception type recorded for an attempt whose lease expired.
 pub const LEASE_EXPIRED_EXC_TYPE: &str = "stoker.errors.LeaseExpiredError";
@@ -79,35 +81,13 @@ pub struct ClaimRequest<'a> {
     pub sent: &'a [(i64, i64)],
 }
 
-/// Durable job state. See the module documentation for the contract every
-/// implementation keeps. Flow control and schedules are the supertraits'
-/// operations ([`flow_storage`]).
-pub trait Storage:
-    flow_storage::FlowStorage + flow_storage::ScheduleStorage + std::fmt::Debug + Send + Sync
-{
+/// The job transitions whose steps read the same in every backend: a
+/// [`backend::Backend`] has them from [`backend`], written once over its
+/// [`backend::JobSteps`].
+pub trait Transitions {
     /// Stores the jobs in one transaction and returns their ids in order. A job
     /// whose eta has come is pending, otherwise scheduled.
     fn enqueue(&self, jobs: &[NewJob], now_ms: i64) -> Result<Vec<i64>, EngineError>;
-
-    /// Stores one copy of `template` per payload, each with that payload, in
-    /// one transaction, as [`Storage::enqueue`] would store those jobs; their
-    /// ids, in order. A backend may write such a batch faster than jobs that
-    /// differ in more than their payload.
-    fn enqueue_copies(
-        &self,
-        template: &NewJob,
-        payloads: &[&[u8]],
-        now_ms: i64,
-    ) -> Result<Vec<i64>, EngineError> {
-        let jobs: Vec<NewJob> = payloads
-            .iter()
-            .map(|payload| NewJob {
-                payload: payload.to_vec(),
-                ..template.clone()
-            })
-            .collect();
-        self.enqueue(&jobs, now_ms)
-    }
 
     /// Promotes the scheduled jobs that fell due, then leases up to `limit`
     /// pending jobs of `queues` to `owner` until `now_ms + lease_ms`, highest
@@ -120,17 +100,6 @@ pub trait Storage:
         lease_ms: i64,
         now_ms: i64,
     ) -> Result<Vec<ClaimedJob>, EngineError>;
-
-    /// Extends the leases `(job_id, token)` that `owner` still holds to
-    /// `now_ms + lease_ms`, records the others as stale, and returns the ids
-    /// among the extended ones whose cancellation was requested.
-    fn heartbeat(
-        &self,
-        owner: &str,
-        leases: &[(i64, i64)],
-        lease_ms: i64,
-        now_ms: i64,
-    ) -> Result<Vec<i64>, EngineError>;
 
     /// Completes each attempt whose token is current; records the others as
     /// stale. One transaction; returns whether each was applied.
@@ -176,9 +145,6 @@ pub trait Storage:
     /// stopped, and leaves a finished one alone.
     fn cancel(&self, job_id: i64, now_ms: i64) -> Result<CancelOutcome, EngineError>;
 
-    /// `(job_id, token)` of the running jobs of `owner` with a cancel request.
-    fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError>;
-
     /// Ends a running attempt as cancelled; false (and recorded) if stale.
     fn finish_cancelled(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError>;
 
@@ -206,16 +172,6 @@ pub trait Storage:
         now_ms: i64,
     ) -> Result<Vec<(i64, FailOutcome)>, EngineError>;
 
-    /// Up to `limit` running jobs whose lease deadline is before `now_ms`,
-    /// earliest first: `(job id, token, lease owner)`. It writes nothing: the
-    /// reaper of a dead supervisor's jobs looks at what its workers started
-    /// before [`Storage::reap_expired`] counts the rest as lost.
-    fn expired_leases(
-        &self,
-        limit: usize,
-        now_ms: i64,
-    ) -> Result<Vec<(i64, i64, String)>, EngineError>;
-
     /// Gives back, as [`FailOutcome::Returned`] (pending again, no crash and no
     /// error record counted; cancelled if a cancel was requested), each job of
     /// `jobs` (`(job id, token)`) that is still running that attempt with an
@@ -228,12 +184,6 @@ pub trait Storage:
         now_ms: i64,
     ) -> Result<Vec<(i64, FailOutcome)>, EngineError>;
 
-    /// The job's row.
-    fn get(&self, job_id: i64) -> Result<JobRecord, EngineError>;
-
-    /// The statuses of the jobs, in one read.
-    fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError>;
-
     /// The job's error history, oldest first.
     fn errors(&self, job_id: i64) -> Result<Vec<ErrorRecord>, EngineError>;
 
@@ -241,12 +191,129 @@ pub trait Storage:
     /// [`Status::ALL`].
     fn stats(&self) -> Result<Vec<(Status, i64)>, EngineError>;
 
-    /// Dead jobs, most recently finished first.
-    fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError>;
-
     /// Enqueues a new pending job from a dead one, with its task, payload and
     /// options; returns the new id.
     fn replay(&self, job_id: i64, now_ms: i64) -> Result<i64, EngineError>;
+
+    /// Stores the progress (JSON text) a running attempt reported; false (and
+    /// recorded) if the token is stale.
+    fn set_progress(
+        &self,
+        job_id: i64,
+        token: i64,
+        progress: &str,
+        now_ms: i64,
+    ) -> Result<bool, EngineError>;
+
+    /// Deletes up to `limit` finished jobs in `statuses` (terminal ones only)
+    /// that finished before `finished_before_ms` (any time if `None`), with
+    /// their error history; returns how many.
+    fn purge_jobs(
+        &self,
+        statuses: &[Status],
+        finished_before_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<usize, EngineError>;
+
+    /// Drops the results and error histories of up to `limit` finished jobs
+    /// whose retention ended at or before `now_ms`; returns how many jobs.
+    fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;
+
+    /// Ends as expired up to `limit` not-yet-started jobs whose expiry is at
+    /// or before `now_ms`, earliest first; their ids.
+    fn expire_due(&self, limit: usize, now_ms: i64) -> Result<Vec<i64>, EngineError>;
+
+    /// The jobs `job_id` depends on, in the order given, with their statuses.
+    fn dependencies(&self, job_id: i64) -> Result<Vec<(i64, Status)>, EngineError>;
+
+    /// In one transaction: if the schedule's next fire is still `fire_ms`,
+    /// moves it to the planned next fire and, by the verdict and the
+    /// missed-fire policy, enqueues the template's job; records the fire.
+    fn fire_schedule(
+        &self,
+        id: i64,
+        fire_ms: i64,
+        verdict: &Verdict,
+        planner: Planner<'_>,
+        owner: &str,
+        now_ms: i64,
+    ) -> Result<FireOutcome, EngineError>;
+
+    /// Stores a schedule whose first fire is `first_fire_ms`, or updates the
+    /// schedule with the same name (keeping its next fire when its timing did
+    /// not change); its id.
+    fn create_schedule(
+        &self,
+        schedule: &NewSchedule,
+        first_fire_ms: Option<i64>,
+        now_ms: i64,
+    ) -> Result<i64, EngineError>;
+}
+
+/// Durable job state. See the module documentation for the contract every
+/// implementation keeps. The shared job transitions, flow control and
+/// schedules are the supertraits' operations ([`Transitions`],
+/// [`flow_storage`]).
+pub trait Storage:
+    Transitions
+    + flow_storage::FlowStorage
+    + flow_storage::ScheduleStorage
+    + std::fmt::Debug
+    + Send
+    + Sync
+{
+    /// Stores one copy of `template` per payload, each with that payload, in
+    /// one transaction, as [`Storage::enqueue`] would store those jobs; their
+    /// ids, in order. A backend may write such a batch faster than jobs that
+    /// differ in more than their payload.
+    fn enqueue_copies(
+        &self,
+        template: &NewJob,
+        payloads: &[&[u8]],
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError> {
+        let jobs: Vec<NewJob> = payloads
+            .iter()
+            .map(|payload| NewJob {
+                payload: payload.to_vec(),
+                ..template.clone()
+            })
+            .collect();
+        self.enqueue(&jobs, now_ms)
+    }
+
+    /// Extends the leases `(job_id, token)` that `owner` still holds to
+    /// `now_ms + lease_ms`, records the others as stale, and returns the ids
+    /// among the extended ones whose cancellation was requested.
+    fn heartbeat(
+        &self,
+        owner: &str,
+        leases: &[(i64, i64)],
+        lease_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<i64>, EngineError>;
+
+    /// `(job_id, token)` of the running jobs of `owner` with a cancel request.
+    fn cancel_requests(&self, owner: &str) -> Result<Vec<(i64, i64)>, EngineError>;
+
+    /// Up to `limit` running jobs whose lease deadline is before `now_ms`,
+    /// earliest first: `(job id, token, lease owner)`. It writes nothing: the
+    /// reaper of a dead supervisor's jobs looks at what its workers started
+    /// before [`Storage::reap_expired`] counts the rest as lost.
+    fn expired_leases(
+        &self,
+        limit: usize,
+        now_ms: i64,
+    ) -> Result<Vec<(i64, i64, String)>, EngineError>;
+
+    /// The job's row.
+    fn get(&self, job_id: i64) -> Result<JobRecord, EngineError>;
+
+    /// The statuses of the jobs, in one read.
+    fn statuses(&self, job_ids: &[i64]) -> Result<Vec<Status>, EngineError>;
+
+    /// Dead jobs, most recently finished first.
+    fn dead_letters(&self, limit: usize, offset: usize) -> Result<Vec<JobRecord>, EngineError>;
 
     /// Refused stale outcomes, most recent first.
     fn stale_outcomes(&self, limit: usize) -> Result<Vec<StaleOutcome>, EngineError>;
@@ -316,16 +383,6 @@ pub trait Storage:
         Ok(false)
     }
 
-    /// Stores the progress (JSON text) a running attempt reported; false (and
-    /// recorded) if the token is stale.
-    fn set_progress(
-        &self,
-        job_id: i64,
-        token: i64,
-        progress: &str,
-        now_ms: i64,
-    ) -> Result<bool, EngineError>;
-
     /// Jobs matching `filter`, newest first.
     fn list_jobs(
         &self,
@@ -333,20 +390,6 @@ pub trait Storage:
         limit: usize,
         offset: usize,
     ) -> Result<Vec<JobRecord>, EngineError>;
-
-    /// Deletes up to `limit` finished jobs in `statuses` (terminal ones only)
-    /// that finished before `finished_before_ms` (any time if `None`), with
-    /// their error history; returns how many.
-    fn purge_jobs(
-        &self,
-        statuses: &[Status],
-        finished_before_ms: Option<i64>,
-        limit: usize,
-    ) -> Result<usize, EngineError>;
-
-    /// Drops the results and error histories of up to `limit` finished jobs
-    /// whose retention ended at or before `now_ms`; returns how many jobs.
-    fn purge_expired_results(&self, limit: usize, now_ms: i64) -> Result<usize, EngineError>;
 
     /// Registers `owner` as a live supervisor until `now_ms + lease_ms`, or
     /// renews its registration. When a registration expires, the running
