@@ -123,7 +123,7 @@ def register_in_worker(secret: bytes | None = None) -> None:
     task = REGISTRY.get(CALL_TASK_NAME)
     if task is None:
         register_call_task(Queue(secret=secret))
-    elif secret is not None and task.queue.sealer.secret is None:
+    elif secret is not None and not task.queue.sealer.signs:
         task.queue.sealer.secret = secret
 
 

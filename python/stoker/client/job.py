@@ -89,7 +89,7 @@ class AttemptError:
             failed_at=failed_at,
             worker=record.worker,
             _exc_pickle=record.exc_pickle,
-            _unseal=queue.sealer.unseal if queue is not None and queue.sealer.secret is not None else None,
+            _unseal=queue.sealer.unseal if queue is not None and queue.sealer.signs else None,
         )
 
     @property

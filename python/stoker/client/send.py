@@ -231,7 +231,7 @@ def _uniform(queue: Queue, calls: list[Call]) -> bool:
 def _store_copies(queue: Queue, template: NewJob, payloads: list[bytes]) -> list[Job]:
     """One job per payload, each a copy of ``template`` but for it, in one transaction."""
     sealer = queue.sealer
-    if sealer.secret is not None:
+    if sealer.signs:
         payloads = [sealer.seal(payload) for payload in payloads]
     ids = queue.engine.enqueue_payloads(template, payloads)
     # The dispatch of a plain send: it never runs in test mode (plain_template

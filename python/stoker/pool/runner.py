@@ -214,7 +214,7 @@ def sealer_of(task: Task[Any, Any] | None) -> Callable[[bytes], bytes] | None:
     """How the pickled exception of a job of ``task`` is signed (None: its queue does not sign)."""
     if task is not None:
         return task.queue.sealer.seal
-    if any(queue.sealer.secret is not None for queue in loaded_queues()):
+    if any(queue.sealer.signs for queue in loaded_queues()):
         return _unsignable
     return None
 

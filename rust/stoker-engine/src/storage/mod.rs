@@ -109,26 +109,15 @@ pub trait Transitions {
         now_ms: i64,
     ) -> Result<Vec<bool>, EngineError>;
 
-    /// [`Storage::complete_many`] then [`Storage::claim`], as one transaction
-    /// where the implementation can: a supervisor that stores finished jobs
-    /// and takes the next ones pays for one commit instead of two.
+    /// [`Storage::complete_many`] then [`Storage::claim`], as one transaction:
+    /// a supervisor that stores finished jobs and takes the next ones pays
+    /// for one commit instead of two.
     fn complete_and_claim(
         &self,
         completions: &[Completion],
         claim: &ClaimRequest<'_>,
         now_ms: i64,
-    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError> {
-        // A backend without held marks counts every claimed job as sent.
-        let applied = self.complete_many(completions, now_ms)?;
-        let claimed = self.claim(
-            claim.queues,
-            claim.limit,
-            claim.owner,
-            claim.lease_ms,
-            now_ms,
-        )?;
-        Ok((applied, claimed))
-    }
+    ) -> Result<(Vec<bool>, Vec<ClaimedJob>), EngineError>;
 
     /// Records a failed attempt and applies the retry policy, drawing jitter
     /// from `jitter`.
@@ -156,10 +145,7 @@ pub trait Transitions {
     /// claimed ahead): back to pending with the attempt taken back, so it
     /// reads as never claimed; false (and recorded) if stale. The claimed
     /// token was never handed to a worker, so no outcome can carry it.
-    /// Stores that cannot take the attempt back requeue instead.
-    fn release(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError> {
-        self.requeue(job_id, token, now_ms)
-    }
+    fn release(&self, job_id: i64, token: i64, now_ms: i64) -> Result<bool, EngineError>;
 
     /// Fails, as lease_expired, up to `limit` running jobs whose lease deadline
     /// is before `now_ms`. A job its supervisor held, sent to no worker
